@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make run` (set up .venv, run the smoke grid, write the report)
+# and `make test`. Every install applies the exact versions pinned in constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STORE ?= results
+REPORT ?= reports/index.html
+GRID ?= smoke
+
+.PHONY: install install-test run test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(BIN)/bench run --grid $(GRID) --store $(STORE)
+	$(BIN)/bench report --store $(STORE) --out $(REPORT)
+	@echo "Report: $(abspath $(REPORT))"
+
+test: install-test
+	$(BIN)/python -m pytest
+
+bench: install-test
+	$(BIN)/python -m pytest tests/benchmarks --benchmark-only --benchmark-columns=min,median,max,rounds
+
+lint: install-test
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

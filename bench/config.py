@@ -1,0 +1,158 @@
+"""Validated configuration: grid files, the resolved config of one cell, and cell identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bench.errors import ConfigError
+
+FP32_BITS = 32
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(Frozen):
+    """Stratified train/val/test split; the same seed always gives the same split."""
+
+    val: float = Field(0.15, ge=0.0, lt=1.0)
+    test: float = Field(0.25, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+class DataConfig(Frozen):
+    """A data set and how it is prepared. `options` are passed to the data set's loader."""
+
+    name: str = "synthetic"
+    root: str | None = None
+    image_size: int = Field(32, ge=8, le=1024)
+    split: SplitConfig = SplitConfig()
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(Frozen):
+    """Optimisation settings for one training phase."""
+
+    epochs: int = Field(4, ge=0)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+
+
+class BackboneConfig(Frozen):
+    name: str = "smallcnn"
+    pretrained: bool = False
+
+
+class MethodEntry(Frozen):
+    """One method of a grid, with the bit-widths it runs at and parameter overrides."""
+
+    name: str
+    bits: list[tuple[int, int]] = Field(default_factory=lambda: [(8, 8)])
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("bits")
+    @classmethod
+    def _check_bits(cls, bits: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        for w, a in bits:
+            if not (2 <= w <= 8 and 2 <= a <= 8):
+                raise ValueError(f"bit-widths must be between 2 and 8, got W{w}A{a}")
+        return bits
+
+
+class GridConfig(Frozen):
+    """A grid: data sets x backbones x methods x bit-widths x seeds."""
+
+    name: str
+    description: str = ""
+    datasets: list[DataConfig] = Field(default_factory=lambda: [DataConfig()], min_length=1)
+    backbones: list[BackboneConfig] = Field(default_factory=lambda: [BackboneConfig()], min_length=1)
+    methods: list[MethodEntry] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    train: TrainConfig = TrainConfig()
+    finetune: TrainConfig = TrainConfig(epochs=2, lr=1e-4)
+    calibration_batches: int = Field(8, ge=1)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds_from_count(cls, seeds: Any) -> Any:
+        return list(range(seeds)) if isinstance(seeds, int) else seeds
+
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _backbone_names(cls, backbones: Any) -> Any:
+        return [{"name": b} if isinstance(b, str) else b for b in backbones]
+
+
+class CellConfig(Frozen):
+    """Everything that determines one cell's result; its hash is the cell's identity."""
+
+    dataset: DataConfig
+    backbone: BackboneConfig
+    method: str
+    params: dict[str, Any]
+    w_bits: int
+    a_bits: int
+    seed: int
+    train: TrainConfig
+    calibration_batches: int
+    parent_id: str | None
+    split_manifest: str
+
+    def cell_id(self) -> str:
+        return cell_hash(self.model_dump(mode="json"))
+
+
+def cell_hash(payload: dict[str, Any]) -> str:
+    """Short content hash of a JSON-able payload (canonical key order)."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def builtin_grids() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("bench.grids").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_grid(name_or_path: str) -> GridConfig:
+    """Load a built-in grid by name or a user's YAML file; errors name line and column."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"grid file not found: {path}")
+        text, source = path.read_text(), str(path)
+    elif name_or_path in builtin_grids():
+        text = resources.files("bench.grids").joinpath(f"{name_or_path}.yaml").read_text()
+        source = f"built-in grid '{name_or_path}'"
+    else:
+        raise ConfigError(f"unknown grid '{name_or_path}'; built-in grids: "
+                          f"{', '.join(builtin_grids())}, or pass a YAML file path")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+        raise ConfigError(f"{source}: invalid YAML at {where}: {err.problem}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a grid must be a YAML mapping")
+    raw.setdefault("name", path.stem if path.suffix else name_or_path)
+    try:
+        return GridConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {format_validation_error(err)}") from err
+
+
+def format_validation_error(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'root'}: {e['msg']}"
+                     for e in err.errors())

@@ -1,0 +1,119 @@
+"""Kvasir v2 (8 classes of GI endoscopy findings) from its official archive.
+
+The archive is downloaded once into the cache, its SHA-256 checked, extracted safely and then
+decoded like any class-folder data set (the decoded tensors are cached too). The maintainers
+publish no checksum, so the expected SHA-256 is pinned by the user (`options: {sha256: ...}`) or,
+failing that, recorded on first download and enforced on every later use (trust on first use);
+the hash is logged and stored in the data fingerprint either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from bench.config import DataConfig
+from bench.data.base import ImageSet, register_dataset
+from bench.data.imagefolder import load_folder
+from bench.errors import DataError
+
+log = logging.getLogger(__name__)
+
+KVASIR_URL = "https://datasets.simula.no/downloads/kvasir/kvasir-dataset-v2.zip"
+KVASIR_CLASSES = (
+    "dyed-lifted-polyps", "dyed-resection-margins", "esophagitis", "normal-cecum",
+    "normal-pylorus", "normal-z-line", "polyps", "ulcerative-colitis",
+)
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, target: Path, timeout: float = 60.0) -> None:
+    """Stream url to target through a temporary file, so a broken download leaves nothing."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    log.info("downloading %s", url)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, partial.open("wb") as out:
+            shutil.copyfileobj(response, out, CHUNK)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"cannot download {url}: {err}. Download it by hand and pass "
+                        "--data-root PATH (the .zip or the extracted folder)") from err
+    partial.replace(target)
+
+
+def verify(archive: Path, expected: str | None, record: Path) -> str:
+    """Check archive against the pinned hash, or the one recorded at first use in `record`."""
+    actual = sha256_file(archive)
+    if expected is None and record.exists():
+        expected = record.read_text().strip()
+    if expected is not None and actual != expected.lower():
+        raise DataError(f"SHA-256 mismatch for {archive}: expected {expected}, got {actual}; "
+                        "delete the file to download it again")
+    if expected is None:
+        log.warning("no pinned SHA-256 for %s; recording %s (pin it with options.sha256)",
+                    archive, actual)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(actual + "\n")
+    return actual
+
+
+def extract(archive: Path, target: Path) -> None:
+    """Extract into target atomically, refusing members that would land outside it."""
+    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                dest = (staging / member).resolve()
+                if not dest.is_relative_to(staging.resolve()):
+                    raise DataError(f"unsafe path in archive {archive}: {member}")
+            zf.extractall(staging)
+    except zipfile.BadZipFile as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(f"not a valid zip archive: {archive} ({err})") from err
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staging.replace(target)
+
+
+def find_class_root(folder: Path) -> Path:
+    """The folder that holds the class sub-folders (the archive nests one level)."""
+    for candidate in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        names = {p.name for p in candidate.iterdir() if p.is_dir()}
+        if names and names <= set(KVASIR_CLASSES) | {"__MACOSX"}:
+            return candidate
+    raise DataError(f"no Kvasir class folders ({', '.join(KVASIR_CLASSES)}) found in {folder}")
+
+
+@register_dataset("kvasir", "Kvasir v2, 8 GI endoscopy classes, from the official archive "
+                  "(downloaded once, SHA-256 checked) or --data-root (zip or folder)")
+def load_kvasir(cfg: DataConfig, cache: Path) -> ImageSet:
+    url = str(cfg.options.get("url", KVASIR_URL))
+    expected = cfg.options.get("sha256")
+    root = Path(cfg.root).expanduser() if cfg.root else None
+    if root is not None and not root.exists():
+        raise DataError(f"data root does not exist: {root}")
+    if root is not None and root.is_dir():
+        return load_folder(find_class_root(root), cfg.image_size, cache)
+    archive = root or cache / "downloads" / Path(url).name
+    if root is None and not archive.exists():
+        download(url, archive)
+    digest = verify(archive, expected, cache / "downloads" / f"{archive.name}.sha256")
+    extracted = cache / f"kvasir-{digest[:16]}"
+    if not extracted.exists():
+        extract(archive, extracted)
+    return load_folder(find_class_root(extracted), cfg.image_size, cache)

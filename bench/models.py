@@ -1,0 +1,102 @@
+"""Backbones by name: torchvision classifiers and a small CNN for fast runs.
+
+`pretrained: true` loads torchvision's ImageNet weights from the local torch hub cache only
+(no download at run time); the classifier head is then replaced for the data set's classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from bench.config import BackboneConfig
+from bench.errors import ConfigError
+
+
+class SmallCNN(nn.Module):
+    """Four conv-BN-ReLU blocks, global pooling and a linear head (~100k parameters)."""
+
+    def __init__(self, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        chans = [3, width, width * 2, width * 2, width * 4]
+        layers: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip(chans, chans[1:], strict=False)):
+            layers += [nn.Conv2d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                       nn.BatchNorm2d(cout), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(chans[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    name: str
+    build: Callable[[int], nn.Module]
+    weights: str | None
+    description: str
+
+
+def _tv(name: str) -> Callable[[int], nn.Module]:
+    return lambda num_classes: torchvision.models.get_model(name, weights=None,
+                                                            num_classes=num_classes)
+
+
+BACKBONES: dict[str, BackboneInfo] = {
+    "smallcnn": BackboneInfo("smallcnn", SmallCNN, None, "4-block CNN for fast runs (~100k params)"),
+    "resnet18": BackboneInfo("resnet18", _tv("resnet18"), "ResNet18_Weights.IMAGENET1K_V1",
+                             "torchvision ResNet-18"),
+    "mobilenet_v2": BackboneInfo("mobilenet_v2", _tv("mobilenet_v2"),
+                                 "MobileNet_V2_Weights.IMAGENET1K_V1", "torchvision MobileNetV2"),
+    "mobilenet_v3_small": BackboneInfo("mobilenet_v3_small", _tv("mobilenet_v3_small"),
+                                       "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
+                                       "torchvision MobileNetV3-Small"),
+    "efficientnet_b0": BackboneInfo("efficientnet_b0", _tv("efficientnet_b0"),
+                                    "EfficientNet_B0_Weights.IMAGENET1K_V1",
+                                    "torchvision EfficientNet-B0"),
+}
+
+
+def get_backbone(name: str) -> BackboneInfo:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ConfigError(f"unknown backbone '{name}'; known: {', '.join(sorted(BACKBONES))}"
+                          ) from None
+
+
+def build_model(cfg: BackboneConfig, num_classes: int) -> nn.Module:
+    """A fresh backbone for num_classes; pretrained weights come from the local cache only."""
+    info = get_backbone(cfg.name)
+    model = info.build(num_classes)
+    if cfg.pretrained:
+        load_pretrained(model, info)
+    return model
+
+
+def pretrained_path(info: BackboneInfo) -> Path:
+    if info.weights is None:
+        raise ConfigError(f"backbone '{info.name}' has no pretrained weights; set pretrained: false")
+    weights = torchvision.models.get_weight(info.weights)
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def load_pretrained(model: nn.Module, info: BackboneInfo) -> None:
+    """Load ImageNet weights into every layer except the (re-sized) classifier head."""
+    path = pretrained_path(info)
+    if not path.is_file():
+        raise ConfigError(
+            f"pretrained weights for '{info.name}' not found at {path}; medq-bench never "
+            f"downloads at run time. Put the file there (torchvision's {info.weights}), set "
+            "TORCH_HOME to a folder that has it, or use pretrained: false")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(compatible, strict=False)

@@ -1,0 +1,132 @@
+"""Run one cell: train or quantise with its method, evaluate on the test split, store it."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.data import PreparedData, batches, normalize
+from bench.metrics import classification_metrics
+from bench.models import build_model
+from bench.objectives import Objective
+from bench.provenance import provenance
+from bench.runner.plan import Cell
+from bench.store import CellRecord, ResultsStore
+from bench.train import EpochHook, fit, predict
+from methods import MethodContext, get_method
+
+FP32_WEIGHTS = "model.pt"
+QUANT_MODEL = "model_quant.pt"
+
+
+class ParentMissingError(RuntimeError):
+    """The FP32 parent of a cell has no successful record."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_fp32_model(store: ResultsStore, cell: Cell, num_classes: int) -> nn.Module:
+    """The FP32 parent's trained model, read only from a committed (status ok) record."""
+    parent_id = cell.config.parent_id
+    record = store.get(parent_id) if parent_id else None
+    if record is None or record.status != "ok":
+        raise ParentMissingError(f"FP32 parent {parent_id} of {cell.label} has not succeeded")
+    model = build_model(cell.config.backbone, num_classes)
+    state = torch.load(store.artifact_dir(parent_id) / FP32_WEIGHTS, weights_only=True)
+    model.load_state_dict(state)
+    return model
+
+
+def _context(cell: Cell, data: PreparedData, store: ResultsStore, device: torch.device,
+             on_epoch: EpochHook | None) -> MethodContext:
+    cfg, split, imgs = cell.config, data.split, data.images
+
+    def train(model: nn.Module, objective: Objective,
+              penalty: Callable[[nn.Module], torch.Tensor] | None) -> dict[str, Any]:
+        return fit(model, imgs.images[split.train], imgs.labels[split.train], cfg.train, objective,
+                   seed=cfg.seed, device=device, penalty=penalty,
+                   val=(imgs.images[split.val], imgs.labels[split.val]), on_epoch=on_epoch)
+
+    def calibration() -> Iterator[torch.Tensor]:
+        generator = torch.Generator().manual_seed(cfg.seed)
+        stream = batches(imgs.images[split.train], imgs.labels[split.train],
+                         cfg.train.batch_size, generator)
+        for _, (x, _y) in zip(range(cfg.calibration_batches), stream, strict=False):
+            yield x.to(device)
+
+    def build() -> nn.Module:
+        return build_model(cfg.backbone, data.num_classes)
+
+    example = normalize(imgs.images[split.train[:2]]).to(device)
+    return MethodContext(
+        w_bits=cfg.w_bits, a_bits=cfg.a_bits, build_backbone=build,
+        load_parent=(lambda: load_fp32_model(store, cell, data.num_classes).to(device))
+        if cfg.parent_id else None,
+        fit=train, calibration_batches=calibration, example_input=example)
+
+
+def _write_artifacts(folder: Path, result_model: nn.Module, quantized: bool, data: PreparedData,
+                     logits: torch.Tensor, summary: dict[str, Any]) -> None:
+    model = result_model.cpu()
+    if quantized:
+        torch.save(model, folder / QUANT_MODEL)
+    else:
+        torch.save(model.state_dict(), folder / FP32_WEIGHTS)
+    test = data.split.test
+    np.savez_compressed(folder / "predictions.npz", index=test,
+                        labels=data.images.labels[test].numpy(), logits=logits.numpy(),
+                        predictions=logits.argmax(1).numpy())
+    (folder / "split.json").write_text(json.dumps(data.split.manifest))
+    (folder / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
+
+
+def run_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name: str,
+             device: torch.device, on_epoch: EpochHook | None = None) -> CellRecord:
+    """Run and store one cell; a failure is stored (with its error) and returned, not raised."""
+    cfg = cell.config
+    started = datetime.now(UTC)
+    record = CellRecord(
+        cell_id=cell.cell_id, parent_id=cfg.parent_id, grid=grid_name, dataset=cfg.dataset.name,
+        backbone=cfg.backbone.name, method=cfg.method, w_bits=cfg.w_bits, a_bits=cfg.a_bits,
+        seed=cfg.seed, split_manifest=cfg.split_manifest, config=cfg.model_dump(mode="json"),
+        provenance={**provenance(), "device": str(device)}, started_at=started)
+    try:
+        with store.staging(cell.cell_id) as staged:
+            seed_everything(cfg.seed)
+            method = get_method(cfg.method)
+            ctx = _context(cell, data, store, device, on_epoch)
+            start = time.perf_counter()
+            result = method.run(ctx, method.parse_params(cfg.params))
+            train_seconds = time.perf_counter() - start
+            logits = predict(result.model, data.images.images[data.split.test], device)
+            metrics = classification_metrics(data.images.labels[data.split.test].numpy(),
+                                             logits.argmax(1).numpy(), data.num_classes)
+            metrics.update(classes=data.images.classes, **result.extras)
+            record.status, record.accuracy, record.macro_f1 = "ok", metrics["accuracy"], \
+                metrics["macro_f1"]
+            record.train_seconds, record.metrics = train_seconds, metrics
+            record.finished_at = datetime.now(UTC)
+            _write_artifacts(staged, result.model, result.quantized, data, logits, metrics)
+            store.commit(record, staged)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # a failed cell is a result: store it and go on
+        record.status = "failed"
+        record.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
+        record.metrics, record.finished_at = {}, datetime.now(UTC)
+        store.commit(record)
+    return record

@@ -1,0 +1,143 @@
+"""Expand a grid into cells, each FP32 parent before the cells that start from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.config import (
+    FP32_BITS,
+    BackboneConfig,
+    CellConfig,
+    DataConfig,
+    GridConfig,
+    MethodEntry,
+)
+from bench.data import PreparedData, prepare
+from bench.errors import ConfigError
+from bench.models import get_backbone
+from methods import get_method
+
+PARENT_METHOD = "fp32"
+
+
+@dataclass(frozen=True)
+class Cell:
+    cell_id: str
+    config: CellConfig
+    data_key: str
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        bits = "" if c.w_bits == FP32_BITS else f" W{c.w_bits}A{c.a_bits}"
+        return f"{c.dataset.name}/{c.backbone.name}/{c.method}{bits}/seed {c.seed}"
+
+
+@dataclass
+class Plan:
+    grid: GridConfig
+    cells: list[Cell] = field(default_factory=list)
+    data: dict[str, PreparedData] = field(default_factory=dict)
+
+    def add(self, cell: Cell) -> None:
+        if all(c.cell_id != cell.cell_id for c in self.cells):
+            self.cells.append(cell)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What `bench run` flags change in a grid before it is expanded."""
+
+    dataset: str | None = None
+    data_root: str | None = None
+    backbones: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    seeds: int | None = None
+    epochs: int | None = None
+
+
+def apply_overrides(grid: GridConfig, o: Overrides) -> GridConfig:
+    changes: dict = {}
+    datasets = grid.datasets
+    if o.dataset is not None:
+        matching = [d for d in datasets if d.name == o.dataset]
+        datasets = matching or [DataConfig(name=o.dataset, image_size=d.image_size, split=d.split)
+                                for d in datasets[:1]]
+    if o.data_root is not None:
+        datasets = [d.model_copy(update={"root": o.data_root}) for d in datasets]
+    changes["datasets"] = datasets
+    if o.backbones:
+        for name in o.backbones:
+            get_backbone(name)
+        known = [b.name for b in grid.backbones]
+        missing = [n for n in o.backbones if n not in known]
+        if missing:
+            raise ConfigError(f"backbone {', '.join(missing)} is not in grid '{grid.name}' "
+                              f"(its backbones: {', '.join(known)})")
+        changes["backbones"] = [b for b in grid.backbones if b.name in o.backbones]
+    if o.methods:
+        for name in o.methods:
+            get_method(name)
+        known = [m.name for m in grid.methods]
+        missing = [n for n in o.methods if n not in known]
+        if missing:
+            raise ConfigError(f"method {', '.join(missing)} is not in grid '{grid.name}' "
+                              f"(its methods: {', '.join(known)})")
+        changes["methods"] = [m for m in grid.methods if m.name in o.methods]
+    if o.seeds is not None:
+        changes["seeds"] = list(range(o.seeds))
+    if o.epochs is not None:
+        changes["train"] = grid.train.model_copy(update={"epochs": o.epochs})
+        changes["finetune"] = grid.finetune.model_copy(update={"epochs": o.epochs})
+    return grid.model_copy(update=changes)
+
+
+def validate_names(grid: GridConfig) -> None:
+    """Fail early, before any data is prepared, on unknown names or bad parameters."""
+    from bench.data import get_dataset
+
+    for d in grid.datasets:
+        get_dataset(d.name)
+    for b in grid.backbones:
+        get_backbone(b.name)
+    for m in grid.methods:
+        get_method(m.name).parse_params(m.params)
+
+
+def _cell(grid: GridConfig, data: PreparedData, data_key: str, backbone: BackboneConfig,
+          entry: MethodEntry, bits: tuple[int, int], seed: int, parent_id: str | None) -> Cell:
+    config = CellConfig(
+        dataset=data.config, backbone=backbone, method=entry.name,
+        params=get_method(entry.name).parse_params(entry.params).model_dump(mode="json"),
+        w_bits=bits[0], a_bits=bits[1], seed=seed,
+        train=grid.finetune if parent_id else grid.train,
+        calibration_batches=grid.calibration_batches, parent_id=parent_id,
+        split_manifest=data.split.manifest_hash)
+    return Cell(config.cell_id(), config, data_key)
+
+
+def build_plan(grid: GridConfig) -> Plan:
+    """All cells of a grid, parents first; prepares (and validates) each data set once."""
+    validate_names(grid)
+    plan = Plan(grid)
+    for data_cfg in grid.datasets:
+        data = prepare(data_cfg)
+        key = data.split.manifest_hash
+        plan.data[key] = data
+        for backbone in grid.backbones:
+            for seed in grid.seeds:
+                parent_entry = next((m for m in grid.methods if m.name == PARENT_METHOD),
+                                    MethodEntry(name=PARENT_METHOD))
+                parent = _cell(grid, data, key, backbone, parent_entry, (FP32_BITS, FP32_BITS),
+                               seed, None)
+                for entry in grid.methods:
+                    method = get_method(entry.name)
+                    params = method.parse_params(entry.params)
+                    needs_parent = method.starts_from_parent(params)
+                    if needs_parent:
+                        plan.add(parent)
+                    bit_pairs = entry.bits if method.quantized else [(FP32_BITS, FP32_BITS)]
+                    for bits in dict.fromkeys(tuple(b) for b in bit_pairs):
+                        plan.add(_cell(grid, data, key, backbone, entry, bits, seed,
+                                       parent.cell_id if needs_parent else None))
+    return plan

@@ -1,0 +1,113 @@
+"""The results store: a database of cell records plus an artifact folder per cell.
+
+A cell's artifacts are written into a staging folder, renamed into place, and only then is its
+record committed; a record therefore never points at half-written artifacts, and a crash at any
+moment leaves at worst an orphan folder that the next run replaces. Only records with status
+"ok" count as done: failed cells are stored with their error and retried by the next run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.orm import Session
+
+from bench.store.schema import RESULT_COLUMNS, Base, CellRecord
+
+DB_NAME = "medq.sqlite"
+
+
+class StoreBusyError(RuntimeError):
+    """Another process holds this store's run lock."""
+
+
+class ResultsStore:
+    def __init__(self, root: str | Path, db_url: str | None = None) -> None:
+        self.root = Path(root)
+        self.artifact_root = self.root / "artifacts"
+        self.staging_root = self.artifact_root / ".staging"
+        self.log_dir = self.root / "logs"
+        for folder in (self.root, self.artifact_root, self.staging_root, self.log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.url = db_url or f"sqlite:///{self.root / DB_NAME}"
+        self.engine = create_engine(self.url)
+        if self.url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def run_lock(self) -> Iterator[None]:
+        """Exclusive use for one `bench run`; stale staging folders are cleared on entry."""
+        lock = FileLock(self.root / ".run.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout as err:
+            raise StoreBusyError(f"another bench run is using the store {self.root}") from err
+        try:
+            for stale in self.staging_root.iterdir():
+                shutil.rmtree(stale, ignore_errors=True)
+            yield
+        finally:
+            lock.release()
+
+    def artifact_dir(self, cell_id: str) -> Path:
+        return self.artifact_root / cell_id
+
+    @contextmanager
+    def staging(self, cell_id: str) -> Iterator[Path]:
+        """A fresh folder for a cell's artifacts; removed if the block raises."""
+        folder = self.staging_root / f"{cell_id}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
+        try:
+            yield folder
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def commit(self, record: CellRecord, staged: Path | None = None) -> None:
+        """Move staged artifacts into place, then write the record (replacing an older one)."""
+        if staged is not None:
+            final = self.artifact_dir(record.cell_id)
+            if final.exists():
+                shutil.rmtree(final)
+            staged.replace(final)
+            record.artifacts = str(final.relative_to(self.root))
+        with Session(self.engine) as session, session.begin():
+            session.merge(record)
+
+    def get(self, cell_id: str) -> CellRecord | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(CellRecord, cell_id)
+
+    def is_done(self, cell_id: str) -> bool:
+        record = self.get(cell_id)
+        return record is not None and record.status == "ok"
+
+    def done_ids(self) -> set[str]:
+        with Session(self.engine) as session:
+            return set(session.scalars(select(CellRecord.cell_id)
+                                       .where(CellRecord.status == "ok")))
+
+    def records(self) -> list[CellRecord]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(select(CellRecord).order_by(
+                CellRecord.dataset, CellRecord.backbone, CellRecord.method, CellRecord.w_bits,
+                CellRecord.a_bits, CellRecord.seed)))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat dict per cell with the public result columns."""
+        return [{c: getattr(r, c) for c in RESULT_COLUMNS} for r in self.records()]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()

@@ -1,0 +1,85 @@
+"""The training loop and batched prediction; objectives and quantisers come from the methods."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.config import TrainConfig
+from bench.data import batches, normalize
+from bench.objectives import Objective
+
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    optim = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return optim(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int
+                  ) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(steps // 3, 1), gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+        objective: Objective, *, seed: int, device: torch.device,
+        penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+        val: tuple[torch.Tensor, torch.Tensor] | None = None,
+        on_epoch: EpochHook | None = None) -> dict[str, Any]:
+    """Train in place for cfg.epochs; returns the per-epoch history (loss, accuracies, seconds)."""
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, cfg)
+    steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
+    schedule = make_schedule(optimizer, cfg, cfg.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict[str, float]] = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        start, total_loss, correct, seen = time.perf_counter(), 0.0, 0, 0
+        for x, y in batches(images, labels, cfg.batch_size, generator):
+            x, y = x.to(device), y.to(device)
+            loss, logits = objective.loss(model, x, y)
+            if penalty is not None:
+                loss = loss + penalty(model)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} in epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        row = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
+               "seconds": time.perf_counter() - start}
+        if val is not None and len(val[1]):
+            row["val_accuracy"] = float((predict(model, val[0], device).argmax(1) == val[1])
+                                        .float().mean())
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, row)
+    return {"epochs": history}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, device: torch.device,
+            batch_size: int = 256) -> torch.Tensor:
+    """Logits (on the CPU) for uint8 images, in eval mode."""
+    model.eval()
+    outputs = [model(normalize(images[i:i + batch_size]).to(device)).float().cpu()
+               for i in range(0, len(images), batch_size)]
+    return torch.cat(outputs)

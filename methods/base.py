@@ -1,0 +1,120 @@
+"""What a method is: a quantisation scheme and a training objective over a backbone.
+
+A method starts from a fresh backbone or from its FP32 parent cell's trained model, prepares it
+(quantise and calibrate, or nothing), then trains it with its objective (or not: PTQ). Each step is
+a small overridable hook, so a method file states only what differs; PACT+SGT is the PACT scheme
+with the SGT objective. Methods never import the runner or the CLI: the runner hands them a
+`MethodContext` with everything they may use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from bench.config import format_validation_error
+from bench.errors import ConfigError
+from bench.objectives import CrossEntropy, Objective
+
+
+class MethodParams(BaseModel):
+    """Parameters a method declares; grid files override them per method."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Penalty = Callable[[nn.Module], torch.Tensor]
+
+
+@dataclass
+class MethodContext:
+    """What the runner gives a method for one cell."""
+
+    w_bits: int
+    a_bits: int
+    build_backbone: Callable[[], nn.Module]
+    load_parent: Callable[[], nn.Module] | None
+    fit: Callable[[nn.Module, Objective, Penalty | None], dict[str, Any]]
+    calibration_batches: Callable[[], Iterable[torch.Tensor]]
+    example_input: torch.Tensor
+
+
+@dataclass
+class MethodResult:
+    """The trained (possibly quantised) model and what the method wants stored with the cell."""
+
+    model: nn.Module
+    quantized: bool
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base of every method: FP32 cross-entropy training from scratch unless a hook says otherwise."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    quantized: ClassVar[bool] = False
+
+    def parse_params(self, raw: dict[str, Any]) -> MethodParams:
+        try:
+            return self.Params.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(f"method '{self.name}': {format_validation_error(err)}") from err
+
+    def starts_from_parent(self, params: MethodParams) -> bool:
+        """Whether the cell starts from (and so depends on) its FP32 parent's model."""
+        return False
+
+    def objective(self, params: MethodParams) -> Objective:
+        return CrossEntropy()
+
+    def prepare(self, model: nn.Module, ctx: MethodContext, params: MethodParams) -> nn.Module:
+        """Quantise and calibrate, or nothing for float methods."""
+        return model
+
+    def trains(self, params: MethodParams) -> bool:
+        return True
+
+    def penalty(self, params: MethodParams) -> Penalty | None:
+        return None
+
+    def extras(self, model: nn.Module, params: MethodParams) -> dict[str, Any]:
+        return {}
+
+    def run(self, ctx: MethodContext, params: MethodParams) -> MethodResult:
+        if self.starts_from_parent(params):
+            if ctx.load_parent is None:
+                raise RuntimeError(f"method '{self.name}' needs its FP32 parent's model")
+            model = ctx.load_parent()
+        else:
+            model = ctx.build_backbone()
+        model = self.prepare(model, ctx, params)
+        history = ctx.fit(model, self.objective(params), self.penalty(params)) \
+            if self.trains(params) else {}
+        extras = {"history": history, **self.extras(model, params)}
+        return MethodResult(model, self.quantized, extras)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available to grids by its `name`."""
+    if cls.name in METHODS:
+        raise ValueError(f"method '{cls.name}' registered twice")
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method '{name}'; known: {', '.join(sorted(METHODS))}"
+                          ) from None

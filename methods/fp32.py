@@ -1,0 +1,9 @@
+"""FP32: the float baseline, trained from scratch with cross-entropy; every quantised cell's parent."""
+
+from methods.base import Method, register
+
+
+@register
+class FP32(Method):
+    name = "fp32"
+    description = "Float32 training from scratch with cross-entropy (the baseline and FP32 parent)"
