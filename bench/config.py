@@ -77,7 +77,8 @@ class GridConfig(Frozen):
     name: str
     description: str = ""
     datasets: list[DataConfig] = Field(default_factory=lambda: [DataConfig()], min_length=1)
-    backbones: list[BackboneConfig] = Field(default_factory=lambda: [BackboneConfig()], min_length=1)
+    backbones: list[BackboneConfig] = Field(default_factory=lambda: [BackboneConfig()],
+                                            min_length=1)
     methods: list[MethodEntry] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     train: TrainConfig = TrainConfig()

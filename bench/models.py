@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ class SmallCNN(nn.Module):
         super().__init__()
         chans = [3, width, width * 2, width * 2, width * 4]
         layers: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip(chans, chans[1:], strict=False)):
+        for i, (cin, cout) in enumerate(pairwise(chans)):
             layers += [nn.Conv2d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
                        nn.BatchNorm2d(cout), nn.ReLU()]
         self.features = nn.Sequential(*layers)
@@ -50,7 +51,8 @@ def _tv(name: str) -> Callable[[int], nn.Module]:
 
 
 BACKBONES: dict[str, BackboneInfo] = {
-    "smallcnn": BackboneInfo("smallcnn", SmallCNN, None, "4-block CNN for fast runs (~100k params)"),
+    "smallcnn": BackboneInfo("smallcnn", SmallCNN, None,
+                             "4-block CNN for fast runs (~100k params)"),
     "resnet18": BackboneInfo("resnet18", _tv("resnet18"), "ResNet18_Weights.IMAGENET1K_V1",
                              "torchvision ResNet-18"),
     "mobilenet_v2": BackboneInfo("mobilenet_v2", _tv("mobilenet_v2"),
@@ -83,7 +85,8 @@ def build_model(cfg: BackboneConfig, num_classes: int) -> nn.Module:
 
 def pretrained_path(info: BackboneInfo) -> Path:
     if info.weights is None:
-        raise ConfigError(f"backbone '{info.name}' has no pretrained weights; set pretrained: false")
+        raise ConfigError(f"backbone '{info.name}' has no pretrained weights; "
+                          "set pretrained: false")
     weights = torchvision.models.get_weight(info.weights)
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 

@@ -54,7 +54,7 @@ class MethodResult:
 
 
 class Method:
-    """Base of every method: FP32 cross-entropy training from scratch unless a hook says otherwise."""
+    """Base of every method: FP32 cross-entropy from scratch unless a hook says otherwise."""
 
     name: ClassVar[str]
     description: ClassVar[str]

@@ -1,4 +1,4 @@
-"""FP32: the float baseline, trained from scratch with cross-entropy; every quantised cell's parent."""
+"""FP32: the float baseline, trained from scratch with cross-entropy; quantised cells start here."""
 
 from methods.base import Method, register
 

@@ -113,5 +113,6 @@ def load_folder(root: Path, size: int, cache: Path) -> ImageSet:
                   "(--data-root PATH)")
 def load_imagefolder(cfg: DataConfig, cache: Path) -> ImageSet:
     if cfg.root is None:
-        raise DataError("the imagefolder data set needs --data-root PATH (one sub-folder per class)")
+        raise DataError("the imagefolder data set needs --data-root PATH "
+                        "(one sub-folder per class)")
     return load_folder(Path(cfg.root).expanduser(), cfg.image_size, cache)

@@ -25,7 +25,8 @@ class Split:
     manifest_hash: str
 
 
-def make_split(labels: np.ndarray, ids: list[str], cfg: SplitConfig, data_fingerprint: str) -> Split:
+def make_split(labels: np.ndarray, ids: list[str], cfg: SplitConfig, data_fingerprint: str
+               ) -> Split:
     """Stratified split: each class keeps its proportion in train, val and test."""
     index = np.arange(len(labels))
     try:

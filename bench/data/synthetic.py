@@ -66,7 +66,8 @@ def generate_image(seed: int, index: int, label: int, size: int) -> tuple[np.nda
     mask = _shape_mask(shape, yy, xx, cy, cx, radius, rng.uniform(0, np.pi))
     if not mask.any():
         mask[int(cy * size), int(cx * size)] = True
-    texture = 0.75 + 0.25 * np.sin(2 * np.pi * frequency * size * yy) if frequency else np.ones_like(yy)
+    texture = (0.75 + 0.25 * np.sin(2 * np.pi * frequency * size * yy) if frequency
+               else np.ones_like(yy))
     alpha = rng.uniform(0.55, 0.85)
     lesion = colour[None, None, :] * texture[..., None] + rng.normal(0, 0.03, (size, size, 3))
     img = np.where(mask[..., None], (1 - alpha) * img + alpha * lesion, img)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ __all__ = ["Overrides", "Plan", "RunOptions", "RunSummary", "plan_grid", "run_gr
 class RunOptions:
     grid: str = "smoke"
     store: Path = Path("results")
-    overrides: Overrides = Overrides()
+    overrides: Overrides = field(default_factory=Overrides)
     device: str = "auto"
     fail_fast: bool = False
     quiet: bool = False

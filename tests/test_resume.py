@@ -1,0 +1,56 @@
+"""A run killed with SIGKILL mid-grid and run again loses no cell and duplicates none."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import yaml
+
+from tests.conftest import tiny_grid_dict
+
+
+def ok_count(db) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as con:
+            return con.execute("select count(*) from cells where status='ok'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_sigkill_then_resume(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid_dict(
+        seeds=4, train={"epochs": 3, "batch_size": 16, "lr": 0.003})))
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--grid", str(grid), "--store", str(store),
+           "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while ok_count(store / "medq.sqlite") < 1 and proc.poll() is None:
+        assert time.monotonic() < deadline, "first cell never finished"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = ok_count(store / "medq.sqlite")
+    assert 1 <= killed_at < 4, "the kill must land mid-grid"
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{4 - killed_at} ran, {killed_at} cached, 0 failed" in done.stdout
+
+    with sqlite3.connect(store / "medq.sqlite") as con:
+        rows = con.execute("select cell_id, status, artifacts from cells").fetchall()
+    assert len(rows) == 4 and {r[1] for r in rows} == {"ok"}
+    cells = sorted(r[0] for r in rows)
+    folders = sorted(p.name for p in (store / "artifacts").iterdir() if p.name != ".staging")
+    assert folders == cells
+    assert not list((store / "artifacts" / ".staging").iterdir())
+    for cell in cells:
+        assert {"model.pt", "predictions.npz", "split.json", "metrics.json"} <= {
+            p.name for p in (store / "artifacts" / cell).iterdir()}

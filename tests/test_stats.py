@@ -1,0 +1,286 @@
+"""bench.stats against independent oracles: scipy, statsmodels, Demšar (2006) tables."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+
+import matplotlib
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from scipy import stats
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+
+from bench.stats import (
+    MIN_BLOCKS,
+    MIN_N_BOOTSTRAP,
+    MIN_N_TTEST,
+    MIN_N_WILCOXON,
+    compare_family,
+    critical_difference,
+    friedman,
+    holm,
+    mcnemar_exact,
+    mean_ci,
+    paired_test,
+    plot_cd,
+)
+
+matplotlib.use("Agg")
+
+A8 = [0.912, 0.905, 0.921, 0.899, 0.917, 0.908, 0.925, 0.902]
+B8 = [0.901, 0.907, 0.910, 0.880, 0.915, 0.889, 0.903, 0.897]
+# accuracy in percent: ties among |d| and two zero differences
+A10 = [90, 91, 92, 93, 94, 95, 96, 97, 98, 99]
+B10 = [88, 91, 90, 94, 94, 93, 95, 99, 95, 96]
+
+
+@pytest.mark.parametrize(("a", "b"), [(A8, B8), (A10, B10)])
+def test_wilcoxon_matches_scipy(a: list[float], b: list[float]) -> None:
+    r = paired_test(a, b, "wilcoxon")
+    oracle = stats.wilcoxon(a, b)
+    assert r.reason is None
+    assert r.statistic == pytest.approx(oracle.statistic)
+    assert r.p_value == pytest.approx(oracle.pvalue)
+    nonzero = np.count_nonzero(np.subtract(a, b))
+    r_plus = stats.wilcoxon(a, b, alternative="greater").statistic
+    assert r.effect_size == pytest.approx(2 * r_plus / (nonzero * (nonzero + 1) / 2) - 1)
+    assert r.diff_mean == pytest.approx(np.mean(np.subtract(a, b)))
+
+
+def test_rank_biserial_extremes() -> None:
+    up = paired_test([1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0])
+    down = paired_test([0, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6])
+    assert up.effect_size == 1.0 and down.effect_size == -1.0
+    assert up.p_value == pytest.approx(2 / 2**6)
+
+
+def test_ttest_matches_scipy() -> None:
+    r = paired_test(A8, B8, "ttest")
+    oracle = stats.ttest_rel(A8, B8)
+    assert r.statistic == pytest.approx(oracle.statistic)
+    assert r.p_value == pytest.approx(oracle.pvalue)
+    assert r.effect_size == pytest.approx(oracle.statistic / math.sqrt(len(A8)))
+
+
+def test_too_few_seeds_no_p_value() -> None:
+    for test, n in [("wilcoxon", MIN_N_WILCOXON - 1), ("ttest", MIN_N_TTEST - 1), ("ttest", 2)]:
+        r = paired_test(A8[:n], B8[:n], test)
+        assert r.p_value is None and r.statistic is None and r.effect_size is None
+        assert r.reason is not None and f"n={n} seeds" in r.reason
+        assert r.diff_mean == pytest.approx(np.mean(np.subtract(A8[:n], B8[:n])))
+    r = paired_test([1, 2, 3, 4, 5, 6, 7], [1, 2, 0, 0, 0, 0, 0])
+    assert r.p_value is None and "5 of 7 differences nonzero" in (r.reason or "")
+    shifted = paired_test([3, 4, 5, 6, 7], [1, 2, 3, 4, 5], "ttest")
+    assert shifted.p_value is None and "zero variance" in (shifted.reason or "")
+
+
+def test_wilcoxon_threshold_is_smallest_n_that_can_reach_005() -> None:
+    assert stats.wilcoxon(np.arange(1, MIN_N_WILCOXON)).pvalue > 0.05
+    assert stats.wilcoxon(np.arange(1, MIN_N_WILCOXON + 1)).pvalue < 0.05
+
+
+def test_missing_seeds_dropped_pairwise() -> None:
+    a, b = [*A8, np.nan, 0.5], [*B8, 0.5, np.inf]
+    assert paired_test(a, b) == paired_test(A8, B8)
+    with pytest.raises(ValueError):
+        paired_test(A8, B8[:-1])
+
+
+def test_bootstrap_ci_seeded_and_gated() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.9, 0.01, 12), rng.normal(0.89, 0.01, 12)
+    r1 = paired_test(a, b, n_resamples=999, seed=3)
+    assert r1 == paired_test(a, b, n_resamples=999, seed=3)
+    assert r1.ci_low is not None and r1.ci_high is not None
+    assert r1.ci_low < r1.diff_mean < r1.ci_high and r1.ci_reason is None
+    small = paired_test(a[: MIN_N_BOOTSTRAP - 1], b[: MIN_N_BOOTSTRAP - 1])
+    assert small.ci_low is None and small.ci_high is None and small.ci_reason is not None
+    assert small.p_value is not None
+
+
+def test_bootstrap_ci_coverage() -> None:
+    rng = np.random.default_rng(2024)
+    true_diff, sims, n = 0.01, 200, 20
+    hits = 0
+    for s in range(sims):
+        b = rng.normal(0.85, 0.02, n)
+        a = b + rng.normal(true_diff, 0.01, n)
+        r = paired_test(a, b, "ttest", n_resamples=999, seed=s)
+        hits += r.ci_low <= true_diff <= r.ci_high
+    assert 0.88 <= hits / sims <= 0.99
+
+
+def test_holm_matches_statsmodels_and_skips_none() -> None:
+    p = [0.01, None, 0.04, 0.03, None]
+    out = holm(p)
+    assert out[1] is None and out[4] is None
+    expected = multipletests([0.01, 0.04, 0.03], method="holm")[1]
+    assert [out[0], out[2], out[3]] == pytest.approx(list(expected))
+    assert [out[0], out[2], out[3]] == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([]) == [] and holm([None]) == [None]
+
+
+def _family(seeds: int = 8) -> dict[str, list[float]]:
+    rng = np.random.default_rng(7)
+    base = rng.normal(0.9, 0.01, seeds)
+    shifts = {"FP32": 0.0, "PTQ": -0.02, "QAT": -0.005, "PACT": -0.001}
+    return {m: list(base + s + rng.normal(0, 0.004, seeds)) for m, s in shifts.items()}
+
+
+def test_compare_family_vs_baseline() -> None:
+    values = _family()
+    values["SGT"] = values["FP32"][:4] + [np.nan] * 4
+    res = compare_family(values, baseline="FP32", n_resamples=999)
+    assert [(r.name_a, r.name_b) for r in res] == [(m, "FP32") for m in values if m != "FP32"]
+    raw = [stats.wilcoxon(values[m], values["FP32"]).pvalue for m in ["PTQ", "QAT", "PACT"]]
+    assert [r.p_value for r in res[:3]] == pytest.approx(raw)
+    assert [r.p_adjusted for r in res[:3]] == pytest.approx(
+        list(multipletests(raw, method="holm")[1])
+    )
+    assert res[3].p_value is None and res[3].p_adjusted is None and res[3].n == 4
+    with pytest.raises(ValueError):
+        compare_family(values, baseline="missing")
+
+
+def test_compare_family_all_pairs() -> None:
+    values = _family()
+    res = compare_family(values, baseline=None, test="ttest", n_resamples=999)
+    pairs = list(itertools.combinations(values, 2))
+    assert [(r.name_a, r.name_b) for r in res] == pairs
+    raw = [stats.ttest_rel(values[x], values[y]).pvalue for x, y in pairs]
+    assert [r.p_adjusted for r in res] == pytest.approx(list(multipletests(raw, method="holm")[1]))
+
+
+def test_mcnemar_matches_statsmodels_and_binomial() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    pa = np.where(rng.random(300) < 0.8, y, (y + 1) % 3)
+    pb = np.where(rng.random(300) < 0.7, y, (y + 2) % 3)
+    r = mcnemar_exact(pa, pb, y)
+    ca, cb = pa == y, pb == y
+    counts = Counter(zip(ca.tolist(), cb.tolist(), strict=True))
+    assert (r.n01, r.n10) == (counts[(False, True)], counts[(True, False)])
+    table = [[counts[(False, False)], r.n01], [r.n10, counts[(True, True)]]]
+    assert r.p_value == pytest.approx(mcnemar(table, exact=True).pvalue)
+    binom = stats.binomtest(min(r.n01, r.n10), r.n01 + r.n10, 0.5).pvalue
+    assert r.p_value == pytest.approx(binom)
+    assert r.p_value < 0.05 and r.reason is None
+
+
+def test_mcnemar_identical_predictions() -> None:
+    y = [0, 1, 1, 0, 2, 2, 1]
+    pred = [0, 1, 0, 0, 2, 1, 1]
+    r = mcnemar_exact(pred, list(pred), y)
+    assert (r.n01, r.n10, r.p_value, r.reason) == (0, 0, 1.0, None)
+    assert mcnemar_exact([], [], []).p_value is None
+    with pytest.raises(ValueError):
+        mcnemar_exact(pred, pred[:-1], y)
+
+
+def test_friedman_matches_scipy() -> None:
+    values = _family(6)
+    values["PTQ"][0] = values["QAT"][0]  # a tie within one block
+    r = friedman(values)
+    oracle = stats.friedmanchisquare(*values.values())
+    assert (r.n_blocks, r.k, r.reason) == (6, 4, None)
+    assert r.statistic == pytest.approx(oracle.statistic)
+    assert r.p_value == pytest.approx(oracle.pvalue)
+
+
+def test_friedman_refuses() -> None:
+    few = friedman({m: v[: MIN_BLOCKS - 1] for m, v in _family().items()})
+    assert few.p_value is None and few.statistic is None and "seeds" in (few.reason or "")
+    two = friedman({m: v for m, v in list(_family().items())[:2]})
+    assert two.p_value is None and "k=2" in (two.reason or "")
+    tied = friedman({m: [0.5] * 6 for m in "ABC"})
+    assert tied.p_value is None and "tied" in (tied.reason or "")
+
+
+def _exact_friedman_size(k: int, n: int, alpha: float = 0.05) -> float:
+    """Real rejection rate of the chi-square Friedman test under H0, by enumeration."""
+    perms = list(itertools.permutations(range(1, k + 1)))
+    dist: Counter[tuple[int, ...]] = Counter({(0,) * k: 1})
+    for _ in range(n):
+        nxt: Counter[tuple[int, ...]] = Counter()
+        for sums, c in dist.items():
+            for p in perms:
+                nxt[tuple(s + q for s, q in zip(sums, p, strict=True))] += c
+        dist = nxt
+    crit = stats.chi2.ppf(1 - alpha, k - 1)
+    rejected = sum(
+        c
+        for sums, c in dist.items()
+        if 12 / (n * k * (k + 1)) * sum(s * s for s in sums) - 3 * n * (k + 1) >= crit - 1e-9
+    )
+    return rejected / len(perms) ** n
+
+
+def test_friedman_block_threshold_justified() -> None:
+    assert _exact_friedman_size(3, MIN_BLOCKS - 1) > 0.06
+    for n in range(MIN_BLOCKS, 9):
+        assert 0.03 <= _exact_friedman_size(3, n) <= 0.06
+
+
+DEMSAR_Q05 = {4: 2.569, 5: 2.728, 6: 2.850}
+
+
+@pytest.mark.parametrize("k", sorted(DEMSAR_Q05))
+def test_nemenyi_cd_matches_demsar_table(k: int) -> None:
+    rng = np.random.default_rng(k)
+    for n in range(10, 21):
+        matrix = {f"m{i}": list(rng.random(n)) for i in range(k)}
+        r = critical_difference(matrix)
+        scale = math.sqrt(k * (k + 1) / (6 * n))
+        assert r.cd is not None and round(r.cd / scale, 3) == DEMSAR_Q05[k]
+        assert r.cd == pytest.approx(DEMSAR_Q05[k] * scale, abs=5e-4 * scale)
+
+
+def test_demsar_worked_example_cd() -> None:
+    matrix = {m: list(np.random.default_rng(0).random(14)) for m in "ABCD"}
+    assert round(critical_difference(matrix).cd or 0, 2) == 1.25
+
+
+def test_avg_ranks_and_cliques() -> None:
+    values = {"A": [0.9, 0.8], "B": [0.8, 0.8], "C": [0.8, 0.7]}
+    assert critical_difference(values).avg_ranks == {"A": 1.25, "B": 2.0, "C": 2.75}
+    assert critical_difference(values, higher_is_better=False).avg_ranks == {
+        "C": 1.25,
+        "B": 2.0,
+        "A": 2.75,
+    }
+    # strict order in every seed: ranks 1..4 one apart; CD(k=4, N=10) = 1.48
+    ordered = {m: [1.0 - 0.1 * i] * 10 for i, m in enumerate("ABCD")}
+    r = critical_difference(ordered)
+    assert r.avg_ranks == {"A": 1.0, "B": 2.0, "C": 3.0, "D": 4.0}
+    assert r.cliques == (("A", "B"), ("B", "C"), ("C", "D"))
+    assert critical_difference(ordered, alpha=0.001).cliques == (("A", "B", "C"), ("B", "C", "D"))
+    few = critical_difference({m: v[:3] for m, v in ordered.items()})
+    assert few.cd is None and few.cliques == () and few.reason is not None
+
+
+def test_plot_cd_draws_names_cd_and_cliques() -> None:
+    ordered = {m: [1.0 - 0.1 * i] * 10 for i, m in enumerate(["FP32", "QAT", "PACT", "PTQ"])}
+    r = critical_difference(ordered)
+    ax = plot_cd(r, Figure().subplots())
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert all(m in texts for m in ordered) and "CD" in texts
+    bars = sorted((tuple(line.get_xdata())) for line in ax.lines if line.get_linewidth() == 3)
+    assert len(bars) == len(r.cliques) == 3
+    assert bars[0] == pytest.approx((1 - 0.03, 2 + 0.03))
+    cd_bar = [line for line in ax.lines if line.get_linewidth() == 1.5]
+    assert list(cd_bar[0].get_xdata()) == pytest.approx([1, 1 + (r.cd or 0)])
+
+
+def test_mean_ci_t_interval() -> None:
+    x = [0.91, 0.93, 0.90, 0.94, 0.92]
+    mean, low, high = mean_ci(x)
+    half = stats.t.ppf(0.975, 4) * np.std(x, ddof=1) / math.sqrt(5)
+    assert (mean, low, high) == pytest.approx((np.mean(x), np.mean(x) - half, np.mean(x) + half))
+    assert mean_ci([0.9]) == (0.9, None, None)
+    assert mean_ci([0.9, np.nan]) == (0.9, None, None)
+    with pytest.raises(ValueError):
+        mean_ci([])
