@@ -84,6 +84,7 @@ class GridConfig(Frozen):
     train: TrainConfig = TrainConfig()
     finetune: TrainConfig = TrainConfig(epochs=2, lr=1e-4)
     calibration_batches: int = Field(8, ge=1)
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -110,6 +111,7 @@ class CellConfig(Frozen):
     calibration_batches: int
     parent_id: str | None
     split_manifest: str
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def cell_id(self) -> str:
         return cell_hash(self.model_dump(mode="json"))

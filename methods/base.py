@@ -78,6 +78,11 @@ class Method:
         """Quantise and calibrate, or nothing for float methods."""
         return model
 
+    def build_quantized(self, model: nn.Module, w_bits: int, a_bits: int, params: MethodParams,
+                        example_input: torch.Tensor) -> nn.Module:
+        """The method's (uncalibrated) quantised graph of model; quantised methods override it."""
+        raise TypeError(f"method '{self.name}' does not quantise")
+
     def trains(self, params: MethodParams) -> bool:
         return True
 

@@ -15,18 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.checkpoints import WEIGHTS, save_model
 from bench.data import PreparedData, batches, normalize
 from bench.metrics import classification_metrics
 from bench.models import build_model
 from bench.objectives import Objective
 from bench.provenance import provenance
 from bench.runner.plan import Cell
+from bench.runner.stages import STAGES, StageInput
 from bench.store import CellRecord, ResultsStore
 from bench.train import EpochHook, fit, predict
 from methods import MethodContext, get_method
-
-FP32_WEIGHTS = "model.pt"
-QUANT_MODEL = "model_quant.pt"
 
 
 class ParentMissingError(RuntimeError):
@@ -46,7 +45,7 @@ def load_fp32_model(store: ResultsStore, cell: Cell, num_classes: int) -> nn.Mod
     if record is None or record.status != "ok":
         raise ParentMissingError(f"FP32 parent {parent_id} of {cell.label} has not succeeded")
     model = build_model(cell.config.backbone, num_classes)
-    state = torch.load(store.artifact_dir(parent_id) / FP32_WEIGHTS, weights_only=True)
+    state = torch.load(store.artifact_dir(parent_id) / WEIGHTS, weights_only=True)
     model.load_state_dict(state)
     return model
 
@@ -79,19 +78,28 @@ def _context(cell: Cell, data: PreparedData, store: ResultsStore, device: torch.
         fit=train, calibration_batches=calibration, example_input=example)
 
 
-def _write_artifacts(folder: Path, result_model: nn.Module, quantized: bool, data: PreparedData,
+def _write_artifacts(folder: Path, result_model: nn.Module, data: PreparedData,
                      logits: torch.Tensor, summary: dict[str, Any]) -> None:
-    model = result_model.cpu()
-    if quantized:
-        torch.save(model, folder / QUANT_MODEL)
-    else:
-        torch.save(model.state_dict(), folder / FP32_WEIGHTS)
+    save_model(result_model, folder)
     test = data.split.test
     np.savez_compressed(folder / "predictions.npz", index=test,
                         labels=data.images.labels[test].numpy(), logits=logits.numpy(),
                         predictions=logits.argmax(1).numpy())
     (folder / "split.json").write_text(json.dumps(data.split.manifest))
     (folder / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
+
+
+def run_stages(cell: Cell, data: PreparedData, model: nn.Module, quantized: bool,
+               logits: torch.Tensor, folder: Path, store: ResultsStore, device: torch.device
+               ) -> dict[str, Any]:
+    """Run the cell's post-training stages in the order the grid lists them."""
+    results = {}
+    for name, settings in cell.config.stages.items():
+        stage = STAGES[name]
+        results[name] = stage.run(StageInput(
+            cell, data, model.eval(), quantized, logits, folder, store, device,
+            stage.Settings.model_validate(settings)))
+    return results
 
 
 def run_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name: str,
@@ -116,11 +124,13 @@ def run_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name: str
             metrics = classification_metrics(data.images.labels[data.split.test].numpy(),
                                              logits.argmax(1).numpy(), data.num_classes)
             metrics.update(classes=data.images.classes, **result.extras)
+            metrics.update(run_stages(cell, data, result.model, result.quantized, logits,
+                                      staged, store, device))
             record.status, record.accuracy, record.macro_f1 = "ok", metrics["accuracy"], \
                 metrics["macro_f1"]
             record.train_seconds, record.metrics = train_seconds, metrics
             record.finished_at = datetime.now(UTC)
-            _write_artifacts(staged, result.model, result.quantized, data, logits, metrics)
+            _write_artifacts(staged, result.model, data, logits, metrics)
             store.commit(record, staged)
     except (KeyboardInterrupt, SystemExit):
         raise

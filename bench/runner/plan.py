@@ -15,6 +15,7 @@ from bench.config import (
 from bench.data import PreparedData, prepare
 from bench.errors import ConfigError
 from bench.models import get_backbone
+from bench.runner.stages import validate_stage_settings
 from methods import get_method
 
 PARENT_METHOD = "fp32"
@@ -102,6 +103,7 @@ def validate_names(grid: GridConfig) -> None:
         get_backbone(b.name)
     for m in grid.methods:
         get_method(m.name).parse_params(m.params)
+    validate_stage_settings(grid.stages)
 
 
 def _cell(grid: GridConfig, data: PreparedData, data_key: str, backbone: BackboneConfig,
@@ -112,7 +114,7 @@ def _cell(grid: GridConfig, data: PreparedData, data_key: str, backbone: Backbon
         w_bits=bits[0], a_bits=bits[1], seed=seed,
         train=grid.finetune if parent_id else grid.train,
         calibration_batches=grid.calibration_batches, parent_id=parent_id,
-        split_manifest=data.split.manifest_hash)
+        split_manifest=data.split.manifest_hash, stages=validate_stage_settings(grid.stages))
     return Cell(config.cell_id(), config, data_key)
 
 

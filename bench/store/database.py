@@ -103,7 +103,17 @@ class ResultsStore:
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per cell with the public result columns."""
-        return [{c: getattr(r, c) for c in RESULT_COLUMNS} for r in self.records()]
+        return [{**{c: getattr(r, c) for c in RESULT_COLUMNS}, **stage_columns(r)}
+                for r in self.records()]
+
+
+def stage_columns(record: CellRecord) -> dict[str, Any]:
+    """Flat result columns that a cell's post-training stages reported (see runner.stages)."""
+    columns: dict[str, Any] = {}
+    for value in (record.metrics or {}).values():
+        if isinstance(value, dict) and isinstance(value.get("columns"), dict):
+            columns.update(value["columns"])
+    return columns
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -1,0 +1,215 @@
+"""Run one timing under a hardware profile's limits, in a fresh process or a container.
+
+``process`` isolation starts the worker with thread caps (runtime pools + OMP/MKL/OpenBLAS
+environment), CPU affinity (``os.sched_setaffinity``) and an address-space limit
+(``RLIMIT_AS``, which caps virtual memory and is stricter than a resident-memory cap).
+A ``cpu_quota`` cannot be enforced without cgroups: that is recorded in ``enforced``.
+``docker`` isolation runs the same worker in a container (see ``bench.measure.container``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench.measure import _worker
+from bench.measure.profiles import Profile
+from bench.measure.protocol import summarize
+
+WORKER_PATH = Path(_worker.__file__).resolve()
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+DEFAULT_TIMEOUT_S = 1800.0
+_STAGES = {"import": "importing the runtime", "load": "loading the model", "run": "running"}
+
+
+class MeasurementError(RuntimeError):
+    """A measurement failed; ``memory`` is True when it failed for exceeding the memory limit."""
+
+    def __init__(self, message: str, memory: bool = False) -> None:
+        super().__init__(message)
+        self.memory = memory
+
+
+class IsolationUnavailable(MeasurementError):
+    """The isolation a profile asks for cannot be set up on this machine."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Samples (seconds per batch) and the conditions they were taken under."""
+
+    profile: str
+    model_path: str
+    isolation: str
+    batch_size: int
+    input_shape: tuple[int, ...]
+    samples_s: list[float]
+    summary: dict
+    load_time_s: float
+    peak_rss_mb: float
+    providers: list[str]
+    runtime_version: str
+    threads: dict[str, int]
+    affinity: list[int]
+    memory_limit_mb: int | None
+    enforced: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict."""
+        return asdict(self)
+
+
+def worker_spec(
+    model_path: str | Path, profile: Profile, input_shape: Sequence[int], batch_size: int
+) -> dict:
+    """The JSON spec the worker reads."""
+    return {
+        "model": str(Path(model_path).resolve()),
+        "runtime": profile.runtime,
+        "provider": profile.execution_provider,
+        "intra_op": profile.threads.intra_op,
+        "inter_op": profile.threads.inter_op,
+        "batch_size": batch_size,
+        "input_shape": [int(d) for d in input_shape],
+        "warmup": profile.warmup,
+        "min_repetitions": profile.min_repetitions,
+        "min_duration_s": profile.min_duration_s,
+        "seed": 0,
+    }
+
+
+def thread_env(profile: Profile) -> dict[str, str]:
+    """Environment variables that cap OpenMP/BLAS pools at the profile's intra-op threads."""
+    if profile.threads.intra_op == 0:
+        return {}
+    return dict.fromkeys(THREAD_ENV, str(profile.threads.intra_op))
+
+
+def parse_worker_output(
+    returncode: int, stdout: str, stderr: str, memory_limit_mb: int | None, oom_killed: bool
+) -> dict:
+    """The worker's JSON result, or a ``MeasurementError`` explaining the failure."""
+    limit = f"the memory limit of {memory_limit_mb} MB"
+    if oom_killed:
+        raise MeasurementError(f"worker exceeded {limit} and was killed (OOM)", memory=True)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    result = json.loads(lines[-1]) if lines else None
+    if result is not None and result["ok"] and returncode == 0:
+        return result
+    if result is not None:
+        detail = f"failed while {_STAGES.get(result['stage'], result['stage'])}: {result['error']}"
+        memory = bool(result["memory"])
+    else:
+        tail = stderr.strip()[-2000:]
+        detail = f"exited with code {returncode} without a result; stderr: {tail}"
+        memory = _worker.is_memory_failure(stderr)
+    if memory and memory_limit_mb is not None:
+        raise MeasurementError(f"worker exceeded {limit}: {detail}", memory=True)
+    raise MeasurementError(f"worker {detail}", memory=memory)
+
+
+def _process_limits(profile: Profile) -> Callable[[], None]:
+    cpuset = profile.cpuset
+    limit = profile.memory_limit_mb
+
+    def apply() -> None:
+        if cpuset is not None:
+            os.sched_setaffinity(0, cpuset)
+        if limit is not None:
+            nbytes = limit * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+
+    return apply
+
+
+def check_cpuset(profile: Profile) -> None:
+    """Fail clearly when the profile pins CPUs this process may not use."""
+    if profile.cpuset is None:
+        return
+    available = os.sched_getaffinity(0)
+    missing = sorted(set(profile.cpuset) - available)
+    if missing:
+        raise IsolationUnavailable(
+            f"profile {profile.name!r} pins CPUs {missing}, not available here "
+            f"(available: {sorted(available)})"
+        )
+
+
+def _run_process(spec: dict, profile: Profile, timeout_s: float) -> tuple[dict, dict[str, str]]:
+    check_cpuset(profile)
+    env = {**os.environ, **thread_env(profile), "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(WORKER_PATH), json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout_s,
+            preexec_fn=_process_limits(profile),
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise MeasurementError(f"worker did not finish within {timeout_s:g} s") from err
+    result = parse_worker_output(
+        proc.returncode, proc.stdout, proc.stderr, profile.memory_limit_mb, False
+    )
+    enforced = {
+        "threads": "session options" + (" + OMP/MKL/OpenBLAS env" if thread_env(profile) else ""),
+        "cpuset": "sched_setaffinity" if profile.cpuset is not None else "none",
+        "memory": "RLIMIT_AS" if profile.memory_limit_mb is not None else "none",
+        "cpu_quota": "not enforced (process isolation)" if profile.cpu_quota else "none",
+    }
+    return result, enforced
+
+
+def measure_isolated(
+    model_path: str | Path,
+    profile: Profile,
+    input_shape: Sequence[int],
+    batch_size: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Measurement:
+    """Time ``model_path`` under ``profile`` in a fresh worker.
+
+    ``input_shape`` is the shape of one sample, without the batch axis; ``batch_size``
+    defaults to the profile's first batch size. For the ``torch`` runtime ``model_path`` is
+    a whole pickled ``nn.Module`` (``torch.save(model)``; trusted files only).
+    """
+    batch = batch_size if batch_size is not None else profile.batch_sizes[0]
+    spec = worker_spec(model_path, profile, input_shape, batch)
+    if profile.isolation == "docker":
+        from bench.measure.container import run_in_container
+
+        result, enforced = run_in_container(spec, profile, WORKER_PATH, timeout_s)
+    else:
+        result, enforced = _run_process(spec, profile, timeout_s)
+    return Measurement(
+        profile=profile.name,
+        model_path=spec["model"],
+        isolation=profile.isolation,
+        batch_size=batch,
+        input_shape=tuple(spec["input_shape"]),
+        samples_s=result["samples_s"],
+        summary=summarize(result["samples_s"], profile.percentiles),
+        load_time_s=result["load_time_s"],
+        peak_rss_mb=result["peak_rss_mb"],
+        providers=result["providers"],
+        runtime_version=result["runtime_version"],
+        threads={"intra_op": profile.threads.intra_op, "inter_op": profile.threads.inter_op},
+        affinity=result["affinity"],
+        memory_limit_mb=profile.memory_limit_mb,
+        enforced=enforced,
+    )
+
+
+def measure_profile(
+    model_path: str | Path, profile: Profile, input_shape: Sequence[int]
+) -> list[Measurement]:
+    """One ``measure_isolated`` per batch size of the profile, each in its own worker."""
+    return [measure_isolated(model_path, profile, input_shape, b) for b in profile.batch_sizes]

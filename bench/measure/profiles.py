@@ -1,0 +1,106 @@
+"""Named hardware profiles: the resource limits and timing protocol of one measurement setup.
+
+Profiles are TOML files. Shipped ones live in the ``hardware_profiles`` package; any other
+file can be given by path.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bench.errors import ConfigError
+
+PROFILE_PACKAGE = "hardware_profiles"
+SUFFIX = ".toml"
+
+
+class ProfileError(ConfigError):
+    """A hardware profile cannot be found or is invalid; the message names file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Threads(_Strict):
+    """Runtime thread pools; 0 leaves the size to the runtime (one per physical core)."""
+
+    intra_op: int = Field(1, ge=0)
+    inter_op: int = Field(1, ge=0)
+
+
+class Profile(_Strict):
+    """One hardware profile. ``name`` defaults to the file name without ``.toml``."""
+
+    name: str = ""
+    description: str
+    runtime: Literal["onnxruntime", "torch"] = "onnxruntime"
+    execution_provider: str = "CPUExecutionProvider"
+    threads: Threads = Threads()
+    cpuset: list[int] | None = None
+    cpu_quota: float | None = Field(None, gt=0)
+    memory_limit_mb: int | None = Field(None, gt=0)
+    batch_sizes: list[int] = Field([1], min_length=1)
+    warmup: int = Field(10, ge=0)
+    min_repetitions: int = Field(100, ge=1)
+    min_duration_s: float = Field(1.0, ge=0)
+    percentiles: list[float] = Field([50.0, 90.0, 99.0], min_length=1)
+    isolation: Literal["process", "docker"] = "process"
+
+    @model_validator(mode="after")
+    def _check_lists(self) -> Profile:
+        if self.cpuset is not None and (not self.cpuset or min(self.cpuset) < 0):
+            raise ValueError("cpuset must list at least one CPU id, all >= 0")
+        if min(self.batch_sizes) < 1:
+            raise ValueError("batch_sizes must all be >= 1")
+        if not all(0 < p < 100 for p in self.percentiles):
+            raise ValueError("percentiles must lie strictly between 0 and 100")
+        return self
+
+
+def _format_errors(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(loc) for loc in e["loc"]) or "(profile)"
+        parts.append(f"{field}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def parse_profile(text: str, source: str, name: str) -> Profile:
+    """Validate TOML ``text``; ``source`` names the file in error messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ProfileError(f"{source}: not valid TOML: {err}") from err
+    data.setdefault("name", name)
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as err:
+        raise ProfileError(f"{source}: {_format_errors(err)}") from err
+
+
+def list_profiles() -> list[str]:
+    """Names of the shipped profiles, sorted."""
+    root = resources.files(PROFILE_PACKAGE)
+    return sorted(p.name[: -len(SUFFIX)] for p in root.iterdir() if p.name.endswith(SUFFIX))
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Load a shipped profile by name (``edge-1core-1g``) or any profile file by path."""
+    text = str(name_or_path)
+    if text.endswith(SUFFIX) or Path(text).exists():
+        path = Path(text)
+        if not path.is_file():
+            raise ProfileError(f"{path}: profile file not found")
+        return parse_profile(path.read_text(), str(path), path.stem)
+    resource = resources.files(PROFILE_PACKAGE) / f"{text}{SUFFIX}"
+    if not resource.is_file():
+        raise ProfileError(
+            f"unknown hardware profile {text!r}; shipped: {', '.join(list_profiles())}"
+        )
+    return parse_profile(resource.read_text(), f"{PROFILE_PACKAGE}/{text}{SUFFIX}", text)

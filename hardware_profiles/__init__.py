@@ -1,0 +1,1 @@
+"""Shipped hardware profiles (``*.toml``), loaded with ``bench.measure.load_profile``."""

@@ -1,0 +1,20 @@
+"""PACT+SGT: the PACT quantisation scheme trained with the saliency-guided objective."""
+
+from bench.objectives import Objective
+from methods.base import MethodParams, register
+from methods.pact import PACT, PACTParams
+from methods.sgt import SaliencyObjectiveParams, saliency_objective
+
+
+class PACTSGTParams(PACTParams, SaliencyObjectiveParams):
+    pass
+
+
+@register
+class PACTSGT(PACT):
+    name = "pact_sgt"
+    description = "PACT quantisation trained with the SGT objective"
+    Params = PACTSGTParams
+
+    def objective(self, params: MethodParams) -> Objective:
+        return saliency_objective(params)

@@ -1,0 +1,57 @@
+"""PTQ: Brevitas graph quantisation of the trained FP32 parent, calibrated on training batches.
+
+No weight is trained. Activation scales come from calibration statistics; bias correction is
+optional.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from bench.quant import QuantSpec, calibrate, integer_weight_levels, quantize
+from methods.base import Method, MethodContext, MethodParams, register
+
+
+class QuantParams(MethodParams):
+    """Options every quantised method shares."""
+
+    per_channel: bool = True
+    first_last_bits: int | None = Field(8, ge=2, le=8)
+
+
+class PTQParams(QuantParams):
+    bias_correction: bool = False
+
+
+@register
+class PTQ(Method):
+    name = "ptq"
+    description = "Post-training quantisation of the FP32 parent: calibrate, no training"
+    Params = PTQParams
+    quantized = True
+    learned_clip = False
+
+    def starts_from_parent(self, params: MethodParams) -> bool:
+        return True
+
+    def trains(self, params: MethodParams) -> bool:
+        return False
+
+    def build_quantized(self, model: nn.Module, w_bits: int, a_bits: int, params: MethodParams,
+                        example_input: torch.Tensor) -> nn.Module:
+        spec = QuantSpec(w_bits, a_bits, per_channel=params.per_channel,
+                         first_last_bits=params.first_last_bits, learned_clip=self.learned_clip)
+        return quantize(model, spec, example_input)
+
+    def prepare(self, model: nn.Module, ctx: MethodContext, params: MethodParams) -> nn.Module:
+        qmodel = self.build_quantized(model, ctx.w_bits, ctx.a_bits, params, ctx.example_input)
+        calibrate(qmodel, ctx.calibration_batches(),
+                  bias_correction=getattr(params, "bias_correction", False))
+        return qmodel
+
+    def extras(self, model: nn.Module, params: MethodParams) -> dict[str, Any]:
+        return {"weight_levels": integer_weight_levels(model)}

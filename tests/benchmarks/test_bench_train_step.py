@@ -1,0 +1,111 @@
+"""Training-step time (forward, loss, backward, optimiser step): backbone x scheme x objective.
+
+Skipped in the default run (`--benchmark-skip`). Run with, for example:
+
+    MEDQ_BENCH_IMAGE_SIZE=112 python -m pytest tests/benchmarks/test_bench_train_step.py \
+        -o addopts="" --benchmark-only --benchmark-group-by=group
+
+Each group (backbone, scheme, image size) holds one row per objective, so the SGT / CE ratio is
+read within one run. Schemes other than fp32 come from `bench.quant` and are left out while it is
+absent. Environment: MEDQ_BENCH_IMAGE_SIZE (224), MEDQ_BENCH_BATCH (16), MEDQ_BENCH_ROUNDS (3).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from bench.objectives import CrossEntropy, Objective, SaliencyGuided
+
+NUM_CLASSES = 8
+THREADS = 2
+IMAGE_SIZE = int(os.environ.get("MEDQ_BENCH_IMAGE_SIZE", "224"))
+BATCH = int(os.environ.get("MEDQ_BENCH_BATCH", "16"))
+ROUNDS = int(os.environ.get("MEDQ_BENCH_ROUNDS", "3"))
+
+Scheme = Callable[[nn.Module, torch.Tensor], nn.Module]
+
+
+def _small_cnn() -> nn.Module:
+    from bench.models import SmallCNN
+
+    return SmallCNN(NUM_CLASSES)
+
+
+BACKBONES: dict[str, Callable[[], nn.Module]] = {
+    "smallcnn": _small_cnn,
+    "resnet18": lambda: torchvision.models.resnet18(weights=None, num_classes=NUM_CLASSES),
+}
+
+OBJECTIVES: dict[str, Callable[[], Objective]] = {
+    "ce": CrossEntropy,
+    "sgt": lambda: SaliencyGuided(generator=torch.Generator().manual_seed(0)),
+    "sgt_eval_pass": lambda: SaliencyGuided(saliency_pass="eval",
+                                            generator=torch.Generator().manual_seed(0)),
+}
+
+
+def _fake_quant(learned_clip: bool) -> Scheme:
+    """W4A4 fake-quant model from bench.quant (imported lazily: Brevitas is slow to import)."""
+
+    def build(model: nn.Module, x: torch.Tensor) -> nn.Module:
+        from bench.quant import QuantSpec, calibrate, quantize
+
+        qmodel = quantize(model, QuantSpec(w_bits=4, a_bits=4, learned_clip=learned_clip), x)
+        calibrate(qmodel, [x])
+        return qmodel
+
+    return build
+
+
+def _schemes() -> dict[str, Scheme]:
+    """fp32 always; QAT and PACT (learned clip) fake-quant models if bench.quant exists."""
+    schemes: dict[str, Scheme] = {"fp32": lambda model, x: model}
+    if importlib.util.find_spec("bench.quant") is not None:
+        schemes["qat"] = _fake_quant(learned_clip=False)
+        schemes["pact"] = _fake_quant(learned_clip=True)
+    return schemes
+
+
+SCHEMES = _schemes()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.benchmark
+@pytest.mark.parametrize("objective_name", list(OBJECTIVES))
+@pytest.mark.parametrize("scheme_name", list(SCHEMES))
+@pytest.mark.parametrize("backbone_name", list(BACKBONES))
+def test_train_step(benchmark, backbone_name: str, scheme_name: str, objective_name: str
+                    ) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE)
+    y = torch.randint(0, NUM_CLASSES, (BATCH,))
+    model = SCHEMES[scheme_name](BACKBONES[backbone_name]().train(), x).train()
+    objective = OBJECTIVES[objective_name]()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = objective.loss(model, x, y)
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    benchmark.group = f"{backbone_name}/{scheme_name}/{IMAGE_SIZE}px/b{BATCH}"
+    benchmark.extra_info.update(backbone=backbone_name, scheme=scheme_name,
+                                objective=objective_name, threads=THREADS)
+    loss = benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    assert torch.isfinite(torch.tensor(loss))

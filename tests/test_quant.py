@@ -1,0 +1,348 @@
+"""Tests for bench.quant: bit-width guarantees, PTQ/QAT/PACT mechanics, FP switch, export."""
+
+from __future__ import annotations
+
+import brevitas.nn as qnn
+import numpy as np
+import pytest
+import torch
+import torchvision
+from brevitas.quant_tensor import QuantTensor
+from torch import nn
+
+from bench.quant import (
+    PACT_INIT_ALPHA,
+    QuantSpec,
+    calibrate,
+    clip_parameters,
+    clip_penalty,
+    clip_values,
+    integer_weight_levels,
+    load_quantized,
+    quantization_disabled,
+    quantize,
+)
+
+FIRST, LAST = "features.0", "head"
+MIDDLE = ("features.3", "features.6")
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU x3, global average pool, linear head."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for c_in, c_out in ((3, 8), (8, 16), (16, 32)):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _model(seed: int = 0) -> SmallCNN:
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _images(n: int = 8, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def _calibrated(spec: QuantSpec, model: nn.Module | None = None) -> nn.Module:
+    model = model if model is not None else _model()
+    qmodel = quantize(model, spec, _images(2))
+    calibrate(qmodel, [_images(seed=s) for s in range(2, 5)])
+    return qmodel.eval()
+
+
+def _int_range(bits: int, signed: bool) -> tuple[int, int]:
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_weight_levels_per_channel_bounded_by_bit_width(bits: int) -> None:
+    qmodel = _calibrated(QuantSpec(w_bits=bits, a_bits=bits, first_last_bits=None))
+    levels = integer_weight_levels(qmodel)
+    assert set(levels) == {FIRST, *MIDDLE, LAST}
+    assert all(2 <= n <= 2**bits for n in levels.values())
+    low, high = _int_range(bits, signed=True)
+    for name in levels:
+        ints = qmodel.get_submodule(name).quant_weight().int()
+        assert low <= int(ints.min()) and int(ints.max()) <= high
+
+
+def test_first_and_last_layers_use_first_last_bits() -> None:
+    qmodel = _calibrated(QuantSpec(w_bits=2, a_bits=2, first_last_bits=8))
+    levels = integer_weight_levels(qmodel)
+    assert all(levels[name] <= 4 for name in MIDDLE)
+    assert levels[FIRST] > 4 and levels[LAST] > 4
+    for name in (FIRST, LAST):
+        assert int(qmodel.get_submodule(name).quant_weight().bit_width) == 8
+    assert all(int(qmodel.get_submodule(n).quant_weight().bit_width) == 2 for n in MIDDLE)
+
+    same = integer_weight_levels(_calibrated(QuantSpec(w_bits=2, a_bits=2, first_last_bits=None)))
+    assert same[FIRST] <= 4 and same[LAST] <= 4
+
+
+def _module_outputs(
+    qmodel: nn.Module, types: tuple[type, ...], batch: torch.Tensor
+) -> dict[str, torch.Tensor | QuantTensor]:
+    outputs: dict[str, torch.Tensor | QuantTensor] = {}
+    handles = [
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: outputs.__setitem__(name, out)
+        )
+        for name, module in qmodel.named_modules()
+        if isinstance(module, types)
+    ]
+    with torch.no_grad():
+        qmodel(batch)
+    for handle in handles:
+        handle.remove()
+    return outputs
+
+
+@pytest.mark.parametrize("learned_clip", [False, True])
+@pytest.mark.parametrize("a_bits", [2, 4])
+def test_activations_take_at_most_2_pow_a_values(a_bits: int, learned_clip: bool) -> None:
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=a_bits, learned_clip=learned_clip))
+    outputs = _module_outputs(qmodel, (qnn.QuantReLU,), _images(seed=9))
+    assert len(outputs) == 3
+    low, high = _int_range(a_bits, signed=False)
+    for out in outputs.values():
+        assert isinstance(out, QuantTensor)
+        ints = out.int()
+        assert 2 <= torch.unique(ints).numel() <= 2**a_bits
+        assert low <= int(ints.min()) and int(ints.max()) <= high
+        assert torch.allclose(ints * out.scale, out.value, atol=1e-6)
+
+
+@pytest.mark.parametrize(("first_last_bits", "expected"), [(8, 8), (None, 2)])
+def test_input_quantiser_bit_width(first_last_bits: int | None, expected: int) -> None:
+    qmodel = _calibrated(QuantSpec(w_bits=2, a_bits=2, first_last_bits=first_last_bits))
+    outputs = _module_outputs(qmodel, (qnn.QuantIdentity,), _images(seed=9))
+    inp = outputs["x_quant"]
+    assert int(inp.bit_width) == expected
+    assert 2 ** (expected - 2) < torch.unique(inp.int()).numel() <= 2**expected
+
+
+def test_first_layer_input_requantised_at_first_last_bits_behind_other_ops() -> None:
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(4, 3, 2, 2)
+    qmodel = quantize(mlp, QuantSpec(w_bits=2, a_bits=2, first_last_bits=8), x)
+    calibrate(qmodel, [x])
+    first = qmodel.get_submodule("1")
+    assert int(first.quant_weight().bit_width) == 8
+    inputs = _module_inputs(qmodel.eval(), first, x)
+    assert isinstance(inputs, QuantTensor) and int(inputs.bit_width) == 8
+
+
+def _module_inputs(qmodel: nn.Module, module: nn.Module, batch: torch.Tensor) -> object:
+    seen: list[object] = []
+    handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        qmodel(batch)
+    handle.remove()
+    return seen[0]
+
+
+def test_learned_clip_without_relu_is_rejected() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4, 2)).eval()
+    with pytest.raises(ValueError, match="ReLU"):
+        quantize(model, QuantSpec(w_bits=4, a_bits=4, learned_clip=True), torch.randn(2, 3, 3, 3))
+
+
+def _act_scales(qmodel: nn.Module) -> dict[str, float]:
+    return {
+        name: float(module.act_quant.scale().detach())
+        for name, module in qmodel.named_modules()
+        if isinstance(module, (qnn.QuantReLU, qnn.QuantIdentity))
+    }
+
+
+def test_ptq_calibration_changes_activation_scales() -> None:
+    qmodel = quantize(_model(), QuantSpec(w_bits=4, a_bits=4), _images(2))
+    before = _act_scales(qmodel)
+    calibrate(qmodel, [_images(seed=s) for s in range(2, 4)])
+    after = _act_scales(qmodel)
+    assert set(before) == set(after) and len(after) >= 4
+    assert all(abs(after[name] - before[name]) > 1e-4 * before[name] for name in before)
+
+
+def test_bias_correction_changes_biases() -> None:
+    qmodel = quantize(_model(), QuantSpec(w_bits=2, a_bits=4), _images(2))
+    biases = {n: p.detach().clone() for n, p in qmodel.named_parameters() if n.endswith("bias")}
+    calibrate(qmodel, iter([_images(seed=s) for s in range(2, 4)]), bias_correction=True)
+    moved = [n for n, p in qmodel.named_parameters() if n in biases and not p.equal(biases[n])]
+    assert moved
+
+
+def _train(qmodel: nn.Module, steps: int, clip_weight: float = 0.0) -> None:
+    qmodel.train()
+    optimizer = torch.optim.SGD(qmodel.parameters(), lr=0.05)
+    targets = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    for step in range(steps):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(qmodel(_images(seed=20 + step)), targets)
+        (loss + clip_weight * clip_penalty(qmodel)).backward()
+        optimizer.step()
+
+
+def test_qat_gradients_reach_weights_through_fake_quant() -> None:
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=4))
+    weights = {n: p.detach().clone() for n, p in qmodel.named_parameters() if n.endswith("weight")}
+    assert len(weights) == 4
+    _train(qmodel, steps=1)
+    for name, param in qmodel.named_parameters():
+        if name in weights:
+            assert param.grad is not None and float(param.grad.abs().sum()) > 0
+    _train(qmodel, steps=2)
+    params = dict(qmodel.named_parameters())
+    assert all(not params[n].detach().equal(w) for n, w in weights.items())
+
+
+def test_input_gradient_flows_through_input_quantiser() -> None:
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=4, learned_clip=True))
+    x = _images(seed=12).requires_grad_(True)
+    qmodel(x).logsumexp(dim=1).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_pact_alphas_initialised_from_calibration_statistics() -> None:
+    qmodel = quantize(_model(), QuantSpec(w_bits=4, a_bits=4, learned_clip=True), _images(2))
+    batch = _images(seed=3) * 3.0
+    calibrate(qmodel, [batch])
+    alphas = clip_values(qmodel)
+    assert set(alphas) == {"features.2", "features.5", "features.8"}
+    qmodel.eval()
+    with quantization_disabled(qmodel):
+        fp_acts = _module_outputs(qmodel, (qnn.QuantReLU,), batch)
+    for name, alpha in alphas.items():
+        acts = fp_acts[name].flatten()
+        assert alpha != pytest.approx(PACT_INIT_ALPHA)
+        assert float(torch.quantile(acts, 0.99)) <= alpha <= float(acts.max()) + 1e-6
+        scale = float(qmodel.get_submodule(name).act_quant.scale())
+        assert scale * (2**4 - 1) == pytest.approx(alpha, rel=1e-5)
+
+
+def test_pact_alphas_get_gradients_and_move() -> None:
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=2, learned_clip=True))
+    start = clip_values(qmodel)
+    _train(qmodel, steps=1, clip_weight=1e-3)
+    for param in clip_parameters(qmodel).values():
+        assert param.requires_grad
+        assert param.grad is not None and float(param.grad.abs()) > 0
+    _train(qmodel, steps=3, clip_weight=1e-3)
+    end = clip_values(qmodel)
+    assert all(end[name] != pytest.approx(start[name], rel=1e-6) for name in start)
+
+
+def test_clip_penalty_is_sum_of_squared_alphas() -> None:
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=4, learned_clip=True))
+    expected = sum(v**2 for v in clip_values(qmodel).values())
+    assert float(clip_penalty(qmodel)) == pytest.approx(expected, rel=1e-5)
+    plain = _calibrated(QuantSpec(w_bits=4, a_bits=4))
+    assert clip_parameters(plain) == {} and float(clip_penalty(plain)) == 0.0
+
+
+def test_quantization_disabled_recovers_fp32_output() -> None:
+    model = _model()
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=4), model)
+    x = _images(seed=7)
+    with torch.no_grad():
+        reference = model(x)
+        quantised = qmodel(x)
+        with quantization_disabled(qmodel):
+            float_graph = qmodel(x)
+        again = qmodel(x)
+    assert torch.allclose(float_graph, reference, atol=1e-5)
+    assert not torch.allclose(quantised, reference, atol=1e-3)
+    assert torch.equal(again, quantised)
+
+
+def test_quantize_leaves_fp32_model_untouched() -> None:
+    model = _model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    qmodel = quantize(model, QuantSpec(w_bits=4, a_bits=4, learned_clip=True), _images(2))
+    assert qmodel is not model
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert not any(isinstance(m, (qnn.QuantConv2d, qnn.QuantReLU)) for m in model.modules())
+
+
+def test_state_dict_round_trip_rebuilds_the_same_model() -> None:
+    spec = QuantSpec(w_bits=2, a_bits=4, learned_clip=True)
+    qmodel = _calibrated(spec)
+    _train(qmodel, steps=1, clip_weight=1e-3)
+    qmodel.eval()
+    state = {k: v.clone() for k, v in qmodel.state_dict().items()}
+    rebuilt = load_quantized(_model(seed=5), spec, _images(2), state).eval()
+    x = _images(seed=13)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), qmodel(x))
+    assert clip_values(rebuilt) == clip_values(qmodel)
+
+
+@pytest.mark.parametrize(("per_channel", "expected"), [(False, None), (True, "out")])
+def test_weight_scale_granularity(per_channel: bool, expected: str | None) -> None:
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=4, per_channel=per_channel))
+    for name in (FIRST, *MIDDLE, LAST):
+        layer = qmodel.get_submodule(name)
+        n_scales = layer.quant_weight().scale.numel()
+        assert n_scales == (1 if expected is None else layer.weight.shape[0])
+
+
+@pytest.mark.parametrize("bad", [1, 9])
+def test_spec_rejects_unsupported_bit_widths(bad: int) -> None:
+    with pytest.raises(ValueError):
+        QuantSpec(w_bits=bad, a_bits=4)
+    with pytest.raises(ValueError):
+        QuantSpec(w_bits=4, a_bits=4, first_last_bits=bad)
+
+
+@pytest.mark.parametrize(
+    ("factory", "n_layers"),
+    [(torchvision.models.resnet18, 21), (torchvision.models.mobilenet_v2, 53)],
+)
+def test_torchvision_backbones_quantize(factory, n_layers: int) -> None:
+    torch.manual_seed(0)
+    model = factory(num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    qmodel = quantize(model, QuantSpec(w_bits=4, a_bits=4), x)
+    with torch.no_grad():
+        out = qmodel(x)
+    assert isinstance(out, torch.Tensor) and not isinstance(out, QuantTensor)
+    assert out.shape == (1, 3)
+    levels = integer_weight_levels(qmodel)
+    assert len(levels) == n_layers
+    assert sum(n <= 15 for n in levels.values()) == n_layers - 2
+
+
+def test_qcdq_export_matches_torch_and_quantises_input(tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from brevitas.export import export_onnx_qcdq
+
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=4, learned_clip=True))
+    x = _images(2, seed=11)
+    path = tmp_path / "small.onnx"
+    export_onnx_qcdq(qmodel, args=x, export_path=str(path), opset_version=17, dynamo=False)
+    graph = onnx.load(str(path)).graph
+    input_users = [node.op_type for node in graph.node if graph.input[0].name in node.input]
+    assert input_users == ["QuantizeLinear"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options)
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch_out = qmodel(x).numpy()
+    np.testing.assert_allclose(onnx_out, torch_out, atol=1e-5)
