@@ -72,6 +72,9 @@ def run(
     = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     dry_run: Annotated[bool, typer.Option(help="Print the plan; run nothing.")] = False,
+    estimate: Annotated[bool, typer.Option(
+        help="With --dry-run: time each method's training step here and estimate the total.")]
+    = True,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed cell.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -84,9 +87,11 @@ def run(
                                                 tuple(method or ()), seeds, epochs),
                          device.value, fail_fast, quiet)
     buffer = logs.start_buffer()
-    plan = plan_grid(options)
+    plan = plan_grid(options, allow_missing_data=dry_run)
     if dry_run:
-        print_plan(plan, store)
+        todo = print_plan(plan, store)
+        if estimate:
+            print_estimate(plan, todo)
         return
     results = ResultsStore(store)
     log_path = logs.to_file(buffer, results.log_dir)
@@ -97,10 +102,17 @@ def run(
         raise typer.Exit(1)
 
 
-def print_plan(plan: Any, store: Path) -> None:
+def print_plan(plan: Any, store: Path) -> set[str]:
+    """Print each cell with its parent and whether it is cached; returns the ids to run."""
+    from bench.runner.plan import MissingData
     from bench.store.database import DB_NAME, ResultsStore
 
     done = ResultsStore(store).done_ids() if (store / DB_NAME).exists() else set()
+    for data in plan.data.values():
+        if isinstance(data, MissingData):
+            out.print(f"[yellow]data set '{data.config.name}' is not available here[/] "
+                      f"({data.reason}); cell ids below are provisional and every cell "
+                      "counts as to run", highlight=False)
     table = Table(title=f"grid '{plan.grid.name}': {len(plan.cells)} cells")
     for column in ("cell", "parent", "status"):
         table.add_column(column)
@@ -108,8 +120,26 @@ def print_plan(plan: Any, store: Path) -> None:
         table.add_row(f"{cell.label} [{cell.cell_id}]", cell.config.parent_id or "-",
                       "cached" if cell.cell_id in done else "will run")
     out.print(table)
-    todo = sum(c.cell_id not in done for c in plan.cells)
-    out.print(f"{len(plan.cells) - todo} cached, {todo} will run")
+    todo = {c.cell_id for c in plan.cells if c.cell_id not in done}
+    out.print(f"{len(plan.cells)} cells: {len(plan.cells) - len(todo)} cached, "
+              f"{len(todo)} will run")
+    return todo
+
+
+def print_estimate(plan: Any, todo: set[str]) -> None:
+    from bench.runner.estimate import estimate
+
+    rows = estimate(plan, todo)
+    table = Table(title="estimated compute (training steps timed on this machine)")
+    for column in ("backbone", "method", "size", "cells", "s/step", "steps/cell", "hours"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r.backbone, r.method, str(r.image_size), str(r.cells),
+                      f"{r.step_seconds:.3f}", str(r.steps_per_cell), f"{r.seconds / 3600:.2f}")
+    out.print(table)
+    total = sum(r.seconds for r in rows)
+    out.print(f"estimated total: {total / 3600:.2f} h ({total:.0f} s) for {len(todo)} cells "
+              "on this machine, sequentially")
 
 
 @app.command()
@@ -117,20 +147,30 @@ def print_plan(plan: Any, store: Path) -> None:
 def results(
     store: StoreOpt = Path("results"),
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    profile: Annotated[str | None, typer.Option(
+        help="Latency columns from this hardware profile only (default: each cell's most "
+             "recent successful measurement).")] = None,
 ) -> None:
     """Print one record per cell."""
     from bench.store import RESULT_COLUMNS, ResultsStore
+    from bench.store.measurements import empty_columns, measured_profiles
 
-    rows = open_store(store, ResultsStore).rows()
+    opened = open_store(store, ResultsStore)
+    if profile is not None and profile not in (known := measured_profiles(opened.engine)):
+        raise UsageError(f"no measurement under profile '{profile}' in {store}; measured: "
+                         f"{', '.join(known) or 'none (run `bench measure`)'}")
+    rows = opened.rows(profile)
     if format is Format.json:
         sys.stdout.write(json.dumps(rows, indent=1, default=str) + "\n")
     elif format is Format.csv:
         import pandas as pd
 
-        pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).to_csv(sys.stdout, index=False)
+        columns = dict.fromkeys([*RESULT_COLUMNS, *empty_columns(), *(k for r in rows for k in r)])
+        pd.DataFrame(rows, columns=list(columns)).to_csv(sys.stdout, index=False)
     else:
         table = Table()
-        shown = RESULT_COLUMNS[:11]
+        shown = [*RESULT_COLUMNS[:11], *(c for c in ("int_kernels", "latency_ms_p50", "profile")
+                                         if any(r[c] is not None for r in rows))]
         for column in shown:
             table.add_column(column)
         for row in rows:
@@ -165,6 +205,59 @@ def report(
 
     path = build_report(open_store(store, ResultsStore), out_path)
     out.print(f"report written to {path.resolve()}")
+
+
+@app.command()
+@exits_on_usage_error
+def measure(
+    profile: Annotated[str, typer.Option(
+        help="Hardware profile (see `bench profiles`) or a profile TOML file.")],
+    store: StoreOpt = Path("results"),
+    backbone: Annotated[list[str] | None, typer.Option(help="Only this backbone (repeatable).")]
+    = None,
+    method: Annotated[list[str] | None, typer.Option(help="Only this method (repeatable).")]
+    = None,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help="Batch size (default: the profile's first).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Time the store's deployed cells under a hardware profile on this machine."""
+    from bench.measure import load_profile
+    from bench.measure.runner import measure_store
+    from bench.store import ResultsStore
+
+    chosen = load_profile(profile)
+    summary = measure_store(open_store(store, ResultsStore), chosen,
+                            backbones=tuple(backbone or ()), methods=tuple(method or ()),
+                            batch_size=batch_size, quiet=quiet)
+    for cell_id, error in summary.errors.items():
+        err.print(f"[bold red]failed:[/] {cell_id}: {error}", highlight=False, soft_wrap=True)
+    total = len(summary.measured) + len(summary.skipped) + len(summary.failed)
+    out.print(f"{len(summary.measured)} measured, {len(summary.skipped)} already measured, "
+              f"{len(summary.failed)} failed; profile {chosen.name}, machine {summary.machine}, "
+              f"batch size {summary.batch_size}"
+              + ("" if total else " (no deployed cell: add `stages: {deploy: {}}` to the grid)"),
+              highlight=False, soft_wrap=True)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@exits_on_usage_error
+def profiles() -> None:
+    """List the hardware profiles."""
+    from bench.measure import list_profiles, load_profile
+
+    names = list_profiles()
+    table = Table()
+    table.add_column("profile", no_wrap=True, min_width=max(map(len, names)))
+    for column in ("isolation", "threads", "limits", "description"):
+        table.add_column(column)
+    for name in names:
+        p = load_profile(name)
+        threads = f"intra {p.threads.intra_op or 'auto'}, inter {p.threads.inter_op or 'auto'}"
+        table.add_row(name, p.isolation, threads, p.limits_text(), " ".join(p.description.split()))
+    out.print(table)
 
 
 @app.command()

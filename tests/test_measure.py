@@ -221,6 +221,21 @@ def test_worker_crash_is_classified():
     assert not err.value.memory
 
 
+def test_import_failure_with_allocation_error_on_stderr_reads_as_memory():
+    stdout = ('{"ok": false, "stage": "import", "error": "ImportError: import numpy failed", '
+              '"memory": false}')
+    stderr = "ImportError: libopenblas.so: failed to map segment from shared object"
+    with pytest.raises(MeasurementError, match="exceeded the memory limit of 64 MB") as err:
+        parse_worker_output(1, stdout, stderr, 64, False)
+    assert err.value.memory and "while importing the runtime" in str(err.value)
+
+
+def test_limits_text():
+    profile = _profile(cpu_quota=1.0, memory_limit_mb=512)
+    assert profile.limits_text() == "cpus 0, quota 1 CPU, memory 512 MB"
+    assert _profile(cpuset=None).limits_text() == "none"
+
+
 def test_torch_runtime(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 2))
     torch.save(model, tmp_path / "model.pt")

@@ -45,15 +45,17 @@ class DatasetInfo:
     load: Loader
     description: str
     has_masks: bool
+    nominal_images: int | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, description: str, has_masks: bool = False
-                     ) -> Callable[[Loader], Loader]:
+def register_dataset(name: str, description: str, has_masks: bool = False,
+                     nominal_images: int | None = None) -> Callable[[Loader], Loader]:
+    """Register a loader; nominal_images lets a dry run estimate cost without the data."""
     def add(load: Loader) -> Loader:
-        DATASETS[name] = DatasetInfo(name, load, description, has_masks)
+        DATASETS[name] = DatasetInfo(name, load, description, has_masks, nominal_images)
         return load
     return add
 

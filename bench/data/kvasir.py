@@ -100,7 +100,8 @@ def find_class_root(folder: Path) -> Path:
 
 
 @register_dataset("kvasir", "Kvasir v2, 8 GI endoscopy classes, from the official archive "
-                  "(downloaded once, SHA-256 checked) or --data-root (zip or folder)")
+                  "(downloaded once, SHA-256 checked) or --data-root (zip or folder)",
+                  nominal_images=8000)
 def load_kvasir(cfg: DataConfig, cache: Path) -> ImageSet:
     url = str(cfg.options.get("url", KVASIR_URL))
     expected = cfg.options.get("sha256")

@@ -61,6 +61,15 @@ def agreement(
             ref_logits = torch_model(x).detach().float().numpy()
     finally:
         torch_model.train(training)
+    return compare_logits(onnx_logits, ref_logits, labels)
+
+
+def compare_logits(
+    onnx_logits: np.ndarray,
+    ref_logits: np.ndarray,
+    labels: torch.Tensor | np.ndarray | None = None,
+) -> Agreement:
+    """Compare ONNX Runtime logits with reference (PyTorch) logits of the same inputs."""
     if onnx_logits.shape != ref_logits.shape:
         raise ValueError(
             f"output shapes differ: onnx {onnx_logits.shape}, torch {ref_logits.shape}"
@@ -73,7 +82,7 @@ def agreement(
         accuracy = float((onnx_top1 == y).mean())
         reference_accuracy = float((ref_top1 == y).mean())
     return Agreement(
-        n=len(x),
+        n=len(onnx_logits),
         top1_agreement=float((onnx_top1 == ref_top1).mean()),
         max_abs_logit_diff=float(np.abs(onnx_logits - ref_logits).max()),
         accuracy=accuracy,

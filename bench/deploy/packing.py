@@ -193,6 +193,15 @@ def _is_quantiser_param(name: str) -> bool:
     return any(part.endswith("_quant") for part in name.split(".")[:-1])
 
 
+def count_params(model: nn.Module) -> int:
+    """Learnable weights and biases, quantiser parameters excluded."""
+    return sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if name.rsplit(".", 1)[-1] in ("weight", "bias") and not _is_quantiser_param(name)
+    )
+
+
 def count_params_and_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     """Learnable weights and biases (quantiser parameters excluded) and MACs of one forward.
 
@@ -200,11 +209,7 @@ def count_params_and_macs(model: nn.Module, example_input: torch.Tensor) -> tupl
     halved since it counts a multiply-add as two FLOPs; they scale with the batch size of
     ``example_input``.
     """
-    n_params = sum(
-        p.numel()
-        for name, p in model.named_parameters()
-        if name.rsplit(".", 1)[-1] in ("weight", "bias") and not _is_quantiser_param(name)
-    )
+    n_params = count_params(model)
     training = model.training
     model.eval()
     try:

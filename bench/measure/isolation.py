@@ -104,7 +104,7 @@ def parse_worker_output(
         return result
     if result is not None:
         detail = f"failed while {_STAGES.get(result['stage'], result['stage'])}: {result['error']}"
-        memory = bool(result["memory"])
+        memory = bool(result["memory"]) or _worker.is_memory_failure(stderr)
     else:
         tail = stderr.strip()[-2000:]
         detail = f"exited with code {returncode} without a result; stderr: {tail}"
@@ -139,6 +139,15 @@ def check_cpuset(profile: Profile) -> None:
             f"profile {profile.name!r} pins CPUs {missing}, not available here "
             f"(available: {sorted(available)})"
         )
+
+
+def check_isolation(profile: Profile) -> None:
+    """Raise ``IsolationUnavailable`` now if this machine cannot give the profile's isolation."""
+    check_cpuset(profile)
+    if profile.isolation == "docker":
+        from bench.measure.container import docker_client
+
+        docker_client()
 
 
 def _run_process(spec: dict, profile: Profile, timeout_s: float) -> tuple[dict, dict[str, str]]:

@@ -6,8 +6,8 @@ file can be given by path.
 
 from __future__ import annotations
 
+import importlib
 import tomllib
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -62,6 +62,17 @@ class Profile(_Strict):
             raise ValueError("percentiles must lie strictly between 0 and 100")
         return self
 
+    def limits_text(self) -> str:
+        """The resource limits in words: pinned CPUs, CPU quota, memory."""
+        parts = []
+        if self.cpuset is not None:
+            parts.append(f"cpus {','.join(str(c) for c in self.cpuset)}")
+        if self.cpu_quota is not None:
+            parts.append(f"quota {self.cpu_quota:g} CPU")
+        if self.memory_limit_mb is not None:
+            parts.append(f"memory {self.memory_limit_mb} MB")
+        return ", ".join(parts) or "none"
+
 
 def _format_errors(err: ValidationError) -> str:
     parts = []
@@ -84,10 +95,17 @@ def parse_profile(text: str, source: str, name: str) -> Profile:
         raise ProfileError(f"{source}: {_format_errors(err)}") from err
 
 
+def _shipped_dir() -> Path:
+    """The folder of the shipped profiles (also when an editable install maps the package as
+    a namespace package, which ``importlib.resources`` cannot list)."""
+    package = importlib.import_module(PROFILE_PACKAGE)
+    return next(Path(p) for p in package.__path__ if Path(p).is_dir())
+
+
 def list_profiles() -> list[str]:
     """Names of the shipped profiles, sorted."""
-    root = resources.files(PROFILE_PACKAGE)
-    return sorted(p.name[: -len(SUFFIX)] for p in root.iterdir() if p.name.endswith(SUFFIX))
+    return sorted(p.name[: -len(SUFFIX)] for p in _shipped_dir().iterdir()
+                  if p.name.endswith(SUFFIX))
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
@@ -98,7 +116,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
         if not path.is_file():
             raise ProfileError(f"{path}: profile file not found")
         return parse_profile(path.read_text(), str(path), path.stem)
-    resource = resources.files(PROFILE_PACKAGE) / f"{text}{SUFFIX}"
+    resource = _shipped_dir() / f"{text}{SUFFIX}"
     if not resource.is_file():
         raise ProfileError(
             f"unknown hardware profile {text!r}; shipped: {', '.join(list_profiles())}"

@@ -25,8 +25,9 @@ class RunOptions:
     quiet: bool = False
 
 
-def plan_grid(options: RunOptions) -> Plan:
-    return build_plan(apply_overrides(load_grid(options.grid), options.overrides))
+def plan_grid(options: RunOptions, allow_missing_data: bool = False) -> Plan:
+    return build_plan(apply_overrides(load_grid(options.grid), options.overrides),
+                      allow_missing_data)
 
 
 def run_grid(plan: Plan, store: ResultsStore, options: RunOptions) -> RunSummary:

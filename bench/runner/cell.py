@@ -111,7 +111,7 @@ def run_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name: str
         cell_id=cell.cell_id, parent_id=cfg.parent_id, grid=grid_name, dataset=cfg.dataset.name,
         backbone=cfg.backbone.name, method=cfg.method, w_bits=cfg.w_bits, a_bits=cfg.a_bits,
         seed=cfg.seed, split_manifest=cfg.split_manifest, config=cfg.model_dump(mode="json"),
-        provenance={**provenance(), "device": str(device)}, started_at=started)
+        provenance={**provenance(), "device": str(device)}, started_at=started, error=None)
     try:
         with store.staging(cell.cell_id) as staged:
             seed_everything(cfg.seed)

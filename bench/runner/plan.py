@@ -12,8 +12,8 @@ from bench.config import (
     GridConfig,
     MethodEntry,
 )
-from bench.data import PreparedData, prepare
-from bench.errors import ConfigError
+from bench.data import PreparedData, get_dataset, prepare
+from bench.errors import ConfigError, DataError
 from bench.models import get_backbone
 from bench.runner.stages import validate_stage_settings
 from methods import get_method
@@ -34,11 +34,21 @@ class Cell:
         return f"{c.dataset.name}/{c.backbone.name}/{c.method}{bits}/seed {c.seed}"
 
 
+@dataclass(frozen=True)
+class MissingData:
+    """A data set a dry run could not prepare here: cells are listed, their ids are not final."""
+
+    config: DataConfig
+    reason: str
+    num_images: int | None
+    num_classes: int | None = None
+
+
 @dataclass
 class Plan:
     grid: GridConfig
     cells: list[Cell] = field(default_factory=list)
-    data: dict[str, PreparedData] = field(default_factory=dict)
+    data: dict[str, PreparedData | MissingData] = field(default_factory=dict)
 
     def add(self, cell: Cell) -> None:
         if all(c.cell_id != cell.cell_id for c in self.cells):
@@ -95,8 +105,6 @@ def apply_overrides(grid: GridConfig, o: Overrides) -> GridConfig:
 
 def validate_names(grid: GridConfig) -> None:
     """Fail early, before any data is prepared, on unknown names or bad parameters."""
-    from bench.data import get_dataset
-
     for d in grid.datasets:
         get_dataset(d.name)
     for b in grid.backbones:
@@ -106,7 +114,8 @@ def validate_names(grid: GridConfig) -> None:
     validate_stage_settings(grid.stages)
 
 
-def _cell(grid: GridConfig, data: PreparedData, data_key: str, backbone: BackboneConfig,
+def _cell(grid: GridConfig, data: PreparedData | MissingData, data_key: str,
+          backbone: BackboneConfig,
           entry: MethodEntry, bits: tuple[int, int], seed: int, parent_id: str | None) -> Cell:
     config = CellConfig(
         dataset=data.config, backbone=backbone, method=entry.name,
@@ -114,17 +123,31 @@ def _cell(grid: GridConfig, data: PreparedData, data_key: str, backbone: Backbon
         w_bits=bits[0], a_bits=bits[1], seed=seed,
         train=grid.finetune if parent_id else grid.train,
         calibration_batches=grid.calibration_batches, parent_id=parent_id,
-        split_manifest=data.split.manifest_hash, stages=validate_stage_settings(grid.stages))
+        split_manifest=data_key, stages=validate_stage_settings(grid.stages))
     return Cell(config.cell_id(), config, data_key)
 
 
-def build_plan(grid: GridConfig) -> Plan:
-    """All cells of a grid, parents first; prepares (and validates) each data set once."""
+def _prepare(cfg: DataConfig, allow_missing: bool) -> tuple[str, PreparedData | MissingData]:
+    try:
+        data = prepare(cfg)
+    except DataError as err:
+        if not allow_missing:
+            raise
+        nominal = get_dataset(cfg.name).nominal_images or cfg.options.get("num_images")
+        return f"unprepared-{cfg.name}", MissingData(cfg, str(err), nominal)
+    return data.split.manifest_hash, data
+
+
+def build_plan(grid: GridConfig, allow_missing_data: bool = False) -> Plan:
+    """All cells of a grid, parents first; prepares (and validates) each data set once.
+
+    With allow_missing_data (dry runs), a data set that cannot be prepared here still yields
+    its cells, under a placeholder split manifest.
+    """
     validate_names(grid)
     plan = Plan(grid)
     for data_cfg in grid.datasets:
-        data = prepare(data_cfg)
-        key = data.split.manifest_hash
+        key, data = _prepare(data_cfg, allow_missing_data)
         plan.data[key] = data
         for backbone in grid.backbones:
             for seed in grid.seeds:

@@ -68,7 +68,7 @@ def load_stages() -> None:
         importlib.import_module(module)
 
 
-STAGE_MODULES: tuple[str, ...] = ()
+STAGE_MODULES: tuple[str, ...] = ("bench.deploy.stage", "bench.saliency.stage")
 
 
 def validate_stage_settings(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

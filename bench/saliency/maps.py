@@ -45,6 +45,19 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
 
 
 @contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for the block; a model in training mode is put back after it."""
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
+
+
+@contextmanager
 def tensor_probe(layer: nn.Module) -> Iterator[nn.Module]:
     """An identity module applied to `layer`'s output tensor, for Captum layer hooks.
 
@@ -147,10 +160,8 @@ def compute_maps(
         raise ValueError(f"unknown saliency method '{method}'; known: {', '.join(METHODS)}")
     fn = METHODS[method]
     t_all = torch.as_tensor(np.asarray(targets), dtype=torch.long)
-    was_training = model.training
-    model.eval()
     maps = []
-    try:
+    with eval_mode(model):
         for start in range(0, images.shape[0], batch_size):
             x = images[start:start + batch_size].detach().float().clone().requires_grad_()
             t = t_all[start:start + batch_size]
@@ -160,6 +171,4 @@ def compute_maps(
                 layer=layer, batch_size=batch_size, seeds=seeds,
             )
             maps.append(aggregate_channels(attr.detach(), aggregate).cpu().numpy())
-    finally:
-        model.train(was_training)
     return np.concatenate(maps).astype(np.float32)

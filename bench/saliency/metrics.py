@@ -18,6 +18,8 @@ from skimage.metrics import structural_similarity
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
+from bench.saliency.maps import eval_mode
+
 ExplainFn = Callable[[Tensor, Tensor], np.ndarray]
 Baseline = Literal["zeros", "blur"]
 BLUR_KERNEL = 11
@@ -156,25 +158,27 @@ def _flip_curve(
     model: nn.Module, images: Tensor, targets: Tensor, maps: np.ndarray, steps: int,
     start: Tensor, end: Tensor, batch_size: int,
 ) -> np.ndarray:
-    """Target-class probability as pixels go from `start` to `end` in decreasing saliency."""
+    """Target-class probability as pixels go from `start` to `end` in decreasing saliency.
+
+    The (step, image) inputs are evaluated `batch_size` at a time across steps, so a small image
+    set costs few forward passes.
+    """
     n, _, h, w = images.shape
     order = np.argsort(-_flat(maps), axis=1, kind="stable")
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(h * w)[None].repeat(n, 0), axis=1)
     rank_t = torch.from_numpy(rank).reshape(n, 1, h, w)
     t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    flips = torch.tensor([round(s * h * w / steps) for s in range(steps + 1)])
+    step_of = torch.arange(steps + 1).repeat_interleave(n)
+    image_of = torch.arange(n).repeat(steps + 1)
     probs = np.zeros((n, steps + 1))
-    was_training = model.training
-    model.eval()
-    try:
-        for s in range(steps + 1):
-            flipped = rank_t < round(s * h * w / steps)
-            x_s = torch.where(flipped, end, start)
-            for b in range(0, n, batch_size):
-                p = torch.softmax(model(x_s[b:b + batch_size]).float(), dim=1)
-                probs[b:b + batch_size, s] = p.gather(1, t[b:b + batch_size, None])[:, 0].numpy()
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        for b in range(0, len(step_of), batch_size):
+            s, i = step_of[b:b + batch_size], image_of[b:b + batch_size]
+            flipped = rank_t[i] < flips[s].view(-1, 1, 1, 1)
+            p = torch.softmax(model(torch.where(flipped, end[i], start[i])).float(), dim=1)
+            probs[i.numpy(), s.numpy()] = p.gather(1, t[i, None])[:, 0].numpy()
     return probs
 
 

@@ -16,10 +16,14 @@ from bench.saliency.maps import METHODS, compute_maps
 class SaliencyConfig(BaseModel):
     """Saliency-stability settings; defaults are sized for a fast smoke run.
 
-    n_samples: images evaluated per cell (the first n_samples); noise_std/noise_samples:
-    Gaussian input noise (model-input units) and draws for max-sensitivity; smoothgrad_std/
-    smoothgrad_samples: SmoothGrad noise; ig_steps: Integrated-Gradients steps; gradcam_layer:
-    dotted module name, None = last Conv2d; deletion_steps: pixel-flipping steps.
+    n_samples: images evaluated per cell (the suite takes the first n_samples; the `saliency`
+    stage draws them from the test split with `seed`); noise_std/noise_samples: Gaussian input
+    noise (model-input units) and draws for max-sensitivity; smoothgrad_std/smoothgrad_samples:
+    SmoothGrad noise; ig_steps: Integrated-Gradients steps; gradcam_layer: dotted module name,
+    None = last Conv2d; deletion_steps: pixel-flipping steps; overlays: PNG overlays the stage
+    writes (first method, first images); threads: torch intra-op threads while the stage runs
+    (None: unchanged; 1 avoids thread-barrier stalls on small batches on a busy CPU); seed:
+    image subset, SmoothGrad and sensitivity noise.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -36,6 +40,8 @@ class SaliencyConfig(BaseModel):
     gradcam_layer: str | None = None
     deletion_steps: int = Field(16, ge=1)
     batch_size: int = Field(32, ge=1)
+    overlays: int = Field(3, ge=0)
+    threads: int | None = Field(None, ge=1)
     seed: int = 0
 
     def model_post_init(self, _: object) -> None:
@@ -64,11 +70,13 @@ def stability_suite(
     targets: Tensor | np.ndarray,
     masks: np.ndarray | None,
     cfg: SaliencyConfig,
+    reference_maps: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per method: "maps" (N, H, W) and per-sample (N,) metric arrays.
 
     Always: max_sensitivity, deletion_auc (zeros baseline), insertion_auc (blur baseline).
-    With fp32_model: spearman_fp32, ssim_fp32, topk_iou_fp32 (cell map vs FP32 map).
+    With fp32_model, or stored FP32 maps of the same images in reference_maps[method]:
+    spearman_fp32, ssim_fp32, topk_iou_fp32 (cell map vs FP32 map; stored maps win).
     With masks: pointing_game, energy_pointing, topk_iou_mask.
     """
     n = min(cfg.n_samples, images.shape[0])
@@ -80,8 +88,11 @@ def stability_suite(
         explain = _explainer(model, method, cfg)
         maps = explain(x, t)
         res: dict[str, np.ndarray] = {"maps": maps}
-        if fp32_model is not None:
+        ref = (reference_maps or {}).get(method)
+        if ref is None and fp32_model is not None:
             ref = _explainer(fp32_model, method, cfg)(x, t)
+        if ref is not None:
+            ref = np.asarray(ref)[:n]
             res["spearman_fp32"] = M.spearman(maps, ref)
             res["ssim_fp32"] = M.ssim(maps, ref)
             res["topk_iou_fp32"] = M.topk_iou(maps, ref, cfg.topk)

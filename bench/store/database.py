@@ -19,6 +19,7 @@ from filelock import FileLock, Timeout
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.orm import Session
 
+from bench.store.measurements import empty_columns, latest_columns
 from bench.store.schema import RESULT_COLUMNS, Base, CellRecord
 
 DB_NAME = "medq.sqlite"
@@ -101,9 +102,12 @@ class ResultsStore:
                 CellRecord.dataset, CellRecord.backbone, CellRecord.method, CellRecord.w_bits,
                 CellRecord.a_bits, CellRecord.seed)))
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One flat dict per cell with the public result columns."""
-        return [{**{c: getattr(r, c) for c in RESULT_COLUMNS}, **stage_columns(r)}
+    def rows(self, profile: str | None = None) -> list[dict[str, Any]]:
+        """One flat dict per cell with the public result columns, stage columns and the
+        cell's most recent successful measurement (under ``profile`` if given)."""
+        measured = latest_columns(self.engine, profile)
+        return [{**{c: getattr(r, c) for c in RESULT_COLUMNS}, **empty_columns(),
+                 **stage_columns(r), **measured.get(r.cell_id, {})}
                 for r in self.records()]
 
 

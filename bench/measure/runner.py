@@ -1,0 +1,168 @@
+"""Measure every deployed cell of a store under one hardware profile on this machine.
+
+A cell is measured once per (profile, machine fingerprint hash, batch size): cells with a
+successful measurement under that key are skipped, failed ones are measured again. Each
+measurement is stored (with its samples, summary, fingerprint, or its error) in its own
+transaction as soon as it is taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bench.errors import UsageError
+from bench.measure.fingerprint import HASH_KEY, machine_fingerprint
+from bench.measure.isolation import (
+    IsolationUnavailable,
+    Measurement,
+    MeasurementError,
+    check_isolation,
+    measure_isolated,
+)
+from bench.measure.profiles import Profile
+from bench.measure.protocol import summarize
+from bench.store import CellRecord, ResultsStore
+from bench.store.measurements import MeasurementRecord, measured_cells, save_measurement
+
+DEPLOY_STAGE = "deploy"
+MS = 1000.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """A deployed cell to measure."""
+
+    cell: CellRecord
+    onnx_path: Path
+    packed_size_bytes: int | None
+    input_shape: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        c = self.cell
+        bits = "" if c.w_bits >= 32 else f"/W{c.w_bits}A{c.a_bits}"
+        return f"{c.backbone}/{c.method}{bits}/seed{c.seed}"
+
+
+@dataclass
+class MeasureSummary:
+    machine: str
+    batch_size: int
+    measured: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def deployed_targets(store: ResultsStore, backbones: tuple[str, ...] = (),
+                     methods: tuple[str, ...] = ()) -> list[Target]:
+    """Successful cells with a deployed ONNX file, filtered by backbone and method names."""
+    records = [r for r in store.records() if r.status == "ok"]
+    for flag, names, attr in (("--backbone", backbones, "backbone"),
+                              ("--method", methods, "method")):
+        present = {getattr(r, attr) for r in records}
+        unknown = sorted(set(names) - present)
+        if unknown:
+            raise UsageError(f"{flag} {', '.join(unknown)}: not in the store; it has "
+                             f"{', '.join(sorted(present)) or 'no cells'}")
+        if names:
+            records = [r for r in records if getattr(r, attr) in names]
+    targets = []
+    for r in records:
+        deploy = (r.metrics or {}).get(DEPLOY_STAGE)
+        if not isinstance(deploy, dict) or "onnx_file" not in deploy:
+            continue
+        path = store.artifact_dir(r.cell_id) / deploy["onnx_file"]
+        if path.is_file():
+            targets.append(Target(r, path, deploy["columns"].get("packed_size_bytes"),
+                                  tuple(deploy["input_shape"])))
+    return targets
+
+
+def _latency_columns(samples_s: list[float]) -> dict[str, float]:
+    s = summarize([v * MS for v in samples_s], (50, 90, 99))
+    return {"latency_ms_mean": s["mean"], "latency_ms_std": s["std"], "latency_cv": s["cv"],
+            "latency_ms_min": s["min"], "latency_ms_p50": s["p50"], "latency_ms_p90": s["p90"],
+            "latency_ms_p99": s["p99"]}
+
+
+def _record(target: Target, profile: Profile, fingerprint: dict[str, Any], batch_size: int,
+            started: datetime, result: Measurement | MeasurementError) -> MeasurementRecord:
+    record = MeasurementRecord(
+        cell_id=target.cell.cell_id, profile=profile.name, machine=fingerprint[HASH_KEY],
+        batch_size=batch_size, isolation=profile.isolation,
+        size_bytes=target.onnx_path.stat().st_size, packed_size_bytes=target.packed_size_bytes,
+        fingerprint=fingerprint, profile_config=profile.model_dump(mode="json"),
+        started_at=started, finished_at=datetime.now(UTC))
+    if isinstance(result, MeasurementError):
+        record.status, record.error, record.samples_s = "failed", str(result), []
+        record.details = {"memory": result.memory, "input_shape": list(target.input_shape)}
+        return record
+    record.status, record.samples_s = "ok", list(result.samples_s)
+    record.load_time_s, record.peak_rss_mb = result.load_time_s, result.peak_rss_mb
+    for name, value in _latency_columns(result.samples_s).items():
+        setattr(record, name, value)
+    details = result.to_dict()
+    for key in ("samples_s", "profile", "isolation", "batch_size", "load_time_s",
+                "peak_rss_mb"):
+        details.pop(key)
+    record.details = details
+    return record
+
+
+def _progress(quiet: bool) -> Progress:
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console,
+                    disable=quiet or not console.is_terminal)
+
+
+def measure_store(store: ResultsStore, profile: Profile, *, backbones: tuple[str, ...] = (),
+                  methods: tuple[str, ...] = (), batch_size: int | None = None,
+                  quiet: bool = False) -> MeasureSummary:
+    """Measure the store's deployed cells not yet measured under this profile and machine."""
+    batch = batch_size if batch_size is not None else profile.batch_sizes[0]
+    try:
+        check_isolation(profile)
+    except IsolationUnavailable as err:
+        raise UsageError(str(err)) from err
+    lock = FileLock(store.root / ".measure.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as err:
+        raise UsageError(f"another bench measure is using the store {store.root}") from err
+    try:
+        fingerprint = machine_fingerprint()
+        summary = MeasureSummary(fingerprint[HASH_KEY], batch)
+        targets = deployed_targets(store, backbones, methods)
+        done = measured_cells(store.engine, profile.name, summary.machine, batch)
+        todo = [t for t in targets if t.cell.cell_id not in done]
+        summary.skipped = [t.cell.cell_id for t in targets if t.cell.cell_id in done]
+        with _progress(quiet) as progress:
+            task = progress.add_task("measure", total=len(todo))
+            for target in todo:
+                progress.update(task, description=f"measure  {target.label}")
+                started = datetime.now(UTC)
+                try:
+                    result: Measurement | MeasurementError = measure_isolated(
+                        target.onnx_path, profile, target.input_shape, batch)
+                except MeasurementError as err:
+                    result = err
+                record = _record(target, profile, fingerprint, batch, started, result)
+                save_measurement(store.engine, record)
+                if record.status == "ok":
+                    summary.measured.append(target.cell.cell_id)
+                else:
+                    summary.failed.append(target.cell.cell_id)
+                    summary.errors[target.cell.cell_id] = f"{target.label}: {record.error}"
+                progress.advance(task)
+    finally:
+        lock.release()
+    return summary

@@ -1,0 +1,118 @@
+"""The `saliency` post-training stage: maps and stability statistics of one cell's model.
+
+Every cell of a data set is evaluated on the same images: `n_samples` drawn from the test split
+with the settings' `seed` (never the cell's). Maps attribute the true class, on the model the
+cell produced (the Brevitas fake-quant model for quantised cells). Stored in the cell's folder:
+`saliency_maps.npz` (see bench.saliency.mapfile) and `saliency_overlays/*.png`; stored in its
+record: per-method mean, std and per-sample values of every metric, and the `saliency_*`
+columns (see bench.saliency.columns). Quantisation stability is measured against the stored
+maps of the FP32 reference cell (see bench.saliency.reference).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.config import FP32_BITS
+from bench.data import normalize
+from bench.runner.stages import StageInput, register_stage
+from bench.saliency.columns import json_float, method_stats, result_columns
+from bench.saliency.mapfile import MAPS_FILE, StoredMaps, save_maps
+from bench.saliency.overlay import save_overlay_png
+from bench.saliency.reference import Reference, find_reference
+from bench.saliency.suite import SaliencyConfig, stability_suite
+
+log = logging.getLogger(__name__)
+OVERLAY_DIR = "saliency_overlays"
+
+
+def evaluation_subset(test: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted data-set indices of min(n, len(test)) test images drawn without replacement."""
+    pick = np.random.default_rng(seed).choice(len(test), size=min(n, len(test)), replace=False)
+    return np.sort(np.asarray(test)[pick])
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to n for the block (None: left as it is)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(before)
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """The model itself when it is on the CPU, else a CPU copy (the metrics work on the CPU)."""
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
+def _cell_title(config: Any) -> str:
+    bits = "" if config.w_bits == FP32_BITS else f" W{config.w_bits}A{config.a_bits}"
+    return f"{config.method}{bits}"
+
+
+def write_overlays(folder: Path, images: torch.Tensor, index: np.ndarray, method: str,
+                   maps: np.ndarray, ref: Reference, title: str, count: int) -> list[str]:
+    """Input | FP32 reference map | this cell's map for the first `count` images."""
+    paths = []
+    ref_maps = ref.maps.get(method)
+    for i in range(min(count, len(index))):
+        rel = f"{OVERLAY_DIR}/{method}-{int(index[i]):05d}.png"
+        save_overlay_png(images[i], None if ref_maps is None else ref_maps[i], maps[i],
+                         folder / rel, titles=("FP32", f"{title} {method}"))
+        paths.append(rel)
+    return paths
+
+
+@register_stage("saliency", SaliencyConfig)
+def saliency_stage(inp: StageInput) -> dict[str, Any]:
+    cfg: SaliencyConfig = inp.settings  # type: ignore[assignment]
+    start = time.perf_counter()
+    imgs = inp.data.images
+    index = evaluation_subset(inp.data.split.test, cfg.n_samples, cfg.seed)
+    raw, targets = imgs.images[index], imgs.labels[index]
+    masks = None if imgs.masks is None else imgs.masks[index].numpy()
+    ref = find_reference(inp.store, inp.cell.config, index)
+    with torch_threads(cfg.threads):
+        results = stability_suite(_on_cpu(inp.model), None, normalize(raw), targets, masks, cfg,
+                                  reference_maps=ref.maps)
+    maps = {m: r["maps"] for m, r in results.items()}
+    save_maps(inp.folder, StoredMaps(index, targets.numpy(), maps))
+    primary = cfg.methods[0]
+    overlays = write_overlays(inp.folder, raw, index, primary, maps[primary], ref,
+                              _cell_title(inp.cell.config), cfg.overlays)
+    stats = method_stats(results)
+    seconds = time.perf_counter() - start
+    log.info("saliency of %s: %d images, %s, %.2fs", inp.cell.label, len(index),
+             ", ".join(cfg.methods), seconds)
+    return {
+        "attributed_on": "fake-quant" if inp.quantized else "float",
+        "target": "label",
+        "methods": cfg.methods,
+        "primary": primary,
+        "images": index.tolist(),
+        "reference": ref.describe(),
+        "localisation": ({"skipped": "the data set has no masks"} if masks is None else
+                         {"mask_fraction": json_float(masks.mean())}),
+        "stats": stats,
+        "maps_file": MAPS_FILE,
+        "overlays": overlays,
+        "seconds": seconds,
+        "columns": result_columns(stats, cfg.methods),
+    }

@@ -1,0 +1,121 @@
+"""The `measurements` table: latency and memory of a cell's deployed model under a profile.
+
+One row per (cell, profile, machine fingerprint hash, batch size). A failed measurement is
+stored with its error and no latency; measuring the same key again replaces the row, in one
+transaction, so a row is never half written.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    delete,
+    select,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from bench.store.schema import Base
+
+DEPLOY_COLUMNS = ("size_bytes", "packed_size_bytes", "int_kernels", "deployed_accuracy",
+                  "agreement")
+"""Result columns the deploy stage reports (None for cells it did not run on)."""
+MEASUREMENT_COLUMNS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "peak_rss_mb",
+                       "latency_batch_size", "profile", "machine")
+"""Result columns taken from a cell's chosen measurement (None when it has none)."""
+_RECORD_FIELDS = {"latency_batch_size": "batch_size"}
+
+
+class MeasurementRecord(Base):
+    """Latency samples and their summary for one deployed cell on one machine and profile."""
+
+    __tablename__ = "measurements"
+    __table_args__ = (UniqueConstraint("cell_id", "profile", "machine", "batch_size"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cell_id: Mapped[str] = mapped_column(String(32), index=True)
+    profile: Mapped[str] = mapped_column(String(128), index=True)
+    machine: Mapped[str] = mapped_column(String(16), index=True)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    isolation: Mapped[str] = mapped_column(String(16))
+    samples_s: Mapped[list[float]] = mapped_column(JSON, default=list)
+    latency_ms_mean: Mapped[float | None] = mapped_column(Float)
+    latency_ms_std: Mapped[float | None] = mapped_column(Float)
+    latency_cv: Mapped[float | None] = mapped_column(Float)
+    latency_ms_min: Mapped[float | None] = mapped_column(Float)
+    latency_ms_p50: Mapped[float | None] = mapped_column(Float)
+    latency_ms_p90: Mapped[float | None] = mapped_column(Float)
+    latency_ms_p99: Mapped[float | None] = mapped_column(Float)
+    load_time_s: Mapped[float | None] = mapped_column(Float)
+    peak_rss_mb: Mapped[float | None] = mapped_column(Float)
+    size_bytes: Mapped[int | None] = mapped_column(Integer)
+    packed_size_bytes: Mapped[int | None] = mapped_column(Integer)
+    fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)
+    profile_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+def save_measurement(engine: Engine, record: MeasurementRecord) -> None:
+    """Store ``record``, replacing any row with the same key, in one transaction."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        session.execute(delete(MeasurementRecord).where(
+            MeasurementRecord.cell_id == record.cell_id,
+            MeasurementRecord.profile == record.profile,
+            MeasurementRecord.machine == record.machine,
+            MeasurementRecord.batch_size == record.batch_size))
+        session.add(record)
+
+
+def measured_cells(engine: Engine, profile: str, machine: str, batch_size: int) -> set[str]:
+    """Cells with a successful measurement under this profile, machine and batch size."""
+    with Session(engine) as session:
+        return set(session.scalars(select(MeasurementRecord.cell_id).where(
+            MeasurementRecord.profile == profile, MeasurementRecord.machine == machine,
+            MeasurementRecord.batch_size == batch_size, MeasurementRecord.status == "ok")))
+
+
+def measurements(engine: Engine, cell_id: str | None = None) -> list[MeasurementRecord]:
+    """Every measurement (of one cell, if given), oldest first."""
+    query = select(MeasurementRecord).order_by(MeasurementRecord.finished_at,
+                                               MeasurementRecord.id)
+    if cell_id is not None:
+        query = query.where(MeasurementRecord.cell_id == cell_id)
+    with Session(engine, expire_on_commit=False) as session:
+        return list(session.scalars(query))
+
+
+def measured_profiles(engine: Engine) -> list[str]:
+    """Names of the profiles with at least one successful measurement, sorted."""
+    with Session(engine) as session:
+        return sorted(set(session.scalars(select(MeasurementRecord.profile).where(
+            MeasurementRecord.status == "ok"))))
+
+
+def latest_columns(engine: Engine, profile: str | None = None) -> dict[str, dict[str, Any]]:
+    """Result columns of each cell's most recent successful measurement (under ``profile``)."""
+    fields = [getattr(MeasurementRecord, _RECORD_FIELDS.get(c, c)) for c in MEASUREMENT_COLUMNS]
+    query = select(MeasurementRecord.cell_id, *fields).where(MeasurementRecord.status == "ok")
+    if profile is not None:
+        query = query.where(MeasurementRecord.profile == profile)
+    query = query.order_by(MeasurementRecord.finished_at, MeasurementRecord.id)
+    with Session(engine) as session:
+        return {cell_id: dict(zip(MEASUREMENT_COLUMNS, values, strict=True))
+                for cell_id, *values in session.execute(query)}
+
+
+def empty_columns() -> dict[str, Any]:
+    """The deploy and measurement result columns, all None."""
+    return dict.fromkeys(DEPLOY_COLUMNS + MEASUREMENT_COLUMNS)

@@ -1,0 +1,112 @@
+"""The deploy stage on real tiny cells: FP32, PTQ W8A8 and PTQ W4A4 trained by `bench run`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.deploy.stage import (
+    LOW_AGREEMENT,
+    NO_INTEGER_KERNELS,
+    ONNX_FILE,
+    PACKED_FILE,
+    container_note,
+    deploy_flags,
+)
+
+GRID = {"methods": [{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8], [4, 4]]}], "seeds": 1,
+        "stages": {"deploy": {}}}
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """`bench run` of a tiny grid with the deploy stage: {(method, w_bits): (row, record)}."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from bench.store import ResultsStore
+    from tests.conftest import tiny_grid_dict
+
+    tmp = tmp_path_factory.mktemp("deploy")
+    (tmp / "grid.yaml").write_text(yaml.safe_dump(tiny_grid_dict(**GRID)))
+    runner = CliRunner()
+    ran = runner.invoke(app, ["run", "--grid", str(tmp / "grid.yaml"), "--store",
+                              str(tmp / "s"), "--quiet"], catch_exceptions=False)
+    assert ran.exit_code == 0, ran.output
+    rows = json.loads(runner.invoke(app, ["results", "--store", str(tmp / "s"), "--format",
+                                          "json"]).output)
+    store = ResultsStore(tmp / "s")
+    return store, {(r["method"], r["w_bits"]): (r, store.get(r["cell_id"])) for r in rows}
+
+
+def test_every_cell_reports_the_deploy_columns(deployed):
+    _, cells = deployed
+    assert set(cells) == {("fp32", 32), ("ptq", 8), ("ptq", 4)}
+    for row, _ in cells.values():
+        assert row["status"] == "ok"
+        for column in ("size_bytes", "packed_size_bytes", "int_kernels", "deployed_accuracy",
+                       "agreement", "params", "macs"):
+            assert row[column] is not None and row[column] >= 0, column
+        assert row["agreement"] >= 0.99 and row["deploy_flags"] == ""
+
+
+def test_int_model_runs_integer_kernels_and_fp32_none(deployed):
+    _, cells = deployed
+    assert cells["fp32", 32][0]["int_kernels"] == 0
+    assert cells["ptq", 8][0]["int_kernels"] > 0
+    assert cells["ptq", 8][1].metrics["deploy"]["integer_model"] is True
+    assert cells["fp32", 32][1].metrics["deploy"]["integer_model"] is False
+
+
+def test_fp32_deployed_logits_match_torch(deployed):
+    """ONNX Runtime sees the images normalised exactly as the harness does."""
+    _, cells = deployed
+    row, record = cells["fp32", 32]
+    assert record.metrics["deploy"]["max_abs_logit_diff"] < 1e-3
+    assert row["deployed_accuracy"] == pytest.approx(row["accuracy"])
+
+
+def test_whole_test_split_is_evaluated(deployed):
+    store, cells = deployed
+    for _, record in cells.values():
+        with np.load(store.artifact_dir(record.cell_id) / "predictions.npz") as predictions:
+            assert record.metrics["deploy"]["n_test"] == len(predictions["labels"])
+
+
+def test_artifacts_and_packed_size(deployed):
+    store, cells = deployed
+    for (method, _), (row, record) in cells.items():
+        folder = store.artifact_dir(record.cell_id)
+        assert row["size_bytes"] == (folder / ONNX_FILE).stat().st_size
+        if method == "fp32":
+            assert not (folder / PACKED_FILE).exists()
+            assert row["packed_size_bytes"] == 4 * row["params"]
+        else:
+            assert row["packed_size_bytes"] == (folder / PACKED_FILE).stat().st_size
+    w4, w8 = cells["ptq", 4][0], cells["ptq", 8][0]
+    assert w4["packed_size_bytes"] < w4["size_bytes"]
+    assert w4["packed_size_bytes"] < w8["packed_size_bytes"]
+    assert w4["macs"] == w8["macs"] == cells["fp32", 32][0]["macs"] > 0
+
+
+def test_sub_8_bit_latency_is_recorded_as_int8_container(deployed):
+    _, cells = deployed
+    w4, w8 = cells["ptq", 4][1].metrics["deploy"], cells["ptq", 8][1].metrics["deploy"]
+    assert w4["latency_container"] == w8["latency_container"] == "int8"
+    assert "no sub-8-bit kernels" in w4["latency_note"] and "latency_note" not in w8
+
+
+def test_flags():
+    assert deploy_flags(True, 0, 1.0, 0.99) == [NO_INTEGER_KERNELS]
+    assert deploy_flags(False, 0, 0.98, 0.99) == [LOW_AGREEMENT]
+    assert deploy_flags(True, 3, 0.99, 0.99) == []
+    assert container_note(True, 0, 8, 8)["latency_container"].startswith("float32")
+
+
+def test_bad_deploy_settings_are_a_usage_error(write_grid, cli, tmp_path):
+    grid = write_grid(stages={"deploy": {"min_agreement": 2}})
+    result = cli("run", "--grid", grid, "--store", tmp_path / "s")
+    assert result.exit_code == 2 and "min_agreement" in result.output

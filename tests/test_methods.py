@@ -1,0 +1,123 @@
+"""Every method runs as a cell: stored with its bits and parameters, reusing its FP32 parent."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from bench.checkpoints import load_model
+from bench.cli import app
+from bench.config import CellConfig
+from bench.data import normalize, prepare
+from bench.quant import PACT_INIT_ALPHA
+from bench.store import ResultsStore
+from tests.conftest import tiny_grid_dict
+
+ALL = [{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8], [4, 4]]},
+       {"name": "qat", "bits": [[8, 8]]}, {"name": "pact", "bits": [[4, 4]]},
+       {"name": "sgt"}, {"name": "pact_sgt", "bits": [[8, 8]]}]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("methods")
+    grid = tiny_grid_dict(
+        methods=ALL, seeds=1,
+        datasets=[{"name": "synthetic", "image_size": 24,
+                   "options": {"num_classes": 3, "num_images": 240}}],
+        train={"epochs": 4, "batch_size": 16, "lr": 0.003},
+        finetune={"epochs": 1, "batch_size": 16, "lr": 0.0005})
+    (tmp / "grid.yaml").write_text(yaml.safe_dump(grid))
+    result = CliRunner().invoke(app, ["run", "--grid", str(tmp / "grid.yaml"), "--store",
+                                      str(tmp / "s"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return ResultsStore(tmp / "s")
+
+
+def by_method(store, method, w_bits=None):
+    return [r for r in store.records() if r.method == method
+            and (w_bits is None or r.w_bits == w_bits)]
+
+
+def test_every_method_stored_with_bits_and_params(store):
+    rows = {(r.method, r.w_bits, r.a_bits) for r in store.records()}
+    assert rows == {("fp32", 32, 32), ("ptq", 8, 8), ("ptq", 4, 4), ("qat", 8, 8),
+                    ("pact", 4, 4), ("sgt", 32, 32), ("pact_sgt", 8, 8)}
+    assert all(r.status == "ok" for r in store.records())
+    pact_sgt = by_method(store, "pact_sgt")[0]
+    params = set(pact_sgt.config["params"])
+    assert {"mask_fraction", "kl_weight", "alpha_l2", "per_channel"} <= params
+
+
+def test_quantised_cells_reuse_one_fp32_parent(store):
+    (fp32,) = by_method(store, "fp32")
+    for r in store.records():
+        if r.method in {"ptq", "qat", "pact", "pact_sgt"}:
+            assert r.parent_id == fp32.cell_id
+    assert by_method(store, "sgt")[0].parent_id is None  # SGT trains from scratch by default
+
+
+def test_qat_w8a8_keeps_fp32_accuracy(store):
+    (fp32,) = by_method(store, "fp32")
+    (qat,) = by_method(store, "qat")
+    assert fp32.accuracy > 0.6  # the task is learnable at this size
+    assert qat.accuracy >= 0.9 * fp32.accuracy
+
+
+def test_ptq_does_not_train_and_qat_does(store):
+    assert by_method(store, "ptq")[0].metrics["history"] == {}
+    assert len(by_method(store, "qat")[0].metrics["history"]["epochs"]) == 1
+
+
+def test_integer_weight_levels_respect_bits(store):
+    for r in by_method(store, "ptq"):
+        levels = sorted(r.metrics["weight_levels"].values())
+        assert len(levels) == 5 and levels[-1] <= 2 ** 8  # first and last layer: 8 bits
+        assert all(n <= 2 ** r.w_bits for n in levels[:-2])
+
+
+def test_pact_alphas_are_learned_and_stored(store):
+    alphas = by_method(store, "pact")[0].metrics["pact_alphas"]
+    assert alphas and all(a > 0.001 and a != PACT_INIT_ALPHA for a in alphas.values())
+
+
+def test_stored_quantised_model_reloads_exactly(store):
+    (qat,) = by_method(store, "qat")
+    cfg = CellConfig.model_validate(qat.config)
+    data = prepare(cfg.dataset)
+    folder = store.artifact_dir(qat.cell_id)
+    example = normalize(data.images.images[data.split.train[:2]])
+    model = load_model(cfg, folder, data.num_classes, example)
+    with torch.no_grad():
+        logits = model(normalize(data.images.images[data.split.test])).numpy()
+    stored = np.load(folder / "predictions.npz")["logits"]
+    np.testing.assert_allclose(logits, stored, atol=1e-5)
+
+
+def test_methods_listing_shows_parameters(cli):
+    out = cli("methods").output
+    for name in ("ptq", "qat", "pact", "sgt", "pact_sgt", "bias_correction", "alpha_l2"):
+        assert name in out
+
+
+def test_paper_grid_dry_run_counts_cells(cli, tmp_path):
+    result = cli("run", "--grid", "paper", "--dry-run", "--no-estimate", "--store", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "84 cells" in result.output and "not available here" in result.output
+
+
+def test_dry_run_estimates_compute(cli, write_grid, tmp_path):
+    grid = write_grid(methods=[{"name": "fp32"}, {"name": "qat", "bits": [[8, 8]]}], seeds=1)
+    result = cli("run", "--grid", grid, "--dry-run", "--store", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    assert "estimated total" in result.output and "qat" in result.output
+
+
+def test_json_results_of_methods(store, cli):
+    rows = json.loads(cli("results", "--store", store.root, "--format", "json").output)
+    assert {r["method"] for r in rows} == {"fp32", "ptq", "qat", "pact", "sgt", "pact_sgt"}
