@@ -33,7 +33,7 @@ test: install-test
 	$(BIN)/python -m pytest
 
 bench: install-test
-	$(BIN)/python -m pytest tests/benchmarks --benchmark-only --benchmark-columns=min,median,max,rounds
+	MEDQ_BENCH=1 $(BIN)/python -m pytest tests/benchmarks -o addopts="" -s --benchmark-columns=min,median,max,rounds
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -78,7 +78,7 @@ def _uniform_fill(x: Tensor, mode: MaskValues, generator: torch.Generator | None
     return values.mul_(hi - lo).add_(lo).clamp_(min=lo, max=hi)
 
 
-def _ranks_x(saliency: Tensor, x: Tensor) -> bool:
+def _broadcasts_per_sample(saliency: Tensor, x: Tensor) -> bool:
     """True if saliency has x's rank and batch size and each other dim equals x's or is 1."""
     return (saliency.dim() == x.dim() and saliency.shape[0] == x.shape[0]
             and all(s in (1, d) for s, d in zip(saliency.shape[1:], x.shape[1:], strict=True)))
@@ -101,7 +101,7 @@ def mask_lowest_saliency(
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    if not _ranks_x(saliency, x):
+    if not _broadcasts_per_sample(saliency, x):
         raise ValueError(f"saliency shape {tuple(saliency.shape)} does not broadcast to "
                          f"x shape {tuple(x.shape)} with the same batch size")
     flat = saliency.detach().reshape(saliency.shape[0], -1)

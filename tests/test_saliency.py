@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 from torch import nn
@@ -221,6 +222,15 @@ def test_deletion_and_insertion_follow_the_region() -> None:
         assert np.all((auc >= 0) & (auc <= 1))
 
 
+def test_deletion_and_insertion_do_not_depend_on_batch_size(tiny: tuple) -> None:
+    model, x, t = tiny
+    sal = _rand_maps(6, (4, 10, 10))
+    for auc in (deletion_auc, insertion_auc):
+        one, many = auc(model, x, t, sal, 5, batch_size=1), auc(model, x, t, sal, 5, batch_size=7)
+        np.testing.assert_allclose(one, many, rtol=1e-5)
+        assert not np.allclose(one, one[0])
+
+
 def test_seed_consistency() -> None:
     a, b = _rand_maps(0), _rand_maps(1)
     np.testing.assert_allclose(seed_consistency([a, a, a]), 1.0)
@@ -311,3 +321,6 @@ def test_save_overlay_png(tmp_path: object, tiny: tuple) -> None:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) < 100_000
+    two = save_overlay_png(x[0], None, _rand_maps(1, (10, 10)), tmp_path / "two.png", panel=32)
+    with Image.open(path) as three, Image.open(two) as pair:
+        assert three.width == 3 * 96 and pair.width == 2 * 32

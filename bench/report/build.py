@@ -1,76 +1,79 @@
-"""Turn a results store into one self-contained HTML file (inline CSS, no network requests)."""
+"""The report's context (every number and figure it shows), built from the store alone."""
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from jinja2 import Environment, PackageLoader, select_autoescape
-
+from bench.report import plots, provenance, saliency, significance, tables
+from bench.report.data import ReportData, load
 from bench.store import ResultsStore
 
-GROUP = ["dataset", "backbone", "method", "w_bits", "a_bits"]
+
+def _figures(data: ReportData, main: tables.Table, sal: dict[str, Any],
+             tests: list[significance.BlockTests]) -> dict[str, Any]:
+    blocks = [{"name": b.name, "tradeoff": plots.tradeoff(b, data.devices),
+               "bits": plots.bits_accuracy(b)} for b in main.blocks]
+    samples = sal["samples"]
+    distributions = [{"name": name, "svg": plots.saliency_distribution(part, sal["metric"])}
+                     for name, part in (samples.assign(
+                         name=samples.dataset + " / " + samples.backbone).groupby(
+                         "name", sort=True) if len(samples) else [])]
+    cd = {t.name: plots.cd_diagram(t.cd) for t in tests if t.cd is not None}
+    return {"blocks": blocks, "saliency": distributions, "cd": cd}
 
 
-def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("bench.report", "templates"),
-                      autoescape=select_autoescape(["html", "j2"]))
-    env.filters["num"] = lambda v, d=4: "-" if v is None or pd.isna(v) else f"{v:.{d}f}"
-    return env
+def _saliency(data: ReportData) -> dict[str, Any]:
+    frame = saliency.cell_stats(data)
+    metric = next((m for m in saliency.METRIC_LABELS if m in set(frame.metric)), None)
+    main = significance.main_saliency(data.ok)
+    if main is not None and main.removeprefix("saliency_") in set(frame.metric):
+        metric = main.removeprefix("saliency_")
+    return {"table": saliency.stability_table(frame), "metric": metric,
+            "samples": saliency.samples(frame, metric) if metric else frame.iloc[:0]}
 
 
-def summary_table(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds of the successful cells, per configuration."""
-    ok = frame[frame.status == "ok"]
-    if ok.empty:
-        return []
-    grouped = ok.groupby(GROUP, dropna=False)
-    table = grouped.agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"),
-                        accuracy_std=("accuracy", "std"), macro_f1_mean=("macro_f1", "mean"),
-                        train_seconds_mean=("train_seconds", "mean")).reset_index()
-    return table.to_dict("records")
-
-
-def provenance_summary(records: list[Any]) -> dict[str, Any]:
-    packages: Counter[str] = Counter()
-    machines: Counter[str] = Counter()
-    commits: Counter[str] = Counter()
-    for r in records:
-        prov = r.provenance or {}
-        packages[", ".join(f"{k} {v}" for k, v in (prov.get("packages") or {}).items())] += 1
-        m = prov.get("machine") or {}
-        machines[f"{m.get('cpu_model')} ({m.get('cores_logical')} cores, {m.get('ram_gb')} GB, "
-                 f"{m.get('os')})"] += 1
-        git = prov.get("git") or {}
-        commits[f"{git.get('commit', 'no git')}{' (dirty)' if git.get('dirty') else ''}"] += 1
-    starts = [r.started_at for r in records]
-    return {"packages": packages, "machines": machines, "commits": commits,
-            "first": min(starts) if starts else None, "last": max(starts) if starts else None,
-            "grids": sorted({r.grid for r in records}),
-            "manifests": sorted({(r.dataset, r.split_manifest) for r in records})}
-
-
-def report_context(store: ResultsStore) -> dict[str, Any]:
-    records = store.records()
-    frame = pd.DataFrame(store.rows())
-    return {
+def context(data: ReportData, figures: bool = True) -> dict[str, Any]:
+    """Everything the renderers show; ``figures=False`` skips plots and the gallery."""
+    main = tables.main_table(data)
+    tests = significance.block_tests(data)
+    sal = _saliency(data)
+    out: dict[str, Any] = {
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "store": str(store.root),
-        "n_records": len(records),
-        "rows": frame.to_dict("records") if len(frame) else [],
-        "summary": summary_table(frame) if len(frame) else [],
-        "failed": [r for r in records if r.status != "ok"],
-        "provenance": provenance_summary(records),
+        "store": str(data.root),
+        "n_records": len(data.records),
+        "summary": provenance.summary(data),
+        "flagged": provenance.flagged(data),
+        "main": main,
+        "devices": data.devices,
+        "device_table": tables.device_table(data),
+        "saliency": sal,
+        "saliency_main": significance.main_saliency(data.ok),
+        "significance": tests,
+        "rows": data.cells.to_dict("records"),
+        "figures": _figures(data, main, sal, tests) if figures else None,
+        "gallery": saliency.gallery(data) if figures else [],
     }
+    return out
 
 
-def build_report(store: ResultsStore, out: Path) -> Path:
-    html = _environment().get_template("report.html.j2").render(**report_context(store))
+def report_context(store: ResultsStore, figures: bool = True) -> dict[str, Any]:
+    """Read the store once and build the context."""
+    return context(load(store), figures)
+
+
+def write_atomic(out: Path, text: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".part")
-    partial.write_text(html, encoding="utf-8")
+    partial.write_text(text, encoding="utf-8")
     partial.replace(out)
     return out
+
+
+def build_report(store: ResultsStore, out: Path, format: str = "html") -> Path:
+    """Write the report of ``store`` to ``out`` in ``format`` (see render.FORMATS)."""
+    from bench.report.render import FORMATS
+
+    render = FORMATS[format]
+    return write_atomic(out, render(report_context(store, figures=format == "html")))

@@ -1,9 +1,9 @@
 """Small side-by-side PNG of an image with its FP32 and this cell's saliency overlays.
 
 Drawn with Pillow (no figure machinery: a few milliseconds per image): each panel is scaled to
-`panel` pixels (nearest neighbour) with a title strip above it, and the sheet is stored as a
-256-colour palette PNG; maps are min-max scaled to [0, 1], coloured with
-matplotlib's "jet" colormap and blended over the image with alpha 0.5.
+`panel` pixels (nearest neighbour) under a title strip; maps are min-max scaled to [0, 1],
+coloured with matplotlib's "jet" colormap and blended over the image with alpha 0.5; the sheet
+is stored as a 256-colour palette PNG (a few kB).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Training-step time (forward, loss, backward, optimiser step): backbone x scheme x objective.
 
-Skipped in the default run (`--benchmark-skip`). Run with, for example:
+Skipped in the default run (`--benchmark-skip`, MEDQ_BENCH unset). Run with, for example:
 
-    MEDQ_BENCH_IMAGE_SIZE=112 python -m pytest tests/benchmarks/test_bench_train_step.py \
-        -o addopts="" --benchmark-only --benchmark-group-by=group
+    MEDQ_BENCH=1 MEDQ_BENCH_IMAGE_SIZE=112 python -m pytest -s -o addopts="" \
+        tests/benchmarks/test_bench_train_step.py --benchmark-only --benchmark-group-by=group
 
 Each group (backbone, scheme, image size) holds one row per objective, so the SGT / CE ratio is
 read within one run. On a shared, loaded machine prefer `test_sgt_over_ce_interleaved`: it

@@ -1,0 +1,159 @@
+"""What the report reads from a results store: cells, their stage columns, and measurements."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bench.store import RESULT_COLUMNS, CellRecord, ResultsStore
+from bench.store.database import stage_columns
+from bench.store.measurements import MeasurementRecord
+
+FP32 = "fp32"
+FLOAT_BITS = 32
+BLOCK = ["dataset", "backbone"]
+CONFIG = ["dataset", "backbone", "method", "w_bits", "a_bits"]
+METHOD_ORDER = ("fp32", "sgt", "ptq", "qat", "pact", "pact_sgt")
+DEVICE_KEY = ["profile", "machine", "batch_size"]
+NUMERIC = frozenset({"accuracy", "macro_f1", "train_seconds", "size_bytes", "packed_size_bytes",
+                     "int_kernels", "deployed_accuracy", "agreement", "params", "macs"})
+_MEASURED = ("cell_id", "profile", "machine", "batch_size", "status", "error", "latency_ms_p50",
+             "latency_ms_p90", "latency_ms_p99", "peak_rss_mb", "fingerprint", "finished_at")
+
+
+def config_label(method: str, w_bits: int, a_bits: int) -> str:
+    """`fp32`, `sgt`, `ptq W4A4`: a configuration's name within a data set and backbone."""
+    if w_bits == FLOAT_BITS and a_bits == FLOAT_BITS:
+        return method
+    return f"{method} W{w_bits}A{a_bits}"
+
+
+def bits_label(w_bits: int, a_bits: int) -> str:
+    return "float" if w_bits == FLOAT_BITS and a_bits == FLOAT_BITS else f"W{w_bits}A{a_bits}"
+
+
+def config_sort_key(method: str, w_bits: int, a_bits: int) -> tuple[Any, ...]:
+    """FP32 first, then float methods, then quantised by falling bits, methods in a fixed order."""
+    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return (-w_bits, -a_bits, rank, method)
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything read from the store, once.
+
+    ``cells``: one row per record (result and stage columns, `config`, `block`, `has_value`),
+    ``ok``: the successful cells, one per configuration and seed (the latest one),
+    ``measured``: the latest successful measurement per cell and device, with `device`,
+    ``failed_measurements``: measurements whose latest attempt failed.
+    """
+
+    root: Path
+    records: dict[str, CellRecord]
+    cells: pd.DataFrame
+    ok: pd.DataFrame
+    superseded: int
+    measured: pd.DataFrame
+    failed_measurements: pd.DataFrame
+    devices: list[str]
+
+    def artifact_dir(self, cell_id: str) -> Path | None:
+        folder = self.records[cell_id].artifacts
+        return None if not folder else self.root / folder
+
+
+def _cell_rows(records: list[CellRecord]) -> pd.DataFrame:
+    rows = [{**{c: getattr(r, c) for c in RESULT_COLUMNS}, **stage_columns(r)} for r in records]
+    frame = pd.DataFrame(rows, columns=list(dict.fromkeys([*RESULT_COLUMNS,
+                                                           *(k for r in rows for k in r)])))
+    if frame.empty:
+        return frame.assign(config=pd.Series(dtype=str), block=pd.Series(dtype=str))
+    for column in frame.columns:
+        if column in NUMERIC or column.startswith("saliency_"):
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame["config"] = [config_label(m, w, a) for m, w, a in
+                       zip(frame.method, frame.w_bits, frame.a_bits, strict=True)]
+    frame["block"] = frame.dataset + " / " + frame.backbone
+    return frame
+
+
+def _latest_ok(cells: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One successful cell per configuration and seed (the most recent); how many were dropped."""
+    ok = cells[cells.status == "ok"]
+    latest = ok.sort_values("finished_at").drop_duplicates([*CONFIG, "seed"], keep="last")
+    return latest.sort_values([*CONFIG, "seed"]).reset_index(drop=True), len(ok) - len(latest)
+
+
+def _measurements(store: ResultsStore) -> pd.DataFrame:
+    columns = [getattr(MeasurementRecord, c) for c in _MEASURED]
+    query = select(*columns).order_by(MeasurementRecord.finished_at, MeasurementRecord.id)
+    with Session(store.engine) as session:
+        rows = [dict(zip(_MEASURED, values, strict=True)) for values in session.execute(query)]
+    frame = pd.DataFrame(rows, columns=list(_MEASURED))
+    frame["cpu"] = [(f or {}).get("cpu_model") for f in frame.fingerprint]
+    return frame.drop(columns="fingerprint")
+
+
+def device_labels(keys: pd.DataFrame) -> dict[tuple[str, str, int], str]:
+    """Profile name, plus the machine and batch size only where they are needed to tell apart."""
+    labels = {}
+    unique = keys[DEVICE_KEY].drop_duplicates()
+    machines = unique.groupby("profile").machine.nunique()
+    batches = unique.groupby(["profile", "machine"]).batch_size.nunique()
+    for profile, machine, batch in unique.itertuples(index=False):
+        label = profile
+        if machines[profile] > 1:
+            label += f" @{machine}"
+        if batches[(profile, machine)] > 1:
+            label += f" b{batch}"
+        labels[(profile, machine, int(batch))] = label
+    return labels
+
+
+def _split_measurements(frame: pd.DataFrame, cell_ids: set[str]
+                        ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    frame = frame[frame.cell_id.isin(cell_ids)]
+    latest = frame.drop_duplicates(["cell_id", *DEVICE_KEY], keep="last")
+    ok = frame[frame.status == "ok"].drop_duplicates(["cell_id", *DEVICE_KEY], keep="last")
+    failed = latest[latest.status != "ok"].reset_index(drop=True)
+    labels = device_labels(ok) if len(ok) else {}
+    ok = ok.assign(device=[labels[(p, m, int(b))] for p, m, b in
+                           zip(ok.profile, ok.machine, ok.batch_size, strict=True)])
+    return ok.reset_index(drop=True), failed, sorted(set(labels.values()))
+
+
+def load(store: ResultsStore) -> ReportData:
+    """Read the store once: records, flat cell rows and measurements."""
+    records = store.records()
+    cells = _cell_rows(records)
+    ok, superseded = _latest_ok(cells) if len(cells) else (cells, 0)
+    measured, failed, devices = _split_measurements(_measurements(store), set(cells.get(
+        "cell_id", [])))
+    return ReportData(store.root, {r.cell_id: r for r in records}, cells, ok, superseded,
+                      measured, failed, devices)
+
+
+def seed_matrix(frame: pd.DataFrame, column: str) -> tuple[list[int], dict[str, list[float]]]:
+    """Seeds (sorted) and, per configuration label in table order, its value at each seed
+    (NaN where the seed or the value is missing). ``frame`` has one row per config and seed."""
+    seeds = sorted(int(s) for s in frame.seed.unique())
+    position = {s: i for i, s in enumerate(seeds)}
+    values = {label: [math.nan] * len(seeds) for label in ordered_configs(frame)}
+    for config, seed, value in zip(frame.config, frame.seed, frame[column], strict=True):
+        if value is not None and not pd.isna(value):
+            values[config][position[int(seed)]] = float(value)
+    return seeds, values
+
+
+def ordered_configs(frame: pd.DataFrame) -> list[str]:
+    """Configuration labels of ``frame`` in table order."""
+    keys = frame[["method", "w_bits", "a_bits", "config"]].drop_duplicates("config")
+    ordered = sorted(keys.itertuples(index=False),
+                     key=lambda k: config_sort_key(k.method, int(k.w_bits), int(k.a_bits)))
+    return [k.config for k in ordered]

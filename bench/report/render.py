@@ -1,0 +1,141 @@
+"""Output formats: the full HTML report, and the main table as Markdown, LaTeX, CSV or JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from bench.report import fmt
+from bench.report.tables import Column, Table, text
+
+EMPTY = "The store has no records yet."
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}", "±": r"$\pm$", "ρ": r"$\rho$"}
+
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("bench.report", "templates"),
+                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True,
+                      lstrip_blocks=True)
+    env.globals.update(text=text, fmt=fmt)
+    return env
+
+
+def html(context: dict[str, Any]) -> str:
+    return _environment().get_template("report.html.j2").render(**context)
+
+
+def full_label(column: Column) -> str:
+    """A column's label with its device, for formats that have one header row."""
+    if column.group and column.group not in ("deployed", "saliency"):
+        return f"{column.group} {column.label}"
+    return column.label
+
+
+def markdown(context: dict[str, Any]) -> str:
+    table: Table = context["main"]
+    lines = ["# medq-bench report", "",
+             f"Store `{context['store']}`: {context['n_records']} records, generated "
+             f"{context['generated']}. Accuracy: mean ± half-width of the 95% t-interval over "
+             "seeds; **bold**: best in the column within a data set and backbone.", ""]
+    if not context["n_records"]:
+        return "\n".join([*lines, EMPTY, ""])
+    for block in table.blocks:
+        lines += [f"## {block.name}", "",
+                  "| " + " | ".join(full_label(c) for c in table.columns) + " |",
+                  "|" + "|".join(" --- " if c.kind == "text" else " ---: "
+                                 for c in table.columns) + "|"]
+        for i, row in enumerate(block.rows):
+            cells = [text(c, row).replace("|", "\\|") for c in table.columns]
+            cells = [f"**{v}**" if (i, c.key) in block.best else v
+                     for c, v in zip(table.columns, cells, strict=True)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def latex_escape(value: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in value)
+
+
+def latex(context: dict[str, Any]) -> str:
+    """The main table as a booktabs tabular (needs \\usepackage{booktabs})."""
+    table: Table = context["main"]
+    head = [f"% medq-bench main table, store {context['store']}, {context['generated']}",
+            "% needs \\usepackage{booktabs}"]
+    if not context["n_records"]:
+        return "\n".join([*head, f"% {EMPTY}", ""])
+    n = len(table.columns)
+    lines = [*head, "\\begin{tabular}{" + "".join("l" if c.kind == "text" else "r"
+                                                  for c in table.columns) + "}", "\\toprule",
+             " & ".join(latex_escape(full_label(c)) for c in table.columns) + " \\\\",
+             "\\midrule"]
+    for b, block in enumerate(table.blocks):
+        if b:
+            lines.append("\\midrule")
+        lines.append(f"\\multicolumn{{{n}}}{{l}}{{\\textit{{{latex_escape(block.name)}}}}} \\\\")
+        for i, row in enumerate(block.rows):
+            cells = [latex_escape(text(c, row)) for c in table.columns]
+            cells = [f"\\textbf{{{v}}}" if (i, c.key) in block.best else v
+                     for c, v in zip(table.columns, cells, strict=True)]
+            lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def table_records(table: Table) -> list[dict[str, Any]]:
+    """The table's raw values, one flat dict per row (CI bounds as `<key>_low/_high`)."""
+    keys = []
+    for c in table.columns:
+        keys += [c.key, f"{c.key}_low", f"{c.key}_high"] if c.kind == "ci" else [c.key]
+    return [{"dataset": b.dataset, "backbone": b.backbone, "method": r.get("method"),
+             "w_bits": r.get("w_bits"), "a_bits": r.get("a_bits"),
+             **{k: r.get(k) for k in keys}} for b in table.blocks for r in b.rows]
+
+
+def csv(context: dict[str, Any]) -> str:
+    records = table_records(context["main"])
+    buffer = io.StringIO()
+    pd.DataFrame(records, columns=list(records[0]) if records else ["dataset", "backbone"]
+                 ).to_csv(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able data: dataclasses as dicts, NaN as null, sets sorted."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, set):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item") and callable(value.item):
+        return _plain(value.item())
+    return value
+
+
+def as_json(context: dict[str, Any]) -> str:
+    doc = {"store": context["store"], "generated": context["generated"],
+           "n_records": context["n_records"], "summary": context["summary"],
+           "flagged": context["flagged"], "main_table": table_records(context["main"]),
+           "devices": table_records(context["device_table"]),
+           "saliency": table_records(context["saliency"]["table"]),
+           "significance": context["significance"]}
+    return json.dumps(_plain(doc), indent=1, default=str) + "\n"
+
+
+FORMATS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "html": html, "md": markdown, "csv": csv, "json": as_json, "latex": latex}
+SUFFIXES = {"html": "html", "md": "md", "csv": "csv", "json": "json", "latex": "tex"}

@@ -1,0 +1,113 @@
+"""Saliency section: stability statistics over seeds, per-sample distributions, overlay gallery."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench import stats
+from bench.report.data import BLOCK, ReportData, ordered_configs
+from bench.report.tables import Block, Column, Table, mark_best
+
+STAGE = "saliency"
+METRIC_LABELS = {"spearman_fp32": ("ρ vs FP32", "high"), "ssim_fp32": ("SSIM vs FP32", "high"),
+                 "topk_iou_fp32": ("top-k IoU vs FP32", "high"),
+                 "max_sensitivity": ("max-sensitivity", "low"),
+                 "pointing_game": ("pointing game", "high"),
+                 "energy_pointing": ("energy pointing", "high"),
+                 "topk_iou_mask": ("top-k IoU mask", "high"),
+                 "deletion_auc": ("deletion AUC", "low"), "insertion_auc": ("insertion AUC", "high")}
+GALLERY_PER_CONFIG = 2
+GALLERY_MAX = 48
+
+
+@dataclass(frozen=True)
+class Overlay:
+    block: str
+    config: str
+    seed: int
+    name: str
+    data_uri: str
+
+
+def _stage(data: ReportData, cell_id: str) -> dict[str, Any]:
+    value = (data.records[cell_id].metrics or {}).get(STAGE)
+    return value if isinstance(value, dict) else {}
+
+
+def cell_stats(data: ReportData) -> pd.DataFrame:
+    """One row per successful cell, saliency method and metric: the cell's mean and its
+    per-sample values."""
+    rows = []
+    for cell in data.ok.itertuples(index=False):
+        for method, metrics in (_stage(data, cell.cell_id).get("stats") or {}).items():
+            for metric, d in metrics.items():
+                if isinstance(d, dict) and d.get("mean") is not None:
+                    rows.append((cell.dataset, cell.backbone, cell.config, cell.method,
+                                 int(cell.w_bits), int(cell.a_bits), int(cell.seed), method,
+                                 metric, float(d["mean"]), d.get("values") or []))
+    return pd.DataFrame(rows, columns=[*BLOCK, "config", "method", "w_bits", "a_bits", "seed",
+                                       "saliency_method", "metric", "mean", "values"])
+
+
+def stability_table(frame: pd.DataFrame) -> Table:
+    """Mean and 95% CI over seeds of each metric, per configuration and saliency method."""
+    metrics = [m for m in METRIC_LABELS if m in set(frame.metric)]
+    columns = [Column("config", "configuration", "text"), Column("saliency_method", "method",
+                                                                  "text"),
+               Column("seeds", "seeds", "int")]
+    columns += [Column(m, METRIC_LABELS[m][0], "ci", METRIC_LABELS[m][1]) for m in metrics]
+    blocks = []
+    for (dataset, backbone), block in frame.groupby(BLOCK, sort=True):
+        rows = []
+        for config in ordered_configs(block):
+            mine = block[block.config == config]
+            for method, group in mine.groupby("saliency_method", sort=False):
+                row: dict[str, Any] = {"config": config, "saliency_method": method,
+                                       "seeds": int(group.seed.nunique())}
+                for metric, values in group.groupby("metric")["mean"]:
+                    mean, low, high = stats.mean_ci(values.to_numpy(dtype=float))
+                    row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = mean, low, high
+                rows.append(row)
+        table_block = Block(f"{dataset} / {backbone}", dataset, backbone, rows)
+        for method in {r["saliency_method"] for r in rows}:
+            where = [i for i, r in enumerate(rows) if r["saliency_method"] == method]
+            part = Block("", dataset, backbone, [rows[i] for i in where])
+            mark_best(part, columns)
+            table_block.best |= {(where[i], key) for i, key in part.best}
+        blocks.append(table_block)
+    return Table(columns, blocks)
+
+
+def samples(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per-sample values of ``metric``, pooled over seeds: one row per value."""
+    part = frame[frame.metric == metric]
+    if part.empty:
+        return pd.DataFrame(columns=[*BLOCK, "config", "saliency_method", "value"])
+    counts = part["values"].map(len).to_numpy()
+    values = np.array([v for vs in part["values"] for v in vs], dtype=float)
+    out = part[[*BLOCK, "config", "saliency_method"]].loc[part.index.repeat(counts)]
+    return out.assign(value=values).dropna(subset=["value"]).reset_index(drop=True)
+
+
+def gallery(data: ReportData) -> list[Overlay]:
+    """Overlay PNGs (inline data URIs): the lowest seed's images of each configuration."""
+    out: list[Overlay] = []
+    for (dataset, backbone), ok in data.ok.groupby(BLOCK, sort=True):
+        for config in ordered_configs(ok):
+            for cell in ok[ok.config == config].sort_values("seed").itertuples(index=False):
+                folder = data.artifact_dir(cell.cell_id)
+                pngs = sorted(folder.rglob("*.png")) if folder and folder.is_dir() else []
+                for png in pngs[:GALLERY_PER_CONFIG]:
+                    if len(out) >= GALLERY_MAX:
+                        return out
+                    uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+                    out.append(Overlay(f"{dataset} / {backbone}", config, int(cell.seed),
+                                       png.stem, uri))
+                if pngs:
+                    break
+    return out

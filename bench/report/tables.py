@@ -1,0 +1,234 @@
+"""The main results table and the devices table: per data set x backbone x configuration."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from bench import stats
+from bench.report import fmt
+from bench.report.data import BLOCK, CONFIG, FP32, ReportData, config_sort_key
+
+Kind = Literal["text", "int", "ci", "float", "kib", "pct", "ms", "mb", "ratio"]
+Better = Literal["high", "low"] | None
+
+SALIENCY_KEY = {"saliency_spearman_fp32": ("saliency ρ vs FP32", "high"),
+                "saliency_topk_iou_fp32": ("saliency top-k IoU vs FP32", "high"),
+                "saliency_max_sensitivity": ("saliency max-sensitivity", "low"),
+                "saliency_pointing_game": ("saliency pointing game", "high"),
+                "saliency_deletion_auc": ("saliency deletion AUC", "low")}
+"""The saliency columns the main table shows when present: label and better direction."""
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    kind: Kind
+    better: Better = None
+    group: str = ""
+
+
+@dataclass
+class Block:
+    """One data set x backbone: its rows in table order; ``best`` holds (row index, key)."""
+
+    name: str
+    dataset: str
+    backbone: str
+    rows: list[dict[str, Any]]
+    best: set[tuple[int, str]] = field(default_factory=set)
+
+
+@dataclass
+class Table:
+    columns: list[Column]
+    blocks: list[Block]
+
+    @property
+    def groups(self) -> list[tuple[str, int]]:
+        """Header groups in column order: (label, number of columns)."""
+        out: list[tuple[str, int]] = []
+        for c in self.columns:
+            if out and out[-1][0] == c.group:
+                out[-1] = (c.group, out[-1][1] + 1)
+            else:
+                out.append((c.group, 1))
+        return out
+
+
+def text(column: Column, row: dict[str, Any]) -> str:
+    """A table cell as text, identical in every output format."""
+    value = row.get(column.key)
+    match column.kind:
+        case "ci":
+            return fmt.mean_ci(value, row.get(f"{column.key}_low"), row.get(f"{column.key}_high"))
+        case "float":
+            return fmt.num(value)
+        case "kib":
+            return fmt.kib(value)
+        case "pct":
+            return fmt.pct(value)
+        case "ms":
+            return fmt.num(value, 3)
+        case "mb":
+            return fmt.num(value, 1)
+        case "ratio":
+            return fmt.ratio(value)
+        case "int":
+            return fmt.DASH if fmt.missing(value) else str(int(value))
+    return fmt.DASH if value is None or value == "" else str(value)
+
+
+def _ci(values: pd.Series) -> tuple[float | None, float | None, float | None]:
+    finite = values.to_numpy(dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return stats.mean_ci(finite) if finite.size else (None, None, None)
+
+
+def _flags(values: pd.Series) -> str:
+    counts = Counter(f for v in values.dropna() for f in str(v).split(",") if f)
+    return ", ".join(f"{f} ({n}/{len(values)})" for f, n in sorted(counts.items()))
+
+
+def _has(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame and bool(pd.to_numeric(frame[column], errors="coerce").notna().any())
+
+
+def _device_means(data: ReportData) -> pd.DataFrame:
+    """Mean latency p50/p90 and peak RSS over seeds per configuration and device."""
+    if data.measured.empty or data.ok.empty:
+        return pd.DataFrame(columns=[*CONFIG, "config", "device", "latency_ms_p50",
+                                     "latency_ms_p90", "peak_rss_mb"])
+    joined = data.measured.merge(data.ok[["cell_id", *CONFIG, "config"]], on="cell_id")
+    return joined.groupby([*CONFIG, "config", "device"], as_index=False)[
+        ["latency_ms_p50", "latency_ms_p90", "peak_rss_mb"]].mean()
+
+
+def main_columns(data: ReportData) -> list[Column]:
+    ok = data.ok
+    cols = [Column("config", "configuration", "text"), Column("seeds", "seeds", "int"),
+            Column("failed", "failed", "int"),
+            Column("accuracy", "accuracy (95% CI)", "ci", "high"),
+            Column("macro_f1", "macro-F1", "float", "high")]
+    if _has(ok, "deployed_accuracy"):
+        cols += [Column("deployed_accuracy", "deployed acc.", "float", "high", "deployed"),
+                 Column("agreement", "agreement", "float", "high", "deployed"),
+                 Column("size_bytes", "ONNX KiB", "kib", "low", "deployed"),
+                 Column("size_pct", "% FP32", "pct", "low", "deployed"),
+                 Column("packed_size_bytes", "packed KiB", "kib", "low", "deployed"),
+                 Column("packed_pct", "% FP32", "pct", "low", "deployed")]
+    for device in data.devices:
+        cols += [Column(f"p50@{device}", "p50 ms", "ms", "low", device),
+                 Column(f"p90@{device}", "p90 ms", "ms", "low", device),
+                 Column(f"rss@{device}", "peak MB", "mb", "low", device)]
+    cols += [Column(k, label, "float", better, "saliency")
+             for k, (label, better) in SALIENCY_KEY.items() if _has(ok, k)]
+    if "deploy_flags" in data.cells and data.cells.deploy_flags.fillna("").astype(bool).any():
+        cols.append(Column("flags", "flags", "text"))
+    return cols
+
+
+def _config_row(cells: pd.DataFrame, ok: pd.DataFrame, columns: list[Column]) -> dict[str, Any]:
+    first = cells.iloc[0]
+    row: dict[str, Any] = {"config": first.config, "method": first.method,
+                           "w_bits": int(first.w_bits), "a_bits": int(first.a_bits),
+                           "seeds": int(ok.seed.nunique()),
+                           "failed": int((cells.status != "ok").sum())}
+    row["accuracy"], row["accuracy_low"], row["accuracy_high"] = _ci(ok.accuracy)
+    keys = {c.key for c in columns}
+    for key in ("macro_f1", "deployed_accuracy", "agreement", "size_bytes", "packed_size_bytes",
+                *SALIENCY_KEY):
+        if key in keys:
+            row[key] = float(ok[key].mean()) if _has(ok, key) else None
+    if "flags" in keys:
+        row["flags"] = _flags(ok.deploy_flags)
+    return row
+
+
+def _add_devices(row: dict[str, Any], means: pd.DataFrame) -> None:
+    for m in means.itertuples(index=False):
+        row[f"p50@{m.device}"] = m.latency_ms_p50
+        row[f"p90@{m.device}"] = m.latency_ms_p90
+        row[f"rss@{m.device}"] = m.peak_rss_mb
+
+
+def _add_fp32_percent(rows: list[dict[str, Any]]) -> None:
+    base = next((r for r in rows if r["config"] == FP32), None)
+    for r in rows:
+        for key, pct in (("size_bytes", "size_pct"), ("packed_size_bytes", "packed_pct")):
+            ref = None if base is None else base.get(key)
+            value = r.get(key)
+            r[pct] = (None if fmt.missing(ref) or fmt.missing(value) or not ref
+                      else 100.0 * value / ref)
+
+
+def mark_best(block: Block, columns: list[Column]) -> None:
+    """Mark the best value of each ranked column (ties all marked; needs two values)."""
+    for column in columns:
+        if column.better is None:
+            continue
+        values = [(i, r.get(column.key)) for i, r in enumerate(block.rows)]
+        values = [(i, float(v)) for i, v in values if not fmt.missing(v)]
+        if len(values) < 2:
+            continue
+        pick = max if column.better == "high" else min
+        best = pick(v for _, v in values)
+        block.best |= {(i, column.key) for i, v in values if np.isclose(v, best, rtol=1e-12,
+                                                                         atol=0)}
+
+
+def main_table(data: ReportData) -> Table:
+    """Per data set x backbone x method x bits: accuracy with CI over seeds, deployment,
+    latency and memory per device, key saliency figures; best value per column marked."""
+    columns = main_columns(data)
+    if data.cells.empty:
+        return Table(columns, [])
+    means = _device_means(data)
+    by_config = dict(iter(means.groupby(["dataset", "backbone", "config"])))
+    empty = means.iloc[:0]
+    blocks = []
+    ok_by = dict(iter(data.ok.groupby(CONFIG)))
+    for (dataset, backbone), cells in data.cells.groupby(BLOCK, sort=True):
+        rows = []
+        for key, group in sorted(cells.groupby(["method", "w_bits", "a_bits"]),
+                                 key=lambda kv: config_sort_key(*kv[0])):
+            mine = ok_by.get((dataset, backbone, *key), data.ok.iloc[:0])
+            row = _config_row(group, mine, columns)
+            _add_devices(row, by_config.get((dataset, backbone, row["config"]), empty))
+            rows.append(row)
+        _add_fp32_percent(rows)
+        block = Block(f"{dataset} / {backbone}", dataset, backbone, rows)
+        mark_best(block, columns)
+        blocks.append(block)
+    return Table(columns, blocks)
+
+
+def device_table(data: ReportData) -> Table:
+    """Latency p50 per device side by side, with the speedup over FP32 on the same device."""
+    columns = [Column("config", "configuration", "text")]
+    for device in data.devices:
+        columns += [Column(f"p50@{device}", "p50 ms", "ms", "low", device),
+                    Column(f"speedup@{device}", "vs FP32", "ratio", "high", device)]
+    means = _device_means(data)
+    blocks = []
+    for (dataset, backbone), group in means.groupby(BLOCK, sort=True):
+        rows: dict[str, dict[str, Any]] = {}
+        for m in sorted(group.itertuples(index=False),
+                        key=lambda m: config_sort_key(m.method, m.w_bits, m.a_bits)):
+            row = rows.setdefault(m.config, {"config": m.config})
+            row[f"p50@{m.device}"] = m.latency_ms_p50
+        base = rows.get(FP32, {})
+        for row in rows.values():
+            for device in data.devices:
+                ref, value = base.get(f"p50@{device}"), row.get(f"p50@{device}")
+                if not (fmt.missing(ref) or fmt.missing(value)) and value > 0:
+                    row[f"speedup@{device}"] = ref / value
+        block = Block(f"{dataset} / {backbone}", dataset, backbone, list(rows.values()))
+        mark_best(block, columns)
+        blocks.append(block)
+    return Table(columns, blocks)
