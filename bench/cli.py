@@ -77,19 +77,29 @@ def run(
     = True,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed cell.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    executor: Annotated[str, typer.Option(
+        help="Where cells run: local (this process, one at a time), process (a pool of worker "
+             "processes here) or ray (one Ray task a cell).")] = "local",
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="process: worker processes; ray: CPUs of the local Ray cluster "
+                    "(default: this machine's cores).")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="ray: join this cluster (auto or ray://HOST:PORT) instead of starting one.")]
+    = None,
 ) -> None:
     """Run a grid of cells; cells already in the store are never recomputed."""
     from bench import logs
-    from bench.runner import Overrides, RunOptions, plan_grid, run_grid
+    from bench.runner import Overrides, RunOptions, executor_for, plan_grid, run_grid
     from bench.store import ResultsStore
 
     options = RunOptions(grid, store, Overrides(dataset, data_root, tuple(backbone or ()),
                                                 tuple(method or ()), seeds, epochs),
-                         device.value, fail_fast, quiet)
+                         device.value, fail_fast, quiet, executor, workers, address)
+    chosen = executor_for(options)
     buffer = logs.start_buffer()
     plan = plan_grid(options, allow_missing_data=dry_run)
     if dry_run:
-        todo = print_plan(plan, store)
+        todo = print_plan(plan, store, chosen)
         if estimate:
             print_estimate(plan, todo)
         return
@@ -102,8 +112,9 @@ def run(
         raise typer.Exit(1)
 
 
-def print_plan(plan: Any, store: Path) -> set[str]:
-    """Print each cell with its parent and whether it is cached; returns the ids to run."""
+def print_plan(plan: Any, store: Path, executor: Any) -> set[str]:
+    """Print each cell with its parent, whether it is cached and where it would run; returns
+    the ids to run."""
     from bench.runner.plan import MissingData
     from bench.store.database import DB_NAME, ResultsStore
 
@@ -114,12 +125,15 @@ def print_plan(plan: Any, store: Path) -> set[str]:
                       f"({data.reason}); cell ids below are provisional and every cell "
                       "counts as to run", highlight=False)
     table = Table(title=f"grid '{plan.grid.name}': {len(plan.cells)} cells")
-    for column in ("cell", "parent", "status"):
+    for column in ("cell", "parent", "status", "where"):
         table.add_column(column)
     for cell in plan.cells:
+        cached = cell.cell_id in done
         table.add_row(f"{cell.label} [{cell.cell_id}]", cell.config.parent_id or "-",
-                      "cached" if cell.cell_id in done else "will run")
+                      "cached" if cached else "will run", "-" if cached
+                      else executor.placement(cell))
     out.print(table)
+    out.print(f"executor {executor.name}: {executor.describe()}", highlight=False)
     todo = {c.cell_id for c in plan.cells if c.cell_id not in done}
     out.print(f"{len(plan.cells)} cells: {len(plan.cells) - len(todo)} cached, "
               f"{len(todo)} will run")
@@ -152,6 +166,7 @@ def results(
              "recent successful measurement).")] = None,
 ) -> None:
     """Print one record per cell."""
+    from bench.saliency.consistency import with_seed_consistency
     from bench.store import RESULT_COLUMNS, ResultsStore
     from bench.store.measurements import empty_columns, measured_profiles
 
@@ -159,7 +174,7 @@ def results(
     if profile is not None and profile not in (known := measured_profiles(opened.engine)):
         raise UsageError(f"no measurement under profile '{profile}' in {store}; measured: "
                          f"{', '.join(known) or 'none (run `bench measure`)'}")
-    rows = opened.rows(profile)
+    rows = with_seed_consistency(opened.rows(profile), opened)
     if format is Format.json:
         sys.stdout.write(json.dumps(rows, indent=1, default=str) + "\n")
     elif format is Format.csv:
@@ -170,12 +185,12 @@ def results(
     else:
         table = Table()
         shown = [*RESULT_COLUMNS[:11], *(c for c in ("int_kernels", "latency_ms_p50", "profile")
-                                         if any(r[c] is not None for r in rows))]
+                                         if any(r.get(c) is not None for r in rows))]
         for column in shown:
             table.add_column(column)
         for row in rows:
-            table.add_row(*(fmt(row[c]) for c in shown))
-        out.print(table)
+            table.add_row(*(fmt(row.get(c)) for c in shown))
+        (out if out.is_terminal else Console(width=250)).print(table)
 
 
 def fmt(value: Any) -> str:
@@ -192,18 +207,31 @@ def open_store(store: Path, cls: Any) -> Any:
     return cls(store)
 
 
+class ReportFormat(StrEnum):
+    html = "html"
+    md = "md"
+    csv = "csv"
+    json = "json"
+    latex = "latex"
+
+
 @app.command()
 @exits_on_usage_error
 def report(
     store: StoreOpt = Path("results"),
-    out_path: Annotated[Path, typer.Option("--out", help="HTML file to write.")]
-    = Path("reports/index.html"),
+    out_path: Annotated[Path | None, typer.Option(
+        "--out", help="File to write (default: reports/index.<html|md|csv|json|tex>).")] = None,
+    format: Annotated[ReportFormat, typer.Option(
+        "--format", help="html: the full self-contained report; md, csv, json, latex: the main "
+                         "table (json: also summary and significance).")] = ReportFormat.html,
 ) -> None:
-    """Write a self-contained HTML report of the store."""
+    """Write a self-contained HTML report of the store (or its main table in another format)."""
     from bench.report import build_report
+    from bench.report.render import SUFFIXES
     from bench.store import ResultsStore
 
-    path = build_report(open_store(store, ResultsStore), out_path)
+    target = out_path or Path(f"reports/index.{SUFFIXES[format.value]}")
+    path = build_report(open_store(store, ResultsStore), target, format.value)
     out.print(f"report written to {path.resolve()}")
 
 

@@ -131,7 +131,7 @@ def builtin_grids() -> list[str]:
 def load_grid(name_or_path: str) -> GridConfig:
     """Load a built-in grid by name or a user's YAML file; errors name line and column."""
     path = Path(name_or_path)
-    if path.suffix in {".yaml", ".yml"} or path.exists():
+    if path.suffix in {".yaml", ".yml"} or path.is_file():
         if not path.is_file():
             raise ConfigError(f"grid file not found: {path}")
         text, source = path.read_text(), str(path)

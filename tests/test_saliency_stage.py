@@ -201,3 +201,13 @@ def test_torch_threads_is_restored() -> None:
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_bad_settings_are_a_usage_error(tmp_path: Path) -> None:
+    grid = tmp_path / "bad.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid_dict(stages={"saliency": {"methods": ["lime"]}})))
+    result = CliRunner().invoke(app, ["run", "--grid", str(grid), "--store",
+                                      str(tmp_path / "s"), "--quiet"])
+    assert result.exit_code == 2
+    assert "unknown saliency methods" in result.output
+    assert not (tmp_path / "s" / "medq.sqlite").exists()

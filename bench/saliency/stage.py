@@ -82,6 +82,7 @@ def write_overlays(folder: Path, images: torch.Tensor, index: np.ndarray, method
 
 @register_stage("saliency", SaliencyConfig)
 def saliency_stage(inp: StageInput) -> dict[str, Any]:
+    """Maps, overlays and stability statistics of the cell's model; see the module docstring."""
     cfg: SaliencyConfig = inp.settings  # type: ignore[assignment]
     start = time.perf_counter()
     imgs = inp.data.images

@@ -29,7 +29,7 @@ class SaliencyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     methods: list[str] = Field(default_factory=lambda: ["gradient", "integrated_gradients",
-                                                        "smoothgrad", "gradcam"])
+                                                        "smoothgrad", "gradcam"], min_length=1)
     n_samples: int = Field(64, ge=1)
     topk: float = Field(0.1, gt=0.0, le=1.0)
     noise_std: float = Field(0.05, ge=0.0)
