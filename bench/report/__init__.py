@@ -1,4 +1,4 @@
-"""The HTML report: reads only the results store."""
+"""The report: reads only the results store (bench.store) and bench.stats."""
 
 from bench.report.build import build_report, report_context
 

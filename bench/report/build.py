@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.report import plots, provenance, saliency, significance, tables
-from bench.report.data import ReportData, load
+from bench.report.data import BLOCK, ReportData, load
 from bench.store import ResultsStore
 
 
@@ -15,21 +18,20 @@ def _figures(data: ReportData, main: tables.Table, sal: dict[str, Any],
              tests: list[significance.BlockTests]) -> dict[str, Any]:
     blocks = [{"name": b.name, "tradeoff": plots.tradeoff(b, data.devices),
                "bits": plots.bits_accuracy(b)} for b in main.blocks]
-    samples = sal["samples"]
-    distributions = [{"name": name, "svg": plots.saliency_distribution(part, sal["metric"])}
-                     for name, part in (samples.assign(
-                         name=samples.dataset + " / " + samples.backbone).groupby(
-                         "name", sort=True) if len(samples) else [])]
+    distributions = [{"name": f"{dataset} / {backbone}",
+                      "svg": plots.saliency_distribution(part, sal["metric"])}
+                     for (dataset, backbone), part in sal["samples"].groupby(BLOCK, sort=True)]
     cd = {t.name: plots.cd_diagram(t.cd) for t in tests if t.cd is not None}
     return {"blocks": blocks, "saliency": distributions, "cd": cd}
 
 
 def _saliency(data: ReportData) -> dict[str, Any]:
+    """Stability table, and per-image values of the main statistic for the distributions."""
     frame = saliency.cell_stats(data)
-    metric = next((m for m in saliency.METRIC_LABELS if m in set(frame.metric)), None)
-    main = significance.main_saliency(data.ok)
-    if main is not None and main.removeprefix("saliency_") in set(frame.metric):
-        metric = main.removeprefix("saliency_")
+    present = set(frame.metric)
+    main = (significance.main_saliency(data.ok) or "").removeprefix("saliency_")
+    metric = main if main in present else next(
+        (m for m in saliency.METRIC_LABELS if m in present), None)
     return {"table": saliency.stability_table(frame), "metric": metric,
             "samples": saliency.samples(frame, metric) if metric else frame.iloc[:0]}
 
@@ -39,7 +41,7 @@ def context(data: ReportData, figures: bool = True) -> dict[str, Any]:
     main = tables.main_table(data)
     tests = significance.block_tests(data)
     sal = _saliency(data)
-    out: dict[str, Any] = {
+    return {
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "store": str(data.root),
         "n_records": len(data.records),
@@ -55,12 +57,24 @@ def context(data: ReportData, figures: bool = True) -> dict[str, Any]:
         "figures": _figures(data, main, sal, tests) if figures else None,
         "gallery": saliency.gallery(data) if figures else [],
     }
-    return out
+
+
+@contextmanager
+def _gc_frozen() -> Iterator[None]:
+    """Keep the objects alive so far out of garbage collection for the block: statsmodels' Holm
+    correction calls gc.collect() on every call, which otherwise rescans every loaded record."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def report_context(store: ResultsStore, figures: bool = True) -> dict[str, Any]:
     """Read the store once and build the context."""
-    return context(load(store), figures)
+    data = load(store)
+    with _gc_frozen():
+        return context(data, figures)
 
 
 def write_atomic(out: Path, text: str) -> Path:

@@ -48,7 +48,7 @@ def config_sort_key(method: str, w_bits: int, a_bits: int) -> tuple[Any, ...]:
 class ReportData:
     """Everything read from the store, once.
 
-    ``cells``: one row per record (result and stage columns, `config`, `block`, `has_value`),
+    ``cells``: one row per record (result and stage columns, and the `config` label),
     ``ok``: the successful cells, one per configuration and seed (the latest one),
     ``measured``: the latest successful measurement per cell and device, with `device`,
     ``failed_measurements``: measurements whose latest attempt failed.
@@ -73,13 +73,12 @@ def _cell_rows(records: list[CellRecord]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(dict.fromkeys([*RESULT_COLUMNS,
                                                            *(k for r in rows for k in r)])))
     if frame.empty:
-        return frame.assign(config=pd.Series(dtype=str), block=pd.Series(dtype=str))
+        return frame.assign(config=pd.Series(dtype=str))
     for column in frame.columns:
         if column in NUMERIC or column.startswith("saliency_"):
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["config"] = [config_label(m, w, a) for m, w, a in
                        zip(frame.method, frame.w_bits, frame.a_bits, strict=True)]
-    frame["block"] = frame.dataset + " / " + frame.backbone
     return frame
 
 

@@ -14,27 +14,34 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from bench import stats
 from bench.report import fmt
-from bench.report.data import FLOAT_BITS, METHOD_ORDER, bits_label
+from bench.report.data import FLOAT_BITS, METHOD_ORDER, bits_label, ordered_configs
 from bench.report.tables import Block
 
 RC = {"svg.fonttype": "none", "svg.hashsalt": "medq-bench", "font.size": 8,
       "font.family": "sans-serif", "axes.spines.top": False, "axes.spines.right": False,
       "axes.grid": True, "grid.alpha": 0.3}
+LAYOUT = "constrained"
 MARKERS = "os^DvP*Xph"
+PALETTE = matplotlib.colormaps["tab10"].colors
 _PROLOG = re.compile(r"^.*?(?=<svg)", re.DOTALL)
+_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
+_XMLNS = re.compile(r'\s+xmlns(:\w+)?="[^"]*"')
 
 
 def to_svg(fig: Figure) -> str:
-    """The figure as an inline <svg> element (XML prolog and doctype removed)."""
+    """The figure as an inline <svg> element: no XML prolog, metadata or namespace URIs (HTML
+    gives inline SVG its namespace), `href` instead of `xlink:href`."""
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
-    return _PROLOG.sub("", buffer.getvalue(), count=1)
+    svg = _METADATA.sub("", _PROLOG.sub("", buffer.getvalue(), count=1), count=1)
+    return _XMLNS.sub("", svg).replace("xlink:href=", "href=")
 
 
 def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
@@ -52,8 +59,7 @@ def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
 def _colors(methods: Sequence[str]) -> dict[str, Any]:
     known = sorted(set(methods), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER
                                                 else len(METHOD_ORDER), m))
-    palette = sns.color_palette("tab10", max(len(known), 1))
-    return dict(zip(known, palette, strict=False))
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(known)}
 
 
 def _markers(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
@@ -64,21 +70,25 @@ def _markers(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
 def _scatter(ax: Any, rows: list[dict[str, Any]], xkey: str, xlabel: str, log: bool) -> None:
     colors, markers = _colors([r["method"] for r in rows]), _markers(rows)
     pts = [r for r in rows if not fmt.missing(r.get(xkey)) and not fmt.missing(r["accuracy"])]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in pts:
-        low, high = r.get("accuracy_low"), r.get("accuracy_high")
-        err = None if fmt.missing(low) else [[r["accuracy"] - low], [high - r["accuracy"]]]
-        ax.errorbar(r[xkey], r["accuracy"], yerr=err, fmt=markers[bits_label(r["w_bits"],
-                    r["a_bits"])], color=colors[r["method"]], ms=6, capsize=2, lw=0.8)
+        groups.setdefault((r["method"], bits_label(r["w_bits"], r["a_bits"])), []).append(r)
+    for (method, bits), mine in groups.items():
+        ax.scatter([r[xkey] for r in mine], [r["accuracy"] for r in mine], s=30,
+                   marker=markers[bits], color=colors[method], zorder=2)
     front = [pts[i] for i in pareto_front([r[xkey] for r in pts], [r["accuracy"] for r in pts])]
     ax.step([r[xkey] for r in front], [r["accuracy"] for r in front], where="post",
-            color="black", lw=1, ls="--", zorder=0)
+            color="black", lw=1, ls="--", zorder=1)
     for r in front:
         ax.annotate(r["config"], (r[xkey], r["accuracy"]), xytext=(4, 4),
                     textcoords="offset points", fontsize=7)
     if log:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (mean, 95% CI)")
+    ax.set_ylabel("accuracy (mean over seeds)")
 
 
 def _legend(fig: Figure, rows: Sequence[dict[str, Any]]) -> None:
@@ -100,7 +110,7 @@ def tradeoff(block: Block, devices: Sequence[str]) -> str | None:
     if not panels:
         return None
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(3.4 * len(panels) + 1.4, 3.2), layout="constrained")
+        fig = Figure(figsize=(3.4 * len(panels) + 1.4, 3.2), layout=LAYOUT)
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         for ax, (key, label, log) in zip(axes, panels, strict=True):
             _scatter(ax, block.rows, key, label, log)
@@ -117,7 +127,7 @@ def bits_accuracy(block: Block) -> str | None:
     position = {bits_label(w, a): i for i, (w, a) in enumerate(order)}
     colors = _colors([r["method"] for r in block.rows])
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(5.8, 3.2), layout="constrained")
+        fig = Figure(figsize=(5.8, 3.2), layout=LAYOUT)
         ax = fig.subplots()
         for method in colors:
             mine = sorted((r for r in quant if r["method"] == method),
@@ -152,15 +162,32 @@ def saliency_distribution(values: pd.DataFrame, label: str) -> str | None:
     """Box plots of per-sample values of one saliency metric per configuration and method."""
     if values.empty:
         return None
-    configs = list(dict.fromkeys(values.config))
+    configs = ordered_configs(values)
+    methods = list(dict.fromkeys(values.saliency_method))
+    width = 0.8 / len(methods)
+    palette = [PALETTE[i % len(PALETTE)] for i in range(len(methods))]
+    groups = dict(iter(values.groupby(["config", "saliency_method"])))
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(max(4.0, 0.7 * len(configs) + 2.0), 3.2), layout="constrained")
+        fig = Figure(figsize=(max(4.0, 0.7 * len(configs) + 2.0), 3.2), layout=LAYOUT)
         ax = fig.subplots()
-        sns.boxplot(data=values, x="config", y="value", hue="saliency_method", order=configs,
-                    ax=ax, fliersize=1.5, linewidth=0.8)
-        ax.set_xlabel("")
+        for m, (method, color) in enumerate(zip(methods, palette, strict=True)):
+            present = [(i, groups[(c, method)].value.to_numpy()) for i, c in enumerate(configs)
+                       if (c, method) in groups]
+            if not present:
+                continue
+            ax.boxplot([v for _, v in present],
+                       positions=[i - 0.4 + width * (m + 0.5) for i, _ in present],
+                       widths=width * 0.9, patch_artist=True, manage_ticks=False,
+                       boxprops={"facecolor": color, "linewidth": 0.8},
+                       medianprops={"color": "black", "linewidth": 0.8},
+                       flierprops={"markersize": 1.5}, whiskerprops={"linewidth": 0.8},
+                       capprops={"linewidth": 0.8})
+        ax.set_xticks(range(len(configs)), configs, rotation=30, ha="right")
+        ax.set_xlim(-0.6, len(configs) - 0.4)
         ax.set_ylabel(label)
-        ax.tick_params(axis="x", labelrotation=30)
+        ax.legend(handles=[Patch(facecolor=c, label=m) for m, c in zip(methods, palette,
+                                                                      strict=True)],
+                  fontsize=7, frameon=False, loc="best")
         return to_svg(fig)
 
 
@@ -169,6 +196,6 @@ def cd_diagram(result: stats.CDResult) -> str | None:
     if result.n_blocks == 0 or result.k < 2:
         return None
     with matplotlib.rc_context(RC | {"axes.grid": False}):
-        fig = Figure(figsize=(6.4, 1.2 + 0.2 * (result.k + 1)), layout="constrained")
+        fig = Figure(figsize=(6.4, 1.2 + 0.2 * (result.k + 1)), layout=LAYOUT)
         stats.plot_cd(result, fig.subplots())
         return to_svg(fig)

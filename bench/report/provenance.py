@@ -6,6 +6,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from bench.report import fmt
 from bench.report.data import ReportData, bits_label
 
@@ -27,7 +29,8 @@ class Flagged:
     reason: str
 
 
-def _first_line(text: str | None) -> str:
+def _error_line(text: str | None) -> str:
+    """The last line of an error (a traceback's exception message)."""
     lines = (text or "").strip().splitlines()
     return lines[-1] if lines else "no error message stored"
 
@@ -39,7 +42,7 @@ def _describe(row: Any) -> str:
 
 def flagged(data: ReportData) -> list[Flagged]:
     """Failed cells, cells with deploy flags, failed measurements (latest attempt)."""
-    out = [Flagged(r.cell_id, _describe(r), "failed", _first_line(r.error))
+    out = [Flagged(r.cell_id, _describe(r), "failed", _error_line(r.error))
            for r in data.cells[data.cells.status != "ok"].itertuples(index=False)]
     if "deploy_flags" in data.cells:
         for r in data.cells[data.cells.deploy_flags.fillna("").astype(bool)].itertuples(
@@ -54,7 +57,7 @@ def flagged(data: ReportData) -> list[Flagged]:
     for m in data.failed_measurements.itertuples(index=False):
         what = _describe(cells.loc[m.cell_id].rename(None)) if m.cell_id in cells.index else ""
         out.append(Flagged(m.cell_id, what, f"measurement failed ({m.profile}, batch "
-                           f"{m.batch_size})", _first_line(m.error)))
+                           f"{m.batch_size})", _error_line(m.error)))
     return out
 
 
@@ -83,6 +86,10 @@ def _commits(records: list[Any]) -> dict[str, int]:
     return dict(commits)
 
 
+def _when(moment: Any) -> str:
+    return "-" if moment is None or pd.isna(moment) else f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
 def summary(data: ReportData) -> dict[str, Any]:
     """Counts, grids, data sets with their split manifests, packages, machines, dates."""
     records = list(data.records.values())
@@ -104,12 +111,12 @@ def summary(data: ReportData) -> dict[str, Any]:
         "packages": _packages(records),
         "machines": _machines(records),
         "commits": _commits(records),
-        "first": min((r.started_at for r in records), default=None),
-        "last": max((r.finished_at for r in records), default=None),
+        "first": _when(min((r.started_at for r in records), default=None)),
+        "last": _when(max((r.finished_at for r in records), default=None)),
         "devices": [{"device": d, "profile": g.profile.iloc[0], "machine": g.machine.iloc[0],
                      "batch_size": int(g.batch_size.iloc[0]), "cpu": g.cpu.iloc[0],
                      "cells": int(g.cell_id.nunique()),
-                     "last": g.finished_at.max()}
+                     "last": _when(g.finished_at.max())}
                     for d, g in measured.groupby("device")] if len(measured) else [],
         "n_measurements": len(measured),
     }

@@ -20,7 +20,8 @@ METRIC_LABELS = {"spearman_fp32": ("ρ vs FP32", "high"), "ssim_fp32": ("SSIM vs
                  "pointing_game": ("pointing game", "high"),
                  "energy_pointing": ("energy pointing", "high"),
                  "topk_iou_mask": ("top-k IoU mask", "high"),
-                 "deletion_auc": ("deletion AUC", "low"), "insertion_auc": ("insertion AUC", "high")}
+                 "deletion_auc": ("deletion AUC", "low"),
+                 "insertion_auc": ("insertion AUC", "high")}
 GALLERY_PER_CONFIG = 2
 GALLERY_MAX = 48
 
@@ -57,9 +58,8 @@ def cell_stats(data: ReportData) -> pd.DataFrame:
 def stability_table(frame: pd.DataFrame) -> Table:
     """Mean and 95% CI over seeds of each metric, per configuration and saliency method."""
     metrics = [m for m in METRIC_LABELS if m in set(frame.metric)]
-    columns = [Column("config", "configuration", "text"), Column("saliency_method", "method",
-                                                                  "text"),
-               Column("seeds", "seeds", "int")]
+    columns = [Column("config", "configuration", "text"),
+               Column("saliency_method", "method", "text"), Column("seeds", "seeds", "int")]
     columns += [Column(m, METRIC_LABELS[m][0], "ci", METRIC_LABELS[m][1]) for m in metrics]
     blocks = []
     for (dataset, backbone), block in frame.groupby(BLOCK, sort=True):
@@ -85,12 +85,13 @@ def stability_table(frame: pd.DataFrame) -> Table:
 
 def samples(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per-sample values of ``metric``, pooled over seeds: one row per value."""
+    keys = [*BLOCK, "config", "method", "w_bits", "a_bits", "saliency_method"]
     part = frame[frame.metric == metric]
     if part.empty:
-        return pd.DataFrame(columns=[*BLOCK, "config", "saliency_method", "value"])
+        return pd.DataFrame(columns=[*keys, "value"])
     counts = part["values"].map(len).to_numpy()
     values = np.array([v for vs in part["values"] for v in vs], dtype=float)
-    out = part[[*BLOCK, "config", "saliency_method"]].loc[part.index.repeat(counts)]
+    out = part[keys].loc[part.index.repeat(counts)]
     return out.assign(value=values).dropna(subset=["value"]).reset_index(drop=True)
 
 

@@ -63,9 +63,9 @@ def main_saliency(ok: pd.DataFrame) -> str | None:
     return None
 
 
-def families(ok: pd.DataFrame, column: str, metric: str) -> list[Family]:
-    """Each configuration vs FP32, and each pair at the same bits, on ``column``."""
-    _, values = seed_matrix(ok, column)
+def families(ok: pd.DataFrame, metric: str) -> list[Family]:
+    """Each configuration vs FP32, and each pair at the same bits, on the column ``metric``."""
+    _, values = seed_matrix(ok, metric)
     values = {c: v for c, v in values.items() if np.isfinite(v).any()}
     out = []
     if FP32 in values and len(values) > 1:
@@ -103,7 +103,7 @@ def mcnemar_vs_fp32(data: ReportData, ok: pd.DataFrame) -> tuple[list[McNemarRow
         return [], "no FP32 cell: no McNemar test"
     cache: dict[str, dict[str, np.ndarray] | None] = {}
 
-    def load(cell_id: str) -> dict[str, np.ndarray] | None:
+    def predictions_of(cell_id: str) -> dict[str, np.ndarray] | None:
         if cell_id not in cache:
             cache[cell_id] = _predictions(data.artifact_dir(cell_id))
         return cache[cell_id]
@@ -116,7 +116,7 @@ def mcnemar_vs_fp32(data: ReportData, ok: pd.DataFrame) -> tuple[list[McNemarRow
         if fp32.split_manifest != cell.split_manifest:
             mismatched += 1
             continue
-        a, b = load(cell.cell_id), load(fp32.cell_id)
+        a, b = predictions_of(cell.cell_id), predictions_of(fp32.cell_id)
         if a is None or b is None:
             missing += 1
             continue
@@ -141,9 +141,9 @@ def block_tests(data: ReportData) -> list[BlockTests]:
     for (dataset, backbone), ok in data.ok.groupby(BLOCK, sort=True):
         seeds, matrix = seed_matrix(ok, "accuracy")
         tests = BlockTests(f"{dataset} / {backbone}", dataset, backbone, seeds)
-        tests.families = families(ok, "accuracy", "accuracy")
+        tests.families = families(ok, "accuracy")
         if saliency is not None:
-            tests.families += families(ok, saliency, saliency)
+            tests.families += families(ok, saliency)
         tests.mcnemar, tests.mcnemar_note = mcnemar_vs_fp32(data, ok)
         matrix = {c: v for c, v in matrix.items() if np.isfinite(v).any()}
         if matrix:

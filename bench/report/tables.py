@@ -26,6 +26,9 @@ SALIENCY_KEY = {"saliency_spearman_fp32": ("saliency ρ vs FP32", "high"),
 
 @dataclass(frozen=True)
 class Column:
+    """A table column: row key, header label, how to format it, which way is better, and the
+    header group it sits under (a device, "deployed", "saliency")."""
+
     key: str
     label: str
     kind: Kind
@@ -46,6 +49,8 @@ class Block:
 
 @dataclass
 class Table:
+    """Columns shared by every block; one block per data set x backbone."""
+
     columns: list[Column]
     blocks: list[Block]
 
@@ -110,6 +115,7 @@ def _device_means(data: ReportData) -> pd.DataFrame:
 
 
 def main_columns(data: ReportData) -> list[Column]:
+    """The main table's columns: deployment, device and saliency ones only when present."""
     ok = data.ok
     cols = [Column("config", "configuration", "text"), Column("seeds", "seeds", "int"),
             Column("failed", "failed", "int"),

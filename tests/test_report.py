@@ -1,0 +1,488 @@
+"""The report: every section renders for empty, small, failed, multi-device and large stores,
+every statistic it shows equals an independent computation, and every output format works."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as ss
+from statsmodels.stats.multitest import multipletests
+
+from bench.report import build_report, report_context
+from bench.report import fmt as F
+from bench.report.plots import pareto_front
+from bench.store import CellRecord, ResultsStore
+from bench.store.measurements import MeasurementRecord, save_measurement
+
+QUANT = [("ptq", 8, 8), ("qat", 8, 8), ("ptq", 4, 4), ("qat", 4, 4), ("pact", 4, 4)]
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+PNG_1PX = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                        "1f15c4890000000d4944415478da63f8cfc0f01f0005000201a7e2ad4f"
+                        "0000000049454e44ae426082")
+
+
+@dataclass
+class Spec:
+    """What to generate: datasets x backbones x configs x seeds, measured on ``devices``
+    (profile, machine) pairs."""
+
+    datasets: tuple[str, ...] = ("synthetic",)
+    backbones: tuple[str, ...] = ("smallcnn",)
+    configs: tuple[tuple[str, int, int], ...] = (("fp32", 32, 32), *QUANT[:3])
+    seeds: int = 10
+    devices: tuple[tuple[str, str], ...] = (("host", "m1"),)
+    n_test: int = 60
+    saliency: bool = True
+    overlays: bool = False
+    failed: int = 0
+    flagged: bool = False
+    measure_failed: bool = False
+
+
+@dataclass
+class Generated:
+    store: ResultsStore
+    cells: pd.DataFrame
+    latency: pd.DataFrame
+    predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+def _cell_id(*key: Any) -> str:
+    return hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+
+
+def _saliency(rng: np.random.Generator, method: str, quality: float) -> dict[str, Any]:
+    def describe(values: np.ndarray) -> dict[str, Any]:
+        return {"mean": float(values.mean()), "std": float(values.std(ddof=1)),
+                "n": int(values.size), "values": [float(v) for v in values]}
+
+    stats = {}
+    for sal in ("gradient", "gradcam"):
+        metrics = {"max_sensitivity": describe(rng.uniform(0.1, 0.3, 8)),
+                   "deletion_auc": describe(rng.uniform(0.2, 0.4, 8))}
+        if method != "fp32":
+            metrics["spearman_fp32"] = describe(np.clip(rng.normal(quality, 0.05, 8), -1, 1))
+        stats[sal] = metrics
+    columns = {f"saliency_{m}": stats["gradient"].get(m, {}).get("mean")
+               for m in ("spearman_fp32", "max_sensitivity", "deletion_auc")}
+    return {"stats": stats, "primary": "gradient", "columns": columns}
+
+
+def generate(root: Path, spec: Spec) -> Generated:
+    """A store of synthetic but realistic records, committed through ResultsStore.commit, with
+    predictions.npz per cell and measurements through save_measurement."""
+    store = ResultsStore(root)
+    rng = np.random.default_rng(123)
+    rows, lat, preds = [], [], {}
+    for dataset in spec.datasets:
+        labels = rng.integers(0, 3, spec.n_test)
+        for backbone in spec.backbones:
+            for c, (method, w, a) in enumerate(spec.configs):
+                quality = 0.85 - 0.03 * c
+                for seed in range(spec.seeds):
+                    cid = _cell_id(dataset, backbone, method, w, a, seed)
+                    correct = rng.random(spec.n_test) < quality
+                    pred = np.where(correct, labels, (labels + 1) % 3)
+                    acc = float((pred == labels).mean())
+                    quant = w != 32
+                    params = 100_000 + 1000 * spec.backbones.index(backbone)
+                    deploy = {"size_bytes": 4 * params + 2000 if not quant else params + 9000,
+                              "packed_size_bytes": 4 * params if not quant else params * w // 8,
+                              "int_kernels": 3 if quant else 0,
+                              "deployed_accuracy": acc - (0.01 * (seed % 2) if quant else 0.0),
+                              "agreement": 1.0 - (0.02 * (seed % 2) if quant else 0.0),
+                              "params": params, "macs": 10 * params,
+                              "deploy_flags": "low_agreement"
+                              if spec.flagged and quant and seed % 2 else ""}
+                    metrics: dict[str, Any] = {"accuracy": acc, "deploy": {"columns": deploy}}
+                    if spec.saliency:
+                        metrics["saliency"] = _saliency(rng, method, quality)
+                    record = CellRecord(
+                        cell_id=cid, parent_id=None if not quant else _cell_id(
+                            dataset, backbone, "fp32", 32, 32, seed), grid="gen",
+                        dataset=dataset, backbone=backbone, method=method, w_bits=w, a_bits=a,
+                        seed=seed, status="ok", error=None, accuracy=acc,
+                        macro_f1=acc - 0.05, train_seconds=10.0 + seed,
+                        split_manifest=f"manifest-{dataset}", metrics=metrics, config={},
+                        provenance={"packages": {"torch": "2.14.1", "numpy": "2.4.6"},
+                                    "git": {"commit": "abc123", "dirty": False},
+                                    "machine": {"cpu_model": "Test CPU", "cores_logical": 2,
+                                                "ram_gb": 8, "os": "Linux"}},
+                        started_at=T0 + timedelta(minutes=len(rows)),
+                        finished_at=T0 + timedelta(minutes=len(rows), seconds=30))
+                    with store.staging(cid) as staged:
+                        np.savez(staged / "predictions.npz", index=np.arange(spec.n_test),
+                                 labels=labels, logits=np.zeros((spec.n_test, 3)),
+                                 predictions=pred)
+                        if spec.overlays:
+                            (staged / "saliency_overlays").mkdir()
+                            (staged / "saliency_overlays" / "gradient-00000.png").write_bytes(
+                                PNG_1PX)
+                        store.commit(record, staged)
+                    preds[cid] = (labels, pred)
+                    rows.append({"cell_id": cid, "dataset": dataset, "backbone": backbone,
+                                 "method": method, "w_bits": w, "a_bits": a, "seed": seed,
+                                 "accuracy": acc, **deploy,
+                                 **(metrics["saliency"]["columns"] if spec.saliency else {})})
+                    for d, (profile, machine) in enumerate(spec.devices):
+                        p50 = (2.0 + d) * (w / 32 if quant else 1.0) * (1 + 0.01 * seed)
+                        lat.append({"cell_id": cid, "profile": profile, "machine": machine,
+                                    "p50": p50, "p90": 1.2 * p50, "rss": 50.0 + d + c})
+                        _measure(store, cid, profile, machine, p50, 50.0 + d + c, len(lat))
+    for i in range(spec.failed):
+        store.commit(CellRecord(
+            cell_id=f"failed{i}", parent_id=None, grid="gen", dataset=spec.datasets[0],
+            backbone=spec.backbones[0], method="qat", w_bits=2, a_bits=2, seed=i,
+            status="failed", error=f"Traceback ...\nRuntimeError: boom {i}", accuracy=None,
+            macro_f1=None, train_seconds=None, split_manifest="m", metrics={}, config={},
+            provenance={}, started_at=T0, finished_at=T0))
+    if spec.measure_failed and rows:
+        save_measurement(store.engine, _measurement(rows[0]["cell_id"], "edge-1core-1g", "m1",
+                                                    None, None, 10_000, "MemoryError: limit"))
+    return Generated(store, pd.DataFrame(rows), pd.DataFrame(lat), preds)
+
+
+def _measurement(cell_id: str, profile: str, machine: str, p50: float | None,
+                 rss: float | None, n: int, error: str | None = None) -> MeasurementRecord:
+    return MeasurementRecord(
+        cell_id=cell_id, profile=profile, machine=machine, batch_size=1,
+        status="ok" if error is None else "failed", error=error, isolation="process",
+        samples_s=[], latency_ms_mean=p50, latency_ms_std=None, latency_cv=None,
+        latency_ms_min=p50, latency_ms_p50=p50, latency_ms_p90=None if p50 is None else 1.2 * p50,
+        latency_ms_p99=None if p50 is None else 1.5 * p50, load_time_s=0.01, peak_rss_mb=rss,
+        size_bytes=None, packed_size_bytes=None,
+        fingerprint={"cpu_model": f"CPU of {machine}", "hash": machine}, profile_config={},
+        details={}, started_at=T0 + timedelta(seconds=n), finished_at=T0 + timedelta(seconds=n))
+
+
+def _measure(store: ResultsStore, cid: str, profile: str, machine: str, p50: float, rss: float,
+             n: int) -> None:
+    save_measurement(store.engine, _measurement(cid, profile, machine, p50, rss, n))
+
+
+def label(method: str, w: int, a: int) -> str:
+    return method if w == 32 else f"{method} W{w}A{a}"
+
+
+@pytest.fixture(scope="module")
+def ten_seeds(tmp_path_factory: pytest.TempPathFactory) -> Generated:
+    return generate(tmp_path_factory.mktemp("ten"), Spec(
+        devices=(("host", "m1"), ("raspberry-pi-4", "pi"), ("host", "m2")), overlays=True,
+        flagged=True, failed=1, measure_failed=True))
+
+
+@pytest.fixture(scope="module")
+def ten_html(ten_seeds: Generated, tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = build_report(ten_seeds.store, tmp_path_factory.mktemp("out") / "index.html")
+    return out.read_text()
+
+
+@pytest.fixture(scope="module")
+def ten_context(ten_seeds: Generated) -> dict[str, Any]:
+    return report_context(ten_seeds.store)
+
+
+def _block_rows(context: dict[str, Any], key: str = "main") -> dict[str, dict[str, Any]]:
+    table = context[key] if key != "saliency" else context["saliency"]["table"]
+    return {r["config"]: r for b in table.blocks for r in b.rows}
+
+
+def _family(context: dict[str, Any], title: str) -> Any:
+    return next(f for t in context["significance"] for f in t.families if f.title == title)
+
+
+# --- renders in every situation ------------------------------------------------------------
+
+
+def test_empty_store(tmp_path):
+    out = build_report(ResultsStore(tmp_path / "s"), tmp_path / "r.html")
+    html = out.read_text()
+    assert 'id="empty-store"' in html and "no records yet" in html
+
+
+def test_one_record(tmp_path):
+    gen = generate(tmp_path / "s", Spec(configs=(("fp32", 32, 32),), seeds=1, devices=()))
+    html = build_report(gen.store, tmp_path / "r.html").read_text()
+    assert 'id="main-table"' in html and 'id="results-table"' in html
+    assert "No latency measurements yet" in html
+    acc = gen.cells.accuracy.iloc[0]
+    assert F.mean_ci(acc, None, None) in html
+
+
+def test_failed_and_flagged_cells_are_listed_with_their_reason(ten_html):
+    assert 'id="flagged-table"' in ten_html
+    assert "RuntimeError: boom 0" in ten_html
+    assert "low_agreement" in ten_html and "agrees with the PyTorch model on 0.9800" in ten_html
+    assert "measurement failed (edge-1core-1g" in ten_html and "MemoryError: limit" in ten_html
+
+
+def test_only_failed_cells(tmp_path):
+    gen = generate(tmp_path / "s", Spec(configs=(), devices=(), failed=2))
+    html = build_report(gen.store, tmp_path / "r.html").read_text()
+    assert "RuntimeError: boom 1" in html and 'id="main-table"' in html
+    assert "No saliency results in the store" in html
+
+
+def test_no_network_address_and_everything_inline(ten_html):
+    for needle in ("http://", "https://", "//fonts.", "<script", "<link", 'src="file:'):
+        assert needle not in ten_html
+    assert ten_html.count("<svg") >= 3
+    assert 'src="data:image/png;base64,' in ten_html
+
+
+def test_several_devices_side_by_side_with_speedups(ten_seeds, ten_context, ten_html):
+    devices = ten_context["devices"]
+    assert devices == ["host @m1", "host @m2", "raspberry-pi-4"]
+    rows = _block_rows(ten_context, "device_table")
+    lat = ten_seeds.latency.merge(ten_seeds.cells[["cell_id", "method", "w_bits", "a_bits"]])
+    lat["device"] = np.where(lat.profile == "host", "host @" + lat.machine, lat.profile)
+    means = lat.groupby(["method", "w_bits", "a_bits", "device"]).p50.mean()
+    for device in devices:
+        fp32 = means[("fp32", 32, 32, device)]
+        for method, w, a in ten_seeds.cells[["method", "w_bits", "a_bits"]].drop_duplicates(
+                ).itertuples(index=False):
+            row = rows[label(method, w, a)]
+            assert row[f"p50@{device}"] == pytest.approx(means[(method, w, a, device)])
+            assert row[f"speedup@{device}"] == pytest.approx(fp32 / means[(method, w, a, device)])
+            assert F.ratio(fp32 / means[(method, w, a, device)]) in ten_html
+    assert 'id="devices-table"' in ten_html
+    main = _block_rows(ten_context)
+    tail = lat.groupby(["method", "w_bits", "a_bits", "device"])[["p90", "rss"]].mean()
+    for (method, w, a, device), (p90, rss) in tail.iterrows():
+        assert main[label(method, w, a)][f"p90@{device}"] == pytest.approx(p90)
+        assert main[label(method, w, a)][f"rss@{device}"] == pytest.approx(rss)
+        assert F.num(p90, 3) in ten_html and F.num(rss, 1) in ten_html
+
+
+def test_plots_degrade_to_a_sentence_without_measurements(tmp_path):
+    gen = generate(tmp_path / "s", Spec(seeds=2, devices=(), saliency=False))
+    with gen.store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE cells SET metrics = '{}'")
+    html = build_report(gen.store, tmp_path / "r.html").read_text()
+    assert "No deployment sizes or latency measurements" in html
+    assert "No saliency results in the store" in html
+    assert "No latency measurements yet" in html
+
+
+def test_thousand_records(tmp_path):
+    spec = Spec(datasets=("a", "b"), backbones=("x", "y"),
+                configs=(("fp32", 32, 32), ("sgt", 32, 32), *QUANT,
+                         ("pact_sgt", 4, 4), ("pact", 8, 8), ("pact_sgt", 8, 8)),
+                seeds=25, devices=(("host", "m1"),), n_test=20)
+    gen = generate(tmp_path / "s", spec)
+    assert len(gen.cells) == 1000
+    html = build_report(gen.store, tmp_path / "r.html").read_text()
+    assert html.count("<tr class=\"block\">") >= 4
+    assert html.count('<td class="text"><code>') >= 1000
+
+
+# --- every statistic equals an independent computation ------------------------------------
+
+
+def test_accuracy_mean_and_ci_match_scipy(ten_seeds, ten_context, ten_html):
+    rows = _block_rows(ten_context)
+    for (method, w, a), part in ten_seeds.cells.groupby(["method", "w_bits", "a_bits"]):
+        x = part.sort_values("seed").accuracy.to_numpy()
+        low, high = ss.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=ss.sem(x))
+        row = rows[label(method, w, a)]
+        assert row["accuracy"] == pytest.approx(x.mean())
+        assert (row["accuracy_low"], row["accuracy_high"]) == pytest.approx((low, high))
+        assert F.mean_ci(x.mean(), low, high) in ten_html
+        assert row["macro_f1"] == pytest.approx(part.accuracy.mean() - 0.05)
+        assert row["deployed_accuracy"] == pytest.approx(part.deployed_accuracy.mean())
+        assert row["agreement"] == pytest.approx(part.agreement.mean())
+
+
+def test_sizes_relative_to_fp32(ten_seeds, ten_context, ten_html):
+    rows = _block_rows(ten_context)
+    cells = ten_seeds.cells
+    fp32 = cells[cells.method == "fp32"].packed_size_bytes.mean()
+    for (method, w, a), part in cells.groupby(["method", "w_bits", "a_bits"]):
+        row = rows[label(method, w, a)]
+        expected = 100 * part.packed_size_bytes.mean() / fp32
+        assert row["packed_pct"] == pytest.approx(expected)
+        assert F.pct(expected) in ten_html
+
+
+def test_best_per_column_is_marked(ten_context):
+    block = ten_context["main"].blocks[0]
+    measured = [i for i, r in enumerate(block.rows) if r["seeds"]]
+    best_acc = max(measured, key=lambda i: block.rows[i]["accuracy"])
+    assert (best_acc, "accuracy") in block.best
+    smallest = min(measured, key=lambda i: block.rows[i]["packed_size_bytes"])
+    assert (smallest, "packed_size_bytes") in block.best
+
+
+def _wilcoxon_oracle(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float]:
+    d = a - b
+    p = ss.wilcoxon(d).pvalue
+    nz = d[d != 0]
+    ranks = ss.rankdata(np.abs(nz))
+    r = (ranks[nz > 0].sum() - ranks[nz < 0].sum()) / ranks.sum()
+    ci = ss.bootstrap((d,), np.mean, n_resamples=9999, confidence_level=0.95, method="BCa",
+                      rng=np.random.default_rng(0)).confidence_interval
+    return p, r, ci.low, ci.high
+
+
+def _by_seed(cells: pd.DataFrame, method: str, w: int, a: int, column: str) -> np.ndarray:
+    part = cells[(cells.method == method) & (cells.w_bits == w) & (cells.a_bits == a)]
+    return part.sort_values("seed")[column].to_numpy(dtype=float)
+
+
+def test_paired_tests_vs_fp32_match_scipy_and_statsmodels(ten_seeds, ten_context, ten_html):
+    cells = ten_seeds.cells
+    family = _family(ten_context, "accuracy: each configuration vs FP32")
+    base = _by_seed(cells, "fp32", 32, 32, "accuracy")
+    oracle = {}
+    for method, w, a in Spec().configs[1:]:
+        oracle[label(method, w, a)] = _wilcoxon_oracle(
+            _by_seed(cells, method, w, a, "accuracy"), base)
+    holm = multipletests([o[0] for o in oracle.values()], method="holm")[1]
+    assert [r.name_a for r in family.results] == list(oracle)
+    for r, (p, effect, low, high), p_holm in zip(family.results, oracle.values(), holm,
+                                                 strict=True):
+        assert r.name_b == "fp32" and r.n == 10
+        assert r.p_value == pytest.approx(p)
+        assert r.p_adjusted == pytest.approx(p_holm)
+        assert r.effect_size == pytest.approx(effect)
+        assert (r.ci_low, r.ci_high) == pytest.approx((low, high))
+        for shown in (F.pval(p), F.pval(p_holm), F.num(effect, 3), F.interval(low, high)):
+            assert shown in ten_html
+
+
+def test_pairs_at_the_same_bits_and_saliency_statistic(ten_seeds, ten_context, ten_html):
+    cells = ten_seeds.cells
+    family = _family(ten_context, "accuracy: pairs at W8A8")
+    (r,) = family.results
+    p, effect, _, _ = _wilcoxon_oracle(_by_seed(cells, "ptq", 8, 8, "accuracy"),
+                                       _by_seed(cells, "qat", 8, 8, "accuracy"))
+    assert (r.name_a, r.name_b) == ("ptq W8A8", "qat W8A8")
+    assert r.p_value == pytest.approx(p) and r.p_adjusted == pytest.approx(p)
+    assert r.effect_size == pytest.approx(effect)
+    assert ten_context["saliency_main"] == "saliency_spearman_fp32"
+    sal = _family(ten_context, "saliency_spearman_fp32: pairs at W8A8")
+    p, _, _, _ = _wilcoxon_oracle(_by_seed(cells, "ptq", 8, 8, "saliency_spearman_fp32"),
+                                  _by_seed(cells, "qat", 8, 8, "saliency_spearman_fp32"))
+    assert sal.results[0].p_value == pytest.approx(p)
+    assert F.pval(p) in ten_html
+    vs_fp32 = _family(ten_context, "saliency_spearman_fp32: each configuration vs FP32")
+    assert not vs_fp32.results and "FP32 has no" in vs_fp32.note
+
+
+def test_mcnemar_matches_the_exact_binomial_test(ten_seeds, ten_context, ten_html):
+    rows = ten_context["significance"][0].mcnemar
+    cells = ten_seeds.cells.set_index("cell_id")
+    fp32 = {int(r.seed): cid for cid, r in cells[cells.method == "fp32"].iterrows()}
+    oracle = {}
+    for cid, r in cells[cells.method != "fp32"].iterrows():
+        labels, pa = ten_seeds.predictions[cid]
+        _, pb = ten_seeds.predictions[fp32[int(r.seed)]]
+        n01 = int(((pa != labels) & (pb == labels)).sum())
+        n10 = int(((pa == labels) & (pb != labels)).sum())
+        p = 1.0 if n01 + n10 == 0 else ss.binomtest(n01, n01 + n10, 0.5).pvalue
+        oracle[(label(r.method, r.w_bits, r.a_bits), int(r.seed))] = (n01, n10, p)
+    assert len(rows) == len(oracle) == 30
+    holm = dict(zip(oracle, multipletests([o[2] for o in oracle.values()], method="holm")[1],
+                    strict=True))
+    for row in rows:
+        n01, n10, p = oracle[(row.config, row.seed)]
+        assert (row.result.n01, row.result.n10) == (n01, n10)
+        assert row.result.p_value == pytest.approx(min(p, 1.0))
+        assert row.p_adjusted == pytest.approx(holm[(row.config, row.seed)])
+        assert F.pval(row.result.p_value) in ten_html
+
+
+def test_friedman_and_critical_difference_match_scipy(ten_seeds, ten_context, ten_html):
+    tests = ten_context["significance"][0]
+    cells = ten_seeds.cells
+    matrix = np.column_stack([_by_seed(cells, m, w, a, "accuracy") for m, w, a in Spec().configs])
+    stat, p = ss.friedmanchisquare(*matrix.T)
+    assert tests.friedman.statistic == pytest.approx(stat)
+    assert tests.friedman.p_value == pytest.approx(p)
+    k, n = matrix.shape[1], matrix.shape[0]
+    q = ss.studentized_range.ppf(0.95, k, np.inf) / math.sqrt(2)
+    cd = q * math.sqrt(k * (k + 1) / (6 * n))
+    assert tests.cd.cd == pytest.approx(cd)
+    ranks = ss.rankdata(-matrix, axis=1).mean(axis=0)
+    for (m, w, a), rank in zip(Spec().configs, ranks, strict=True):
+        assert tests.cd.avg_ranks[label(m, w, a)] == pytest.approx(rank)
+    assert f"p = {F.pval(p)}" in ten_html and F.num(cd, 3) in ten_html
+
+
+def test_saliency_stability_table_matches_numpy(ten_seeds, ten_context, ten_html):
+    table = ten_context["saliency"]["table"]
+    row = next(r for r in table.blocks[0].rows
+               if r["config"] == "ptq W8A8" and r["saliency_method"] == "gradient")
+    x = _by_seed(ten_seeds.cells, "ptq", 8, 8, "saliency_spearman_fp32")
+    low, high = ss.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=ss.sem(x))
+    assert row["spearman_fp32"] == pytest.approx(x.mean())
+    assert (row["spearman_fp32_low"], row["spearman_fp32_high"]) == pytest.approx((low, high))
+    assert F.mean_ci(x.mean(), low, high) in ten_html
+    assert 'id="gallery"' in ten_html
+
+
+def test_too_few_seeds_print_the_reason_not_a_p_value(tmp_path):
+    gen = generate(tmp_path / "s", Spec(seeds=2, devices=()))
+    context = report_context(gen.store)
+    html = build_report(gen.store, tmp_path / "r.html").read_text()
+    family = _family(context, "accuracy: each configuration vs FP32")
+    assert all(r.p_value is None and r.reason for r in family.results)
+    assert "Wilcoxon needs &gt;= 6: no test" in html
+    assert "n=2 seeds: bootstrap CI needs &gt;= 10" in html
+    assert "n=2 seeds: Friedman needs &gt;= 5: no test" in html
+
+
+def test_pareto_front():
+    x, y = [1.0, 2.0, 3.0, 4.0, 2.0], [0.5, 0.7, 0.6, 0.9, 0.4]
+    assert pareto_front(x, y) == [0, 1, 3]
+
+
+# --- formats -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["md", "latex", "csv", "json"])
+def test_other_formats_have_the_main_table(ten_seeds, ten_context, cli, tmp_path, fmt):
+    out = tmp_path / f"main.{fmt}"
+    result = cli("report", "--store", ten_seeds.store.root, "--out", out, "--format", fmt)
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    rows = _block_rows(ten_context)
+    acc = {c: F.mean_ci(r["accuracy"], r["accuracy_low"], r["accuracy_high"])
+           for c, r in rows.items()}
+    if fmt == "md":
+        assert "| configuration |" in text
+        for config, shown in acc.items():
+            assert f"| {config} |" in text and shown in text
+    elif fmt == "latex":
+        assert "\\begin{tabular}" in text and "\\toprule" in text and "\\bottomrule" in text
+        for config, shown in acc.items():
+            assert config in text and shown.replace("±", "$\\pm$") in text
+    elif fmt == "csv":
+        frame = pd.read_csv(io.StringIO(text))
+        assert len(frame) == len(rows)
+        for r in frame.dropna(subset=["accuracy"]).itertuples():
+            assert r.accuracy == pytest.approx(rows[label(r.method, r.w_bits, r.a_bits)][
+                "accuracy"])
+    else:
+        doc = json.loads(text)
+        assert len(doc["main_table"]) == len(rows)
+        assert doc["summary"]["n_cells"] == len(ten_seeds.cells) + 1
+        assert doc["significance"][0]["families"][0]["results"][0]["p_value"] is not None
+
+
+@pytest.mark.parametrize("fmt", ["md", "latex", "csv", "json"])
+def test_other_formats_of_an_empty_store(cli, tmp_path, fmt):
+    ResultsStore(tmp_path / "s")
+    out = tmp_path / f"r.{fmt}"
+    assert cli("report", "--store", tmp_path / "s", "--out", out, "--format", fmt).exit_code == 0
+    assert out.exists()
