@@ -49,5 +49,13 @@ class RunProgress:
             self._progress.update(self._epochs, completed=epoch,
                                   description=f"  epoch {epoch} loss {row['loss']:.3f}")
 
+    def cells_running(self, labels: list[str]) -> None:
+        """Cells running elsewhere at once (worker executors): named on the grid bar."""
+        if self._epochs is not None:
+            self._progress.remove_task(self._epochs)
+            self._epochs = None
+        text = labels[0] if len(labels) == 1 else f"{len(labels)} cells in flight"
+        self._progress.update(self._grid, description=f"grid  {text}" if labels else "grid")
+
     def cell_done(self) -> None:
         self._progress.advance(self._grid)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from bench.config import load_grid
-from bench.runner.local import RunSummary, execute, resolve_device
+from bench.runner.executors import Executor, ExecutorOptions, RunSummary, execute, make_executor
 from bench.runner.plan import Overrides, Plan, apply_overrides, build_plan
 from bench.store import ResultsStore
 
-__all__ = ["Overrides", "Plan", "RunOptions", "RunSummary", "plan_grid", "run_grid"]
+__all__ = ["Overrides", "Plan", "RunOptions", "RunSummary", "executor_for", "plan_grid",
+           "run_grid"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +22,9 @@ class RunOptions:
     device: str = "auto"
     fail_fast: bool = False
     quiet: bool = False
+    executor: str = "local"
+    workers: int | None = None
+    address: str | None = None
 
 
 def plan_grid(options: RunOptions, allow_missing_data: bool = False) -> Plan:
@@ -30,7 +32,12 @@ def plan_grid(options: RunOptions, allow_missing_data: bool = False) -> Plan:
                       allow_missing_data)
 
 
+def executor_for(options: RunOptions) -> Executor:
+    """The executor the options name; checks its flags, starts nothing."""
+    return make_executor(options.executor,
+                         ExecutorOptions(options.workers, options.address, options.device))
+
+
 def run_grid(plan: Plan, store: ResultsStore, options: RunOptions) -> RunSummary:
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    return execute(plan, store, resolve_device(options.device), fail_fast=options.fail_fast,
+    return execute(plan, store, executor_for(options), fail_fast=options.fail_fast,
                    quiet=options.quiet)

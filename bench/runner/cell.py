@@ -1,4 +1,5 @@
-"""Run one cell: train or quantise with its method, evaluate on the test split, store it."""
+"""One cell: train or quantise with its method, evaluate on the test split (worker side:
+`compute_cell`), then store it (driver side: `commit_cell`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import random
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from bench.models import build_model
 from bench.objectives import Objective
 from bench.provenance import provenance
 from bench.runner.plan import Cell
-from bench.runner.stages import STAGES, StageInput
+from bench.runner.stages import STAGES, StageInput, load_stages
 from bench.store import CellRecord, ResultsStore
 from bench.train import EpochHook, fit, predict
 from methods import MethodContext, get_method
@@ -93,6 +95,7 @@ def run_stages(cell: Cell, data: PreparedData, model: nn.Module, quantized: bool
                logits: torch.Tensor, folder: Path, store: ResultsStore, device: torch.device
                ) -> dict[str, Any]:
     """Run the cell's post-training stages in the order the grid lists them."""
+    load_stages()
     results = {}
     for name, settings in cell.config.stages.items():
         stage = STAGES[name]
@@ -102,16 +105,45 @@ def run_stages(cell: Cell, data: PreparedData, model: nn.Module, quantized: bool
     return results
 
 
-def run_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name: str,
-             device: torch.device, on_epoch: EpochHook | None = None) -> CellRecord:
-    """Run and store one cell; a failure is stored (with its error) and returned, not raised."""
+@dataclass
+class CellOutcome:
+    """A computed cell, not yet stored: its record and its staged artifacts (None if failed)."""
+
+    record: CellRecord
+    staged: Path | None = None
+
+
+def new_record(cell: Cell, grid_name: str, device: torch.device,
+               provenance_extra: dict[str, Any] | None = None) -> CellRecord:
     cfg = cell.config
-    started = datetime.now(UTC)
-    record = CellRecord(
+    return CellRecord(
         cell_id=cell.cell_id, parent_id=cfg.parent_id, grid=grid_name, dataset=cfg.dataset.name,
         backbone=cfg.backbone.name, method=cfg.method, w_bits=cfg.w_bits, a_bits=cfg.a_bits,
         seed=cfg.seed, split_manifest=cfg.split_manifest, config=cfg.model_dump(mode="json"),
-        provenance={**provenance(), "device": str(device)}, started_at=started, error=None)
+        provenance={**provenance(), "device": str(device), **(provenance_extra or {})},
+        started_at=datetime.now(UTC), error=None)
+
+
+def mark_failed(record: CellRecord, error: str) -> CellRecord:
+    record.status, record.error = "failed", error
+    record.metrics, record.finished_at = {}, datetime.now(UTC)
+    return record
+
+
+def describe_error(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
+
+
+def compute_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name: str,
+                 device: torch.device, on_epoch: EpochHook | None = None,
+                 provenance_extra: dict[str, Any] | None = None) -> CellOutcome:
+    """Worker side: train and evaluate one cell into a staging folder; never writes the store.
+
+    A failure is returned as a failed record, not raised; the store is only read (the FP32
+    parent's model, stage references).
+    """
+    cfg = cell.config
+    record = new_record(cell, grid_name, device, provenance_extra)
     try:
         with store.staging(cell.cell_id) as staged:
             seed_everything(cfg.seed)
@@ -131,12 +163,25 @@ def run_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name: str
             record.train_seconds, record.metrics = train_seconds, metrics
             record.finished_at = datetime.now(UTC)
             _write_artifacts(staged, result.model, data, logits, metrics)
-            store.commit(record, staged)
+        return CellOutcome(record, staged)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except Exception as err:  # a failed cell is a result: store it and go on
-        record.status = "failed"
-        record.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
-        record.metrics, record.finished_at = {}, datetime.now(UTC)
-        store.commit(record)
+    except Exception as err:  # a failed cell is a result: return it and go on
+        return CellOutcome(mark_failed(record, describe_error(err)))
+
+
+def commit_cell(store: ResultsStore, outcome: CellOutcome) -> CellRecord:
+    """Driver side: store a computed cell (the store's only writer)."""
+    record, staged = outcome.record, outcome.staged
+    if staged is not None and not staged.is_dir():
+        mark_failed(record, f"StagingMissing: the worker's artifacts {staged} are not visible "
+                            "here (the store must be on a file system every worker shares)")
+        staged = None
+    store.commit(record, staged)
     return record
+
+
+def run_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name: str,
+             device: torch.device, on_epoch: EpochHook | None = None) -> CellRecord:
+    """Compute and store one cell in this process; a failure is stored and returned."""
+    return commit_cell(store, compute_cell(cell, data, store, grid_name, device, on_epoch))

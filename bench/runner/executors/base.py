@@ -1,0 +1,132 @@
+"""What an executor is, and the registry of executors by name.
+
+An executor runs cells somewhere (this process, worker processes, Ray tasks) and hands back
+what they computed; the driver (`driver.py`) decides what runs when and alone writes the store.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar
+
+import torch
+
+from bench.data import PreparedData
+from bench.errors import ConfigError
+from bench.runner.cell import CellOutcome
+from bench.runner.executors.task import CellTask
+from bench.runner.plan import Cell
+from bench.train import EpochHook
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """`bench run --executor/--workers/--address/--device`."""
+
+    workers: int | None = None      # None: one per CPU core here (local: always 1)
+    address: str | None = None      # Ray only: "auto" or "ray://HOST:PORT"
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A cell handed back by an executor: its outcome, or why its worker died (`crash`).
+
+    `sole` is False when a crash cannot be pinned on this cell (a process pool breaks as a
+    whole and takes every cell in flight with it).
+    """
+
+    cell_id: str
+    outcome: CellOutcome | None = None
+    crash: str | None = None
+    sole: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def local_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Executor(ABC):
+    """Runs the cells the driver submits; `wait` blocks until at least one is finished."""
+
+    name: ClassVar[str]
+    in_process: ClassVar[bool] = False   # cells run in the driver: epoch progress is visible
+    takes_address: ClassVar[bool] = False
+
+    def __init__(self, options: ExecutorOptions) -> None:
+        self.options = options
+        if options.address is not None and not self.takes_address:
+            raise ConfigError(f"--address is for --executor ray, not {self.name}")
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the cells go, in words (dry runs and the run log); starts nothing."""
+
+    def placement(self, cell: Cell) -> str:
+        """Where this cell would go (a column of the dry-run plan)."""
+        return self.name
+
+    @property
+    @abstractmethod
+    def slots(self) -> int:
+        """How many cells may be submitted at once."""
+
+    def start(self) -> None:
+        """Acquire workers (called once, before the first submit); nothing to do by default."""
+        return None
+
+    def device(self) -> torch.device:
+        """The device cells train on (`auto` resolved where they run); valid after start."""
+        return resolve_device(self.options.device)
+
+    @abstractmethod
+    def submit(self, task: CellTask, data: PreparedData, on_epoch: EpochHook | None) -> None:
+        """Start a cell. `data` and `on_epoch` serve in-process executors; workers prepare the
+        data themselves from the cell's DataConfig (cached on disk), so no tensors travel."""
+
+    @abstractmethod
+    def wait(self) -> list[Finished]:
+        """Block until at least one submitted cell is finished; return every finished one."""
+
+    def close(self) -> None:
+        """Release workers; nothing to do by default."""
+        return None
+
+    def __enter__(self) -> Executor:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+EXECUTORS: dict[str, type[Executor]] = {}
+
+
+def register_executor(cls: type[Executor]) -> type[Executor]:
+    EXECUTORS[cls.name] = cls
+    return cls
+
+
+def get_executor(name: str) -> type[Executor]:
+    try:
+        return EXECUTORS[name]
+    except KeyError:
+        raise ConfigError(f"unknown executor '{name}'; known: {', '.join(EXECUTORS)}") from None
+
+
+def make_executor(name: str, options: ExecutorOptions) -> Executor:
+    return get_executor(name)(options)

@@ -1,0 +1,100 @@
+"""Worker side: what a worker is given for one cell, and how it computes it.
+
+A task is small (the cell's config and where the store is); the worker prepares the data set
+from the cell's DataConfig itself (bench.data caches decoded data on disk), reads the store only
+for the FP32 parent and stage references, and returns the record with its staging folder. It
+never writes the store: the driver commits.
+
+Every cell runs on CELL_THREADS torch threads, whatever the executor: the number of intra-op
+threads changes the order of floating-point reductions and so the trained weights, and a cell's
+results must not depend on where it ran. More cores are used by running more cells at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.data import PreparedData, prepare
+from bench.runner.cell import CellOutcome, compute_cell, describe_error, mark_failed, new_record
+from bench.runner.plan import Cell
+from bench.store import ResultsStore
+from bench.store.database import DB_NAME
+from bench.train import EpochHook
+
+CELL_THREADS = 1
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    """How a worker opens the store: its folder (absolute) and a database URL if not the default."""
+
+    root: Path
+    url: str | None = None
+
+    @classmethod
+    def of(cls, store: ResultsStore) -> StoreRef:
+        default = f"sqlite:///{store.root / DB_NAME}"
+        return cls(store.root.resolve(), None if store.url == default else store.url)
+
+
+@dataclass(frozen=True)
+class CellTask:
+    cell: Cell
+    store: StoreRef
+    grid_name: str
+    device: str
+    executor: str
+
+
+@contextmanager
+def cell_threads() -> Iterator[None]:
+    """Run a cell on CELL_THREADS torch threads with deterministic algorithms."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(CELL_THREADS)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_STORES: dict[StoreRef, ResultsStore] = {}
+_DATA: dict[str, PreparedData] = {}
+
+
+def open_store(ref: StoreRef) -> ResultsStore:
+    if ref not in _STORES:
+        _STORES[ref] = ResultsStore(ref.root, ref.url)
+    return _STORES[ref]
+
+
+def prepared_data(cell: Cell) -> PreparedData:
+    """The cell's data set, prepared in this worker; the last one is kept for the next cell."""
+    if cell.data_key not in _DATA:
+        _DATA.clear()
+        data = prepare(cell.config.dataset)
+        if data.split.manifest_hash != cell.data_key:
+            raise RuntimeError(f"the data set prepared on this worker has split manifest "
+                               f"{data.split.manifest_hash}, the plan's is {cell.data_key}")
+        _DATA[cell.data_key] = data
+    return _DATA[cell.data_key]
+
+
+def run_task(task: CellTask, data: PreparedData | None = None,
+             on_epoch: EpochHook | None = None) -> CellOutcome:
+    """Compute one cell into a staging folder of the store; a failure is returned, not raised."""
+    device = torch.device(task.device)
+    extra = {"executor": task.executor, "torch_threads": CELL_THREADS}
+    with cell_threads():
+        try:
+            data = data or prepared_data(task.cell)
+        except Exception as err:  # the cell fails, the worker goes on
+            record = new_record(task.cell, task.grid_name, device, extra)
+            return CellOutcome(mark_failed(record, describe_error(err)))
+        return compute_cell(task.cell, data, open_store(task.store), task.grid_name, device,
+                            on_epoch, extra)
