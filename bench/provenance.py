@@ -6,6 +6,7 @@ import functools
 import os
 import platform
 import subprocess
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,19 @@ import psutil
 PACKAGES = ("medq-bench", "torch", "torchvision", "brevitas", "onnx", "onnxruntime", "numpy")
 
 
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
+def installed_versions(names: Iterable[str]) -> dict[str, str | None]:
+    """Installed version of each distribution, None where it is not installed."""
+    versions: dict[str, str | None] = {}
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def package_versions() -> dict[str, str | None]:
+    return {"python": platform.python_version(), **installed_versions(PACKAGES)}
 
 
 def git_commit() -> dict[str, Any] | None:

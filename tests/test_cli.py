@@ -64,3 +64,12 @@ def test_failed_cell_exits_1_and_is_stored(cli, write_grid, tmp_path, monkeypatc
     assert result.exit_code == 1
     rows = json.loads(cli("results", "--store", store, "--format", "json").output)
     assert rows[0]["status"] == "failed" and "deliberate failure" in rows[0]["error"]
+
+
+def test_busy_store_exits_2(cli, write_grid, tmp_path):
+    from bench.store import ResultsStore
+
+    store = ResultsStore(tmp_path / "s")
+    with store.exclusive("run"):
+        result = cli("run", "--grid", write_grid(seeds=1), "--store", tmp_path / "s", "--quiet")
+    assert result.exit_code == 2 and "another bench run" in result.output

@@ -6,10 +6,11 @@ import hashlib
 import json
 import os
 import platform
-from importlib import metadata
 from pathlib import Path
 
 import psutil
+
+from bench.provenance import installed_versions
 
 FLAGS_OF_INTEREST = frozenset(
     {
@@ -72,16 +73,6 @@ def _board_model() -> str | None:
     return None
 
 
-def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def _providers() -> list[str]:
     try:
         import onnxruntime
@@ -117,7 +108,7 @@ def machine_fingerprint() -> dict:
         "libc": " ".join(platform.libc_ver()).strip(),
         "python": platform.python_version(),
         "board_model": _board_model(),
-        "packages": _versions(),
+        "packages": installed_versions(PACKAGES),
         "onnxruntime_providers": _providers(),
     }
     fingerprint[HASH_KEY] = fingerprint_hash(fingerprint)

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -28,7 +27,7 @@ from bench.measure.isolation import (
 )
 from bench.measure.profiles import Profile
 from bench.measure.protocol import summarize
-from bench.store import CellRecord, ResultsStore
+from bench.store import CellRecord, ResultsStore, StoreBusyError
 from bench.store.measurements import MeasurementRecord, measured_cells, save_measurement
 
 DEPLOY_STAGE = "deploy"
@@ -133,36 +132,37 @@ def measure_store(store: ResultsStore, profile: Profile, *, backbones: tuple[str
         check_isolation(profile)
     except IsolationUnavailable as err:
         raise UsageError(str(err)) from err
-    lock = FileLock(store.root / ".measure.lock")
     try:
-        lock.acquire(timeout=0)
-    except Timeout as err:
-        raise UsageError(f"another bench measure is using the store {store.root}") from err
-    try:
-        fingerprint = machine_fingerprint()
-        summary = MeasureSummary(fingerprint[HASH_KEY], batch)
-        targets = deployed_targets(store, backbones, methods)
-        done = measured_cells(store.engine, profile.name, summary.machine, batch)
-        todo = [t for t in targets if t.cell.cell_id not in done]
-        summary.skipped = [t.cell.cell_id for t in targets if t.cell.cell_id in done]
-        with _progress(quiet) as progress:
-            task = progress.add_task("measure", total=len(todo))
-            for target in todo:
-                progress.update(task, description=f"measure  {target.label}")
-                started = datetime.now(UTC)
-                try:
-                    result: Measurement | MeasurementError = measure_isolated(
-                        target.onnx_path, profile, target.input_shape, batch)
-                except MeasurementError as err:
-                    result = err
-                record = _record(target, profile, fingerprint, batch, started, result)
-                save_measurement(store.engine, record)
-                if record.status == "ok":
-                    summary.measured.append(target.cell.cell_id)
-                else:
-                    summary.failed.append(target.cell.cell_id)
-                    summary.errors[target.cell.cell_id] = f"{target.label}: {record.error}"
-                progress.advance(task)
-    finally:
-        lock.release()
+        with store.exclusive("measure"):
+            return _measure_todo(store, profile, backbones, methods, batch, quiet)
+    except StoreBusyError as err:
+        raise UsageError(str(err)) from err
+
+
+def _measure_todo(store: ResultsStore, profile: Profile, backbones: tuple[str, ...],
+                  methods: tuple[str, ...], batch: int, quiet: bool) -> MeasureSummary:
+    fingerprint = machine_fingerprint()
+    summary = MeasureSummary(fingerprint[HASH_KEY], batch)
+    targets = deployed_targets(store, backbones, methods)
+    done = measured_cells(store.engine, profile.name, summary.machine, batch)
+    todo = [t for t in targets if t.cell.cell_id not in done]
+    summary.skipped = [t.cell.cell_id for t in targets if t.cell.cell_id in done]
+    with _progress(quiet) as progress:
+        task = progress.add_task("measure", total=len(todo))
+        for target in todo:
+            progress.update(task, description=f"measure  {target.label}")
+            started = datetime.now(UTC)
+            try:
+                result: Measurement | MeasurementError = measure_isolated(
+                    target.onnx_path, profile, target.input_shape, batch)
+            except MeasurementError as err:
+                result = err
+            record = _record(target, profile, fingerprint, batch, started, result)
+            save_measurement(store.engine, record)
+            if record.status == "ok":
+                summary.measured.append(target.cell.cell_id)
+            else:
+                summary.failed.append(target.cell.cell_id)
+                summary.errors[target.cell.cell_id] = f"{target.label}: {record.error}"
+            progress.advance(task)
     return summary

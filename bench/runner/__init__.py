@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.config import load_grid
+from bench.errors import UsageError
 from bench.runner.executors import Executor, ExecutorOptions, RunSummary, execute, make_executor
 from bench.runner.plan import Overrides, Plan, apply_overrides, build_plan
-from bench.store import ResultsStore
+from bench.store import ResultsStore, StoreBusyError
 
 __all__ = ["Overrides", "Plan", "RunOptions", "RunSummary", "executor_for", "plan_grid",
            "run_grid"]
@@ -39,5 +40,8 @@ def executor_for(options: RunOptions) -> Executor:
 
 
 def run_grid(plan: Plan, store: ResultsStore, options: RunOptions) -> RunSummary:
-    return execute(plan, store, executor_for(options), fail_fast=options.fail_fast,
-                   quiet=options.quiet)
+    try:
+        return execute(plan, store, executor_for(options), fail_fast=options.fail_fast,
+                       quiet=options.quiet)
+    except StoreBusyError as err:
+        raise UsageError(str(err)) from err

@@ -44,19 +44,25 @@ class ResultsStore:
         Base.metadata.create_all(self.engine)
 
     @contextmanager
-    def run_lock(self) -> Iterator[None]:
-        """Exclusive use for one `bench run`; stale staging folders are cleared on entry."""
-        lock = FileLock(self.root / ".run.lock")
+    def exclusive(self, verb: str) -> Iterator[None]:
+        """Hold the store's lock for one `bench <verb>`; StoreBusyError if another holds it."""
+        lock = FileLock(self.root / f".{verb}.lock")
         try:
             lock.acquire(timeout=0)
         except Timeout as err:
-            raise StoreBusyError(f"another bench run is using the store {self.root}") from err
+            raise StoreBusyError(f"another bench {verb} is using the store {self.root}") from err
         try:
-            for stale in self.staging_root.iterdir():
-                shutil.rmtree(stale, ignore_errors=True)
             yield
         finally:
             lock.release()
+
+    @contextmanager
+    def run_lock(self) -> Iterator[None]:
+        """Exclusive use for one `bench run`; stale staging folders are cleared on entry."""
+        with self.exclusive("run"):
+            for stale in self.staging_root.iterdir():
+                shutil.rmtree(stale, ignore_errors=True)
+            yield
 
     def artifact_dir(self, cell_id: str) -> Path:
         return self.artifact_root / cell_id
