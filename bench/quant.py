@@ -10,7 +10,7 @@ PACT (learned clip ``alpha`` per activation quantiser, regularised with ``clip_p
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -233,22 +233,6 @@ def quantize(model: nn.Module, spec: QuantSpec, example_input: torch.Tensor) -> 
             raise ValueError("learned_clip needs nn.ReLU/ReLU6 activations; the model has none")
         _init_clip_values(qmodel, [example_input])
     qmodel.train(model.training)
-    return qmodel
-
-
-def load_quantized(
-    model: nn.Module,
-    spec: QuantSpec,
-    example_input: torch.Tensor,
-    state_dict: Mapping[str, torch.Tensor],
-) -> nn.Module:
-    """Rebuild a quantised model from its FP32 architecture and a saved ``state_dict``.
-
-    Brevitas models cannot be pickled whole (``torch.save(qmodel)`` fails on Brevitas' injector
-    classes), so store ``qmodel.state_dict()`` of a calibrated or trained model and use this.
-    """
-    qmodel = quantize(model, spec, example_input)
-    qmodel.load_state_dict(state_dict)
     return qmodel
 
 

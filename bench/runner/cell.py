@@ -180,8 +180,3 @@ def commit_cell(store: ResultsStore, outcome: CellOutcome) -> CellRecord:
     store.commit(record, staged)
     return record
 
-
-def run_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name: str,
-             device: torch.device, on_epoch: EpochHook | None = None) -> CellRecord:
-    """Compute and store one cell in this process; a failure is stored and returned."""
-    return commit_cell(store, compute_cell(cell, data, store, grid_name, device, on_epoch))
