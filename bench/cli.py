@@ -21,7 +21,7 @@ from bench.errors import UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="medq-bench: benchmark quantised, interpretable medical image classifiers.")
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
