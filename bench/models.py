@@ -20,7 +20,7 @@ from bench.errors import ConfigError
 
 
 class SmallCNN(nn.Module):
-    """Four conv-BN-ReLU blocks, global pooling and a linear head (~100k parameters)."""
+    """Four conv-BN-ReLU blocks, global pooling, a linear head (130,851 parameters, 3 classes)."""
 
     def __init__(self, num_classes: int, width: int = 32) -> None:
         super().__init__()
@@ -52,7 +52,7 @@ def _tv(name: str) -> Callable[[int], nn.Module]:
 
 BACKBONES: dict[str, BackboneInfo] = {
     "smallcnn": BackboneInfo("smallcnn", SmallCNN, None,
-                             "4-block CNN for fast runs (~100k params)"),
+                             "4-block CNN for fast runs (~131k params)"),
     "resnet18": BackboneInfo("resnet18", _tv("resnet18"), "ResNet18_Weights.IMAGENET1K_V1",
                              "torchvision ResNet-18"),
     "mobilenet_v2": BackboneInfo("mobilenet_v2", _tv("mobilenet_v2"),
