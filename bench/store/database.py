@@ -19,8 +19,12 @@ from filelock import FileLock, Timeout
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.orm import Session
 
-from bench.store.measurements import empty_columns, latest_columns
-from bench.store.schema import RESULT_COLUMNS, Base, CellRecord
+from bench.store import migrate
+from bench.store.artifacts import hash_tree
+from bench.store.identity import local_device
+from bench.store.measurements import MeasurementRecord, empty_columns, latest_columns
+from bench.store.records import CellData, MeasurementData
+from bench.store.schema import RESULT_COLUMNS, CellRecord
 
 DB_NAME = "medq.sqlite"
 
@@ -41,7 +45,9 @@ class ResultsStore:
         self.engine = create_engine(self.url)
         if self.url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        with FileLock(self.root / ".migrate.lock"):
+            if migrate.upgrade(self.engine):
+                self._fill_hashes()
 
     @contextmanager
     def exclusive(self, verb: str) -> Iterator[None]:
@@ -79,15 +85,32 @@ class ResultsStore:
             raise
 
     def commit(self, record: CellRecord, staged: Path | None = None) -> None:
-        """Move staged artifacts into place, then write the record (replacing an older one)."""
+        """Move staged artifacts into place, then write the record (replacing an older one)
+        with its device, its artifacts' hashes and its content hash."""
+        record.device = record.device or local_device()
         if staged is not None:
             final = self.artifact_dir(record.cell_id)
             if final.exists():
                 shutil.rmtree(final)
             staged.replace(final)
             record.artifacts = str(final.relative_to(self.root))
+        record.artifact_hashes = hash_tree(self.root / record.artifacts) if record.artifacts \
+            else {}
+        record.record_hash = CellData.of(record).content_hash()
         with Session(self.engine) as session, session.begin():
             session.merge(record)
+
+    def _fill_hashes(self) -> None:
+        """Hashes for rows written before records had them (see migration 0002)."""
+        with Session(self.engine) as session, session.begin():
+            for cell in session.scalars(select(CellRecord).where(
+                    CellRecord.record_hash.is_(None))):
+                cell.artifact_hashes = hash_tree(self.root / cell.artifacts) \
+                    if cell.artifacts else {}
+                cell.record_hash = CellData.of(cell).content_hash()
+            for measurement in session.scalars(select(MeasurementRecord).where(
+                    MeasurementRecord.record_hash.is_(None))):
+                measurement.record_hash = MeasurementData.of(measurement).content_hash()
 
     def get(self, cell_id: str) -> CellRecord | None:
         with Session(self.engine, expire_on_commit=False) as session:

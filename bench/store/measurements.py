@@ -1,79 +1,40 @@
 """The `measurements` table: latency and memory of a cell's deployed model under a profile.
 
-One row per (cell, profile, machine fingerprint hash, batch size). A failed measurement is
+One row per (cell, profile, device, machine fingerprint hash, batch size). A failed measurement is
 stored with its error and no latency; measuring the same key again replaces the row, in one
 transaction, so a row is never half written.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    DateTime,
-    Engine,
-    Float,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    delete,
-    select,
-)
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.orm import Session
 
-from bench.store.schema import Base
+from bench.store.identity import local_device
+from bench.store.records import MeasurementData
+from bench.store.schema import MeasurementRecord
 
 DEPLOY_COLUMNS = ("size_bytes", "packed_size_bytes", "int_kernels", "deployed_accuracy",
                   "agreement")
 """Result columns the deploy stage reports (None for cells it did not run on)."""
 MEASUREMENT_COLUMNS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "peak_rss_mb",
-                       "latency_batch_size", "profile", "machine")
+                       "latency_batch_size", "profile", "device", "machine")
 """Result columns taken from a cell's chosen measurement (None when it has none)."""
 _RECORD_FIELDS = {"latency_batch_size": "batch_size"}
 
 
-class MeasurementRecord(Base):
-    """Latency samples and their summary for one deployed cell on one machine and profile."""
-
-    __tablename__ = "measurements"
-    __table_args__ = (UniqueConstraint("cell_id", "profile", "machine", "batch_size"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    cell_id: Mapped[str] = mapped_column(String(32), index=True)
-    profile: Mapped[str] = mapped_column(String(128), index=True)
-    machine: Mapped[str] = mapped_column(String(16), index=True)
-    batch_size: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))
-    error: Mapped[str | None] = mapped_column(Text)
-    isolation: Mapped[str] = mapped_column(String(16))
-    samples_s: Mapped[list[float]] = mapped_column(JSON, default=list)
-    latency_ms_mean: Mapped[float | None] = mapped_column(Float)
-    latency_ms_std: Mapped[float | None] = mapped_column(Float)
-    latency_cv: Mapped[float | None] = mapped_column(Float)
-    latency_ms_min: Mapped[float | None] = mapped_column(Float)
-    latency_ms_p50: Mapped[float | None] = mapped_column(Float)
-    latency_ms_p90: Mapped[float | None] = mapped_column(Float)
-    latency_ms_p99: Mapped[float | None] = mapped_column(Float)
-    load_time_s: Mapped[float | None] = mapped_column(Float)
-    peak_rss_mb: Mapped[float | None] = mapped_column(Float)
-    size_bytes: Mapped[int | None] = mapped_column(Integer)
-    packed_size_bytes: Mapped[int | None] = mapped_column(Integer)
-    fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)
-    profile_config: Mapped[dict[str, Any]] = mapped_column(JSON)
-    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    started_at: Mapped[datetime] = mapped_column(DateTime)
-    finished_at: Mapped[datetime] = mapped_column(DateTime)
-
-
 def save_measurement(engine: Engine, record: MeasurementRecord) -> None:
-    """Store ``record``, replacing any row with the same key, in one transaction."""
+    """Store ``record`` (with its device and content hash), replacing any row with the same
+    key, in one transaction."""
+    record.device = record.device or local_device()
+    record.record_hash = MeasurementData.of(record).content_hash()
     with Session(engine, expire_on_commit=False) as session, session.begin():
         session.execute(delete(MeasurementRecord).where(
             MeasurementRecord.cell_id == record.cell_id,
             MeasurementRecord.profile == record.profile,
+            MeasurementRecord.device == record.device,
             MeasurementRecord.machine == record.machine,
             MeasurementRecord.batch_size == record.batch_size))
         session.add(record)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -20,6 +20,7 @@ class CellRecord(Base):
 
     cell_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     parent_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    device: Mapped[str] = mapped_column(String(64), index=True)
     grid: Mapped[str] = mapped_column(String(128))
     dataset: Mapped[str] = mapped_column(String(64), index=True)
     backbone: Mapped[str] = mapped_column(String(64), index=True)
@@ -37,8 +38,46 @@ class CellRecord(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     provenance: Mapped[dict[str, Any]] = mapped_column(JSON)
     artifacts: Mapped[str | None] = mapped_column(String(512))
+    artifact_hashes: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    record_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class MeasurementRecord(Base):
+    """Latency samples and their summary for one deployed cell on one machine and profile."""
+
+    __tablename__ = "measurements"
+    __table_args__ = (UniqueConstraint("cell_id", "profile", "device", "machine", "batch_size",
+                                       name="uq_measurement_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cell_id: Mapped[str] = mapped_column(String(32), index=True)
+    profile: Mapped[str] = mapped_column(String(128), index=True)
+    device: Mapped[str] = mapped_column(String(64), index=True)
+    machine: Mapped[str] = mapped_column(String(16), index=True)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    isolation: Mapped[str] = mapped_column(String(16))
+    samples_s: Mapped[list[float]] = mapped_column(JSON, default=list)
+    latency_ms_mean: Mapped[float | None] = mapped_column(Float)
+    latency_ms_std: Mapped[float | None] = mapped_column(Float)
+    latency_cv: Mapped[float | None] = mapped_column(Float)
+    latency_ms_min: Mapped[float | None] = mapped_column(Float)
+    latency_ms_p50: Mapped[float | None] = mapped_column(Float)
+    latency_ms_p90: Mapped[float | None] = mapped_column(Float)
+    latency_ms_p99: Mapped[float | None] = mapped_column(Float)
+    load_time_s: Mapped[float | None] = mapped_column(Float)
+    peak_rss_mb: Mapped[float | None] = mapped_column(Float)
+    size_bytes: Mapped[int | None] = mapped_column(Integer)
+    packed_size_bytes: Mapped[int | None] = mapped_column(Integer)
+    fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)
+    profile_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime] = mapped_column(DateTime)
+    record_hash: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 RESULT_COLUMNS = ("cell_id", "dataset", "backbone", "method", "w_bits", "a_bits", "seed",

@@ -1,0 +1,283 @@
+"""Records as data: the validated, hashable form in which cells and measurements leave a store.
+
+A bundle, an upload and the server's API all carry these models. Each record has a content
+hash (SHA-256 of its canonical JSON), so moving the same record twice stores it once, and a
+store can say which records it already has. `ingest` writes a batch into a store's database in
+one transaction with one rule for conflicts: a record replaces the stored one with the same key
+only if it is better (ok beats failed, then the later `finished_at` wins).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bench.store.identity import DEVICE_PATTERN
+from bench.store.schema import CellRecord, MeasurementRecord
+
+HASH_PATTERN = r"^[0-9a-f]{64}$"
+INT32 = 2**31 - 1
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters are not allowed")
+    return value
+
+
+def _clean_json(value: Any) -> Any:
+    """JSON with NaN/inf as null and no NUL characters (PostgreSQL stores neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _no_nul(value)
+    if isinstance(value, dict):
+        return {_no_nul(str(k)): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+def _utc_naive(value: datetime) -> datetime:
+    """Naive UTC, as SQLite and PostgreSQL's `timestamp` hand it back."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_nul)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[0-9A-Za-z_-]+$")]
+Device = Annotated[str, StringConstraints(pattern=DEVICE_PATTERN)]
+Sha256 = Annotated[str, StringConstraints(pattern=HASH_PATTERN)]
+Json = Annotated[dict[str, Any], AfterValidator(_clean_json)]
+Time = Annotated[datetime, AfterValidator(_utc_naive)]
+Real = Annotated[float | None, AfterValidator(_finite)]
+Bits = Annotated[int, Field(ge=1, le=32)]
+Count = Annotated[int, Field(ge=0, le=INT32)]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def content_hash(self) -> str:
+        """SHA-256 of the canonical JSON of this record."""
+        body = self.model_dump(mode="json")
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class CellData(_Record):
+    """A grid cell's record (columns of `cells`, minus the store-local artifact path)."""
+
+    kind: Literal["cell"] = "cell"
+    cell_id: Id
+    parent_id: Id | None = None
+    device: Device
+    grid: Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_no_nul)]
+    dataset: Name
+    backbone: Name
+    method: Name
+    w_bits: Bits
+    a_bits: Bits
+    seed: Count
+    status: Literal["ok", "failed"]
+    error: Text | None = None
+    accuracy: Real = None
+    macro_f1: Real = None
+    train_seconds: Real = None
+    split_manifest: Annotated[str, StringConstraints(max_length=32), AfterValidator(_no_nul)]
+    metrics: Json = Field(default_factory=dict)
+    config: Json
+    provenance: Json
+    artifact_hashes: dict[Annotated[str, StringConstraints(
+        min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")],
+        Sha256] = Field(default_factory=dict)
+    started_at: Time
+    finished_at: Time
+
+    @classmethod
+    def of(cls, row: CellRecord) -> CellData:
+        return cls.model_validate({name: getattr(row, name) for name in cls._columns()})
+
+    def to_row(self) -> CellRecord:
+        return CellRecord(**self.model_dump(exclude={"kind"}), record_hash=self.content_hash())
+
+    @classmethod
+    def _columns(cls) -> list[str]:
+        return [name for name in cls.model_fields if name != "kind"]
+
+
+class MeasurementData(_Record):
+    """One measurement of a deployed cell (columns of `measurements`, minus the local id)."""
+
+    kind: Literal["measurement"] = "measurement"
+    cell_id: Id
+    device: Device
+    profile: Annotated[str, StringConstraints(min_length=1, max_length=128),
+                       AfterValidator(_no_nul)]
+    machine: Annotated[str, StringConstraints(min_length=1, max_length=16,
+                                              pattern=r"^[0-9A-Za-z]+$")]
+    batch_size: Annotated[int, Field(ge=1, le=INT32)]
+    status: Literal["ok", "failed"]
+    error: Text | None = None
+    isolation: Annotated[str, StringConstraints(max_length=16), AfterValidator(_no_nul)]
+    samples_s: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=list, max_length=1_000_000)
+    latency_ms_mean: Real = None
+    latency_ms_std: Real = None
+    latency_cv: Real = None
+    latency_ms_min: Real = None
+    latency_ms_p50: Real = None
+    latency_ms_p90: Real = None
+    latency_ms_p99: Real = None
+    load_time_s: Real = None
+    peak_rss_mb: Real = None
+    size_bytes: Count | None = None
+    packed_size_bytes: Count | None = None
+    fingerprint: Json
+    profile_config: Json
+    details: Json = Field(default_factory=dict)
+    started_at: Time
+    finished_at: Time
+
+    @classmethod
+    def of(cls, row: MeasurementRecord) -> MeasurementData:
+        return cls.model_validate({name: getattr(row, name) for name in cls._columns()})
+
+    def to_row(self) -> MeasurementRecord:
+        return MeasurementRecord(**self.model_dump(exclude={"kind"}),
+                                 record_hash=self.content_hash())
+
+    def key(self) -> tuple[str, str, str, str, int]:
+        return (self.cell_id, self.profile, self.device, self.machine, self.batch_size)
+
+    @classmethod
+    def _columns(cls) -> list[str]:
+        return [name for name in cls.model_fields if name != "kind"]
+
+
+class RecordBatch(BaseModel):
+    """Cells and measurements moved together (a bundle's records, an upload's body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cells: list[CellData] = Field(default_factory=list)
+    measurements: list[MeasurementData] = Field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.cells) + len(self.measurements)
+
+    def devices(self) -> set[str]:
+        return {r.device for r in (*self.cells, *self.measurements)}
+
+
+@dataclass
+class IngestResult:
+    """What `ingest` did with each record, by content hash."""
+
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+
+    @property
+    def written(self) -> list[str]:
+        return self.added + self.replaced
+
+    def as_counts(self) -> dict[str, int]:
+        return {"added": len(self.added), "replaced": len(self.replaced),
+                "unchanged": len(self.unchanged), "stale": len(self.stale)}
+
+
+def _better(new: CellData | MeasurementData, old: CellRecord | MeasurementRecord) -> bool:
+    """ok beats failed; between equals, the later finished_at wins."""
+    rank_new = (new.status == "ok", new.finished_at)
+    rank_old = (old.status == "ok", _utc_naive(old.finished_at))
+    return rank_new > rank_old
+
+
+def ingest(session: Session, batch: RecordBatch) -> IngestResult:
+    """Write ``batch`` into ``session`` (the caller commits): new records are added, a
+    record whose key is stored replaces it only if better; identical ones change nothing."""
+    result = IngestResult()
+    for cell in _unique(batch.cells):
+        digest = cell.content_hash()
+        old = session.get(CellRecord, cell.cell_id)
+        if old is None:
+            session.add(cell.to_row())
+            result.added.append(digest)
+        elif old.record_hash == digest:
+            result.unchanged.append(digest)
+        elif _better(cell, old):
+            artifacts = old.artifacts
+            session.delete(old)
+            session.flush()
+            row = cell.to_row()
+            row.artifacts = artifacts if row.artifact_hashes == old.artifact_hashes else None
+            session.add(row)
+            result.replaced.append(digest)
+        else:
+            result.stale.append(digest)
+    for measurement in _unique(batch.measurements):
+        digest = measurement.content_hash()
+        cell_id, profile, device, machine, batch_size = measurement.key()
+        old = session.scalars(select(MeasurementRecord).where(
+            MeasurementRecord.cell_id == cell_id, MeasurementRecord.profile == profile,
+            MeasurementRecord.device == device, MeasurementRecord.machine == machine,
+            MeasurementRecord.batch_size == batch_size)).one_or_none()
+        if old is None:
+            session.add(measurement.to_row())
+            result.added.append(digest)
+        elif old.record_hash == digest:
+            result.unchanged.append(digest)
+        elif _better(measurement, old):
+            session.delete(old)
+            session.flush()
+            session.add(measurement.to_row())
+            result.replaced.append(digest)
+        else:
+            result.stale.append(digest)
+    session.flush()
+    return result
+
+
+R = TypeVar("R", CellData, MeasurementData)
+
+
+def _unique(records: Iterable[R]) -> list[R]:
+    """One record per key: the best of duplicates within a batch."""
+    best: dict[Any, R] = {}
+    for record in records:
+        key = record.cell_id if isinstance(record, CellData) else record.key()
+        held = best.get(key)
+        if held is None or (record.status == "ok", record.finished_at) > (
+                held.status == "ok", held.finished_at):
+            best[key] = record
+    return list(best.values())
+
+
+def known_hashes(session: Session, hashes: Iterable[str]) -> set[str]:
+    """Which of ``hashes`` the database holds (cells or measurements)."""
+    wanted = list(dict.fromkeys(hashes))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start:start + 500]
+        for table in (CellRecord, MeasurementRecord):
+            found.update(session.scalars(select(table.record_hash)
+                                         .where(table.record_hash.in_(chunk))))
+    return found
+
