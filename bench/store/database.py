@@ -23,7 +23,7 @@ from bench.store import migrate
 from bench.store.artifacts import hash_tree
 from bench.store.identity import local_device
 from bench.store.measurements import MeasurementRecord, empty_columns, latest_columns
-from bench.store.records import CellData, MeasurementData
+from bench.store.records import CellData, IngestResult, MeasurementData, RecordBatch, ingest
 from bench.store.schema import RESULT_COLUMNS, CellRecord
 
 DB_NAME = "medq.sqlite"
@@ -99,6 +99,38 @@ class ResultsStore:
         record.record_hash = CellData.of(record).content_hash()
         with Session(self.engine) as session, session.begin():
             session.merge(record)
+
+    def ingest(self, batch: RecordBatch, artifacts: dict[str, Path] | None = None
+               ) -> IngestResult:
+        """Write ``batch`` in one transaction (see records.ingest).
+
+        ``artifacts`` maps cell ids to folders holding some of the cell's artifact files,
+        which the caller has checked against the cell's artifact_hashes. Files the store lacks
+        are added for every cell whose stored record is that cell (written now or before),
+        each by an atomic rename, before the transaction commits.
+        """
+        artifacts = artifacts or {}
+        with Session(self.engine) as session, session.begin():
+            result = ingest(session, batch)
+            for cell in batch.cells:
+                source = artifacts.get(cell.cell_id)
+                row = session.get(CellRecord, cell.cell_id)
+                if source is None or row is None or row.record_hash != cell.content_hash():
+                    continue
+                final = self.artifact_dir(cell.cell_id)
+                self._add_files(source, final)
+                row.artifacts = str(final.relative_to(self.root))
+        return result
+
+    def _add_files(self, source: Path, final: Path) -> None:
+        for path in sorted(source.rglob("*")):
+            target = final / path.relative_to(source)
+            if not path.is_file() or target.is_file():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+            shutil.copyfile(path, partial)
+            partial.replace(target)
 
     def _fill_hashes(self) -> None:
         """Hashes for rows written before records had them (see migration 0002)."""

@@ -1,0 +1,57 @@
+"""Filters over a store's records, shared by export, the server's API, compare and pull."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Select, select
+
+from bench.store.schema import CellRecord, MeasurementRecord
+
+
+class RecordFilter(BaseModel):
+    """Which records to take; an empty list means any. Cell fields filter measurements
+    through their cell; `device` and `profile` filter measurements (and cells by `device`
+    only when `cells_by_device`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    datasets: list[str] = Field(default_factory=list)
+    backbones: list[str] = Field(default_factory=list)
+    methods: list[str] = Field(default_factory=list)
+    w_bits: list[int] = Field(default_factory=list)
+    a_bits: list[int] = Field(default_factory=list)
+    cell_ids: list[str] = Field(default_factory=list)
+    devices: list[str] = Field(default_factory=list)
+    profiles: list[str] = Field(default_factory=list)
+    status: list[str] = Field(default_factory=list)
+    cells_by_device: bool = False
+
+    def _cell_conditions(self) -> list[Any]:
+        pairs = ((CellRecord.dataset, self.datasets), (CellRecord.backbone, self.backbones),
+                 (CellRecord.method, self.methods), (CellRecord.w_bits, self.w_bits),
+                 (CellRecord.a_bits, self.a_bits), (CellRecord.cell_id, self.cell_ids))
+        return [column.in_(values) for column, values in pairs if values]
+
+    def cells(self) -> Select[tuple[CellRecord]]:
+        """Cells matching the cell fields (and `status`; and `devices` if cells_by_device)."""
+        conditions = self._cell_conditions()
+        if self.status:
+            conditions.append(CellRecord.status.in_(self.status))
+        if self.cells_by_device and self.devices:
+            conditions.append(CellRecord.device.in_(self.devices))
+        return select(CellRecord).where(*conditions).order_by(CellRecord.cell_id)
+
+    def measurements(self) -> Select[tuple[MeasurementRecord]]:
+        """Measurements matching device/profile/status whose cell matches the cell fields."""
+        conditions = []
+        pairs = ((MeasurementRecord.device, self.devices),
+                 (MeasurementRecord.profile, self.profiles),
+                 (MeasurementRecord.status, self.status))
+        conditions = [column.in_(values) for column, values in pairs if values]
+        cell_conditions = self._cell_conditions()
+        if cell_conditions:
+            conditions.append(MeasurementRecord.cell_id.in_(
+                select(CellRecord.cell_id).where(*cell_conditions)))
+        return select(MeasurementRecord).where(*conditions).order_by(MeasurementRecord.id)
