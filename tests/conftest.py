@@ -1,8 +1,10 @@
-"""Shared fixtures: a private data cache, tiny grids, and a CLI runner."""
+"""Shared fixtures: a private data cache, tiny grids, a CLI runner, and a private PostgreSQL
+server with `db_url`, which runs a test on both store backends (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from bench.cli import app
+from tests.postgres import PostgresServer, PostgresUnavailable, new_server
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -55,3 +58,38 @@ def cli() -> Callable[..., Any]:
     def invoke(*args: str) -> Any:
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
     return invoke
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for the whole session; skipped when PostgreSQL is missing,
+    unless MEDQ_REQUIRE_POSTGRES=1 (set by CI), which turns the skip into a failure."""
+    try:
+        server = new_server()
+    except PostgresUnavailable as err:
+        if os.environ.get("MEDQ_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"MEDQ_REQUIRE_POSTGRES=1 but {err}")
+        pytest.skip(str(err))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """SQLAlchemy URL of a fresh, empty database, dropped after the test."""
+    name = postgres_server.create_database()
+    try:
+        yield postgres_server.url(name)
+    finally:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """The store's database on each backend: None (its default SQLite file) or PostgreSQL."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")

@@ -1,4 +1,7 @@
-"""The store writes a record only with complete artifacts, and never counts failures as done."""
+"""The store writes a record only with complete artifacts, and never counts failures as done.
+
+Tests taking `db_url` run on both backends: the default SQLite file and a private PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ def record(cell_id="c1", status="ok", **kw):
     return CellRecord(**{**base, **kw})
 
 
-def test_commit_moves_artifacts_then_records(tmp_path):
-    store = ResultsStore(tmp_path)
+def test_commit_moves_artifacts_then_records(tmp_path, db_url):
+    store = ResultsStore(tmp_path, db_url)
     with store.staging("c1") as staged:
         (staged / "model.pt").write_text("weights")
         store.commit(record(), staged)
@@ -28,8 +31,8 @@ def test_commit_moves_artifacts_then_records(tmp_path):
     assert not list(store.staging_root.iterdir())
 
 
-def test_crash_while_writing_artifacts_leaves_no_record(tmp_path):
-    store = ResultsStore(tmp_path)
+def test_crash_while_writing_artifacts_leaves_no_record(tmp_path, db_url):
+    store = ResultsStore(tmp_path, db_url)
     with pytest.raises(RuntimeError), store.staging("c1") as staged:
         (staged / "half.pt").write_text("half")
         raise RuntimeError("killed mid-write")
@@ -38,8 +41,8 @@ def test_crash_while_writing_artifacts_leaves_no_record(tmp_path):
     assert not list(store.staging_root.iterdir())
 
 
-def test_orphan_artifacts_without_record_are_replaced(tmp_path):
-    store = ResultsStore(tmp_path)
+def test_orphan_artifacts_without_record_are_replaced(tmp_path, db_url):
+    store = ResultsStore(tmp_path, db_url)
     orphan = store.artifact_dir("c1")
     orphan.mkdir()
     (orphan / "stale.pt").write_text("from a crash between rename and commit")
@@ -50,8 +53,8 @@ def test_orphan_artifacts_without_record_are_replaced(tmp_path):
     assert sorted(p.name for p in orphan.iterdir()) == ["model.pt"]
 
 
-def test_failed_cell_is_stored_but_not_done(tmp_path):
-    store = ResultsStore(tmp_path)
+def test_failed_cell_is_stored_but_not_done(tmp_path, db_url):
+    store = ResultsStore(tmp_path, db_url)
     store.commit(record(status="failed", error="boom", accuracy=None))
     assert store.get("c1").error == "boom"
     assert not store.is_done("c1")
@@ -59,17 +62,17 @@ def test_failed_cell_is_stored_but_not_done(tmp_path):
     assert store.is_done("c1") and len(store.records()) == 1
 
 
-def test_stale_staging_is_cleared_and_run_lock_is_exclusive(tmp_path):
-    store = ResultsStore(tmp_path)
+def test_stale_staging_is_cleared_and_run_lock_is_exclusive(tmp_path, db_url):
+    store = ResultsStore(tmp_path, db_url)
     (store.staging_root / "c9-dead").mkdir()
     with store.run_lock():
         assert not list(store.staging_root.iterdir())
-        with pytest.raises(StoreBusyError), ResultsStore(tmp_path).run_lock():
+        with pytest.raises(StoreBusyError), ResultsStore(tmp_path, db_url).run_lock():
             pass
 
 
-def test_rows_have_the_public_columns(tmp_path):
-    store = ResultsStore(tmp_path)
+def test_rows_have_the_public_columns(tmp_path, db_url):
+    store = ResultsStore(tmp_path, db_url)
     store.commit(record())
     row = store.rows()[0]
     for column in ("cell_id", "dataset", "backbone", "method", "w_bits", "a_bits", "seed",
