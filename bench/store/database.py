@@ -8,6 +8,7 @@ moment leaves at worst an orphan folder that the next run replaces. Only records
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,14 @@ from bench.store import migrate
 from bench.store.artifacts import hash_tree
 from bench.store.identity import local_device
 from bench.store.measurements import MeasurementRecord, empty_columns, latest_columns
-from bench.store.records import CellData, IngestResult, MeasurementData, RecordBatch, ingest
+from bench.store.records import (
+    CellData,
+    IngestResult,
+    MeasurementData,
+    RecordBatch,
+    clean_json,
+    ingest,
+)
 from bench.store.schema import RESULT_COLUMNS, CellRecord
 
 DB_NAME = "medq.sqlite"
@@ -42,7 +50,8 @@ class ResultsStore:
         for folder in (self.root, self.artifact_root, self.staging_root, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.url = db_url or f"sqlite:///{self.root / DB_NAME}"
-        self.engine = create_engine(self.url)
+        self.engine = create_engine(self.url, json_serializer=json_dumps,
+                                    **_connect_args(self.url))
         if self.url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         with FileLock(self.root / ".migrate.lock"):
@@ -179,6 +188,19 @@ def stage_columns(record: CellRecord) -> dict[str, Any]:
         if isinstance(value, dict) and isinstance(value.get("columns"), dict):
             columns.update(value["columns"])
     return columns
+
+
+def json_dumps(value: Any) -> str:
+    """JSON columns store NaN and infinities as null, on every backend (PostgreSQL's JSON
+    type has no NaN), so a record reads back the same wherever it is stored."""
+    return json.dumps(clean_json(value))
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    """PostgreSQL sessions in UTC, so timestamps without time zone are UTC everywhere."""
+    if url.startswith("postgresql"):
+        return {"connect_args": {"options": "-c timezone=UTC"}}
+    return {}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -34,16 +34,16 @@ def _no_nul(value: str) -> str:
     return value
 
 
-def _clean_json(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
     """JSON with NaN/inf as null and no NUL characters (PostgreSQL stores neither)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
         return _no_nul(value)
     if isinstance(value, dict):
-        return {_no_nul(str(k)): _clean_json(v) for k, v in value.items()}
+        return {_no_nul(str(k)): clean_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean_json(v) for v in value]
+        return [clean_json(v) for v in value]
     return value
 
 
@@ -63,7 +63,7 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValid
 Id = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[0-9A-Za-z_-]+$")]
 Device = Annotated[str, StringConstraints(pattern=DEVICE_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=HASH_PATTERN)]
-Json = Annotated[dict[str, Any], AfterValidator(_clean_json)]
+Json = Annotated[dict[str, Any], AfterValidator(clean_json)]
 Time = Annotated[datetime, AfterValidator(_utc_naive)]
 Real = Annotated[float | None, AfterValidator(_finite)]
 Bits = Annotated[int, Field(ge=1, le=32)]
@@ -72,6 +72,14 @@ Count = Annotated[int, Field(ge=0, le=INT32)]
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def _from_row(cls, row: Any) -> Any:
+        """Validate a table row; empty JSON columns of an unsaved row take their defaults."""
+        values = {name: getattr(row, name) for name in cls.model_fields if name != "kind"}
+        return cls.model_validate({k: v for k, v in values.items()
+                                   if v is not None or cls.model_fields[k].is_required()
+                                   or cls.model_fields[k].default is None})
 
     def content_hash(self) -> str:
         """SHA-256 of the canonical JSON of this record."""
@@ -111,14 +119,10 @@ class CellData(_Record):
 
     @classmethod
     def of(cls, row: CellRecord) -> CellData:
-        return cls.model_validate({name: getattr(row, name) for name in cls._columns()})
+        return cls._from_row(row)
 
     def to_row(self) -> CellRecord:
         return CellRecord(**self.model_dump(exclude={"kind"}), record_hash=self.content_hash())
-
-    @classmethod
-    def _columns(cls) -> list[str]:
-        return [name for name in cls.model_fields if name != "kind"]
 
 
 class MeasurementData(_Record):
@@ -156,7 +160,7 @@ class MeasurementData(_Record):
 
     @classmethod
     def of(cls, row: MeasurementRecord) -> MeasurementData:
-        return cls.model_validate({name: getattr(row, name) for name in cls._columns()})
+        return cls._from_row(row)
 
     def to_row(self) -> MeasurementRecord:
         return MeasurementRecord(**self.model_dump(exclude={"kind"}),
@@ -164,10 +168,6 @@ class MeasurementData(_Record):
 
     def key(self) -> tuple[str, str, str, str, int]:
         return (self.cell_id, self.profile, self.device, self.machine, self.batch_size)
-
-    @classmethod
-    def _columns(cls) -> list[str]:
-        return [name for name in cls.model_fields if name != "kind"]
 
 
 class RecordBatch(BaseModel):
