@@ -1,5 +1,7 @@
 # Two commands on a fresh machine: `make run` (set up .venv, run the smoke grid, write the report)
-# and `make test`. Every install applies the exact versions pinned in constraints.txt.
+# and `make test`. Every install applies the exact versions pinned in constraints.txt. The
+# development venv is the full install; a measuring device needs only `pip install
+# 'medq-bench[device]'` (no torch).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,11 +15,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install -q -c constraints.txt -e .
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[full]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[full,test]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -15,9 +15,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench.errors import UsageError
+from bench.extras import DISTRIBUTION, extra_for
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="medq-bench: benchmark quantised, interpretable medical image classifiers.")
@@ -30,13 +32,25 @@ StoreOpt = Annotated[Path, typer.Option("--store", help="Results store folder.")
 
 
 def exits_on_usage_error(fn: F) -> F:
-    """Print a UsageError (bad usage, config or data) and exit with 2."""
+    """Print a UsageError (bad usage, config or data), or the extra a verb needs on a lighter
+    install (a module that only that extra installs is missing), and exit with 2."""
+    verb = fn.__name__.replace("_", "-")
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except UsageError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+            raise typer.Exit(2) from e
+        except ModuleNotFoundError as e:
+            module = (e.name or "").partition(".")[0]
+            extra = extra_for(module)
+            if extra is None:
+                raise
+            message = (f"bench {verb} needs the {extra} install: "
+                       f"pip install '{DISTRIBUTION}[{extra}]' (missing: {module})")
+            err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from e
     return wrapper  # type: ignore[return-value]
 
@@ -247,6 +261,9 @@ def measure(
     = None,
     batch_size: Annotated[int | None, typer.Option(
         min=1, help="Batch size (default: the profile's first).")] = None,
+    device_name: Annotated[str | None, typer.Option(
+        help="Name of this device in the records (default: $MEDQ_DEVICE, else the host name).")]
+    = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Time the store's deployed cells under a hardware profile on this machine."""
@@ -257,12 +274,13 @@ def measure(
     chosen = load_profile(profile)
     summary = measure_store(open_store(store, ResultsStore), chosen,
                             backbones=tuple(backbone or ()), methods=tuple(method or ()),
-                            batch_size=batch_size, quiet=quiet)
+                            batch_size=batch_size, device=device_name, quiet=quiet)
     for cell_id, error in summary.errors.items():
         err.print(f"[bold red]failed:[/] {cell_id}: {error}", highlight=False, soft_wrap=True)
     total = len(summary.measured) + len(summary.skipped) + len(summary.failed)
     out.print(f"{len(summary.measured)} measured, {len(summary.skipped)} already measured, "
-              f"{len(summary.failed)} failed; profile {chosen.name}, machine {summary.machine}, "
+              f"{len(summary.failed)} failed; profile {chosen.name}, device {summary.device}, "
+              f"machine {summary.machine}, "
               f"batch size {summary.batch_size}"
               + ("" if total else " (no deployed cell: add `stages: {deploy: {}}` to the grid)"),
               highlight=False, soft_wrap=True)
@@ -289,6 +307,7 @@ def profiles() -> None:
 
 
 @app.command()
+@exits_on_usage_error
 def datasets() -> None:
     """List the data sets."""
     from bench.data import DATASETS
@@ -298,6 +317,7 @@ def datasets() -> None:
 
 
 @app.command()
+@exits_on_usage_error
 def backbones() -> None:
     """List the backbones."""
     from bench.models import BACKBONES
@@ -306,6 +326,7 @@ def backbones() -> None:
 
 
 @app.command()
+@exits_on_usage_error
 def methods() -> None:
     """List the methods with their parameters and defaults."""
     from methods import METHODS
@@ -325,6 +346,272 @@ def listing(kind: str, items: dict[str, str]) -> None:
     table.add_column("description")
     for name, text in sorted(items.items()):
         table.add_row(name, text)
+    out.print(table)
+
+
+class ArtifactChoice(StrEnum):
+    none = "none"
+    deploy = "deploy"
+    all = "all"
+
+
+@app.command()
+@exits_on_usage_error
+def export(
+    out_path: Annotated[Path, typer.Option("--out", help="Bundle file to write (.tar.gz).")],
+    store: StoreOpt = Path("results"),
+    dataset: Annotated[list[str] | None, typer.Option(help="Only this data set (repeatable).")]
+    = None,
+    backbone: Annotated[list[str] | None, typer.Option(help="Only this backbone (repeatable).")]
+    = None,
+    method: Annotated[list[str] | None, typer.Option(help="Only this method (repeatable).")]
+    = None,
+    w_bits: Annotated[list[int] | None, typer.Option(help="Only these weight bits.")] = None,
+    a_bits: Annotated[list[int] | None, typer.Option(help="Only these activation bits.")]
+    = None,
+    device: Annotated[list[str] | None, typer.Option(
+        help="Only records made on this device: its cells and measurements (repeatable).")]
+    = None,
+    profile: Annotated[list[str] | None, typer.Option(
+        help="Only measurements under this hardware profile (repeatable).")] = None,
+    artifacts: Annotated[ArtifactChoice | None, typer.Option(
+        help="Artifact files to include: none (default), deploy (what a device needs to "
+             "measure) or all.")] = None,
+    with_artifacts: Annotated[bool, typer.Option(
+        "--with-artifacts", help="Same as --artifacts all.")] = False,
+) -> None:
+    """Write the store's records (and artifact files) to a bundle for `bench import`."""
+    from bench.exchange.bundle import export_bundle
+    from bench.store import ResultsStore
+    from bench.store.query import RecordFilter
+
+    if with_artifacts and artifacts not in (None, ArtifactChoice.all):
+        raise UsageError(f"--with-artifacts means --artifacts all, not {artifacts.value}")
+    chosen = ArtifactChoice.all if with_artifacts else artifacts or ArtifactChoice.none
+    selection = RecordFilter(datasets=dataset or [], backbones=backbone or [],
+                             methods=method or [], w_bits=w_bits or [], a_bits=a_bits or [],
+                             devices=device or [], profiles=profile or [],
+                             cells_by_device=True)
+    summary = export_bundle(open_store(store, ResultsStore), out_path, selection, chosen.value)
+    for skipped in summary.skipped:
+        err.print(f"[yellow]artifact left out:[/] {escape(skipped)}", highlight=False,
+                  soft_wrap=True)
+    out.print(f"{summary.cells} cells, {summary.measurements} measurements, {summary.files} "
+              f"artifact files -> {summary.path} ({summary.size_bytes} bytes, sha256 "
+              f"{summary.sha256})", highlight=False, soft_wrap=True)
+    if summary.skipped:
+        raise typer.Exit(1)
+
+
+@app.command("import")
+@exits_on_usage_error
+def import_(
+    bundle: Annotated[Path, typer.Argument(help="Bundle written by `bench export`.")],
+    store: StoreOpt = Path("results"),
+) -> None:
+    """Check a bundle completely, then add its records and files to the store (created if
+    missing) in one transaction; a record replaces a stored one only if better."""
+    from bench.exchange.bundle import read_bundle
+    from bench.store import ResultsStore
+
+    with read_bundle(bundle) as loaded:
+        counts = ResultsStore(store).ingest(loaded.batch, loaded.artifact_dirs).as_counts()
+    out.print(f"imported {bundle} into {store}: " + ", ".join(
+        f"{n} {what}" for what, n in counts.items()), highlight=False, soft_wrap=True)
+
+
+TokenOpt = Annotated[str | None, typer.Option(
+    envvar="MEDQ_TOKEN", help="API token (default: $MEDQ_TOKEN).")]
+
+
+@app.command()
+@exits_on_usage_error
+def upload(
+    to: Annotated[str, typer.Option("--to", help="Results server URL, e.g. http://host:8080.")],
+    token: TokenOpt = None,
+    store: StoreOpt = Path("results"),
+    batch_size: Annotated[int, typer.Option(min=1, help="Records per request.")] = 500,
+    artifacts: Annotated[ArtifactChoice, typer.Option(
+        help="Artifact files sent with the cells: none, deploy (what a device needs to "
+             "measure) or all.")] = ArtifactChoice.none,
+    with_artifacts: Annotated[bool, typer.Option(
+        "--with-artifacts", help="Same as --artifacts deploy.")] = False,
+    attempts: Annotated[int, typer.Option(
+        min=1, help="Tries per request on connection errors, timeouts, 429 and 502-504.")] = 6,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Send the store's records of the token's device that the server does not have yet."""
+    from bench.exchange.client import RetryPolicy, ServerClient, ServerError
+    from bench.exchange.upload import upload_store
+    from bench.store import ResultsStore
+
+    if not token:
+        raise UsageError("an API token is needed: --token T or MEDQ_TOKEN "
+                         "(the server's admin creates one with `bench serve token create`)")
+    chosen = ArtifactChoice.deploy if with_artifacts and artifacts is ArtifactChoice.none \
+        else artifacts
+    server = ServerClient.connect(to, token, RetryPolicy(attempts=attempts))
+    try:
+        summary = upload_store(open_store(store, ResultsStore), server, batch_size,
+                               chosen.value, quiet=quiet)
+    except ServerError as e:
+        err.print(f"[bold red]failed:[/] {escape(str(e))}; run it again to resume",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from e
+    out.print(summary.text(), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@exits_on_usage_error
+def compare(
+    devices: Annotated[str, typer.Option(
+        help="Devices to compare, comma-separated (A,B); ratios are to the first.")],
+    store: Annotated[Path | None, typer.Option(help="Read this results store.")] = None,
+    server: Annotated[str | None, typer.Option(help="Read this results server (URL).")]
+    = None,
+    token: TokenOpt = None,
+    dataset: Annotated[list[str] | None, typer.Option(help="Only this data set (repeatable).")]
+    = None,
+    backbone: Annotated[list[str] | None, typer.Option(help="Only this backbone (repeatable).")]
+    = None,
+    method: Annotated[list[str] | None, typer.Option(help="Only this method (repeatable).")]
+    = None,
+    w_bits: Annotated[list[int] | None, typer.Option(help="Only these weight bits.")] = None,
+    a_bits: Annotated[list[int] | None, typer.Option(help="Only these activation bits.")]
+    = None,
+    profile: Annotated[str | None, typer.Option(
+        help="Hardware profile to compare under (default: each device's most common).")]
+    = None,
+    format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Per cell: latency and memory on each device, ratios between devices and vs FP32."""
+    from bench.compare import table_rows, to_csv, to_json
+    from bench.exchange.client import ServerClient, ServerError
+    from bench.exchange.sources import compare_source
+    from bench.store import ResultsStore
+    from bench.store.query import RecordFilter
+
+    if (store is None) == (server is None):
+        raise UsageError("give one of --store DIR or --server URL")
+    names = [d.strip() for d in devices.split(",") if d.strip()]
+    selection = RecordFilter(datasets=dataset or [], backbones=backbone or [],
+                             methods=method or [], w_bits=w_bits or [], a_bits=a_bits or [])
+    source = open_store(store, ResultsStore) if store is not None \
+        else ServerClient.connect(str(server), token)
+    try:
+        comparison = compare_source(source, names, selection, profile)
+    except ServerError as e:
+        err.print(f"[bold red]failed:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from e
+    if format is Format.json:
+        sys.stdout.write(to_json(comparison) + "\n")
+        return
+    for line in comparison.describe():
+        (err if format is Format.csv else out).print(line, highlight=False, soft_wrap=True)
+    if format is Format.csv:
+        sys.stdout.write(to_csv(comparison))
+        return
+    headers, rows = table_rows(comparison)
+    table = Table()
+    for column in headers:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    (out if out.is_terminal else Console(width=250)).print(table)
+    if not rows:
+        out.print("no cell is measured on these devices", highlight=False)
+
+
+serve_app = typer.Typer(help="Run the results server; `bench serve token ...` manages its "
+                             "API tokens.")
+token_app = typer.Typer(no_args_is_help=True, help="Per-device API tokens of a results server.")
+serve_app.add_typer(token_app, name="token")
+app.add_typer(serve_app, name="serve")
+
+DbOpt = Annotated[str | None, typer.Option(
+    "--db", help="Database URL: sqlite:///PATH or postgresql://USER@HOST/DB "
+                 "(default: medq.sqlite in --data).")]
+DataOpt = Annotated[Path | None, typer.Option(
+    "--data", help="Server data folder for artifacts (default: the SQLite file's folder, "
+                   "else ./medq-server).")]
+
+
+@serve_app.callback(invoke_without_command=True)
+@exits_on_usage_error
+def serve(
+    ctx: typer.Context,
+    db: DbOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+    data: DataOpt = None,
+    private_reads: Annotated[bool, typer.Option(
+        "--private-reads", help="Reads need a valid token too (default: public).")] = False,
+    max_body_mb: Annotated[float, typer.Option(
+        min=0.001, help="Largest request body accepted, in MiB (larger: 413).")] = 256.0,
+) -> None:
+    """Serve the results API, the HTML report and uploads for devices with tokens."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from bench.server.app import serve as run_server
+    from bench.server.settings import ServerSettings
+
+    run_server(ServerSettings.of(db, data, host=host, port=port, private_reads=private_reads,
+                                 max_body_mb=max_body_mb))
+
+
+def server_engine(db: str | None, data: Path | None) -> Any:
+    """The server database's engine (created and migrated if new)."""
+    from bench.server.settings import ServerSettings
+    from bench.store import ResultsStore
+
+    settings = ServerSettings.of(db, data)
+    return ResultsStore(settings.data_dir, settings.db_url).engine
+
+
+@token_app.command("create")
+@exits_on_usage_error
+def token_create(
+    device: Annotated[str, typer.Option(help="The device whose records the token may write.")],
+    label: Annotated[str, typer.Option(help="A note to tell tokens apart.")] = "",
+    db: DbOpt = None,
+    data: DataOpt = None,
+) -> None:
+    """Make a token for a device and print it; only its hash is stored, so copy it now."""
+    from bench.server.tokens import create_token
+
+    token_id, token = create_token(server_engine(db, data), device, label)
+    err.print(f"token {token_id} for device {device} (shown once; store it safely):",
+              highlight=False)
+    sys.stdout.write(token + "\n")
+
+
+@token_app.command("revoke")
+@exits_on_usage_error
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="Token id (see `bench serve token list`).")],
+    db: DbOpt = None,
+    data: DataOpt = None,
+) -> None:
+    """Revoke a token: requests with it get 401 from now on."""
+    from bench.server.tokens import revoke_token
+
+    info = revoke_token(server_engine(db, data), token_id)
+    out.print(f"token {info.id} of device {info.device} revoked "
+              f"({info.revoked_at:%Y-%m-%d %H:%M:%S} UTC)", highlight=False)
+
+
+@token_app.command("list")
+@exits_on_usage_error
+def token_list(db: DbOpt = None, data: DataOpt = None) -> None:
+    """List the tokens (ids, devices, labels, dates; never the tokens themselves)."""
+    from bench.server.tokens import list_tokens
+
+    table = Table()
+    for column in ("id", "device", "label", "created (UTC)", "revoked (UTC)"):
+        table.add_column(column)
+    for info in list_tokens(server_engine(db, data)):
+        table.add_row(str(info.id), info.device, info.label, f"{info.created_at:%Y-%m-%d %H:%M}",
+                      f"{info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "-")
     out.print(table)
 
 

@@ -27,7 +27,8 @@ from bench.measure import (
 )
 from bench.measure.isolation import parse_worker_output, thread_env
 
-SHIPPED = {"host", "edge-1core-1g", "edge-4core-2g", "raspberry-pi-4", "jetson-orin-nano"}
+SHIPPED = {"host", "edge-1core-1g", "edge-4core-2g", "raspberry-pi-4", "raspberry-pi-5",
+           "jetson-orin-nano"}
 SHAPE = (3, 8, 8)
 BIG_SHAPE = (3, 1024, 1024)  # a 1x1 conv to 64 channels makes a 256 MiB output
 

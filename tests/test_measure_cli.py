@@ -9,6 +9,7 @@ import json
 import pytest
 
 from bench.measure import machine_fingerprint
+from bench.store import ResultsStore
 from bench.store.measurements import measurements
 
 QUICK = 'description = "quick"\nwarmup = 1\nmin_repetitions = 5\nmin_duration_s = 0.0\n'
@@ -144,3 +145,40 @@ def test_profiles_lists_every_shipped_profile(cli):
     assert result.exit_code == 0
     for name in ("host", "edge-1core-1g", "raspberry-pi-4", "process"):
         assert name in result.output
+
+
+def _copy_store(measured, tmp_path):
+    import shutil
+
+    tmp, _, _ = measured
+    return shutil.copytree(tmp / "s", tmp_path / "s")
+
+
+def test_a_tampered_artifact_is_refused_before_any_timing(measured, cli, tmp_path):
+    store = _copy_store(measured, tmp_path)
+    (onnx,) = (store / "artifacts").glob("*/model*.onnx")
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    onnx.write_bytes(bytes(data))
+    before = len(measurements(ResultsStore(store).engine))
+    result = cli("measure", "--profile", "host", "--store", store, "--device-name", "other-box")
+    assert result.exit_code == 2
+    assert "SHA-256 differs" in result.output and onnx.name in result.output
+    assert len(measurements(ResultsStore(store).engine)) == before
+
+
+def test_each_device_keeps_its_own_measurement(measured, cli, tmp_path):
+    store = _copy_store(measured, tmp_path)
+    result = cli("measure", "--profile", measured[0] / "quick.toml", "--store", store,
+                 "--device-name", "clinic-pi-01")
+    assert result.exit_code == 0, result.output
+    assert "device clinic-pi-01" in result.output and "1 measured" in result.output
+    devices = {(m.device, m.profile) for m in measurements(ResultsStore(store).engine)}
+    assert ("clinic-pi-01", "quick") in devices
+    assert len({d for d, _ in devices}) == 2
+
+
+def test_a_bad_device_name_exits_2(measured, cli, tmp_path):
+    result = cli("measure", "--profile", "host", "--store", _copy_store(measured, tmp_path),
+                 "--device-name", "../pi")
+    assert result.exit_code == 2 and "device name" in result.output

@@ -53,7 +53,9 @@ def docker_client():
     try:
         import docker
     except ImportError as err:
-        raise IsolationUnavailable("docker isolation needs the 'docker' Python package") from err
+        raise IsolationUnavailable(
+            "docker isolation needs the 'docker' Python package (pip install 'medq-bench[full]')"
+        ) from err
     try:
         client = docker.from_env(timeout=30)
         client.ping()

@@ -1,6 +1,6 @@
 """Measure every deployed cell of a store under one hardware profile on this machine.
 
-A cell is measured once per (profile, machine fingerprint hash, batch size): cells with a
+A cell is measured once per (profile, device, machine fingerprint hash, batch size): cells with a
 successful measurement under that key are skipped, failed ones are measured again. Each
 measurement is stored (with its samples, summary, fingerprint, or its error) in its own
 transaction as soon as it is taken.
@@ -28,6 +28,8 @@ from bench.measure.isolation import (
 from bench.measure.profiles import Profile
 from bench.measure.protocol import summarize
 from bench.store import CellRecord, ResultsStore, StoreBusyError
+from bench.store.artifacts import file_sha256
+from bench.store.identity import local_device, valid_device
 from bench.store.measurements import MeasurementRecord, measured_cells, save_measurement
 
 DEPLOY_STAGE = "deploy"
@@ -50,8 +52,25 @@ class Target:
         return f"{c.backbone}/{c.method}{bits}/seed{c.seed}"
 
 
+def verify_artifacts(targets: list[Target], store: ResultsStore) -> None:
+    """Refuse (UsageError) if any target's ONNX file differs from the SHA-256 its cell
+    recorded when it was committed, before anything is timed."""
+    bad = []
+    for target in targets:
+        name = target.onnx_path.relative_to(store.artifact_dir(target.cell.cell_id)).as_posix()
+        expected = (target.cell.artifact_hashes or {}).get(name)
+        if expected is None:
+            bad.append(f"{target.onnx_path}: its cell records no SHA-256 for it")
+        elif file_sha256(target.onnx_path) != expected:
+            bad.append(f"{target.onnx_path}: SHA-256 differs from the one its cell recorded")
+    if bad:
+        raise UsageError("refusing to measure modified or unverifiable artifacts (nothing was "
+                         "timed):\n  " + "\n  ".join(bad))
+
+
 @dataclass
 class MeasureSummary:
+    device: str
     machine: str
     batch_size: int
     measured: list[str] = field(default_factory=list)
@@ -92,10 +111,12 @@ def _latency_columns(samples_s: list[float]) -> dict[str, float]:
             "latency_ms_p99": s["p99"]}
 
 
-def _record(target: Target, profile: Profile, fingerprint: dict[str, Any], batch_size: int,
-            started: datetime, result: Measurement | MeasurementError) -> MeasurementRecord:
+def _record(target: Target, profile: Profile, device: str, fingerprint: dict[str, Any],
+            batch_size: int, started: datetime, result: Measurement | MeasurementError
+            ) -> MeasurementRecord:
     record = MeasurementRecord(
-        cell_id=target.cell.cell_id, profile=profile.name, machine=fingerprint[HASH_KEY],
+        cell_id=target.cell.cell_id, profile=profile.name, device=device,
+        machine=fingerprint[HASH_KEY],
         batch_size=batch_size, isolation=profile.isolation,
         size_bytes=target.onnx_path.stat().st_size, packed_size_bytes=target.packed_size_bytes,
         fingerprint=fingerprint, profile_config=profile.model_dump(mode="json"),
@@ -125,27 +146,37 @@ def _progress(quiet: bool) -> Progress:
 
 def measure_store(store: ResultsStore, profile: Profile, *, backbones: tuple[str, ...] = (),
                   methods: tuple[str, ...] = (), batch_size: int | None = None,
-                  quiet: bool = False) -> MeasureSummary:
-    """Measure the store's deployed cells not yet measured under this profile and machine."""
+                  device: str | None = None, quiet: bool = False) -> MeasureSummary:
+    """Measure the store's deployed cells not yet measured under this profile on this device
+    (default: `local_device()`), after checking every ONNX file against its recorded hash."""
     batch = batch_size if batch_size is not None else profile.batch_sizes[0]
+    try:
+        device = device or local_device()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if not valid_device(device):
+        raise UsageError(f"device name {device!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
     try:
         check_isolation(profile)
     except IsolationUnavailable as err:
         raise UsageError(str(err)) from err
     try:
         with store.exclusive("measure"):
-            return _measure_todo(store, profile, backbones, methods, batch, quiet)
+            return _measure_todo(store, profile, backbones, methods, batch, device, quiet)
     except StoreBusyError as err:
         raise UsageError(str(err)) from err
 
 
 def _measure_todo(store: ResultsStore, profile: Profile, backbones: tuple[str, ...],
-                  methods: tuple[str, ...], batch: int, quiet: bool) -> MeasureSummary:
+                  methods: tuple[str, ...], batch: int, device: str,
+                  quiet: bool) -> MeasureSummary:
     fingerprint = machine_fingerprint()
-    summary = MeasureSummary(fingerprint[HASH_KEY], batch)
+    summary = MeasureSummary(device, fingerprint[HASH_KEY], batch)
     targets = deployed_targets(store, backbones, methods)
-    done = measured_cells(store.engine, profile.name, summary.machine, batch)
+    done = measured_cells(store.engine, profile.name, device, summary.machine, batch)
     todo = [t for t in targets if t.cell.cell_id not in done]
+    verify_artifacts(todo, store)
     summary.skipped = [t.cell.cell_id for t in targets if t.cell.cell_id in done]
     with _progress(quiet) as progress:
         task = progress.add_task("measure", total=len(todo))
@@ -157,7 +188,7 @@ def _measure_todo(store: ResultsStore, profile: Profile, backbones: tuple[str, .
                     target.onnx_path, profile, target.input_shape, batch)
             except MeasurementError as err:
                 result = err
-            record = _record(target, profile, fingerprint, batch, started, result)
+            record = _record(target, profile, device, fingerprint, batch, started, result)
             save_measurement(store.engine, record)
             if record.status == "ok":
                 summary.measured.append(target.cell.cell_id)

@@ -40,11 +40,13 @@ def save_measurement(engine: Engine, record: MeasurementRecord) -> None:
         session.add(record)
 
 
-def measured_cells(engine: Engine, profile: str, machine: str, batch_size: int) -> set[str]:
-    """Cells with a successful measurement under this profile, machine and batch size."""
+def measured_cells(engine: Engine, profile: str, device: str, machine: str,
+                   batch_size: int) -> set[str]:
+    """Cells with a successful measurement under this profile, device, machine and batch size."""
     with Session(engine) as session:
         return set(session.scalars(select(MeasurementRecord.cell_id).where(
-            MeasurementRecord.profile == profile, MeasurementRecord.machine == machine,
+            MeasurementRecord.profile == profile, MeasurementRecord.device == device,
+            MeasurementRecord.machine == machine,
             MeasurementRecord.batch_size == batch_size, MeasurementRecord.status == "ok")))
 
 
