@@ -50,6 +50,8 @@ def context(data: ReportData, figures: bool = True) -> dict[str, Any]:
         "main": main,
         "devices": data.devices,
         "device_table": tables.device_table(data),
+        "comparison": tables.comparison_table(data),
+        "compared": data.compared,
         "saliency": sal,
         "saliency_main": significance.main_saliency(data.ok),
         "significance": tests,

@@ -11,9 +11,12 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bench.compare import Comparison, by_config, compare
 from bench.store import RESULT_COLUMNS, CellRecord, ResultsStore
 from bench.store.database import stage_columns
 from bench.store.measurements import MeasurementRecord
+from bench.store.query import RecordFilter
+from bench.store.records import CellData, MeasurementData
 
 FP32 = "fp32"
 FLOAT_BITS = 32
@@ -51,7 +54,9 @@ class ReportData:
     ``cells``: one row per record (result and stage columns, and the `config` label),
     ``ok``: the successful cells, one per configuration and seed (the latest one),
     ``measured``: the latest successful measurement per cell and device, with `device`,
-    ``failed_measurements``: measurements whose latest attempt failed.
+    ``failed_measurements``: measurements whose latest attempt failed,
+    ``compared``: with measurements from 2+ devices (their `device` names), bench.compare's
+    comparison of them per configuration (None otherwise).
     """
 
     root: Path
@@ -62,6 +67,7 @@ class ReportData:
     measured: pd.DataFrame
     failed_measurements: pd.DataFrame
     devices: list[str]
+    compared: Comparison | None = None
 
     def artifact_dir(self, cell_id: str) -> Path | None:
         folder = self.records[cell_id].artifacts
@@ -135,7 +141,23 @@ def load(store: ResultsStore) -> ReportData:
     measured, failed, devices = _split_measurements(_measurements(store), set(cells.get(
         "cell_id", [])))
     return ReportData(store.root, {r.cell_id: r for r in records}, cells, ok, superseded,
-                      measured, failed, devices)
+                      measured, failed, devices, _compared(store, set(ok.get("cell_id", []))))
+
+
+def _compared(store: ResultsStore, ok_ids: set[str]) -> Comparison | None:
+    """bench.compare over every device with a successful measurement, if there are 2+, per
+    configuration of the cells the report counts (``ok_ids``)."""
+    chosen = RecordFilter(status=["ok"])
+    with Session(store.engine) as session:
+        devices = sorted(session.scalars(select(MeasurementRecord.device).distinct().where(
+            MeasurementRecord.status == "ok")))
+        if len(devices) < 2:
+            return None
+        cells = [CellData.of(row) for row in session.scalars(chosen.cells())]
+        measurements = [MeasurementData.of(row) for row in session.scalars(
+            chosen.measurements())]
+    return by_config(compare(cells, measurements, devices,
+                             selection=RecordFilter(cell_ids=sorted(ok_ids))))
 
 
 def seed_matrix(frame: pd.DataFrame, column: str) -> tuple[list[int], dict[str, list[float]]]:

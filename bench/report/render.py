@@ -131,6 +131,7 @@ def as_json(context: dict[str, Any]) -> str:
            "n_records": context["n_records"], "summary": context["summary"],
            "flagged": context["flagged"], "main_table": table_records(context["main"]),
            "devices": table_records(context["device_table"]),
+           "device_comparison": context["compared"],
            "saliency": table_records(context["saliency"]["table"]),
            "significance": context["significance"]}
     return json.dumps(_plain(doc), indent=1, default=str) + "\n"

@@ -238,3 +238,35 @@ def device_table(data: ReportData) -> Table:
         mark_best(block, columns)
         blocks.append(block)
     return Table(columns, blocks)
+
+
+def comparison_table(data: ReportData) -> Table | None:
+    """bench.compare's per-configuration comparison of the measured devices (None with fewer
+    than two): p50, p99 and peak memory on each device, over FP32 on the same device, and each
+    device's ratio to the first; means over seeds, ratios geometric means."""
+    compared = data.compared
+    if compared is None:
+        return None
+    base = compared.base
+    columns = [Column("config", "configuration", "text"), Column("seeds", "seeds", "int")]
+    for device in compared.devices:
+        columns += [Column(f"p50_ms@{device}", "p50 ms", "ms", "low", device),
+                    Column(f"p99_ms@{device}", "p99 ms", "ms", "low", device),
+                    Column(f"peak_mb@{device}", "peak MB", "mb", "low", device),
+                    Column(f"p50_vs_fp32@{device}", "p50 / FP32", "ratio", "low", device),
+                    Column(f"mem_vs_fp32@{device}", "MB / FP32", "ratio", "low", device)]
+        if device != base:
+            columns += [Column(f"p50_ratio@{device}", f"p50 / {base}", "ratio", None, device),
+                        Column(f"p99_ratio@{device}", f"p99 / {base}", "ratio", None, device),
+                        Column(f"mem_ratio@{device}", f"MB / {base}", "ratio", None, device)]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in compared.rows:
+        groups.setdefault((row["dataset"], row["backbone"]), []).append(row)
+    blocks = []
+    for (dataset, backbone), rows in sorted(groups.items()):
+        ordered = sorted(rows, key=lambda r: config_sort_key(r["method"], r["w_bits"],
+                                                             r["a_bits"]))
+        block = Block(f"{dataset} / {backbone}", dataset, backbone, ordered)
+        mark_best(block, columns)
+        blocks.append(block)
+    return Table(columns, blocks)

@@ -26,6 +26,8 @@ from bench.store.schema import CellRecord, MeasurementRecord
 
 HASH_PATTERN = r"^[0-9a-f]{64}$"
 INT32 = 2**31 - 1
+MeasurementKey = tuple[str, str, str, str, int]
+"""(cell_id, profile, device, machine, batch_size): one measurement per key in a store."""
 
 
 def _no_nul(value: str) -> str:
@@ -44,6 +46,12 @@ def clean_json(value: Any) -> Any:
         return {_no_nul(str(k)): clean_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [clean_json(v) for v in value]
+    return value
+
+
+def _relative_path(value: str) -> str:
+    if any(part in (".", "..") for part in value.split("/")):
+        raise ValueError("'.' and '..' are not allowed in an artifact path")
     return value
 
 
@@ -112,8 +120,8 @@ class CellData(_Record):
     config: Json
     provenance: Json
     artifact_hashes: dict[Annotated[str, StringConstraints(
-        min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")],
-        Sha256] = Field(default_factory=dict)
+        min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"),
+        AfterValidator(_relative_path)], Sha256] = Field(default_factory=dict)
     started_at: Time
     finished_at: Time
 
@@ -121,8 +129,9 @@ class CellData(_Record):
     def of(cls, row: CellRecord) -> CellData:
         return cls._from_row(row)
 
-    def to_row(self) -> CellRecord:
-        return CellRecord(**self.model_dump(exclude={"kind"}), record_hash=self.content_hash())
+    def to_row(self, digest: str | None = None) -> CellRecord:
+        return CellRecord(**self.model_dump(exclude={"kind"}),
+                          record_hash=digest or self.content_hash())
 
 
 class MeasurementData(_Record):
@@ -162,11 +171,11 @@ class MeasurementData(_Record):
     def of(cls, row: MeasurementRecord) -> MeasurementData:
         return cls._from_row(row)
 
-    def to_row(self) -> MeasurementRecord:
+    def to_row(self, digest: str | None = None) -> MeasurementRecord:
         return MeasurementRecord(**self.model_dump(exclude={"kind"}),
-                                 record_hash=self.content_hash())
+                                 record_hash=digest or self.content_hash())
 
-    def key(self) -> tuple[str, str, str, str, int]:
+    def key(self) -> MeasurementKey:
         return (self.cell_id, self.profile, self.device, self.machine, self.batch_size)
 
 
@@ -210,15 +219,43 @@ def _better(new: CellData | MeasurementData, old: CellRecord | MeasurementRecord
     return rank_new > rank_old
 
 
+def _chunks(items: list[Any], size: int = 500) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _stored_cells(session: Session, cell_ids: list[str]) -> dict[str, CellRecord]:
+    stored: dict[str, CellRecord] = {}
+    for chunk in _chunks(cell_ids):
+        stored.update((row.cell_id, row) for row in session.scalars(
+            select(CellRecord).where(CellRecord.cell_id.in_(chunk))))
+    return stored
+
+
+def _stored_measurements(session: Session, keys: set[MeasurementKey]
+                         ) -> dict[MeasurementKey, MeasurementRecord]:
+    stored: dict[MeasurementKey, MeasurementRecord] = {}
+    for chunk in _chunks(sorted({key[0] for key in keys})):
+        for row in session.scalars(select(MeasurementRecord).where(
+                MeasurementRecord.cell_id.in_(chunk))):
+            key = (row.cell_id, row.profile, row.device, row.machine, row.batch_size)
+            if key in keys:
+                stored[key] = row
+    return stored
+
+
 def ingest(session: Session, batch: RecordBatch) -> IngestResult:
     """Write ``batch`` into ``session`` (the caller commits): new records are added, a
-    record whose key is stored replaces it only if better; identical ones change nothing."""
+    record whose key is stored replaces it only if better; identical ones change nothing.
+    Stored records are looked up once per batch, not once per record."""
     result = IngestResult()
-    for cell in _unique(batch.cells):
+    cells = _unique(batch.cells)
+    stored_cells = _stored_cells(session, [c.cell_id for c in cells])
+    for cell in cells:
         digest = cell.content_hash()
-        old = session.get(CellRecord, cell.cell_id)
+        old = stored_cells.get(cell.cell_id)
         if old is None:
-            session.add(cell.to_row())
+            session.add(cell.to_row(digest))
             result.added.append(digest)
         elif old.record_hash == digest:
             result.unchanged.append(digest)
@@ -226,28 +263,26 @@ def ingest(session: Session, batch: RecordBatch) -> IngestResult:
             artifacts = old.artifacts
             session.delete(old)
             session.flush()
-            row = cell.to_row()
+            row = cell.to_row(digest)
             row.artifacts = artifacts if row.artifact_hashes == old.artifact_hashes else None
             session.add(row)
             result.replaced.append(digest)
         else:
             result.stale.append(digest)
-    for measurement in _unique(batch.measurements):
+    measurements = _unique(batch.measurements)
+    stored = _stored_measurements(session, {m.key() for m in measurements})
+    for measurement in measurements:
         digest = measurement.content_hash()
-        cell_id, profile, device, machine, batch_size = measurement.key()
-        old = session.scalars(select(MeasurementRecord).where(
-            MeasurementRecord.cell_id == cell_id, MeasurementRecord.profile == profile,
-            MeasurementRecord.device == device, MeasurementRecord.machine == machine,
-            MeasurementRecord.batch_size == batch_size)).one_or_none()
-        if old is None:
-            session.add(measurement.to_row())
+        old_measurement = stored.get(measurement.key())
+        if old_measurement is None:
+            session.add(measurement.to_row(digest))
             result.added.append(digest)
-        elif old.record_hash == digest:
+        elif old_measurement.record_hash == digest:
             result.unchanged.append(digest)
-        elif _better(measurement, old):
-            session.delete(old)
+        elif _better(measurement, old_measurement):
+            session.delete(old_measurement)
             session.flush()
-            session.add(measurement.to_row())
+            session.add(measurement.to_row(digest))
             result.replaced.append(digest)
         else:
             result.stale.append(digest)

@@ -1,0 +1,166 @@
+"""A results server's HTTP API as seen by a client: retries with back-off, errors with reasons.
+
+Connection errors, timeouts, 429 and 502/503/504 are retried with exponential back-off and full
+jitter, a bounded number of times; any other error status fails at once with the server's
+message. The `httpx.Client` is injectable, so tests can hand in FastAPI's `TestClient` or an
+`httpx.MockTransport`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bench.errors import UsageError
+
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+RETRY_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
+USAGE_STATUS = {401: "the token is missing, wrong or revoked",
+                403: "the token may not do this",
+                413: "the request is larger than the server accepts",
+                422: "the server refused the records as invalid"}
+API = "/api/v1"
+PAGE = 1000
+
+
+class ServerError(RuntimeError):
+    """The server failed (5xx, or retries ran out): the CLI exits with 1."""
+
+
+class RequestRefused(UsageError):
+    """The server refused the request (4xx other than 429): the CLI exits with 2."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Up to ``attempts`` tries; before try n+1 sleep a random time up to
+    min(max_delay, base_delay * 2**n) (full jitter), or the server's Retry-After if longer."""
+
+    attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        ceiling = min(self.max_delay, self.base_delay * 2 ** attempt)
+        wait = self.rng.uniform(0, ceiling)
+        return min(self.max_delay, max(wait, retry_after or 0.0))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+
+
+def server_message(response: httpx.Response) -> str:
+    """The server's reason: FastAPI's `detail` (a string or validation errors), else the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):
+        return "; ".join(_validation_text(d) for d in detail[:5]) + (
+            f" (and {len(detail) - 5} more)" if len(detail) > 5 else "")
+    return str(detail)[:500]
+
+
+def _validation_text(error: Any) -> str:
+    if not isinstance(error, dict):
+        return str(error)
+    where = ".".join(str(p) for p in error.get("loc", ()))
+    return f"{where}: {error.get('msg', '')}" if where else str(error.get("msg", error))
+
+
+class ServerClient:
+    """The API of the server at ``client``'s base URL, with ``token`` if given."""
+
+    def __init__(self, client: httpx.Client, token: str | None = None,
+                 retry: RetryPolicy | None = None) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.retry = retry or RetryPolicy()
+
+    @classmethod
+    def connect(cls, url: str, token: str | None = None, retry: RetryPolicy | None = None,
+                timeout: float = 60.0) -> ServerClient:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"server URL must start with http:// or https://: {url!r}")
+        return cls(httpx.Client(base_url=url.rstrip("/"), timeout=timeout), token, retry)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send with retries; the response of the first try that is not retried."""
+        kwargs["headers"] = {**self.headers, **kwargs.get("headers", {})}
+        for attempt in range(self.retry.attempts):
+            last = attempt == self.retry.attempts - 1
+            try:
+                response = self.client.request(method, path, **kwargs)
+            except RETRY_ERRORS as err:
+                if last:
+                    raise ServerError(f"{method} {path}: {type(err).__name__}: {err} "
+                                      f"(gave up after {self.retry.attempts} tries)") from err
+                self.retry.sleep(self.retry.delay(attempt))
+                continue
+            if response.status_code in RETRY_STATUS and not last:
+                self.retry.sleep(self.retry.delay(attempt, _retry_after(response)))
+                continue
+            return _checked(method, path, response, self.retry.attempts)
+        raise AssertionError("unreachable")
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, f"{API}{path}", **kwargs).json()
+
+    def whoami(self) -> str:
+        return str(self.json("GET", "/whoami")["device"])
+
+    def known(self, hashes: list[str], chunk: int = 5000) -> set[str]:
+        """Which of ``hashes`` the server holds."""
+        found: set[str] = set()
+        for start in range(0, len(hashes), chunk):
+            body = {"hashes": hashes[start:start + chunk]}
+            found.update(self.json("POST", "/records/known", json=body)["known"])
+        return found
+
+    def upload(self, content: bytes, content_type: str) -> dict[str, Any]:
+        response = self.request("POST", f"{API}/uploads", content=content,
+                                headers={"Content-Type": content_type})
+        return dict(response.json())
+
+    def devices(self) -> list[dict[str, Any]]:
+        return list(self.json("GET", "/devices")["items"])
+
+    def records(self, kind: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every record of ``kind`` matching ``params``, page by page."""
+        offset: int | None = 0
+        while offset is not None:
+            page = self.json("GET", "/records", params={**params, "kind": kind,
+                                                        "limit": PAGE, "offset": offset})
+            yield from page["items"]
+            offset = page.get("next_offset")
+
+
+def _checked(method: str, path: str, response: httpx.Response, attempts: int
+             ) -> httpx.Response:
+    status = response.status_code
+    if status < 400:
+        return response
+    reason = server_message(response)
+    if status in RETRY_STATUS:
+        raise ServerError(f"{method} {path}: HTTP {status} {reason} "
+                          f"(gave up after {attempts} tries)")
+    if status < 500:
+        what = USAGE_STATUS.get(status, "the server refused the request")
+        raise RequestRefused(f"{method} {path}: HTTP {status}: {what}: {reason}", status)
+    raise ServerError(f"{method} {path}: HTTP {status}: {reason}")

@@ -1,0 +1,143 @@
+"""`bench upload`: send the store's records of the token's device that the server lacks.
+
+The server names the token's device; the store's cells and measurements of that device are
+hashed, the server is asked which hashes it holds, and the rest go in batches. Uploads are
+idempotent and the server is asked again on every run, so an interrupted upload run again
+completes with nothing lost or doubled. With artifacts, cells travel in small bundles that
+carry their files and the device's measurements of them; a JSON batch the server finds too
+large (413) is split in two and sent again.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.orm import Session
+
+from bench.exchange.client import RequestRefused, ServerClient
+from bench.store.database import ResultsStore
+from bench.store.query import RecordFilter
+from bench.store.records import CellData, MeasurementData, RecordBatch
+
+Artifacts = Literal["none", "deploy", "all"]
+Record = CellData | MeasurementData
+JSON_TYPE = "application/json"
+BUNDLE_TYPE = "application/gzip"
+TOO_LARGE = 413
+
+
+@dataclass
+class UploadSummary:
+    """What one upload run did: records of the device, how many the server already held, how
+    many were sent and what the server did with them."""
+
+    device: str
+    local: int = 0
+    already: int = 0
+    sent: int = 0
+    batches: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("added", "replaced", "unchanged", "stale"), 0))
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Records sent per second."""
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, response: dict[str, int], sent: int) -> None:
+        self.sent += sent
+        self.batches += 1
+        for key in self.counts:
+            self.counts[key] += int(response.get(key, 0))
+
+    def text(self) -> str:
+        counts = ", ".join(f"{n} {key}" for key, n in self.counts.items())
+        return (f"device {self.device}: {self.local} local records, {self.already} already on "
+                f"the server, {self.sent} sent in {self.batches} batches (server: {counts}); "
+                f"{self.seconds:.1f} s, {self.rate:.0f} records/s")
+
+
+def local_records(store: ResultsStore, device: str) -> tuple[list[CellData], list[MeasurementData]]:
+    """The store's cells and measurements whose `device` is ``device``."""
+    chosen = RecordFilter(devices=[device], cells_by_device=True)
+    with Session(store.engine) as session:
+        cells = [CellData.of(row) for row in session.scalars(chosen.cells())]
+        measurements = [MeasurementData.of(row) for row in session.scalars(chosen.measurements())]
+    return cells, measurements
+
+
+def upload_store(store: ResultsStore, server: ServerClient, batch_size: int = 500,
+                 artifacts: Artifacts = "none", bundle_cells: int = 10, quiet: bool = False,
+                 console: Console | None = None) -> UploadSummary:
+    """Upload what the server lacks of the store's records of the server-named device."""
+    if batch_size < 1 or bundle_cells < 1:
+        raise ValueError("batch sizes must be at least 1")
+    start = time.perf_counter()
+    summary = UploadSummary(server.whoami())
+    cells, measurements = local_records(store, summary.device)
+    summary.local = len(cells) + len(measurements)
+    hashes = {id(r): r.content_hash() for r in (*cells, *measurements)}
+    known = server.known(list(dict.fromkeys(hashes.values())))
+    cells = [c for c in cells if hashes[id(c)] not in known]
+    measurements = [m for m in measurements if hashes[id(m)] not in known]
+    summary.already = summary.local - len(cells) - len(measurements)
+    console = console or Console(stderr=True)
+    with Progress(TextColumn("upload"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=quiet or not console.is_terminal) as bar:
+        task = bar.add_task("upload", total=len(cells) + len(measurements))
+        if artifacts != "none":
+            for chunk in _chunks(cells, bundle_cells):
+                content, sent = _bundle(store, chunk, artifacts)
+                summary.add(server.upload(content, BUNDLE_TYPE), sent)
+                bar.advance(task, sent)
+            bundled = {c.cell_id for c in cells}
+            measurements = [m for m in measurements if m.cell_id not in bundled]
+            cells = []
+        for chunk in _chunks([*cells, *measurements], batch_size):
+            for part, response in _send(server, chunk):
+                summary.add(response, len(part))
+                bar.advance(task, len(part))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _chunks(records: Sequence[Record], size: int) -> Iterator[list[Record]]:
+    for start in range(0, len(records), size):
+        yield list(records[start:start + size])
+
+
+def _send(server: ServerClient, records: list[Record]
+          ) -> Iterator[tuple[list[Record], dict[str, int]]]:
+    """Send ``records`` as one JSON batch, halving it while the server finds it too large."""
+    batch = RecordBatch(cells=[r for r in records if isinstance(r, CellData)],
+                        measurements=[r for r in records if isinstance(r, MeasurementData)])
+    try:
+        yield records, server.upload(batch.model_dump_json().encode(), JSON_TYPE)
+    except RequestRefused as err:
+        if err.status != TOO_LARGE or len(records) == 1:
+            raise
+        half = len(records) // 2
+        yield from _send(server, records[:half])
+        yield from _send(server, records[half:])
+
+
+def _bundle(store: ResultsStore, cells: list[CellData], artifacts: Artifacts
+            ) -> tuple[bytes, int]:
+    """A bundle of ``cells``, their device's measurements of them and the chosen artifact
+    files; and how many records it holds."""
+    from bench.exchange.bundle import export_bundle
+
+    chosen = RecordFilter(cell_ids=[c.cell_id for c in cells],
+                          devices=[cells[0].device], cells_by_device=True)
+    with tempfile.TemporaryDirectory(prefix="medq-upload-") as folder:
+        path = Path(folder) / "cells.tar.gz"
+        written = export_bundle(store, path, chosen, artifacts)
+        return path.read_bytes(), written.cells + written.measurements
