@@ -111,7 +111,13 @@ class ResultsStore:
 
     def ingest(self, batch: RecordBatch, artifacts: dict[str, Path] | None = None
                ) -> IngestResult:
-        """Write ``batch`` in one transaction (see records.ingest).
+        """Write ``batch`` in one transaction (see `ingest_in`)."""
+        with Session(self.engine) as session, session.begin():
+            return self.ingest_in(session, batch, artifacts)
+
+    def ingest_in(self, session: Session, batch: RecordBatch,
+                  artifacts: dict[str, Path] | None = None) -> IngestResult:
+        """Write ``batch`` within the caller's transaction (see records.ingest).
 
         ``artifacts`` maps cell ids to folders holding some of the cell's artifact files,
         which the caller has checked against the cell's artifact_hashes. Files the store lacks
@@ -119,14 +125,18 @@ class ResultsStore:
         each by an atomic rename, before the transaction commits.
         """
         artifacts = artifacts or {}
-        with Session(self.engine) as session, session.begin():
-            result = ingest(session, batch)
-            for cell in batch.cells:
-                source = artifacts.get(cell.cell_id)
-                row = session.get(CellRecord, cell.cell_id)
-                if source is None or row is None or row.record_hash != cell.content_hash():
-                    continue
-                final = self.artifact_dir(cell.cell_id)
+        result = ingest(session, batch)
+        replaced = set(result.replaced)
+        for cell in batch.cells:
+            source = artifacts.get(cell.cell_id)
+            row = session.get(CellRecord, cell.cell_id)
+            digest = cell.content_hash()
+            if row is None or row.record_hash != digest:
+                continue
+            final = self.artifact_dir(cell.cell_id)
+            if digest in replaced:
+                _drop_unlisted(final, cell.artifact_hashes)
+            if source is not None:
                 self._add_files(source, final)
                 row.artifacts = str(final.relative_to(self.root))
         return result
@@ -201,6 +211,14 @@ def _connect_args(url: str) -> dict[str, Any]:
     if url.startswith("postgresql"):
         return {"connect_args": {"options": "-c timezone=UTC"}}
     return {}
+
+
+def _drop_unlisted(folder: Path, expected: dict[str, str]) -> None:
+    """Remove the files a replaced record left in ``folder`` that the new record does not
+    list with the same hash (kept, they would pass for the new record's files)."""
+    for name, sha in hash_tree(folder).items():
+        if expected.get(name) != sha:
+            (folder / name).unlink()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -1,0 +1,1 @@
+"""Moving records between stores and devices: bundles, uploads to a results server."""
