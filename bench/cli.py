@@ -33,21 +33,21 @@ StoreOpt = Annotated[Path, typer.Option("--store", help="Results store folder.")
 
 def exits_on_usage_error(fn: F) -> F:
     """Print a UsageError (bad usage, config or data), or the extra a verb needs on a lighter
-    install (a module that only that extra installs is missing), and exit with 2."""
-    verb = fn.__name__.replace("_", "-")
-
+    install (a module that only that extra installs is missing), and exit with 2. The verb is
+    named after the function (`device_pull` -> `bench device pull`)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except UsageError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from e
         except ModuleNotFoundError as e:
             module = (e.name or "").partition(".")[0]
             extra = extra_for(module)
             if extra is None:
                 raise
+            verb = fn.__name__.rstrip("_").replace("_", " ")
             message = (f"bench {verb} needs the {extra} install: "
                        f"pip install '{DISTRIBUTION}[{extra}]' (missing: {module})")
             err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -570,7 +570,7 @@ def server_engine(db: str | None, data: Path | None) -> Any:
 
 @token_app.command("create")
 @exits_on_usage_error
-def token_create(
+def serve_token_create(
     device: Annotated[str, typer.Option(help="The device whose records the token may write.")],
     label: Annotated[str, typer.Option(help="A note to tell tokens apart.")] = "",
     db: DbOpt = None,
@@ -587,7 +587,7 @@ def token_create(
 
 @token_app.command("revoke")
 @exits_on_usage_error
-def token_revoke(
+def serve_token_revoke(
     token_id: Annotated[int, typer.Argument(help="Token id (see `bench serve token list`).")],
     db: DbOpt = None,
     data: DataOpt = None,
@@ -602,7 +602,7 @@ def token_revoke(
 
 @token_app.command("list")
 @exits_on_usage_error
-def token_list(db: DbOpt = None, data: DataOpt = None) -> None:
+def serve_token_list(db: DbOpt = None, data: DataOpt = None) -> None:
     """List the tokens (ids, devices, labels, dates; never the tokens themselves)."""
     from bench.server.tokens import list_tokens
 
@@ -613,6 +613,48 @@ def token_list(db: DbOpt = None, data: DataOpt = None) -> None:
         table.add_row(str(info.id), info.device, info.label, f"{info.created_at:%Y-%m-%d %H:%M}",
                       f"{info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "-")
     out.print(table)
+
+
+device_app = typer.Typer(no_args_is_help=True,
+                         help="On a measuring device: fetch deployable cells (then `bench "
+                              "measure`, `bench upload`).")
+app.add_typer(device_app, name="device")
+
+
+@device_app.command("pull")
+@exits_on_usage_error
+def device_pull(
+    source: Annotated[str, typer.Option(
+        "--from", help="Results server URL (http://host:8080) or a bundle file from "
+                       "`bench export --artifacts deploy`.")],
+    store: StoreOpt = Path("results"),
+    token: TokenOpt = None,
+    dataset: Annotated[list[str] | None, typer.Option(help="Only this data set (repeatable).")]
+    = None,
+    backbone: Annotated[list[str] | None, typer.Option(help="Only this backbone (repeatable).")]
+    = None,
+    method: Annotated[list[str] | None, typer.Option(help="Only this method (repeatable).")]
+    = None,
+    w_bits: Annotated[list[int] | None, typer.Option(help="Only these weight bits.")] = None,
+    a_bits: Annotated[list[int] | None, typer.Option(help="Only these activation bits.")]
+    = None,
+    cell: Annotated[list[str] | None, typer.Option(help="Only this cell id (repeatable).")]
+    = None,
+) -> None:
+    """Fetch deployable cells and their ONNX files into the store; every file's SHA-256 is
+    checked before anything is written."""
+    from bench.exchange.pull import pull
+    from bench.store import ResultsStore
+    from bench.store.query import RecordFilter
+
+    selection = RecordFilter(datasets=dataset or [], backbones=backbone or [],
+                             methods=method or [], w_bits=w_bits or [], a_bits=a_bits or [],
+                             cell_ids=cell or [])
+    summary = pull(ResultsStore(store), source, selection, token=token)
+    counts = ", ".join(f"{n} {what}" for what, n in summary.result.as_counts().items())
+    out.print(f"pulled {summary.cells} deployable cells ({summary.files} files, SHA-256 "
+              f"checked) from {summary.source} into {store}: {counts}", highlight=False,
+              soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,115 @@
+"""An upload, from request body to committed rows: parsed, checked against the token's
+device, and written with its `uploads` row in one transaction (retried on conflicts)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bench.server import db
+from bench.server.tables import DeviceRecord, UploadRecord
+from bench.server.tokens import utc_now
+from bench.store import CellRecord, ResultsStore
+from bench.store.records import IngestResult, RecordBatch
+
+JSON_TYPE = "application/json"
+BUNDLE_TYPES = frozenset({"application/gzip", "application/x-gzip"})
+CHUNK = 500
+UNPACK_RATIO = 20
+"""A bundle may unpack to at most this many times the body limit (against gzip bombs)."""
+
+
+class UploadRefused(Exception):
+    """The upload is not accepted; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def receive(store: ResultsStore, device: str, content_type: str, body: bytes,
+            max_bytes: int) -> tuple[str, IngestResult]:
+    """Store the records (and bundle artifacts) in ``body`` for ``device``; returns the
+    upload's id and what it did. Raises pydantic's ValidationError for invalid JSON records,
+    UploadRefused otherwise."""
+    digest = hashlib.sha256(body).hexdigest()
+    if content_type == JSON_TYPE:
+        batch = RecordBatch.model_validate_json(body)
+        check_devices(batch, device)
+        return save(store, device, batch, {}, digest)
+    if content_type in BUNDLE_TYPES:
+        with _bundle(body, max_bytes, store.staging_root) as (batch, artifacts):
+            check_devices(batch, device)
+            return save(store, device, batch, artifacts, digest)
+    raise UploadRefused(415, f"Content-Type must be {JSON_TYPE} (records) or application/gzip "
+                             f"(a bundle), not {content_type or 'missing'!r}")
+
+
+@contextmanager
+def _bundle(body: bytes, max_bytes: int, workdir: Path
+            ) -> Iterator[tuple[RecordBatch, dict[str, Path]]]:
+    """The checked bundle's records and artifact folders, unpacked under ``workdir`` (on the
+    artifacts' file system) and capped at UNPACK_RATIO times the body limit."""
+    from bench.exchange.bundle import BundleError, Limits, read_bundle
+
+    limits = Limits(unpacked_bytes=min(Limits().unpacked_bytes, UNPACK_RATIO * max_bytes))
+    with ExitStack() as stack:
+        try:
+            loaded = stack.enter_context(read_bundle(io.BytesIO(body), max_bytes,
+                                                     limits=limits, workdir=workdir))
+        except BundleError as err:
+            raise UploadRefused(422, f"invalid bundle: {err}") from err
+        yield loaded.batch, loaded.artifact_dirs
+
+
+def check_devices(batch: RecordBatch, device: str) -> None:
+    """403 unless every record is ``device``'s."""
+    others = sorted(batch.devices() - {device})
+    if others:
+        raise UploadRefused(403, f"this token writes records of device {device!r} only; the "
+                                 f"upload has records of {', '.join(map(repr, others[:5]))}")
+
+
+def save(store: ResultsStore, device: str, batch: RecordBatch, artifacts: dict[str, Path],
+         payload_sha256: str) -> tuple[str, IngestResult]:
+    """Write ``batch`` and its upload row in one transaction, committed when this returns.
+
+    The device's row is locked first (PostgreSQL; SQLite's writers are serial anyway), so two
+    uploads of one device take turns instead of racing on the same keys."""
+
+    def work(session: Session) -> tuple[str, IngestResult]:
+        now = utc_now()
+        known = session.get(DeviceRecord, device, with_for_update=True)
+        if known is None:
+            known = DeviceRecord(name=device, created_at=now)
+            session.add(known)
+        _check_owners(session, batch, device)
+        result = store.ingest_in(session, batch, artifacts)
+        upload = UploadRecord(id=uuid.uuid4().hex, device=device, payload_sha256=payload_sha256,
+                              received_at=now, counts=result.as_counts())
+        session.add(upload)
+        known.last_upload_at = now
+        return upload.id, result
+
+    return db.write(store.engine, work)
+
+
+def _check_owners(session: Session, batch: RecordBatch, device: str) -> None:
+    """403 if a cell of the batch is stored as another device's record."""
+    ids = sorted({cell.cell_id for cell in batch.cells})
+    for start in range(0, len(ids), CHUNK):
+        clash = session.execute(select(CellRecord.cell_id, CellRecord.device).where(
+            CellRecord.cell_id.in_(ids[start:start + CHUNK]),
+            CellRecord.device != device)).first()
+        if clash is not None:
+            raise UploadRefused(403, f"cell {clash.cell_id} is stored as device "
+                                     f"{clash.device!r}'s record; a token writes only its own "
+                                     "device's records")

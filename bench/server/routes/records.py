@@ -1,0 +1,84 @@
+"""Reading records: GET /api/v1/records (filtered, paginated) and which hashes are known."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from bench.server.auth import Reader
+from bench.store.query import RecordFilter
+from bench.store.records import INT32, CellData, MeasurementData, Sha256, known_hashes
+from bench.store.schema import CellRecord, MeasurementRecord
+
+router = APIRouter(prefix="/api/v1", tags=["records"], dependencies=[Reader])
+
+MAX_KNOWN = 10_000
+Word = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00]*$")]
+Bits = Annotated[int, Field(ge=1, le=32)]
+Words = Annotated[list[Word] | None, Query()]
+
+
+class KnownRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hashes: list[Sha256] = Field(max_length=MAX_KNOWN)
+
+
+class KnownResponse(BaseModel):
+    known: list[str]
+
+
+class RecordPage(BaseModel):
+    items: list[dict[str, Any]]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+@router.post("/records/known")
+def known(body: KnownRequest, request: Request) -> KnownResponse:
+    """Which of these record hashes (cells or measurements) the server holds."""
+    with Session(request.app.state.store.engine) as session:
+        return KnownResponse(known=sorted(known_hashes(session, body.hashes)))
+
+
+@router.get("/records")
+def records(
+    request: Request,
+    kind: Literal["cell", "measurement"] = "cell",
+    dataset: Words = None,
+    backbone: Words = None,
+    method: Words = None,
+    w_bits: Annotated[list[Bits] | None, Query()] = None,
+    a_bits: Annotated[list[Bits] | None, Query()] = None,
+    device: Words = None,
+    profile: Words = None,
+    status: Annotated[list[Literal["ok", "failed"]] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=INT32)] = 0,
+) -> RecordPage:
+    """Records of one kind matching every given filter (repeat a filter for any of several
+    values), in a stable order; `next_offset` is null on the last page."""
+    chosen = RecordFilter(datasets=dataset or [], backbones=backbone or [],
+                          methods=method or [], w_bits=w_bits or [], a_bits=a_bits or [],
+                          devices=device or [], profiles=profile or [], status=status or [],
+                          cells_by_device=True)
+    query = chosen.cells() if kind == "cell" else chosen.measurements()
+    model = CellData if kind == "cell" else MeasurementData
+    with Session(request.app.state.store.engine) as session:
+        total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+        rows = session.scalars(query.limit(limit).offset(offset)).all()
+        items = [_item(model, row) for row in rows]
+    end = offset + len(items)
+    return RecordPage(items=items, total=total or 0, limit=limit, offset=offset,
+                      next_offset=end if end < (total or 0) else None)
+
+
+def _item(model: type[CellData] | type[MeasurementData],
+          row: CellRecord | MeasurementRecord) -> dict[str, Any]:
+    return {**model.of(row).model_dump(mode="json"), "record_hash": row.record_hash}  # type: ignore[arg-type]

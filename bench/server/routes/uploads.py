@@ -1,0 +1,56 @@
+"""POST /api/v1/uploads: JSON records or a bundle, written for the token's device."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from bench.server import db, ingest
+from bench.server.auth import Writer
+
+router = APIRouter(prefix="/api/v1", tags=["uploads"])
+
+BODY = {"requestBody": {"required": True, "content": {
+    ingest.JSON_TYPE: {"schema": {"$ref": "#/components/schemas/RecordBatch"}},
+    "application/gzip": {"schema": {"type": "string", "format": "binary"}}}}}
+ERRORS = {401: {"description": "Missing, wrong or revoked token"},
+          403: {"description": "Records of another device"},
+          413: {"description": "Body over the server's limit"},
+          415: {"description": "Neither JSON nor a gzip bundle"},
+          503: {"description": "The database stayed busy; retry"}}
+
+
+class UploadResult(BaseModel):
+    upload_id: str
+    added: int
+    replaced: int
+    unchanged: int
+    stale: int
+
+
+@router.post("/uploads", openapi_extra=BODY, responses=ERRORS)
+async def upload(request: Request, device: Writer) -> UploadResult:
+    """Store records (application/json RecordBatch) or a bundle (application/gzip); every
+    record must be the token's device's. Idempotent: the same records again change nothing."""
+    body = await request.body()
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    state = request.app.state
+    try:
+        upload_id, result = await run_in_threadpool(
+            ingest.receive, state.store, device, content_type, body,
+            state.settings.max_body_bytes)
+    except ValidationError as err:
+        errors = err.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]
+                                     ) from err
+    except ingest.UploadRefused as err:
+        raise HTTPException(err.status, err.detail) from err
+    except (IntegrityError, OperationalError) as err:
+        if not db.transient(err):
+            raise
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the database is busy; retry",
+                            headers={"Retry-After": "1"}) from err
+    return UploadResult(upload_id=upload_id, **result.as_counts())

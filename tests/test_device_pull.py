@@ -1,0 +1,157 @@
+"""The device side: pull deployable cells, measure them, upload the measurements.
+
+A workstation store is made by the full install (a tiny grid with the deploy stage). The fast
+tests pull from a bundle in this process; the round trip runs the light install (`medq-bench
+[device]`, no torch, in a fresh venv) against a real `bench serve` on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from bench.cli import app
+from bench.exchange.bundle import deploy_files
+from bench.server.settings import ServerSettings
+from bench.server.tokens import create_token
+from bench.store import ResultsStore
+from bench.store.artifacts import file_sha256
+from bench.store.records import CellData, MeasurementData
+from bench.store.schema import MeasurementRecord
+from tests.conftest import tiny_grid_dict
+from tests.device_venv import device_venv_fixture  # noqa: F401 (a fixture)
+from tests.server_helpers import LiveServer
+
+QUICK = 'description = "quick"\nwarmup = 1\nmin_repetitions = 5\nmin_duration_s = 0.0\n'
+
+
+def bench(*args: Any) -> Any:
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def workstation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of two deployed cells (FP32 and PTQ W8A8) made on device "ws", measured there."""
+    tmp = tmp_path_factory.mktemp("ws")
+    grid = tiny_grid_dict(seeds=1, methods=[{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}],
+                          stages={"deploy": {}})
+    (tmp / "grid.yaml").write_text(yaml.safe_dump(grid))
+    (tmp / "quick.toml").write_text(QUICK)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDQ_DEVICE", "ws")
+    try:
+        result = bench("run", "--grid", tmp / "grid.yaml", "--store", tmp / "s", "--quiet")
+        assert result.exit_code == 0, result.output
+        result = bench("measure", "--profile", tmp / "quick.toml", "--store", tmp / "s",
+                       "--quiet")
+        assert result.exit_code == 0, result.output
+    finally:
+        mp.undo()
+    return tmp
+
+
+def _cells(store: Path) -> list[CellData]:
+    return [CellData.of(r) for r in ResultsStore(store).records()]
+
+
+def _measurements(store: Path) -> list[MeasurementData]:
+    with Session(ResultsStore(store).engine) as session:
+        return [MeasurementData.of(r) for r in session.scalars(select(MeasurementRecord))]
+
+
+def test_pull_from_a_bundle_brings_checked_deploy_files_only(workstation, tmp_path):
+    bundle = tmp_path / "b.tar.gz"
+    assert bench("export", "--store", workstation / "s", "--out", bundle,
+                 "--artifacts", "all").exit_code == 0
+    result = bench("device", "pull", "--from", bundle, "--store", tmp_path / "pi")
+    assert result.exit_code == 0, result.output
+    assert "pulled 2 deployable cells" in result.output
+    pulled = {c.cell_id: c for c in _cells(tmp_path / "pi")}
+    source = {c.cell_id: c for c in _cells(workstation / "s")}
+    assert pulled == source, "records arrive unchanged"
+    store = ResultsStore(tmp_path / "pi")
+    for cell in pulled.values():
+        files = sorted(p.relative_to(store.artifact_dir(cell.cell_id)).as_posix()
+                       for p in store.artifact_dir(cell.cell_id).rglob("*") if p.is_file())
+        assert files == deploy_files(cell) and files, "only what measuring needs"
+        for name in files:
+            assert file_sha256(store.artifact_dir(cell.cell_id) / name) == \
+                cell.artifact_hashes[name]
+    assert not _measurements(tmp_path / "pi"), "measurements of other devices stay behind"
+    measured = bench("measure", "--profile", workstation / "quick.toml", "--store",
+                     tmp_path / "pi", "--device-name", "pi", "--quiet")
+    assert measured.exit_code == 0 and "2 measured" in measured.output, measured.output
+
+
+def test_pull_filters_and_refuses_bundles_without_files(workstation, tmp_path):
+    bare = tmp_path / "bare.tar.gz"
+    assert bench("export", "--store", workstation / "s", "--out", bare).exit_code == 0
+    result = bench("device", "pull", "--from", bare, "--store", tmp_path / "pi")
+    assert result.exit_code == 2 and "--artifacts deploy" in result.output
+    assert not (tmp_path / "pi").exists() or not _cells(tmp_path / "pi")
+    deploy = tmp_path / "deploy.tar.gz"
+    assert bench("export", "--store", workstation / "s", "--out", deploy,
+                 "--artifacts", "deploy").exit_code == 0
+    result = bench("device", "pull", "--from", deploy, "--store", tmp_path / "pi",
+                   "--method", "ptq")
+    assert result.exit_code == 0, result.output
+    assert [c.method for c in _cells(tmp_path / "pi")] == ["ptq"]
+    missing = bench("device", "pull", "--from", tmp_path / "nope", "--store", tmp_path / "pi")
+    assert missing.exit_code == 2 and "neither a server URL" in missing.output
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Any:
+    settings = ServerSettings.of(None, tmp_path / "srv")
+    engine = ResultsStore(settings.data_dir, settings.db_url).engine
+    tokens = {device: create_token(engine, device)[1] for device in ("ws", "pi")}
+    engine.dispose()
+    live = LiveServer(tmp_path / "srv").start()
+    yield live, tokens
+    live.kill()
+
+
+def test_light_install_pulls_measures_and_uploads(workstation, server, device_venv, tmp_path):
+    """Workstation uploads cells with their deploy files; the torch-free device install pulls
+    them from the server, measures, and uploads; the server then holds the device's records,
+    identical in schema to the workstation's own measurements."""
+    live, tokens = server
+    sent = bench("upload", "--to", live.url, "--token", tokens["ws"], "--store",
+                 workstation / "s", "--artifacts", "deploy", "--quiet")
+    assert sent.exit_code == 0, sent.output
+    pi = tmp_path / "pi"
+    (tmp_path / "quick.toml").write_text(QUICK)
+    steps = [
+        ("python", "-c", "import importlib.util as u; assert u.find_spec('torch') is None"),
+        ("bench", "device", "pull", "--from", live.url, "--store", pi),
+        ("bench", "measure", "--profile", tmp_path / "quick.toml", "--store", pi,
+         "--device-name", "pi", "--quiet"),
+        ("bench", "upload", "--to", live.url, "--token", tokens["pi"], "--store", pi,
+         "--quiet"),
+    ]
+    for step in steps:
+        done = device_venv.run(*step)
+        assert done.returncode == 0, f"{step}: {done.stdout}\n{done.stderr}"
+
+    page = httpx.get(f"{live.url}/api/v1/records",
+                     params={"kind": "measurement", "device": "pi"}).json()
+    on_server = [MeasurementData.model_validate({k: v for k, v in item.items()
+                                                 if k != "record_hash"})
+                 for item in page["items"]]
+    local = _measurements(pi)
+    assert {m.content_hash() for m in on_server} == {m.content_hash() for m in local}
+    assert {m.cell_id for m in on_server} == {c.cell_id for c in _cells(workstation / "s")}
+    reference = _measurements(workstation / "s")[0]
+    for measured in on_server:
+        assert measured.status == "ok" and measured.latency_ms_p50 > 0
+        assert measured.fingerprint.keys() == reference.fingerprint.keys()
+        assert measured.fingerprint["packages"]["torch"] is None
+        assert measured.details.keys() == reference.details.keys()
+        assert measured.profile_config == reference.profile_config
