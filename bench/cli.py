@@ -435,7 +435,7 @@ def upload(
         help="Artifact files sent with the cells: none, deploy (what a device needs to "
              "measure) or all.")] = ArtifactChoice.none,
     with_artifacts: Annotated[bool, typer.Option(
-        "--with-artifacts", help="Same as --artifacts deploy.")] = False,
+        "--with-artifacts", help="Same as --artifacts all (as for `bench export`).")] = False,
     attempts: Annotated[int, typer.Option(
         min=1, help="Tries per request on connection errors, timeouts, 429 and 502-504.")] = 6,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -448,8 +448,9 @@ def upload(
     if not token:
         raise UsageError("an API token is needed: --token T or MEDQ_TOKEN "
                          "(the server's admin creates one with `bench serve token create`)")
-    chosen = ArtifactChoice.deploy if with_artifacts and artifacts is ArtifactChoice.none \
-        else artifacts
+    if with_artifacts and artifacts not in (ArtifactChoice.none, ArtifactChoice.all):
+        raise UsageError(f"--with-artifacts means --artifacts all, not {artifacts.value}")
+    chosen = ArtifactChoice.all if with_artifacts else artifacts
     server = ServerClient.connect(to, token, RetryPolicy(attempts=attempts))
     try:
         summary = upload_store(open_store(store, ResultsStore), server, batch_size,
