@@ -1,4 +1,5 @@
-"""The built distribution ships the harness, the methods, the grids, templates and profiles."""
+"""The built distribution ships the harness, the methods, the grids, templates, profiles and
+the store's migrations."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ def test_wheel_contents(tmp_path):
     for required in ("bench/cli.py", "bench/grids/smoke.yaml", "bench/grids/paper.yaml",
                      "bench/grids/full.yaml", "bench/report/templates/report.html.j2",
                      "methods/base.py", "methods/pact_sgt.py", "hardware_profiles/host.toml",
-                     "hardware_profiles/raspberry-pi-4.toml"):
+                     "hardware_profiles/raspberry-pi-4.toml",
+                     "hardware_profiles/raspberry-pi-5.toml", "bench/store/migrations/env.py",
+                     "bench/store/migrations/versions/0001_initial.py",
+                     "bench/store/migrations/versions/0003_server_tables.py",
+                     "bench/server/routes/uploads.py", "bench/exchange/pull.py"):
         assert required in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "bench = bench.cli:app" in zipfile.ZipFile(wheel).read(entry_points).decode()
