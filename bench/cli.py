@@ -105,7 +105,12 @@ def run(
     from bench import logs
     from bench.runner import Overrides, RunOptions, executor_for, plan_grid, run_grid
     from bench.store import ResultsStore
+    from bench.store.identity import local_device
 
+    try:
+        local_device()
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     options = RunOptions(grid, store, Overrides(dataset, data_root, tuple(backbone or ()),
                                                 tuple(method or ()), seeds, epochs),
                          device.value, fail_fast, quiet, executor, workers, address)
@@ -552,6 +557,7 @@ def serve(
 ) -> None:
     """Serve the results API, the HTML report and uploads for devices with tokens."""
     if ctx.invoked_subcommand is not None:
+        ctx.obj = {"--db": db, "--data": data}
         return
     from bench.server.app import serve as run_server
     from bench.server.settings import ServerSettings
@@ -560,18 +566,30 @@ def serve(
                                  max_body_mb=max_body_mb))
 
 
-def server_engine(db: str | None, data: Path | None) -> Any:
-    """The server database's engine (created and migrated if new)."""
+def server_engine(ctx: typer.Context, db: str | None, data: Path | None) -> Any:
+    """The server database's engine (created and migrated if new), from the token verb's
+    `--db`/`--data` or else those given to `bench serve`."""
     from bench.server.settings import ServerSettings
     from bench.store import ResultsStore
 
-    settings = ServerSettings.of(db, data)
+    given = ctx.obj if isinstance(ctx.obj, dict) else {}
+    settings = ServerSettings.of(_serve_option("--db", given.get("--db"), db),
+                                 _serve_option("--data", given.get("--data"), data))
     return ResultsStore(settings.data_dir, settings.db_url).engine
+
+
+def _serve_option(flag: str, outer: Any, inner: Any) -> Any:
+    """The token verb's value of ``flag``, else `bench serve`'s; both and different: refused."""
+    if outer is not None and inner is not None and outer != inner:
+        raise UsageError(f"{flag} given twice with different values: {outer} (to bench serve) "
+                         f"and {inner} (to the token command)")
+    return inner if inner is not None else outer
 
 
 @token_app.command("create")
 @exits_on_usage_error
 def serve_token_create(
+    ctx: typer.Context,
     device: Annotated[str, typer.Option(help="The device whose records the token may write.")],
     label: Annotated[str, typer.Option(help="A note to tell tokens apart.")] = "",
     db: DbOpt = None,
@@ -580,7 +598,7 @@ def serve_token_create(
     """Make a token for a device and print it; only its hash is stored, so copy it now."""
     from bench.server.tokens import create_token
 
-    token_id, token = create_token(server_engine(db, data), device, label)
+    token_id, token = create_token(server_engine(ctx, db, data), device, label)
     err.print(f"token {token_id} for device {device} (shown once; store it safely):",
               highlight=False)
     sys.stdout.write(token + "\n")
@@ -589,6 +607,7 @@ def serve_token_create(
 @token_app.command("revoke")
 @exits_on_usage_error
 def serve_token_revoke(
+    ctx: typer.Context,
     token_id: Annotated[int, typer.Argument(help="Token id (see `bench serve token list`).")],
     db: DbOpt = None,
     data: DataOpt = None,
@@ -596,21 +615,21 @@ def serve_token_revoke(
     """Revoke a token: requests with it get 401 from now on."""
     from bench.server.tokens import revoke_token
 
-    info = revoke_token(server_engine(db, data), token_id)
+    info = revoke_token(server_engine(ctx, db, data), token_id)
     out.print(f"token {info.id} of device {info.device} revoked "
               f"({info.revoked_at:%Y-%m-%d %H:%M:%S} UTC)", highlight=False)
 
 
 @token_app.command("list")
 @exits_on_usage_error
-def serve_token_list(db: DbOpt = None, data: DataOpt = None) -> None:
+def serve_token_list(ctx: typer.Context, db: DbOpt = None, data: DataOpt = None) -> None:
     """List the tokens (ids, devices, labels, dates; never the tokens themselves)."""
     from bench.server.tokens import list_tokens
 
     table = Table()
     for column in ("id", "device", "label", "created (UTC)", "revoked (UTC)"):
         table.add_column(column)
-    for info in list_tokens(server_engine(db, data)):
+    for info in list_tokens(server_engine(ctx, db, data)):
         table.add_row(str(info.id), info.device, info.label, f"{info.created_at:%Y-%m-%d %H:%M}",
                       f"{info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "-")
     out.print(table)

@@ -131,15 +131,6 @@ def _fp32_references(cells: dict[str, CellData]) -> dict[str, str]:
     return references
 
 
-def _selected(cell: CellData, selection: RecordFilter | None) -> bool:
-    if selection is None:
-        return True
-    pairs = ((cell.dataset, selection.datasets), (cell.backbone, selection.backbones),
-             (cell.method, selection.methods), (cell.w_bits, selection.w_bits),
-             (cell.a_bits, selection.a_bits), (cell.cell_id, selection.cell_ids))
-    return all(not allowed or value in allowed for value, allowed in pairs)
-
-
 def compare(cells: Iterable[CellData], measurements: Iterable[MeasurementData],
             devices: Sequence[str], profile: str | None = None,
             selection: RecordFilter | None = None) -> Comparison:
@@ -156,7 +147,9 @@ def compare(cells: Iterable[CellData], measurements: Iterable[MeasurementData],
     references = _fp32_references(ok_cells)
     rows = []
     for cell in sorted(ok_cells.values(), key=_order):
-        if not _selected(cell, selection) or not any(cell.cell_id in latest[d] for d in devices):
+        if selection is not None and not selection.matches(cell):
+            continue
+        if not any(cell.cell_id in latest[d] for d in devices):
             continue
         reference = references.get(cell.cell_id)
         row: dict[str, Any] = {c: getattr(cell, c) for c in CELL_COLUMNS[:7]}

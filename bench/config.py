@@ -6,7 +6,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -80,7 +80,8 @@ class GridConfig(Frozen):
     backbones: list[BackboneConfig] = Field(default_factory=lambda: [BackboneConfig()],
                                             min_length=1)
     methods: list[MethodEntry] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+        default_factory=lambda: [0, 1], min_length=1)
     train: TrainConfig = TrainConfig()
     finetune: TrainConfig = TrainConfig(epochs=2, lr=1e-4)
     calibration_batches: int = Field(8, ge=1)

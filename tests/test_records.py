@@ -153,3 +153,52 @@ def test_a_store_made_before_migrations_is_upgraded(tmp_path, monkeypatch):
     (m,) = stored(store).measurements
     assert m.device == "old-box"
     assert not migrate.upgrade(store.engine), "a current store needs no migration"
+
+
+def test_an_out_of_range_time_is_invalid_not_a_crash():
+    data = CellData.of(cell()).model_dump()
+    data["started_at"] = "0001-01-01T00:00:00+05:00"
+    with pytest.raises(ValidationError):
+        CellData.model_validate(data)
+
+
+def test_missing_hashes_are_filled_at_every_open(tmp_path):
+    """A fill interrupted after the migration is finished by the next open."""
+    store = ResultsStore(tmp_path)
+    store.commit(cell())
+    with store.engine.begin() as connection:
+        connection.execute(CellRecord.__table__.update().values(record_hash=None))
+    assert ResultsStore(tmp_path).get("c1").record_hash == CellData.of(cell()).content_hash()
+
+
+def test_ingest_repairs_a_damaged_file_and_drops_unlisted_ones_after_commit(tmp_path):
+    source = ResultsStore(tmp_path / "src")
+    with source.staging("c1") as staged:
+        (staged / "model.onnx").write_bytes(b"onnx")
+        source.commit(cell(), staged)
+    target = ResultsStore(tmp_path / "dst")
+    files = {"c1": source.artifact_dir("c1")}
+    target.ingest(stored(source), files)
+    (target.artifact_dir("c1") / "model.onnx").write_bytes(b"damaged")
+    (target.artifact_dir("c1") / "stray.bin").write_bytes(b"x")
+    target.ingest(stored(source), files)
+    assert (target.artifact_dir("c1") / "model.onnx").read_bytes() == b"onnx"
+
+    with source.staging("c1") as staged:
+        (staged / "model.onnx").write_bytes(b"onnx, retrained")
+        source.commit(cell(finished=T0 + timedelta(hours=1)), staged)
+    assert target.ingest(stored(source), files).replaced
+    assert sorted(p.name for p in target.artifact_dir("c1").iterdir()) == ["model.onnx"]
+    assert (target.artifact_dir("c1") / "model.onnx").read_bytes() == b"onnx, retrained"
+
+
+def test_a_bad_device_name_stops_a_run_before_it_starts(write_grid, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDQ_DEVICE", "no/slashes")
+    result = cli("run", "--grid", write_grid(), "--store", tmp_path / "s", "--quiet")
+    assert result.exit_code == 2 and "MEDQ_DEVICE" in result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_seed_the_store_cannot_hold_is_refused_by_the_grid(write_grid, cli, tmp_path):
+    result = cli("run", "--grid", write_grid(seeds=[-1]), "--store", tmp_path / "s")
+    assert result.exit_code == 2 and "seeds" in result.output

@@ -8,6 +8,7 @@ moment leaves at worst an orphan folder that the next run replaces. Only records
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import uuid
@@ -21,7 +22,7 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy.orm import Session
 
 from bench.store import migrate
-from bench.store.artifacts import hash_tree
+from bench.store.artifacts import file_sha256, hash_tree
 from bench.store.identity import local_device
 from bench.store.measurements import MeasurementRecord, empty_columns, latest_columns
 from bench.store.records import (
@@ -55,8 +56,8 @@ class ResultsStore:
         if self.url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         with FileLock(self.root / ".migrate.lock"):
-            if migrate.upgrade(self.engine):
-                self._fill_hashes()
+            migrate.upgrade(self.engine)
+            self._fill_hashes()
 
     @contextmanager
     def exclusive(self, verb: str) -> Iterator[None]:
@@ -95,17 +96,19 @@ class ResultsStore:
 
     def commit(self, record: CellRecord, staged: Path | None = None) -> None:
         """Move staged artifacts into place, then write the record (replacing an older one)
-        with its device, its artifacts' hashes and its content hash."""
+        with its device, its artifacts' hashes and its content hash. The record is validated
+        before any file moves."""
         record.device = record.device or local_device()
+        files = staged if staged is not None else (
+            self.root / record.artifacts if record.artifacts else None)
+        record.artifact_hashes = hash_tree(files) if files is not None else {}
+        record.record_hash = CellData.of(record).content_hash()
         if staged is not None:
             final = self.artifact_dir(record.cell_id)
             if final.exists():
                 shutil.rmtree(final)
             staged.replace(final)
             record.artifacts = str(final.relative_to(self.root))
-        record.artifact_hashes = hash_tree(self.root / record.artifacts) if record.artifacts \
-            else {}
-        record.record_hash = CellData.of(record).content_hash()
         with Session(self.engine) as session, session.begin():
             session.merge(record)
 
@@ -120,9 +123,12 @@ class ResultsStore:
         """Write ``batch`` within the caller's transaction (see records.ingest).
 
         ``artifacts`` maps cell ids to folders holding some of the cell's artifact files,
-        which the caller has checked against the cell's artifact_hashes. Files the store lacks
-        are added for every cell whose stored record is that cell (written now or before),
-        each by an atomic rename, before the transaction commits.
+        which the caller has checked against the cell's artifact_hashes. For every cell whose
+        stored record is that cell (written now or before), files the store lacks, or holds
+        with another hash, are put in place by atomic renames before the transaction commits;
+        files a replaced record left that the new one does not list are removed only once the
+        transaction has committed. Every reader checks a file against its record's hash, so a
+        rollback in between leaves nothing that passes for a record's file.
         """
         artifacts = artifacts or {}
         result = ingest(session, batch)
@@ -135,24 +141,16 @@ class ResultsStore:
                 continue
             final = self.artifact_dir(cell.cell_id)
             if digest in replaced:
-                _drop_unlisted(final, cell.artifact_hashes)
+                event.listen(session, "after_commit", functools.partial(
+                    _drop_unlisted, final, dict(cell.artifact_hashes)), once=True)
             if source is not None:
-                self._add_files(source, final)
+                _add_files(source, final, cell.artifact_hashes)
                 row.artifacts = str(final.relative_to(self.root))
         return result
 
-    def _add_files(self, source: Path, final: Path) -> None:
-        for path in sorted(source.rglob("*")):
-            target = final / path.relative_to(source)
-            if not path.is_file() or target.is_file():
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
-            shutil.copyfile(path, partial)
-            partial.replace(target)
-
     def _fill_hashes(self) -> None:
-        """Hashes for rows written before records had them (see migration 0002)."""
+        """Hashes for rows written before records had them (see migration 0002); checked at
+        every open (an indexed query), so an interrupted fill is finished by the next one."""
         with Session(self.engine) as session, session.begin():
             for cell in session.scalars(select(CellRecord).where(
                     CellRecord.record_hash.is_(None))):
@@ -213,12 +211,26 @@ def _connect_args(url: str) -> dict[str, Any]:
     return {}
 
 
-def _drop_unlisted(folder: Path, expected: dict[str, str]) -> None:
+def _add_files(source: Path, final: Path, expected: dict[str, str]) -> None:
+    """Copy the files of ``source`` that ``final`` lacks or holds with another hash than
+    ``expected``, each through a temporary name and an atomic rename."""
+    for path in sorted(source.rglob("*")):
+        name = path.relative_to(source).as_posix()
+        target = final / name
+        if not path.is_file() or (target.is_file() and file_sha256(target) == expected.get(name)):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+        shutil.copyfile(path, partial)
+        partial.replace(target)
+
+
+def _drop_unlisted(folder: Path, expected: dict[str, str], _session: Any = None) -> None:
     """Remove the files a replaced record left in ``folder`` that the new record does not
-    list with the same hash (kept, they would pass for the new record's files)."""
+    list with the same hash (an after-commit hook)."""
     for name, sha in hash_tree(folder).items():
         if expected.get(name) != sha:
-            (folder / name).unlink()
+            (folder / name).unlink(missing_ok=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, select
 
+from bench.store.records import CellData
 from bench.store.schema import CellRecord, MeasurementRecord
 
 
@@ -34,6 +35,16 @@ class RecordFilter(BaseModel):
                  (CellRecord.a_bits, self.a_bits), (CellRecord.cell_id, self.cell_ids))
         return [column.in_(values) for column, values in pairs if values]
 
+    def matches(self, cell: CellData) -> bool:
+        """Whether ``cell`` passes the cell fields and `status` (as `cells()` selects)."""
+        pairs = ((cell.dataset, self.datasets), (cell.backbone, self.backbones),
+                 (cell.method, self.methods), (cell.w_bits, self.w_bits),
+                 (cell.a_bits, self.a_bits), (cell.cell_id, self.cell_ids),
+                 (cell.status, self.status))
+        if self.cells_by_device and self.devices:
+            pairs += ((cell.device, self.devices),)
+        return all(not values or value in values for value, values in pairs)
+
     def cells(self) -> Select[tuple[CellRecord]]:
         """Cells matching the cell fields (and `status`; and `devices` if cells_by_device)."""
         conditions = self._cell_conditions()
@@ -45,7 +56,6 @@ class RecordFilter(BaseModel):
 
     def measurements(self) -> Select[tuple[MeasurementRecord]]:
         """Measurements matching device/profile/status whose cell matches the cell fields."""
-        conditions = []
         pairs = ((MeasurementRecord.device, self.devices),
                  (MeasurementRecord.profile, self.profiles),
                  (MeasurementRecord.status, self.status))

@@ -58,7 +58,10 @@ def _relative_path(value: str) -> str:
 def _utc_naive(value: datetime) -> datetime:
     """Naive UTC, as SQLite and PostgreSQL's `timestamp` hand it back."""
     if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
+        try:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError as err:
+            raise ValueError("the time is out of range in UTC") from err
     return value
 
 
@@ -88,6 +91,11 @@ class _Record(BaseModel):
         return cls.model_validate({k: v for k, v in values.items()
                                    if v is not None or cls.model_fields[k].is_required()
                                    or cls.model_fields[k].default is None})
+
+    @classmethod
+    def from_api(cls, item: dict[str, Any]) -> Any:
+        """Validate a record as the server's API lists it (with its `record_hash`)."""
+        return cls.model_validate({k: v for k, v in item.items() if k != "record_hash"})
 
     def content_hash(self) -> str:
         """SHA-256 of the canonical JSON of this record."""
@@ -202,10 +210,6 @@ class IngestResult:
     replaced: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
-
-    @property
-    def written(self) -> list[str]:
-        return self.added + self.replaced
 
     def as_counts(self) -> dict[str, int]:
         return {"added": len(self.added), "replaced": len(self.replaced),
