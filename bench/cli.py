@@ -415,12 +415,11 @@ def import_(
     store: StoreOpt = Path("results"),
 ) -> None:
     """Check a bundle completely, then add its records and files to the store (created if
-    missing) in one transaction; a record replaces a stored one only if better."""
-    from bench.exchange.bundle import read_bundle
-    from bench.store import ResultsStore
+    missing) in one transaction; a record replaces a stored one only if better. Refused
+    (exit 2) while a `bench run` or `bench device pull` is writing to the store."""
+    from bench.exchange.bundle import import_bundle
 
-    with read_bundle(bundle) as loaded:
-        counts = ResultsStore(store).ingest(loaded.batch, loaded.artifact_dirs).as_counts()
+    counts = import_bundle(store, bundle).as_counts()
     out.print(f"imported {bundle} into {store}: " + ", ".join(
         f"{n} {what}" for what, n in counts.items()), highlight=False, soft_wrap=True)
 
@@ -662,7 +661,9 @@ def device_pull(
     = None,
 ) -> None:
     """Fetch deployable cells and their ONNX files into the store; every file's SHA-256 is
-    checked before anything is written."""
+    checked before anything is written. Cells whose files the server lacks are skipped (and
+    listed); exit 2 if no cell could be pulled, or while a `bench run` or `bench import` is
+    writing to the store."""
     from bench.exchange.pull import pull
     from bench.store import ResultsStore
     from bench.store.query import RecordFilter
@@ -671,6 +672,9 @@ def device_pull(
                              methods=method or [], w_bits=w_bits or [], a_bits=a_bits or [],
                              cell_ids=cell or [])
     summary = pull(ResultsStore(store), source, selection, token=token)
+    for skipped in summary.skipped:
+        err.print(f"[yellow]cell skipped:[/] {escape(skipped)}", highlight=False,
+                  soft_wrap=True)
     counts = ", ".join(f"{n} {what}" for what, n in summary.result.as_counts().items())
     out.print(f"pulled {summary.cells} deployable cells ({summary.files} files, SHA-256 "
               f"checked) from {summary.source} into {store}: {counts}", highlight=False,

@@ -11,6 +11,8 @@ import gzip
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -24,9 +26,9 @@ from sqlalchemy.orm import Session
 from bench.exchange.bundle import (
     CELLS,
     MANIFEST,
+    TOP,
     BundleError,
     Limits,
-    deploy_files,
     export_bundle,
     import_bundle,
     read_bundle,
@@ -34,6 +36,7 @@ from bench.exchange.bundle import (
 )
 from bench.store import CellRecord, ResultsStore
 from bench.store.artifacts import hash_tree
+from bench.store.deploy import deploy_files
 from bench.store.measurements import save_measurement
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, MeasurementData
@@ -458,6 +461,68 @@ def test_limits(bundle):
         read_bundle(bundle, limits=Limits(unpacked_bytes=2000))
 
 
+def header_bomb(path: Path, header_bytes: int) -> Path:
+    """A gzip'd tar whose first member carries a pax `path` attribute of ``header_bytes``
+    bytes (gzip shrinks it about a thousandfold), written without holding it in memory."""
+    body = len(" path=\n") + header_bytes
+    length = body + len(str(body + len(str(body))))
+    pax = tarfile.TarInfo(f"{TOP}/PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, length
+    manifest = tarfile.TarInfo(f"{TOP}/{MANIFEST}")
+    manifest.size = 2
+    chunk = b"a" * (1 << 20)
+    with gzip.open(path, "wb") as gz:
+        gz.write(pax.tobuf(tarfile.USTAR_FORMAT) + f"{length} path=".encode())
+        for start in range(0, header_bytes, len(chunk)):
+            gz.write(chunk[:header_bytes - start])
+        gz.write(b"\n" + b"\0" * (-length % 512))
+        gz.write(manifest.tobuf(tarfile.USTAR_FORMAT) + b"{}".ljust(512 + 1024, b"\0"))
+    return path
+
+
+PEAK_MEMORY = """
+import resource, sys
+from bench.exchange.bundle import BundleError, Limits, read_bundle
+limits = Limits(unpacked_bytes=int(sys.argv[2])) if sys.argv[2] else Limits()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    read_bundle(sys.argv[1], limits=limits).close()
+    refusal = "accepted"
+except BundleError as err:
+    refusal = f"refused: {str(err)[:200]}"
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+print(refusal)
+"""
+
+
+@pytest.mark.parametrize("unpacked", ["10000", ""])
+def test_a_huge_member_header_is_refused_before_it_is_read(tmp_path, unpacked):
+    bomb = header_bomb(tmp_path / "bomb.tar.gz", 200 << 20)
+    assert bomb.stat().st_size < 1 << 20
+    done = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(bomb), unpacked],
+                          capture_output=True, text=True, timeout=300, check=True)
+    grown_mb, refusal = done.stdout.strip().splitlines()
+    assert int(grown_mb) < 100, f"reading the bundle grew memory by {grown_mb} MB ({refusal})"
+    assert refusal.startswith("refused: a member header") and "64 KiB" in refusal, refusal
+
+
+def test_the_unpacked_stream_is_capped_past_its_members(bundle, tmp_path):
+    """Zeros after the end of the archive count too (a gzip bomb needs no members)."""
+    padded = tmp_path / "padded.tar.gz"
+    padded.write_bytes(gzip.compress(gzip.decompress(bundle.read_bytes()) + bytes(8 << 20)))
+    limits = Limits(unpacked_bytes=1 << 20, members=20)
+    with pytest.raises(BundleError, match="unpacks to more than"):
+        read_bundle(padded, limits=limits)
+    read_bundle(bundle, limits=limits).close()
+
+
+def test_records_over_their_limit_are_refused(bundle):
+    size = len(members(bundle)[f"{TOP}/{CELLS}"])
+    with pytest.raises(BundleError, match=f"{CELLS} is larger than the limit of {size - 1}"):
+        read_bundle(bundle, limits=Limits(records_bytes=size - 1))
+    read_bundle(bundle, limits=Limits(records_bytes=size)).close()
+
+
 def test_read_bundle_takes_a_file_object_and_cleans_up(bundle, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -513,6 +578,17 @@ def test_cli_refusals_exit_2(cli, folder_source, tmp_path):
                 "--with-artifacts", "--artifacts", "deploy")
     assert clash.exit_code == 2 and not (tmp_path / "x.tar.gz").exists()
 
+
+def test_cli_import_holds_the_stores_run_lock(cli, folder_source, tmp_path):
+    bundle = tmp_path / "b.tar.gz"
+    assert cli("export", "--store", folder_source.root, "--out", bundle).exit_code == 0
+    target = ResultsStore(tmp_path / "target")
+    with target.exclusive("run"):
+        busy = cli("import", bundle, "--store", target.root)
+    assert busy.exit_code == 2 and "another bench run is using the store" in busy.output
+    assert records(target) == ([], [])
+    assert cli("import", bundle, "--store", target.root).exit_code == 0
+    assert records(target) == records(folder_source)
 
 def test_a_replacing_cell_brings_its_own_files(source, target, tmp_path):
     import_bundle(target, export(source, tmp_path / "old.tar.gz", "all"))

@@ -7,26 +7,36 @@ tests pull from a bundle in this process; the round trip runs the light install 
 
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.exchange.bundle import deploy_files
+from bench.errors import UsageError
+from bench.exchange.bundle import BUNDLE_CONTENT_TYPE, JSON_CONTENT_TYPE, export_bundle
+from bench.exchange.client import RequestRefused, RetryPolicy, ServerClient
+from bench.exchange.pull import pull
+from bench.server.app import create_app
 from bench.server.settings import ServerSettings
 from bench.server.tokens import create_token
 from bench.store import ResultsStore
 from bench.store.artifacts import file_sha256
-from bench.store.records import CellData, MeasurementData
+from bench.store.deploy import deploy_files
+from bench.store.query import RecordFilter
+from bench.store.records import CellData, MeasurementData, RecordBatch
 from bench.store.schema import MeasurementRecord
 from tests.conftest import tiny_grid_dict
 from tests.device_venv import device_venv_fixture  # noqa: F401 (a fixture)
+from tests.exchange_records import cell as hand_cell
 from tests.server_helpers import LiveServer
 
 QUICK = 'description = "quick"\nwarmup = 1\nmin_repetitions = 5\nmin_duration_s = 0.0\n'
@@ -142,9 +152,7 @@ def test_light_install_pulls_measures_and_uploads(workstation, server, device_ve
 
     page = httpx.get(f"{live.url}/api/v1/records",
                      params={"kind": "measurement", "device": "pi"}).json()
-    on_server = [MeasurementData.model_validate({k: v for k, v in item.items()
-                                                 if k != "record_hash"})
-                 for item in page["items"]]
+    on_server = [MeasurementData.from_api(item) for item in page["items"]]
     local = _measurements(pi)
     assert {m.content_hash() for m in on_server} == {m.content_hash() for m in local}
     assert {m.cell_id for m in on_server} == {c.cell_id for c in _cells(workstation / "s")}
@@ -155,3 +163,105 @@ def test_light_install_pulls_measures_and_uploads(workstation, server, device_ve
         assert measured.fingerprint["packages"]["torch"] is None
         assert measured.details.keys() == reference.details.keys()
         assert measured.profile_config == reference.profile_config
+
+
+# ---------------------------------------------------------------- from a server, without training
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServerClient]:
+    """A server (in process) holding cells "a" (with its ONNX file) and "b" (its record only)
+    of device "ws"."""
+    app = create_app(ServerSettings.of(None, tmp_path / "srv"))
+    token = create_token(app.state.store.engine, "ws")[1]
+    ws = ResultsStore(tmp_path / "ws")
+    for cell_id in ("a", "b"):
+        with ws.staging(cell_id) as staged:
+            (staged / "model.onnx").write_bytes(f"onnx of {cell_id}".encode())
+            ws.commit(hand_cell(cell_id, device="ws").to_row(), staged)
+    bundle = export_bundle(ws, tmp_path / "a.tar.gz", RecordFilter(cell_ids=["a"]), "deploy")
+    with TestClient(app) as http:
+        writer = ServerClient(http, token)
+        writer.upload(bundle.path.read_bytes(), BUNDLE_CONTENT_TYPE)
+        writer.upload(RecordBatch(cells=[CellData.of(ws.get("b"))]).model_dump_json().encode(),
+                      JSON_CONTENT_TYPE)
+        yield ServerClient(http)
+
+
+def test_pull_skips_cells_whose_files_the_server_lacks(served, tmp_path):
+    summary = pull(ResultsStore(tmp_path / "pi"), "http://testserver", RecordFilter(),
+                   server=served)
+    assert (summary.cells, summary.files) == (1, 1)
+    assert len(summary.skipped) == 1 and summary.skipped[0].startswith(
+        "b: the server lacks its files (GET /api/v1/cells/b/artifacts/model.onnx: HTTP 404")
+    pi = ResultsStore(tmp_path / "pi")
+    assert [c.cell_id for c in _cells(tmp_path / "pi")] == ["a"]
+    assert (pi.artifact_dir("a") / "model.onnx").read_bytes() == b"onnx of a"
+    with pytest.raises(UsageError, match="none of the deployable cells could be pulled.*b: "):
+        pull(ResultsStore(tmp_path / "pi2"), "http://testserver", RecordFilter(cell_ids=["b"]),
+             server=served)
+    assert not _cells(tmp_path / "pi2")
+
+
+def test_cli_pull_lists_skipped_cells_and_exits_2_when_none_is_pulled(served, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setattr(ServerClient, "connect", lambda *_a, **_k: served)
+    result = bench("device", "pull", "--from", "http://testserver", "--store", tmp_path / "pi")
+    assert result.exit_code == 0, result.output
+    assert "cell skipped: b: the server lacks its files" in result.output
+    assert "pulled 1 deployable cells" in result.output
+    none = bench("device", "pull", "--from", "http://testserver", "--store", tmp_path / "pi",
+                 "--cell", "b")
+    assert none.exit_code == 2 and "none of the deployable cells" in none.output
+
+
+def test_pull_holds_the_stores_run_lock(served, tmp_path, monkeypatch):
+    monkeypatch.setattr(ServerClient, "connect", lambda *_a, **_k: served)
+    store = ResultsStore(tmp_path / "pi")
+    with store.exclusive("run"):
+        result = bench("device", "pull", "--from", "http://testserver", "--store", store.root)
+    assert result.exit_code == 2 and "another bench run is using the store" in result.output
+    assert not _cells(store.root)
+
+
+def test_download_streams_to_disk_with_retries(tmp_path):
+    size, calls = 64 << 20, []
+
+    def body() -> Iterator[bytes]:
+        for _ in range(size >> 20):
+            yield b"x" * (1 << 20)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if len(calls) == 1:
+            return httpx.Response(503)
+        if request.url.path.endswith("missing"):
+            return httpx.Response(404, json={"detail": "no such file"})
+        return httpx.Response(200, stream=_Stream(body()))
+
+    retry = RetryPolicy(attempts=3, base_delay=0.0, sleep=lambda _s: None)
+    client = ServerClient(httpx.Client(transport=httpx.MockTransport(handle),
+                                       base_url="http://mock"), retry=retry)
+    tracemalloc.start()
+    try:
+        digest = client.download("/file", tmp_path / "file")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert calls == ["/file", "/file"]
+    assert (tmp_path / "file").stat().st_size == size
+    assert digest == file_sha256(tmp_path / "file")
+    assert peak < 16 << 20, f"the download held {peak >> 20} MiB in memory"
+    with pytest.raises(RequestRefused, match="HTTP 404.*no such file") as refused:
+        client.download("/missing", tmp_path / "missing")
+    assert refused.value.status == 404
+
+
+class _Stream(httpx.SyncByteStream):
+    """A response body that arrives a chunk at a time."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks

@@ -17,7 +17,9 @@ from tests.device_venv import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 LIGHT_MODULES = ("bench", "bench.cli", "bench.measure", "bench.measure.runner",
-                 "bench.measure.isolation", "bench.measure.fingerprint", "bench.provenance")
+                 "bench.measure.isolation", "bench.measure.fingerprint", "bench.provenance",
+                 "bench.exchange.bundle", "bench.exchange.pull", "bench.exchange.upload",
+                 "bench.exchange.client", "bench.compare")
 
 
 def pyproject_modules() -> dict[str, set[str]]:

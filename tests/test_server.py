@@ -4,23 +4,28 @@ tokens, device ownership, limits, validation, idempotent uploads, reads, artifac
 from __future__ import annotations
 
 import hashlib
+import tomllib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import typer
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from bench.cli import exits_on_usage_error
 from bench.errors import UsageError
+from bench.extras import modules_by_extra
 from bench.server.app import create_app
 from bench.server.settings import ServerSettings, default_data_dir, normalize_url
 from bench.server.tables import ApiToken, DeviceRecord, UploadRecord
 from bench.server.tokens import create_token, revoke_token
 from bench.store import CellRecord, ResultsStore, migrate
 from bench.store.schema import MeasurementRecord
-from tests.server_helpers import batch, bearer, body, cell, measurement
+from tests.server_helpers import ROOT, batch, bearer, body, cell, measurement
 
 
 @dataclass
@@ -342,6 +347,29 @@ def test_report_renders_the_servers_records(filled):
     assert "<html" in html.lower() and "kvasir" in html and "pact" in html
 
 
+
+def test_a_busy_report_answers_503_at_once_and_uploads_go_on(server):
+    """While a report is being built, more /report requests get 503 with Retry-After instead of
+    each waiting in one of the worker threads that uploads need too."""
+    from bench.server.routes import pages
+
+    burst = 50
+    with TestClient(server.client.app) as client, ThreadPoolExecutor(burst + 1) as pool:
+        pages._report_lock.acquire()
+        try:
+            reports = [pool.submit(client.get, "/report") for _ in range(burst)]
+            answered, _ = wait(reports, timeout=30)
+            upload = pool.submit(client.post, "/api/v1/uploads", json=body(batch([cell("c1")])),
+                                 headers=bearer(server.token))
+            uploaded, _ = wait([upload], timeout=30)
+        finally:
+            pages._report_lock.release()
+        assert len(answered) == burst and uploaded
+        assert {r.result().status_code for r in reports} == {503}
+        assert all(r.result().headers["retry-after"].isdigit() for r in reports)
+        assert upload.result().status_code == 200
+        assert client.get("/report").status_code == 200
+
 def test_healthz_and_openapi(server):
     assert server.client.get("/healthz").json() == {"status": "ok", "schema": migrate.head()}
     schema = server.client.get("/openapi.json").json()
@@ -382,6 +410,48 @@ def test_token_cli_prints_the_token_once(cli, tmp_path, db_url):
     assert bad.exit_code == 2
 
 
+
+def test_token_verbs_use_the_database_given_to_serve(cli, tmp_path, db_url, monkeypatch):
+    """`bench serve --db URL token create` writes to URL (not ./medq-server); the token verb's
+    own --db/--data win, and differing values given to both are refused."""
+    monkeypatch.chdir(tmp_path)
+    url = db_url or f"sqlite:///{tmp_path / 'srv' / 'server.sqlite'}"
+    srv = tmp_path / "srv"
+    made = cli("serve", "--db", url, "--data", srv, "token", "create", "--device", "pi-ward")
+    assert made.exit_code == 0, made.output
+    token = made.stdout.strip().splitlines()[-1]
+    assert not (tmp_path / "medq-server").exists()
+    with TestClient(create_app(ServerSettings.of(url, srv))) as client:
+        assert client.get("/api/v1/whoami", headers=bearer(token)).json()["device"] == "pi-ward"
+    listed = cli("serve", "--db", url, "--data", srv, "token", "list", "--db", url)
+    assert listed.exit_code == 0 and "pi-ward" in listed.stdout
+    data = cli("serve", "--data", tmp_path / "other", "token", "create", "--device", "pi-2")
+    assert data.exit_code == 0 and (tmp_path / "other" / "medq.sqlite").is_file()
+    clash = cli("serve", "--db", url, "token", "revoke", "1", "--db", "sqlite:///elsewhere.db")
+    assert clash.exit_code == 2 and "--db given twice" in clash.output
+    clash = cli("serve", "--data", tmp_path / "a", "token", "list", "--data", tmp_path / "b")
+    assert clash.exit_code == 2 and "--data given twice" in clash.output
+    assert not (tmp_path / "medq-server").exists()
+
+
+def test_server_extra_brings_the_postgresql_driver(monkeypatch, capsys):
+    """`bench serve --db postgresql://...` needs psycopg: the `server` extra installs it, so a
+    server without it is told to install that extra."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    modules = modules_by_extra([f'{r}; extra == "{e}"' for e, rs in extras.items() for r in rs])
+    assert "psycopg" in modules["server"]
+    monkeypatch.setattr("bench.extras.modules_by_extra", lambda: modules)
+
+    @exits_on_usage_error
+    def serve() -> None:
+        raise ModuleNotFoundError("No module named 'psycopg'", name="psycopg")
+
+    with pytest.raises(typer.Exit):
+        serve()
+    assert "pip install 'medq-bench[server]' (missing: psycopg)" in \
+        capsys.readouterr().err.replace("\n", "")
+
 def test_write_runs_a_conflicting_transaction_again(server):
     """A transaction that hits a unique-key conflict is rolled back and run again."""
     from sqlalchemy import insert
@@ -411,6 +481,44 @@ def test_write_runs_a_conflicting_transaction_again(server):
     with pytest.raises(ZeroDivisionError):
         db.write(server.store.engine, lambda session: 1 / 0)
 
+
+
+def test_a_constraint_violation_is_a_422_without_retries(server, monkeypatch):
+    """Only conflicts with a concurrent transaction are run again: a NOT NULL violation is
+    answered 422 after one try, and nothing is written."""
+    from sqlalchemy import insert
+
+    tries: list[int] = []
+
+    def ingest_in(session: Session, *_: Any) -> None:
+        tries.append(1)
+        session.execute(insert(DeviceRecord).values(name="dev-x", created_at=None))
+
+    monkeypatch.setattr(server.store, "ingest_in", ingest_in)
+    response = server.upload(batch([cell("c1")]))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("the database refused the records: ")
+    assert "null" in response.json()["detail"].lower()
+    assert tries == [1]
+    assert server.count(UploadRecord) == 0 and server.count(DeviceRecord) == 1
+
+
+def test_stale_rows_after_the_retries_are_a_503(server, monkeypatch):
+    from sqlalchemy.orm.exc import StaleDataError
+
+    from bench.server import db
+
+    tries: list[int] = []
+
+    def ingest_in(*_: Any) -> None:
+        tries.append(1)
+        raise StaleDataError("UPDATE statement on table 'cells' expected to update 1 row(s)")
+
+    monkeypatch.setattr(db, "ATTEMPTS", 2)
+    monkeypatch.setattr(server.store, "ingest_in", ingest_in)
+    response = server.upload(batch([cell("c1")]))
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert tries == [1, 1]
 
 def _bundle_bytes(tmp_path, device: str = "dev-a") -> bytes:
     from bench.exchange.bundle import export_bundle

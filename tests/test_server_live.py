@@ -1,5 +1,6 @@
 """The results server as a real process (`bench serve`, uvicorn on 127.0.0.1), on SQLite and on
-PostgreSQL: concurrent uploaders lose nothing, and SIGKILL loses no acknowledged upload."""
+PostgreSQL: concurrent uploaders lose nothing, two devices racing for one new cell leave one
+copy, and SIGKILL loses no acknowledged upload."""
 
 from __future__ import annotations
 
@@ -57,7 +58,10 @@ def live(tmp_path, db_url) -> Iterator[LiveServer]:
 
 def test_four_concurrent_uploaders_lose_nothing(live, tmp_path, db_url):
     """Two devices, two uploaders each sending all of their device's records in opposite
-    orders, so that uploads race to insert the same new keys."""
+    orders. The two devices' uploads run concurrently; one device's uploads take turns (its
+    device row is locked on PostgreSQL, SQLite's writers are serial), so every record is added
+    by exactly one upload and found unchanged by the other, with nothing lost or doubled. The
+    race for the same new key, which is retried, is in the next test."""
     engine = _server_store(tmp_path, db_url).engine
     work: list[tuple[str, list[RecordBatch]]] = []
     everything = batch()
@@ -93,6 +97,50 @@ def test_four_concurrent_uploaders_lose_nothing(live, tmp_path, db_url):
     assert _known(live.url, everything) == {r.content_hash() for r in
                                             (*everything.cells, *everything.measurements)}
 
+
+
+def test_two_devices_racing_for_a_new_cell_leave_one_copy(live, tmp_path, db_url):
+    """Two devices upload cells with the same new ids at once, round after round: the first
+    to commit owns them; the other's insert conflicts on PostgreSQL (a unique violation, run
+    again) or waits its turn on SQLite, then finds them another device's: 403, no 500, one
+    copy of each cell."""
+    engine = _server_store(tmp_path, db_url).engine
+    tokens = {device: create_token(engine, device)[1] for device in ("dev-a", "dev-b")}
+    rounds, cells = 6, 20
+    for round_ in range(rounds):
+        ids = [f"race-{round_}-{i}" for i in range(cells)]
+        start = threading.Barrier(len(tokens))
+        answers: dict[str, httpx.Response] = {}
+
+        def upload(device: str, ids: list[str] = ids, start: threading.Barrier = start,
+                   answers: dict[str, httpx.Response] = answers) -> None:
+            records = batch([cell(i, device=device) for i in ids],
+                            [measurement(i, device=device) for i in ids])
+            with httpx.Client(base_url=live.url, headers=bearer(tokens[device]),
+                              timeout=60) as client:
+                start.wait()
+                answers[device] = client.post("/api/v1/uploads", json=body(records))
+
+        threads = [threading.Thread(target=upload, args=(device,)) for device in tokens]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        statuses = {device: answer.status_code for device, answer in answers.items()}
+        assert sorted(statuses.values()) == [200, 403], {d: a.text for d, a in answers.items()}
+        winner = next(device for device, code in statuses.items() if code == 200)
+        assert answers[winner].json()["added"] == 2 * cells
+        assert "stored as device" in next(a for a in answers.values()
+                                         if a.status_code == 403).json()["detail"]
+        stored = httpx.get(f"{live.url}/api/v1/records", params={
+            "kind": "cell", "limit": 1000}).json()["items"]
+        mine = [item for item in stored if item["cell_id"] in ids]
+        assert sorted(item["cell_id"] for item in mine) == sorted(ids)
+        assert {item["device"] for item in mine} == {winner}
+    assert _totals(live.url) == (rounds * cells, rounds * cells)
+    if db_url:
+        log = (live.data.parent / f"{live.data.name}-server.log").read_text()
+        assert "write conflict (UniqueViolation)" in log, "no round raced for the same key"
 
 def test_acknowledged_upload_survives_kill_9(live, tmp_path, db_url):
     _, token = create_token(_server_store(tmp_path, db_url).engine, "dev-a")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from bench.exchange.client import RetryPolicy, ServerClient, ServerError
+from bench.exchange.client import RequestRefused, RetryPolicy, ServerClient, ServerError
 from bench.exchange.upload import local_records, upload_store
 from bench.server.app import create_app
 from bench.server.settings import ServerSettings
@@ -198,6 +198,30 @@ def test_deploy_artifacts_travel_in_bundles(tmp_path, server):
     assert model.status_code == 200 and model.content == b"onnx bytes"
     assert server.http.get("/api/v1/cells/withfiles/artifacts/checkpoint.pt").status_code == 404
 
+
+def with_files(store: ResultsStore, cell_id: str, files: dict[str, bytes]) -> None:
+    """Commit a cell of the pi with ``files`` as its artifacts."""
+    with store.staging(cell_id) as staged:
+        for name, data in files.items():
+            (staged / name).write_bytes(data)
+        store.commit(cell(cell_id, device=DEVICE).to_row(), staged)
+
+
+def test_too_large_bundles_are_split_down_to_one_cell(tmp_path, db_url):
+    server = Server(tmp_path / "server", db_url, max_body_mb=0.05)
+    store = ResultsStore(tmp_path / "local")
+    rng = random.Random(8)
+    files = {f"c{n}": rng.randbytes(15_000) for n in range(4)}
+    for cell_id, data in files.items():
+        with_files(store, cell_id, {"model.onnx": data})
+    summary = upload_store(store, server.client(), artifacts="all", bundle_cells=4, quiet=True)
+    assert (summary.sent, summary.batches) == (4, 2), "4 cells (4 x 15 kB) sent as 2 + 2"
+    for cell_id, data in files.items():
+        assert server.http.get(f"/api/v1/cells/{cell_id}/artifacts/model.onnx").content == data
+    with_files(store, "huge", {"model.onnx": rng.randbytes(60_000)})
+    with pytest.raises(RequestRefused, match="cell huge: its bundle .* larger than the server"):
+        upload_store(store, server.client(), artifacts="all", quiet=True)
+    assert server.counts()[DEVICE] == (4, 0)
 
 def test_refusals_fail_at_once_with_the_servers_reason(tmp_path, server, cli):
     store = local_store(tmp_path / "local", n_cells=2)

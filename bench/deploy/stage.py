@@ -28,6 +28,7 @@ from bench.deploy.kernels import count_kernels, integer_kernel_count
 from bench.deploy.packing import count_params, count_params_and_macs, pack_quantized
 from bench.models import get_backbone
 from bench.runner.stages import StageInput, register_stage
+from bench.store.deploy import DEPLOY_STAGE
 
 ONNX_FILE = "model.onnx"
 PACKED_FILE = "model.packed.npz"
@@ -100,7 +101,7 @@ def _cpu_model(model: nn.Module) -> nn.Module:
     return model if on_cpu else copy.deepcopy(model).cpu()
 
 
-@register_stage("deploy", DeploySettings)
+@register_stage(DEPLOY_STAGE, DeploySettings)
 def deploy(inp: StageInput) -> dict[str, Any]:
     """Export, check and size the cell's model; see the module docstring."""
     with _one_torch_thread():

@@ -11,6 +11,10 @@ under the top folder, a name the manifest does not list (or a listed one missing
 that does not match, an edited manifest, records that do not validate, more bytes or members
 than the limits. Only a bundle that passes every check reaches `import_bundle`, which writes
 its records and files in one store transaction.
+
+Memory stays bounded whatever the bundle holds: the decompressed tar stream is counted as it is
+read, so a member header (pax or GNU long-name data, which `tarfile` reads whole) larger than
+HEADER_BYTES, or a stream longer than its members may take, is refused before it is read.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Literal, TypeVar
+from typing import IO, Literal, TypeVar, get_args
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -50,25 +54,37 @@ from bench.exchange.manifest import (
     seal,
 )
 from bench.store.artifacts import file_sha256
-from bench.store.database import ResultsStore
+from bench.store.database import ResultsStore, StoreBusyError
+from bench.store.deploy import deploy_files
 from bench.store.identity import local_device
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, IngestResult, MeasurementData, RecordBatch
 
-__all__ = ["CELLS", "MANIFEST", "MEASUREMENTS", "BundleError", "ExportSummary", "Limits",
-           "LoadedBundle", "Manifest", "deploy_files", "export_bundle", "import_bundle",
-           "read_bundle", "seal"]
+__all__ = ["ARTIFACT_MODES", "BUNDLE_CONTENT_TYPE", "CELLS", "JSON_CONTENT_TYPE", "MANIFEST",
+           "MEASUREMENTS", "TOP", "ArtifactMode", "BundleError", "ExportSummary", "Limits",
+           "LoadedBundle", "Manifest", "export_bundle", "import_bundle", "read_bundle", "seal"]
 
-DEPLOY_STAGE = "deploy"
-ARTIFACT_MODES = ("none", "deploy", "all")
 ArtifactMode = Literal["none", "deploy", "all"]
+"""Which artifact files travel with the cells: none, the deploy files, or all."""
+ARTIFACT_MODES: tuple[str, ...] = get_args(ArtifactMode)
+BUNDLE_CONTENT_TYPE = "application/gzip"
+JSON_CONTENT_TYPE = "application/json"
+"""The two bodies `POST /api/v1/uploads` takes: a bundle, or a RecordBatch as JSON."""
 
 MAX_BUNDLE_BYTES = 4 << 30
 """Default limit on the bundle as read (gzip'd bytes)."""
 MAX_UNPACKED_BYTES = 4 << 30
 MAX_MEMBER_BYTES = 2 << 30
+MAX_RECORDS_BYTES = 1 << 30
 MAX_MEMBERS = 200_000
 CHUNK = 1 << 20
+HEADER_BYTES = 64 << 10
+"""The most one member's headers (with pax or GNU long-name data) may take."""
+MEMBER_OVERHEAD = 4 * tarfile.BLOCKSIZE
+"""Tar bytes a member may take besides its data: its header, a pax header and its data block,
+and the padding of its data to a whole block."""
+STREAM_SLACK = 64 << 10
+"""Tar bytes besides the members: the end-of-archive blocks and the padding of the record."""
 
 _SPECIAL = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link",
             tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
@@ -77,11 +93,19 @@ _SPECIAL = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link",
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on what a bundle may unpack to (the gzip'd size is `max_bytes`)."""
+    """Bounds on what a bundle may unpack to (the gzip'd size is `max_bytes`): the members'
+    data in all, one member, each records file, and the number of members. The decompressed
+    stream may exceed ``unpacked_bytes`` only by MEMBER_OVERHEAD a member and STREAM_SLACK."""
 
     unpacked_bytes: int = MAX_UNPACKED_BYTES
     member_bytes: int = MAX_MEMBER_BYTES
     members: int = MAX_MEMBERS
+    records_bytes: int = MAX_RECORDS_BYTES
+
+    @property
+    def stream_bytes(self) -> int:
+        """The most the decompressed tar stream may hold."""
+        return self.unpacked_bytes + self.members * MEMBER_OVERHEAD + STREAM_SLACK
 
 
 # ---------------------------------------------------------------- export
@@ -99,16 +123,6 @@ class ExportSummary:
     size_bytes: int
     sha256: str
     skipped: list[str] = field(default_factory=list)
-
-
-def deploy_files(cell: CellData) -> list[str]:
-    """The artifact files a device needs to measure the cell: every `*_file` its deploy stage
-    recorded (the ONNX model, a packed weight file) that the cell lists."""
-    deploy = cell.metrics.get(DEPLOY_STAGE)
-    if not isinstance(deploy, dict):
-        return []
-    names = {v for k, v in deploy.items() if k.endswith("_file") and isinstance(v, str)}
-    return sorted(names & cell.artifact_hashes.keys())
 
 
 def _chosen_files(cell: CellData, mode: ArtifactMode) -> list[str]:
@@ -249,7 +263,7 @@ class LoadedBundle:
 
 
 class _Capped:
-    """A binary reader that refuses to go past ``limit`` bytes."""
+    """A binary reader that refuses to go past ``limit`` bytes (of the bundle as read)."""
 
     def __init__(self, handle: IO[bytes], limit: int) -> None:
         self.handle, self.limit, self.count = handle, limit, 0
@@ -259,6 +273,39 @@ class _Capped:
         self.count += len(data)
         if self.count > self.limit:
             raise BundleError(f"the bundle is larger than the limit of {self.limit} bytes")
+        return data
+
+
+class _TarStream:
+    """The decompressed tar stream, refused past ``limits.stream_bytes``, and while a member
+    header is read (see `header`), past HEADER_BYTES from where it began."""
+
+    def __init__(self, handle: IO[bytes], limits: Limits) -> None:
+        self.handle, self.limits, self.count = handle, limits, 0
+        self.header_end: int | None = None
+        self.header()
+
+    def header(self) -> None:
+        """What is read next is a member's header(s); `tarfile` reads up to a record ahead."""
+        self.header_end = self.count + HEADER_BYTES + tarfile.RECORDSIZE
+
+    def data(self) -> None:
+        """What is read next is member data (or the end of the archive)."""
+        self.header_end = None
+
+    def read(self, size: int = -1) -> bytes:
+        end = self.limits.stream_bytes
+        if self.header_end is not None:
+            end = min(end, self.header_end)
+        room = end + 1 - self.count
+        data = self.handle.read(room if size < 0 else min(size, room))
+        self.count += len(data)
+        if self.count > end:
+            if end == self.header_end:
+                raise BundleError(f"a member header is larger than {HEADER_BYTES >> 10} KiB "
+                                  "(pax or long-name data); bundles have short names")
+            raise BundleError(f"the bundle unpacks to more than {self.limits.unpacked_bytes} "
+                              "bytes")
         return data
 
 
@@ -293,50 +340,36 @@ def read_bundle(source: Source, max_bytes: int = MAX_BUNDLE_BYTES, *,
         raise
 
 
-def import_bundle(store: ResultsStore, source: Source, max_bytes: int = MAX_BUNDLE_BYTES
+def import_bundle(store: ResultsStore | Path, source: Source, max_bytes: int = MAX_BUNDLE_BYTES
                   ) -> IngestResult:
-    """Check the whole bundle, then write its records and files in one store transaction."""
+    """Check the whole bundle, then write its records and files in one store transaction.
+
+    ``store`` may be a store's folder, opened (and created) only once the bundle has passed
+    every check. The write holds the store's "run" lock, as `bench run` does (both write
+    artifact folders, so they must not interleave); UsageError if another process holds it."""
     with read_bundle(source, max_bytes) as loaded:
-        return store.ingest(loaded.batch, loaded.artifact_dirs)
+        target = store if isinstance(store, ResultsStore) else ResultsStore(store)
+        try:
+            with target.exclusive("run"):
+                return target.ingest(loaded.batch, loaded.artifact_dirs)
+        except StoreBusyError as err:
+            raise UsageError(str(err)) from err
+
+
+def _next_member(tar: tarfile.TarFile, stream: _TarStream) -> tarfile.TarInfo | None:
+    stream.header()
+    member = tar.next()
+    stream.data()
+    return member
 
 
 def _unpack(raw: _Capped, folder: Path, limits: Limits) -> Manifest:
-    manifest: Manifest | None = None
-    seen: set[str] = set()
-    unpacked = 0
     try:
-        with gzip.GzipFile(fileobj=raw, mode="rb") as gz, tarfile.open(fileobj=gz, mode="r|") \
-                as tar:
-            for count, member in enumerate(tar, 1):
-                if count > limits.members:
-                    raise BundleError(f"the bundle has more than {limits.members} members")
-                name = _member_name(member)
-                if name is None:
-                    continue
-                if name in seen:
-                    raise BundleError(f"{name} appears twice in the bundle")
-                if manifest is None and name != MANIFEST:
-                    raise BundleError(f"{name} comes before {MANIFEST}, which must be first")
-                if manifest is not None and name not in manifest.files:
-                    raise BundleError(f"{name} is not listed in the bundle's manifest")
-                if member.size > limits.member_bytes:
-                    raise BundleError(f"{name} is larger than the limit of "
-                                      f"{limits.member_bytes} bytes")
-                unpacked += member.size
-                if unpacked > limits.unpacked_bytes:
-                    raise BundleError(f"the bundle unpacks to more than {limits.unpacked_bytes} "
-                                      "bytes")
-                tarfile.data_filter(member, str(folder))
-                content = tar.extractfile(member)
-                if content is None:
-                    raise BundleError(f"{name} cannot be read from the bundle")
-                seen.add(name)
-                if name == MANIFEST:
-                    manifest = parse_manifest(content.read(MAX_MANIFEST_BYTES + 1))
-                elif _copy(content, folder / name) != manifest.files[name]:
-                    raise BundleError(f"{name} does not match its SHA-256 in the manifest "
-                                      "(the bundle was changed or is corrupt)")
-            while gz.read(CHUNK):
+        with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+            stream = _TarStream(gz, limits)
+            with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+                manifest, seen = _extract(tar, stream, folder, limits)
+            while stream.read(CHUNK):
                 pass
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise BundleError(f"the bundle is truncated or corrupt ({err})") from err
@@ -347,6 +380,52 @@ def _unpack(raw: _Capped, folder: Path, limits: Limits) -> Manifest:
         raise BundleError(f"{len(missing)} file(s) the manifest lists are missing from the "
                           f"bundle: {', '.join(missing[:5])}")
     return manifest
+
+
+def _extract(tar: tarfile.TarFile, stream: _TarStream, folder: Path, limits: Limits
+             ) -> tuple[Manifest | None, set[str]]:
+    """Check and write each member into ``folder``; the manifest and the names written."""
+    manifest: Manifest | None = None
+    seen: set[str] = set()
+    unpacked = count = 0
+    while (member := _next_member(tar, stream)) is not None:
+        count += 1
+        if count > limits.members:
+            raise BundleError(f"the bundle has more than {limits.members} members")
+        name = _member_name(member)
+        if name is None:
+            continue
+        if name in seen:
+            raise BundleError(f"{name} appears twice in the bundle")
+        if manifest is None and name != MANIFEST:
+            raise BundleError(f"{name} comes before {MANIFEST}, which must be first")
+        if manifest is not None and name not in manifest.files:
+            raise BundleError(f"{name} is not listed in the bundle's manifest")
+        if member.size > _member_limit(name, limits):
+            raise BundleError(f"{name} is larger than the limit of "
+                              f"{_member_limit(name, limits)} bytes")
+        unpacked += member.size
+        if unpacked > limits.unpacked_bytes:
+            raise BundleError(f"the bundle unpacks to more than {limits.unpacked_bytes} bytes")
+        tarfile.data_filter(member, str(folder))
+        content = tar.extractfile(member)
+        if content is None:
+            raise BundleError(f"{name} cannot be read from the bundle")
+        seen.add(name)
+        if name == MANIFEST:
+            manifest = parse_manifest(content.read(MAX_MANIFEST_BYTES + 1))
+        elif _copy(content, folder / name) != manifest.files[name]:
+            raise BundleError(f"{name} does not match its SHA-256 in the manifest "
+                              "(the bundle was changed or is corrupt)")
+    return manifest, seen
+
+
+def _member_limit(name: str, limits: Limits) -> int:
+    if name == MANIFEST:
+        return min(limits.member_bytes, MAX_MANIFEST_BYTES)
+    if name in (CELLS, MEASUREMENTS):
+        return min(limits.member_bytes, limits.records_bytes)
+    return limits.member_bytes
 
 
 def _member_name(member: tarfile.TarInfo) -> str | None:
@@ -384,6 +463,7 @@ R = TypeVar("R", CellData, MeasurementData)
 
 
 def _lines(path: Path, name: str, model: type[R]) -> list[R]:
+    """The records of a JSON-lines file, read a line at a time."""
     records = []
     with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):

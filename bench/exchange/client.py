@@ -8,10 +8,12 @@ message. The `httpx.Client` is injectable, so tests can hand in FastAPI's `TestC
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +28,7 @@ USAGE_STATUS = {401: "the token is missing, wrong or revoked",
                 422: "the server refused the records as invalid"}
 API = "/api/v1"
 PAGE = 1000
+CHUNK = 1 << 20
 
 
 class ServerError(RuntimeError):
@@ -103,10 +106,36 @@ class ServerClient:
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send with retries; the response of the first try that is not retried."""
         kwargs["headers"] = {**self.headers, **kwargs.get("headers", {})}
+        return self._retried(method, path, lambda: self.client.request(method, path, **kwargs))
+
+    def download(self, path: str, target: Path) -> str:
+        """GET ``path`` into the file ``target``, written in chunks as it arrives (retried like
+        `request`, each try from the start); the SHA-256 of what was written."""
+        digest = hashlib.sha256()
+
+        def fetch() -> httpx.Response:
+            nonlocal digest
+            with self.client.stream("GET", path, headers=self.headers) as response:
+                if response.is_success:
+                    digest = hashlib.sha256()
+                    with target.open("wb") as handle:
+                        for chunk in response.iter_bytes(CHUNK):
+                            digest.update(chunk)
+                            handle.write(chunk)
+                else:
+                    response.read()
+                return response
+
+        self._retried("GET", path, fetch)
+        return digest.hexdigest()
+
+    def _retried(self, method: str, path: str, send: Callable[[], httpx.Response]
+                 ) -> httpx.Response:
+        """Call ``send`` until a try is not to be retried; that try's response, checked."""
         for attempt in range(self.retry.attempts):
             last = attempt == self.retry.attempts - 1
             try:
-                response = self.client.request(method, path, **kwargs)
+                response = send()
             except RETRY_ERRORS as err:
                 if last:
                     raise ServerError(f"{method} {path}: {type(err).__name__}: {err} "

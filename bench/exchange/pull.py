@@ -2,8 +2,9 @@
 
 From a results server or an exported bundle, take the successful cells the filter selects that
 have deploy artifacts, check every file against the SHA-256 its cell recorded, and only then
-write the cells and files into the local store in one transaction. A device needs no training
-stack for any of it.
+write the cells and files into the local store in one transaction. Files from a server are
+streamed to disk; a cell whose files the server lacks is skipped, the others are pulled. A
+device needs no training stack for any of it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 from bench.errors import UsageError
-from bench.exchange.bundle import deploy_files, read_bundle
-from bench.exchange.client import ServerClient
+from bench.exchange.bundle import read_bundle
+from bench.exchange.client import API, RequestRefused, ServerClient
 from bench.store.artifacts import file_sha256
-from bench.store.database import ResultsStore
+from bench.store.database import ResultsStore, StoreBusyError
+from bench.store.deploy import deploy_files
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, IngestResult, RecordBatch
+
+NOT_FOUND = 404
 
 
 @dataclass
@@ -34,13 +38,6 @@ class PullSummary:
     skipped: list[str] = field(default_factory=list)
 
 
-def _selected(cell: CellData, selection: RecordFilter) -> bool:
-    pairs = ((cell.dataset, selection.datasets), (cell.backbone, selection.backbones),
-             (cell.method, selection.methods), (cell.w_bits, selection.w_bits),
-             (cell.a_bits, selection.a_bits), (cell.cell_id, selection.cell_ids))
-    return cell.status == "ok" and all(not values or value in values for value, values in pairs)
-
-
 def _stage(cell: CellData, source: Path, work: Path) -> Path:
     """Copy the cell's deploy files from ``source`` into a fresh folder, checking each hash."""
     folder = work / cell.cell_id
@@ -51,22 +48,33 @@ def _stage(cell: CellData, source: Path, work: Path) -> Path:
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
-        if file_sha256(target) != cell.artifact_hashes[name]:
-            raise UsageError(f"cell {cell.cell_id}: {name} differs from the SHA-256 its cell "
-                             "recorded; nothing was pulled")
+        _check(cell, name, file_sha256(target))
     return folder
+
+
+def _check(cell: CellData, name: str, sha256: str) -> None:
+    if sha256 != cell.artifact_hashes[name]:
+        raise UsageError(f"cell {cell.cell_id}: {name} differs from the SHA-256 its cell "
+                         "recorded; nothing was pulled")
 
 
 def pull(store: ResultsStore, source: str, selection: RecordFilter,
          token: str | None = None, server: ServerClient | None = None) -> PullSummary:
-    """Pull from ``source``: an `http(s)://` server URL (or ``server``) or a bundle file."""
-    if source.startswith(("http://", "https://")) or server is not None:
-        return _from_server(store, source, selection,
-                            server or ServerClient.connect(source, token))
-    if not Path(source).is_file():
-        raise UsageError(f"--from {source}: neither a server URL (http://, https://) nor a "
-                         "bundle file")
-    return _from_bundle(store, Path(source), selection)
+    """Pull from ``source``: an `http(s)://` server URL (or ``server``) or a bundle file.
+
+    Holds the store's "run" lock throughout, as `bench run` does (both write artifact
+    folders); UsageError if another process holds it."""
+    try:
+        with store.exclusive("run"):
+            if source.startswith(("http://", "https://")) or server is not None:
+                return _from_server(store, source, selection,
+                                    server or ServerClient.connect(source, token))
+            if not Path(source).is_file():
+                raise UsageError(f"--from {source}: neither a server URL (http://, https://) "
+                                 "nor a bundle file")
+            return _from_bundle(store, Path(source), selection)
+    except StoreBusyError as err:
+        raise UsageError(str(err)) from err
 
 
 def _ingest(store: ResultsStore, summary: PullSummary, cells: list[CellData],
@@ -81,7 +89,7 @@ def _deployable(candidates: list[CellData], selection: RecordFilter,
                 summary: PullSummary) -> list[CellData]:
     chosen = []
     for cell in candidates:
-        if not _selected(cell, selection):
+        if cell.status != "ok" or not selection.matches(cell):
             continue
         if deploy_files(cell):
             chosen.append(cell)
@@ -107,25 +115,38 @@ def _from_bundle(store: ResultsStore, path: Path, selection: RecordFilter) -> Pu
         return _ingest(store, summary, cells, folders)
 
 
+def _download(server: ServerClient, cell: CellData, folder: Path) -> None:
+    """Stream the cell's deploy files into ``folder``, checking each hash."""
+    for name in deploy_files(cell):
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path = f"{API}/cells/{quote(cell.cell_id)}/artifacts/{quote(name)}"
+        _check(cell, name, server.download(path, target))
+
+
 def _from_server(store: ResultsStore, url: str, selection: RecordFilter,
                  server: ServerClient) -> PullSummary:
     params = {"dataset": selection.datasets, "backbone": selection.backbones,
               "method": selection.methods, "w_bits": selection.w_bits,
               "a_bits": selection.a_bits, "status": ["ok"]}
     params = {key: values for key, values in params.items() if values}
-    candidates = [CellData.model_validate({k: v for k, v in item.items() if k != "record_hash"})
-                  for item in server.records("cell", params)]
+    candidates = [CellData.from_api(item) for item in server.records("cell", params)]
     summary = PullSummary(url)
-    cells = _deployable(candidates, selection, summary)
+    cells = []
     with tempfile.TemporaryDirectory(prefix="medq-pull-") as tmp:
-        downloads = Path(tmp) / "downloads"
         folders = {}
-        for cell in cells:
-            for name in deploy_files(cell):
-                target = downloads / cell.cell_id / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                response = server.request(
-                    "GET", f"/api/v1/cells/{quote(cell.cell_id)}/artifacts/{quote(name)}")
-                target.write_bytes(response.content)
-            folders[cell.cell_id] = _stage(cell, downloads / cell.cell_id, Path(tmp) / "ok")
+        for cell in _deployable(candidates, selection, summary):
+            try:
+                _download(server, cell, Path(tmp) / cell.cell_id)
+            except RequestRefused as err:
+                if err.status != NOT_FOUND:
+                    raise
+                summary.skipped.append(f"{cell.cell_id}: the server lacks its files ({err})")
+                shutil.rmtree(Path(tmp) / cell.cell_id, ignore_errors=True)
+                continue
+            cells.append(cell)
+            folders[cell.cell_id] = Path(tmp) / cell.cell_id
+        if not cells:
+            raise UsageError(f"none of the deployable cells could be pulled from {url}: "
+                             + "; ".join(summary.skipped[:5]))
         return _ingest(store, summary, cells, folders)

@@ -54,17 +54,13 @@ def _params(selection: RecordFilter) -> dict[str, Any]:
     return {key: values for key, values in pairs.items() if values}
 
 
-def _model(item: dict[str, Any], model: type[CellData] | type[MeasurementData]) -> Any:
-    return model.model_validate({k: v for k, v in item.items() if k != "record_hash"})
-
-
 def from_server(server: ServerClient, selection: RecordFilter, devices: Sequence[str]
                 ) -> Records:
     present = [d["name"] for d in server.devices()]
     check_devices(devices, present)
     cells, measurements = _fetched(selection, devices)
-    return Records([_model(i, CellData) for i in server.records("cell", _params(cells))],
-                   [_model(i, MeasurementData)
+    return Records([CellData.from_api(i) for i in server.records("cell", _params(cells))],
+                   [MeasurementData.from_api(i)
                     for i in server.records("measurement", _params(measurements))],
                    sorted(present))
 

@@ -4,8 +4,8 @@ The server names the token's device; the store's cells and measurements of that 
 hashed, the server is asked which hashes it holds, and the rest go in batches. Uploads are
 idempotent and the server is asked again on every run, so an interrupted upload run again
 completes with nothing lost or doubled. With artifacts, cells travel in small bundles that
-carry their files and the device's measurements of them; a JSON batch the server finds too
-large (413) is split in two and sent again.
+carry their files and the device's measurements of them; a JSON batch or a bundle the server
+finds too large (413) is split in two and sent again, down to one record or one cell.
 """
 
 from __future__ import annotations
@@ -15,21 +15,23 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.orm import Session
 
+from bench.exchange.bundle import (
+    BUNDLE_CONTENT_TYPE,
+    JSON_CONTENT_TYPE,
+    ArtifactMode,
+    export_bundle,
+)
 from bench.exchange.client import RequestRefused, ServerClient
 from bench.store.database import ResultsStore
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, MeasurementData, RecordBatch
 
-Artifacts = Literal["none", "deploy", "all"]
 Record = CellData | MeasurementData
-JSON_TYPE = "application/json"
-BUNDLE_TYPE = "application/gzip"
 TOO_LARGE = 413
 
 
@@ -75,7 +77,7 @@ def local_records(store: ResultsStore, device: str) -> tuple[list[CellData], lis
 
 
 def upload_store(store: ResultsStore, server: ServerClient, batch_size: int = 500,
-                 artifacts: Artifacts = "none", bundle_cells: int = 10, quiet: bool = False,
+                 artifacts: ArtifactMode = "none", bundle_cells: int = 10, quiet: bool = False,
                  console: Console | None = None) -> UploadSummary:
     """Upload what the server lacks of the store's records of the server-named device."""
     if batch_size < 1 or bundle_cells < 1:
@@ -95,9 +97,9 @@ def upload_store(store: ResultsStore, server: ServerClient, batch_size: int = 50
         task = bar.add_task("upload", total=len(cells) + len(measurements))
         if artifacts != "none":
             for chunk in _chunks(cells, bundle_cells):
-                content, sent = _bundle(store, chunk, artifacts)
-                summary.add(server.upload(content, BUNDLE_TYPE), sent)
-                bar.advance(task, sent)
+                for sent, response in _send_bundle(store, server, chunk, artifacts):
+                    summary.add(response, sent)
+                    bar.advance(task, sent)
             bundled = {c.cell_id for c in cells}
             measurements = [m for m in measurements if m.cell_id not in bundled]
             cells = []
@@ -120,7 +122,7 @@ def _send(server: ServerClient, records: list[Record]
     batch = RecordBatch(cells=[r for r in records if isinstance(r, CellData)],
                         measurements=[r for r in records if isinstance(r, MeasurementData)])
     try:
-        yield records, server.upload(batch.model_dump_json().encode(), JSON_TYPE)
+        yield records, server.upload(batch.model_dump_json().encode(), JSON_CONTENT_TYPE)
     except RequestRefused as err:
         if err.status != TOO_LARGE or len(records) == 1:
             raise
@@ -129,12 +131,34 @@ def _send(server: ServerClient, records: list[Record]
         yield from _send(server, records[half:])
 
 
-def _bundle(store: ResultsStore, cells: list[CellData], artifacts: Artifacts
+def _send_bundle(store: ResultsStore, server: ServerClient, cells: list[CellData],
+                 artifacts: ArtifactMode) -> Iterator[tuple[int, dict[str, int]]]:
+    """Send ``cells`` as one bundle, halving it while the server finds it too large; yields
+    the records each sent bundle held and the server's answer. A single cell too large is
+    refused (exit 2), naming the cell."""
+    content, held = _bundle(store, cells, artifacts)
+    try:
+        response = server.upload(content, BUNDLE_CONTENT_TYPE)
+    except RequestRefused as err:
+        if err.status != TOO_LARGE:
+            raise
+        if len(cells) == 1:
+            raise RequestRefused(f"cell {cells[0].cell_id}: its bundle ({len(content)} bytes, "
+                                 f"--artifacts {artifacts}) is larger than the server accepts; "
+                                 f"{err}", TOO_LARGE) from err
+    else:
+        yield held, response
+        return
+    del content
+    half = len(cells) // 2
+    yield from _send_bundle(store, server, cells[:half], artifacts)
+    yield from _send_bundle(store, server, cells[half:], artifacts)
+
+
+def _bundle(store: ResultsStore, cells: list[CellData], artifacts: ArtifactMode
             ) -> tuple[bytes, int]:
     """A bundle of ``cells``, their device's measurements of them and the chosen artifact
     files; and how many records it holds."""
-    from bench.exchange.bundle import export_bundle
-
     chosen = RecordFilter(cell_ids=[c.cell_id for c in cells],
                           devices=[cells[0].device], cells_by_device=True)
     with tempfile.TemporaryDirectory(prefix="medq-upload-") as folder:

@@ -29,10 +29,10 @@ from bench.measure.profiles import Profile
 from bench.measure.protocol import summarize
 from bench.store import CellRecord, ResultsStore, StoreBusyError
 from bench.store.artifacts import file_sha256
+from bench.store.deploy import DEPLOY_STAGE
 from bench.store.identity import local_device, valid_device
 from bench.store.measurements import MeasurementRecord, measured_cells, save_measurement
 
-DEPLOY_STAGE = "deploy"
 MS = 1000.0
 
 

@@ -2,7 +2,9 @@
 
 On SQLite a write transaction starts with BEGIN IMMEDIATE, so writers queue on the busy
 timeout instead of failing on a stale snapshot; on PostgreSQL two uploads inserting the same
-new key, or a deadlock, abort one of them. Either way the whole transaction is run again.
+new key, or a deadlock, abort one of them. Such conflicts (`transient`) run the whole
+transaction again; any other database error (a NOT NULL, check or foreign-key violation) is
+raised at once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, event
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -22,8 +24,11 @@ from bench.server.settings import ServerSettings
 from bench.store import ResultsStore
 
 ATTEMPTS = 6
+UNIQUE_STATE = "23505"
+"""PostgreSQL unique violation: a concurrent transaction inserted the same new key."""
 RETRY_STATES = frozenset({"40001", "40P01"})
 """PostgreSQL serialization failure and deadlock."""
+SQLITE_UNIQUE = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -45,26 +50,34 @@ def _busy_timeout(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def transient(error: Exception) -> bool:
-    """A conflict that running the transaction again resolves."""
-    if isinstance(error, IntegrityError | StaleDataError):
+def transient(error: BaseException) -> bool:
+    """A conflict with a concurrent transaction, which running this one again resolves: a
+    unique-key violation (the same new key inserted concurrently), a deadlock or serialization
+    failure, SQLite's "database is locked", or an ORM row changed under us."""
+    if isinstance(error, StaleDataError):
         return True
-    if isinstance(error, OperationalError):
-        state = getattr(error.orig, "sqlstate", None)
-        return state in RETRY_STATES or "database is locked" in str(error.orig)
-    return False
+    if not isinstance(error, DBAPIError):
+        return False
+    orig = error.orig
+    if isinstance(error, IntegrityError):
+        return (getattr(orig, "sqlstate", None) == UNIQUE_STATE
+                or getattr(orig, "sqlite_errorname", None) in SQLITE_UNIQUE
+                or str(orig).startswith("UNIQUE constraint failed"))
+    return getattr(orig, "sqlstate", None) in RETRY_STATES or "database is locked" in str(orig)
 
 
-def write(engine: Engine, work: Callable[[Session], T], attempts: int = ATTEMPTS) -> T:
+def write(engine: Engine, work: Callable[[Session], T], attempts: int | None = None) -> T:
     """Run ``work(session)`` in one committed write transaction, again on a transient
-    conflict (with jittered back-off); its result once committed."""
+    conflict (with jittered back-off, ``attempts`` times in all, default ATTEMPTS); its
+    result once committed."""
+    attempts = attempts or ATTEMPTS
     for attempt in range(attempts):
         try:
             with Session(engine) as session, session.begin():
                 if engine.dialect.name == "sqlite":
                     session.connection().exec_driver_sql("BEGIN IMMEDIATE")
                 return work(session)
-        except (IntegrityError, OperationalError, StaleDataError) as err:
+        except (DBAPIError, StaleDataError) as err:
             if attempt == attempts - 1 or not transient(err):
                 raise
             log.warning("write conflict (%s), running the transaction again",

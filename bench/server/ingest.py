@@ -13,14 +13,15 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bench.exchange.bundle import BUNDLE_CONTENT_TYPE, BundleError, Limits, read_bundle
+from bench.exchange.bundle import JSON_CONTENT_TYPE as JSON_TYPE
 from bench.server import db
 from bench.server.tables import DeviceRecord, UploadRecord
 from bench.server.tokens import utc_now
 from bench.store import CellRecord, ResultsStore
 from bench.store.records import IngestResult, RecordBatch
 
-JSON_TYPE = "application/json"
-BUNDLE_TYPES = frozenset({"application/gzip", "application/x-gzip"})
+BUNDLE_TYPES = frozenset({BUNDLE_CONTENT_TYPE, "application/x-gzip"})
 CHUNK = 500
 UNPACK_RATIO = 20
 """A bundle may unpack to at most this many times the body limit (against gzip bombs)."""
@@ -49,18 +50,19 @@ def receive(store: ResultsStore, device: str, content_type: str, body: bytes,
         with _bundle(body, max_bytes, store.staging_root) as (batch, artifacts):
             check_devices(batch, device)
             return save(store, device, batch, artifacts, digest)
-    raise UploadRefused(415, f"Content-Type must be {JSON_TYPE} (records) or application/gzip "
-                             f"(a bundle), not {content_type or 'missing'!r}")
+    raise UploadRefused(415, f"Content-Type must be {JSON_TYPE} (records) or "
+                             f"{BUNDLE_CONTENT_TYPE} (a bundle), not {content_type or 'missing'!r}")
 
 
 @contextmanager
 def _bundle(body: bytes, max_bytes: int, workdir: Path
             ) -> Iterator[tuple[RecordBatch, dict[str, Path]]]:
     """The checked bundle's records and artifact folders, unpacked under ``workdir`` (on the
-    artifacts' file system) and capped at UNPACK_RATIO times the body limit."""
-    from bench.exchange.bundle import BundleError, Limits, read_bundle
-
-    limits = Limits(unpacked_bytes=min(Limits().unpacked_bytes, UNPACK_RATIO * max_bytes))
+    artifacts' file system); what it unpacks to, and its records files, are capped at
+    UNPACK_RATIO times the body limit."""
+    cap = UNPACK_RATIO * max_bytes
+    limits = Limits(unpacked_bytes=min(Limits().unpacked_bytes, cap),
+                    records_bytes=min(Limits().records_bytes, cap))
     with ExitStack() as stack:
         try:
             loaded = stack.enter_context(read_bundle(io.BytesIO(body), max_bytes,

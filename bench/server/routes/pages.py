@@ -17,7 +17,10 @@ from bench.store import migrate
 
 router = APIRouter()
 _report_lock = threading.Lock()
-"""One report at a time: rendering is CPU-bound and its plotting is not thread-safe."""
+"""One report at a time: rendering is CPU-bound and its plotting is not thread-safe. Requests
+that find it taken are answered 503 at once rather than wait in a worker thread, since the
+threads they would hold are the ones uploads run in."""
+RETRY_AFTER_S = 5
 
 
 class Health(BaseModel):
@@ -26,7 +29,8 @@ class Health(BaseModel):
 
 
 @router.get("/report", response_class=HTMLResponse, dependencies=[Reader], tags=["report"],
-            responses={503: {"description": "This install cannot render reports"}})
+            responses={503: {"description": "This install cannot render reports, or "
+                                            "another report is being built (see Retry-After)"}})
 def report(request: Request) -> HTMLResponse:
     """The self-contained HTML report of the server's records (the `bench report` code)."""
     try:
@@ -35,9 +39,16 @@ def report(request: Request) -> HTMLResponse:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             f"the report needs pip install '{DISTRIBUTION}[full]' "
                             f"(missing: {err.name})") from err
-    with _report_lock, tempfile.TemporaryDirectory(prefix="medq-report-") as folder:
-        path = build_report(request.app.state.store, Path(folder) / "index.html", "html")
-        return HTMLResponse(path.read_text(encoding="utf-8"))
+    if not _report_lock.acquire(blocking=False):
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            "another report is being built; retry shortly",
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+    try:
+        with tempfile.TemporaryDirectory(prefix="medq-report-") as folder:
+            path = build_report(request.app.state.store, Path(folder) / "index.html", "html")
+            return HTMLResponse(path.read_text(encoding="utf-8"))
+    finally:
+        _report_lock.release()
 
 
 @router.get("/healthz", tags=["health"],

@@ -6,7 +6,8 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 
 from bench.server import db, ingest
 from bench.server.auth import Writer
@@ -48,9 +49,13 @@ async def upload(request: Request, device: Writer) -> UploadResult:
                                      ) from err
     except ingest.UploadRefused as err:
         raise HTTPException(err.status, err.detail) from err
-    except (IntegrityError, OperationalError) as err:
-        if not db.transient(err):
-            raise
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the database is busy; retry",
-                            headers={"Retry-After": "1"}) from err
+    except (DBAPIError, StaleDataError) as err:
+        if db.transient(err):
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                "the database is busy; retry",
+                                headers={"Retry-After": "1"}) from err
+        if isinstance(err, IntegrityError | DataError):
+            reason = (str(err.orig).strip().splitlines() or ["a constraint is violated"])[0]
+            raise HTTPException(422, f"the database refused the records: {reason}") from err
+        raise
     return UploadResult(upload_id=upload_id, **result.as_counts())

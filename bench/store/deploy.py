@@ -1,0 +1,18 @@
+"""What a device needs of a cell: the files its deploy stage recorded."""
+
+from __future__ import annotations
+
+from bench.store.records import CellData
+
+DEPLOY_STAGE = "deploy"
+"""The key of the deploy stage's entry in a cell's `metrics`."""
+
+
+def deploy_files(cell: CellData) -> list[str]:
+    """The artifact files a device needs to measure the cell: every `*_file` its deploy stage
+    recorded (the ONNX model, a packed weight file) that the cell lists."""
+    deploy = cell.metrics.get(DEPLOY_STAGE)
+    if not isinstance(deploy, dict):
+        return []
+    names = {v for k, v in deploy.items() if k.endswith("_file") and isinstance(v, str)}
+    return sorted(names & cell.artifact_hashes.keys())
