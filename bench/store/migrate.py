@@ -6,6 +6,7 @@ the first revision, whose tables it has, and upgraded from there.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -16,6 +17,9 @@ from sqlalchemy import Engine, inspect
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 FIRST_REVISION = "0001"
+log = logging.getLogger(__name__)
+# Alembic logs its set-up at INFO on every open; our own line says when a store is upgraded.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _config() -> Config:
@@ -45,4 +49,5 @@ def upgrade(engine: Engine) -> bool:
         if revision is None and inspect(connection).has_table("cells"):
             command.stamp(config, FIRST_REVISION)
         command.upgrade(config, "head")
+    log.info("store schema upgraded from %s to %s", revision or "none", target)
     return True
