@@ -29,6 +29,11 @@ err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="Results store folder.")]
+DatasetsOpt = Annotated[list[str] | None, typer.Option(help="Only this data set (repeatable).")]
+BackbonesOpt = Annotated[list[str] | None, typer.Option(help="Only this backbone (repeatable).")]
+MethodsOpt = Annotated[list[str] | None, typer.Option(help="Only this method (repeatable).")]
+WBitsOpt = Annotated[list[int] | None, typer.Option(help="Only these weight bits.")]
+ABitsOpt = Annotated[list[int] | None, typer.Option(help="Only these activation bits.")]
 
 
 def exits_on_usage_error(fn: F) -> F:
@@ -77,10 +82,8 @@ def run(
     = None,
     data_root: Annotated[str | None, typer.Option(help="Folder (or archive) of the data set.")]
     = None,
-    backbone: Annotated[list[str] | None, typer.Option(help="Only this backbone (repeatable).")]
-    = None,
-    method: Annotated[list[str] | None, typer.Option(help="Only this method (repeatable).")]
-    = None,
+    backbone: BackbonesOpt = None,
+    method: MethodsOpt = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="Use seeds 0..N-1.")] = None,
     epochs: Annotated[int | None, typer.Option(min=0, help="Epochs of every training phase.")]
     = None,
@@ -260,10 +263,8 @@ def measure(
     profile: Annotated[str, typer.Option(
         help="Hardware profile (see `bench profiles`) or a profile TOML file.")],
     store: StoreOpt = Path("results"),
-    backbone: Annotated[list[str] | None, typer.Option(help="Only this backbone (repeatable).")]
-    = None,
-    method: Annotated[list[str] | None, typer.Option(help="Only this method (repeatable).")]
-    = None,
+    backbone: BackbonesOpt = None,
+    method: MethodsOpt = None,
     batch_size: Annotated[int | None, typer.Option(
         min=1, help="Batch size (default: the profile's first).")] = None,
     device_name: Annotated[str | None, typer.Option(
@@ -365,15 +366,11 @@ class ArtifactChoice(StrEnum):
 def export(
     out_path: Annotated[Path, typer.Option("--out", help="Bundle file to write (.tar.gz).")],
     store: StoreOpt = Path("results"),
-    dataset: Annotated[list[str] | None, typer.Option(help="Only this data set (repeatable).")]
-    = None,
-    backbone: Annotated[list[str] | None, typer.Option(help="Only this backbone (repeatable).")]
-    = None,
-    method: Annotated[list[str] | None, typer.Option(help="Only this method (repeatable).")]
-    = None,
-    w_bits: Annotated[list[int] | None, typer.Option(help="Only these weight bits.")] = None,
-    a_bits: Annotated[list[int] | None, typer.Option(help="Only these activation bits.")]
-    = None,
+    dataset: DatasetsOpt = None,
+    backbone: BackbonesOpt = None,
+    method: MethodsOpt = None,
+    w_bits: WBitsOpt = None,
+    a_bits: ABitsOpt = None,
     device: Annotated[list[str] | None, typer.Option(
         help="Only records made on this device: its cells and measurements (repeatable).")]
     = None,
@@ -475,15 +472,11 @@ def compare(
     server: Annotated[str | None, typer.Option(help="Read this results server (URL).")]
     = None,
     token: TokenOpt = None,
-    dataset: Annotated[list[str] | None, typer.Option(help="Only this data set (repeatable).")]
-    = None,
-    backbone: Annotated[list[str] | None, typer.Option(help="Only this backbone (repeatable).")]
-    = None,
-    method: Annotated[list[str] | None, typer.Option(help="Only this method (repeatable).")]
-    = None,
-    w_bits: Annotated[list[int] | None, typer.Option(help="Only these weight bits.")] = None,
-    a_bits: Annotated[list[int] | None, typer.Option(help="Only these activation bits.")]
-    = None,
+    dataset: DatasetsOpt = None,
+    backbone: BackbonesOpt = None,
+    method: MethodsOpt = None,
+    w_bits: WBitsOpt = None,
+    a_bits: ABitsOpt = None,
     profile: Annotated[str | None, typer.Option(
         help="Hardware profile to compare under (default: each device's most common).")]
     = None,
@@ -648,15 +641,11 @@ def device_pull(
                        "`bench export --artifacts deploy`.")],
     store: StoreOpt = Path("results"),
     token: TokenOpt = None,
-    dataset: Annotated[list[str] | None, typer.Option(help="Only this data set (repeatable).")]
-    = None,
-    backbone: Annotated[list[str] | None, typer.Option(help="Only this backbone (repeatable).")]
-    = None,
-    method: Annotated[list[str] | None, typer.Option(help="Only this method (repeatable).")]
-    = None,
-    w_bits: Annotated[list[int] | None, typer.Option(help="Only these weight bits.")] = None,
-    a_bits: Annotated[list[int] | None, typer.Option(help="Only these activation bits.")]
-    = None,
+    dataset: DatasetsOpt = None,
+    backbone: BackbonesOpt = None,
+    method: MethodsOpt = None,
+    w_bits: WBitsOpt = None,
+    a_bits: ABitsOpt = None,
     cell: Annotated[list[str] | None, typer.Option(help="Only this cell id (repeatable).")]
     = None,
 ) -> None:

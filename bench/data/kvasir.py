@@ -9,7 +9,6 @@ the hash is logged and stored in the data fingerprint either way.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from bench.config import DataConfig
 from bench.data.base import ImageSet, register_dataset
 from bench.data.imagefolder import load_folder
 from bench.errors import DataError
+from bench.store.artifacts import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,6 @@ KVASIR_CLASSES = (
     "normal-pylorus", "normal-z-line", "polyps", "ulcerative-colitis",
 )
 CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download(url: str, target: Path, timeout: float = 60.0) -> None:
@@ -57,7 +49,7 @@ def download(url: str, target: Path, timeout: float = 60.0) -> None:
 
 def verify(archive: Path, expected: str | None, record: Path) -> str:
     """Check archive against the pinned hash, or the one recorded at first use in `record`."""
-    actual = sha256_file(archive)
+    actual = file_sha256(archive)
     if expected is None and record.exists():
         expected = record.read_text().strip()
     if expected is not None and actual != expected.lower():
