@@ -4,6 +4,7 @@ with exit 2; plus one run against `bench serve` on loopback."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -205,6 +206,36 @@ def with_files(store: ResultsStore, cell_id: str, files: dict[str, bytes]) -> No
         for name, data in files.items():
             (staged / name).write_bytes(data)
         store.commit(cell(cell_id, device=DEVICE).to_row(), staged)
+
+
+def test_files_of_a_cell_first_sent_without_them_follow_later(tmp_path, server):
+    store = local_store(tmp_path / "local", n_cells=2)
+    with_files(store, "late", {"model.onnx": b"late onnx", "checkpoint.pt": b"weights"})
+    upload_store(store, server.client(), artifacts="none", quiet=True)
+    url = "/api/v1/cells/late/artifacts/model.onnx"
+    assert server.http.get(url).status_code == 404
+    assert server.client().missing_artifacts(["late"]) == {
+        "late": ["checkpoint.pt", "model.onnx"]}
+    second = upload_store(store, server.client(), artifacts="deploy", quiet=True)
+    assert (second.resent, second.counts["added"], second.counts["unchanged"]) == (1, 0, 1)
+    assert "1 cells' files resent" in second.text()
+    model = server.http.get(url)
+    assert model.status_code == 200 and model.content == b"late onnx"
+    assert model.headers["X-Content-SHA256"] == hashlib.sha256(b"late onnx").hexdigest()
+    assert server.client().missing_artifacts(["late"]) == {"late": ["checkpoint.pt"]}
+    third = upload_store(store, server.client(), artifacts="deploy", quiet=True)
+    assert (third.sent, third.batches, third.resent) == (0, 0, 0)
+
+
+def test_missing_artifacts_omits_unknown_cells_and_refuses_bad_bodies(tmp_path, server):
+    store = local_store(tmp_path / "local", n_cells=1)
+    upload_store(store, server.client(), quiet=True)
+    held = local_records(store, DEVICE)[0][0].cell_id
+    answer = server.http.post("/api/v1/artifacts/missing", json={"cell_ids": [held, "nope"]})
+    assert answer.status_code == 200 and answer.json() == {"missing": {held: []}}
+    for body in ({}, {"cell_ids": "x"}, {"cell_ids": ["../etc"]}, {"cell_ids": [], "x": 1},
+                 {"cell_ids": ["c"] * 10_001}):
+        assert server.http.post("/api/v1/artifacts/missing", json=body).status_code == 422
 
 
 def test_too_large_bundles_are_split_down_to_one_cell(tmp_path, db_url):

@@ -162,6 +162,15 @@ class ServerClient:
             found.update(self.json("POST", "/records/known", json=body)["known"])
         return found
 
+    def missing_artifacts(self, cell_ids: list[str], chunk: int = 5000
+                          ) -> dict[str, list[str]]:
+        """For each of ``cell_ids`` the server holds, the listed files it lacks."""
+        missing: dict[str, list[str]] = {}
+        for start in range(0, len(cell_ids), chunk):
+            body = {"cell_ids": cell_ids[start:start + chunk]}
+            missing.update(self.json("POST", "/artifacts/missing", json=body)["missing"])
+        return missing
+
     def upload(self, content: bytes, content_type: str) -> dict[str, Any]:
         response = self.request("POST", f"{API}/uploads", content=content,
                                 headers={"Content-Type": content_type})

@@ -4,8 +4,10 @@ The server names the token's device; the store's cells and measurements of that 
 hashed, the server is asked which hashes it holds, and the rest go in batches. Uploads are
 idempotent and the server is asked again on every run, so an interrupted upload run again
 completes with nothing lost or doubled. With artifacts, cells travel in small bundles that
-carry their files and the device's measurements of them; a JSON batch or a bundle the server
-finds too large (413) is split in two and sent again, down to one record or one cell.
+carry their files and the device's measurements of them; a cell the server already holds
+without some of those files is sent again as a bundle (the server keeps the unchanged
+record and adds the files); a JSON batch or a bundle the server finds too large (413) is
+split in two and sent again, down to one record or one cell.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from bench.exchange.bundle import (
 )
 from bench.exchange.client import RequestRefused, ServerClient
 from bench.store.database import ResultsStore
+from bench.store.deploy import deploy_files
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, MeasurementData, RecordBatch
 
@@ -38,13 +41,15 @@ TOO_LARGE = 413
 @dataclass
 class UploadSummary:
     """What one upload run did: records of the device, how many the server already held, how
-    many were sent and what the server did with them."""
+    many were sent, how many held cells were sent again for their files and what the server
+    did with them."""
 
     device: str
     local: int = 0
     already: int = 0
     sent: int = 0
     batches: int = 0
+    resent: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("added", "replaced", "unchanged", "stale"), 0))
     seconds: float = 0.0
@@ -64,6 +69,7 @@ class UploadSummary:
         counts = ", ".join(f"{n} {key}" for key, n in self.counts.items())
         return (f"device {self.device}: {self.local} local records, {self.already} already on "
                 f"the server, {self.sent} sent in {self.batches} batches (server: {counts}); "
+                f"{self.resent} cells' files resent; "
                 f"{self.seconds:.1f} s, {self.rate:.0f} records/s")
 
 
@@ -88,13 +94,21 @@ def upload_store(store: ResultsStore, server: ServerClient, batch_size: int = 50
     summary.local = len(cells) + len(measurements)
     hashes = {id(r): r.content_hash() for r in (*cells, *measurements)}
     known = server.known(list(dict.fromkeys(hashes.values())))
+    held = [c for c in cells if hashes[id(c)] in known]
+    resend = _lacking_files(server, held, artifacts) if artifacts != "none" else []
+    resent_ids = {c.cell_id for c in resend}
+    total = len(resend) + sum(1 for m in measurements if m.cell_id in resent_ids)
     cells = [c for c in cells if hashes[id(c)] not in known]
-    measurements = [m for m in measurements if hashes[id(m)] not in known]
-    summary.already = summary.local - len(cells) - len(measurements)
+    unsent = [m for m in measurements if hashes[id(m)] not in known]
+    summary.already = summary.local - len(cells) - len(unsent)
+    summary.resent = len(resend)
+    measurements = [m for m in unsent if m.cell_id not in resent_ids]
+    total += len(cells) + len(measurements)
+    cells = [*cells, *resend]
     console = console or Console(stderr=True)
     with Progress(TextColumn("upload"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=quiet or not console.is_terminal) as bar:
-        task = bar.add_task("upload", total=len(cells) + len(measurements))
+        task = bar.add_task("upload", total=total)
         if artifacts != "none":
             for chunk in _chunks(cells, bundle_cells):
                 for sent, response in _send_bundle(store, server, chunk, artifacts):
@@ -109,6 +123,18 @@ def upload_store(store: ResultsStore, server: ServerClient, batch_size: int = 50
                 bar.advance(task, len(part))
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _lacking_files(server: ServerClient, cells: list[CellData], artifacts: ArtifactMode
+                   ) -> list[CellData]:
+    """Those of ``cells`` (held by the server) that lack a file ``artifacts`` would send."""
+    missing = server.missing_artifacts([c.cell_id for c in cells])
+    lacking = []
+    for cell in cells:
+        wanted = deploy_files(cell) if artifacts == "deploy" else cell.artifact_hashes
+        if set(wanted) & set(missing.get(cell.cell_id, ())):
+            lacking.append(cell)
+    return lacking
 
 
 def _chunks(records: Sequence[Record], size: int) -> Iterator[list[Record]]:

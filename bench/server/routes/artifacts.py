@@ -1,4 +1,5 @@
-"""GET /api/v1/cells/{cell_id}/artifacts/{path}: a stored artifact file, checked first."""
+"""Artifact files: GET /api/v1/cells/{cell_id}/artifacts/{path} (a stored file, checked first)
+and POST /api/v1/artifacts/missing (which listed files of some cells the server lacks)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bench.server.auth import Reader
@@ -15,7 +18,46 @@ from bench.store.schema import CellRecord
 
 router = APIRouter(prefix="/api/v1", tags=["artifacts"], dependencies=[Reader])
 
-CellId = Annotated[str, Path(pattern=r"^[0-9A-Za-z_-]{1,32}$")]
+CELL_ID_PATTERN = r"^[0-9A-Za-z_-]{1,32}$"
+MAX_CELLS = 10_000
+CellId = Annotated[str, Path(pattern=CELL_ID_PATTERN)]
+
+
+class MissingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cell_ids: list[Annotated[str, StringConstraints(pattern=CELL_ID_PATTERN)]] = Field(
+        max_length=MAX_CELLS)
+
+
+class MissingResponse(BaseModel):
+    missing: dict[str, list[str]]
+
+
+@router.post("/artifacts/missing")
+def missing(body: MissingRequest, request: Request) -> MissingResponse:
+    """For each requested cell the server holds, the files its record lists that are not in
+    the server's artifact folder (existence only; downloads check the hash). Unknown cells are
+    left out."""
+    store = request.app.state.store
+    wanted = list(dict.fromkeys(body.cell_ids))
+    with Session(store.engine) as session:
+        rows = session.execute(select(CellRecord.cell_id, CellRecord.artifacts,
+                                      CellRecord.artifact_hashes)
+                               .where(CellRecord.cell_id.in_(wanted))).all()
+    answer: dict[str, list[str]] = {}
+    for cell_id, folder, hashes in rows:
+        answer[cell_id] = sorted(path for path in hashes or {}
+                                 if not _present(store.root, folder, path))
+    return MissingResponse(missing=answer)
+
+
+def _present(root: FilePath, folder: str | None, relative: str) -> bool:
+    """Whether the cell's artifact ``folder`` (relative to ``root``) holds file ``relative``."""
+    if folder is None:
+        return False
+    file = _inside(root / folder, relative)
+    return file is not None and file.is_file()
 
 
 @router.get("/cells/{cell_id}/artifacts/{path:path}", response_class=FileResponse,
