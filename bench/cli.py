@@ -390,9 +390,9 @@ def export(
     if with_artifacts and artifacts not in (None, ArtifactChoice.all):
         raise UsageError(f"--with-artifacts means --artifacts all, not {artifacts.value}")
     chosen = ArtifactChoice.all if with_artifacts else artifacts or ArtifactChoice.none
-    selection = RecordFilter(datasets=dataset or [], backbones=backbone or [],
-                             methods=method or [], w_bits=w_bits or [], a_bits=a_bits or [],
-                             devices=device or [], profiles=profile or [],
+    selection = RecordFilter(datasets=dataset, backbones=backbone,
+                             methods=method, w_bits=w_bits, a_bits=a_bits,
+                             devices=device, profiles=profile,
                              cells_by_device=True)
     summary = export_bundle(open_store(store, ResultsStore), out_path, selection, chosen.value)
     for skipped in summary.skipped:
@@ -492,8 +492,8 @@ def compare(
     if (store is None) == (server is None):
         raise UsageError("give one of --store DIR or --server URL")
     names = [d.strip() for d in devices.split(",") if d.strip()]
-    selection = RecordFilter(datasets=dataset or [], backbones=backbone or [],
-                             methods=method or [], w_bits=w_bits or [], a_bits=a_bits or [])
+    selection = RecordFilter(datasets=dataset, backbones=backbone,
+                             methods=method, w_bits=w_bits, a_bits=a_bits)
     source = open_store(store, ResultsStore) if store is not None \
         else ServerClient.connect(str(server), token)
     try:
@@ -657,9 +657,9 @@ def device_pull(
     from bench.store import ResultsStore
     from bench.store.query import RecordFilter
 
-    selection = RecordFilter(datasets=dataset or [], backbones=backbone or [],
-                             methods=method or [], w_bits=w_bits or [], a_bits=a_bits or [],
-                             cell_ids=cell or [])
+    selection = RecordFilter(datasets=dataset, backbones=backbone,
+                             methods=method, w_bits=w_bits, a_bits=a_bits,
+                             cell_ids=cell)
     summary = pull(ResultsStore(store), source, selection, token=token)
     for skipped in summary.skipped:
         err.print(f"[yellow]cell skipped:[/] {escape(skipped)}", highlight=False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Select, select
 
 from bench.store.records import CellData
@@ -28,6 +28,12 @@ class RecordFilter(BaseModel):
     profiles: list[str] = Field(default_factory=list)
     status: list[str] = Field(default_factory=list)
     cells_by_device: bool = False
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _none_is_any(cls, value: Any) -> Any:
+        """None (an option not given on the command line) means any, like an empty list."""
+        return [] if value is None else value
 
     def _cell_conditions(self) -> list[Any]:
         pairs = ((CellRecord.dataset, self.datasets), (CellRecord.backbone, self.backbones),
