@@ -60,6 +60,9 @@ class Method:
     description: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
     quantized: ClassVar[bool] = False
+    float_control: ClassVar[str | None] = None
+    """The float method with the same training budget (epochs, objective) that this method's
+    figures are compared with besides FP32; None when FP32 itself is that control."""
 
     def parse_params(self, raw: dict[str, Any]) -> MethodParams:
         try:

@@ -15,6 +15,7 @@ class PACTSGT(PACT):
     name = "pact_sgt"
     description = "PACT quantisation trained with the SGT objective"
     Params = PACTSGTParams
+    float_control = "sgt_ft"
 
     def objective(self, params: MethodParams) -> Objective:
         return saliency_objective(params)

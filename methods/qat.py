@@ -9,6 +9,7 @@ class QAT(PTQ):
     name = "qat"
     description = "Quantisation-aware fine-tuning of the FP32 parent (fake quant, STE)"
     Params = QuantParams
+    float_control = "fp32_ft"
 
     def trains(self, params: MethodParams) -> bool:
         return True
