@@ -56,13 +56,15 @@ class DatasetInfo:
     nominal_images: int | None = None
     options: type[BaseModel] = NoOptions
 
-    def parse_options(self, options: dict[str, object]) -> BaseModel:
-        """The grid's `options` of this data set, validated; ConfigError naming the key."""
+    def parse_options(self, options: dict[str, object], where: str = "") -> BaseModel:
+        """The grid's `options` of this data set, validated; ConfigError naming the key (and
+        ``where`` the data set is in the grid, e.g. `datasets.0`)."""
         try:
             return self.options.model_validate(options)
         except ValidationError as err:
             problems = format_validation_error(err).replace("; ", "; options.")
-            raise ConfigError(f"data set '{self.name}': options.{problems}") from err
+            place = f"{where} " if where else ""
+            raise ConfigError(f"{place}data set '{self.name}': options.{problems}") from err
 
 
 DATASETS: dict[str, DatasetInfo] = {}

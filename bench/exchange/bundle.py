@@ -291,9 +291,11 @@ class LoadedBundle:
 
     def origin(self, what: str = "bundle") -> Origin:
         """Where its records come from, for the store's `record_origins`."""
-        return Origin(f"{what} {self.sha256}", self.signer.fingerprint if self.signer else None,
-                      self.signer.name or None if self.verified and self.signer else None,
-                      self.verified)
+        source = f"{what} {self.sha256}"
+        if self.signer is None:
+            return Origin(source)
+        name = (self.signer.name or self.signer.fingerprint) if self.verified else None
+        return Origin(source, self.signer.fingerprint, name, self.verified)
 
     def signer_text(self) -> str:
         """Who signed its records, in words."""
