@@ -69,7 +69,6 @@ class ResultsStore:
         database = sqlite_file(self.url)
         if database is not None and database.exists():
             check_database(database)
-        self.readonly = readonly
         if not (readonly and self._open_to_read(database)):
             self._open_to_write(database)
 
