@@ -106,8 +106,7 @@ def run(
 ) -> None:
     """Run a grid of cells; cells already in the store are never recomputed."""
     from bench import logs
-    from bench.runner import Overrides, RunOptions, executor_for, plan_grid, run_grid
-    from bench.store import ResultsStore
+    from bench.runner import Overrides, RunOptions, executor_for, plan_grid, run_plan
     from bench.store.identity import local_device
 
     try:
@@ -125,10 +124,9 @@ def run(
         if estimate:
             print_estimate(plan, todo)
         return
-    results = ResultsStore(store)
     log_paths: list[Path] = []
-    summary = run_grid(plan, results, options,
-                       locked=lambda: log_paths.append(logs.to_file(buffer, results.log_dir)))
+    summary = run_plan(plan, options,
+                       locked=lambda log_dir: log_paths.append(logs.to_file(buffer, log_dir)))
     out.print(f"{len(summary.ran)} ran, {len(summary.cached)} cached, {len(summary.failed)} "
               f"failed, {len(summary.skipped)} skipped; store {store}, log {log_paths[0]}")
     if summary.failed or summary.skipped:
@@ -138,11 +136,10 @@ def run(
 def print_plan(plan: Any, store: Path, executor: Any) -> set[str]:
     """Print each cell with its parent, whether it is cached and where it would run; returns
     the ids to run."""
+    from bench.runner import done_in
     from bench.runner.plan import MissingData
-    from bench.store.database import DB_NAME, ResultsStore
 
-    done = ResultsStore(store, readonly=True).done_ids() if (store / DB_NAME).exists() \
-        else set()
+    done = done_in(store)
     for data in plan.data.values():
         if isinstance(data, MissingData):
             out.print(f"[yellow]data set '{data.config.name}' is not available here[/] "

@@ -22,6 +22,12 @@ from bench.errors import ConfigError
 
 FP32_BITS = 32
 
+# Options of the SGT objective (bench.objectives) that method parameters declare: here, so that
+# methods import without torch.
+MaskValues = Literal["uniform", "uniform_per_channel"]
+Granularity = Literal["pixel", "feature"]
+SaliencyPass = Literal["shared", "eval"]
+
 
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

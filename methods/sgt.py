@@ -7,12 +7,15 @@ for the defaults and their sources). Trains from scratch, or fine-tunes the FP32
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from bench.objectives import MaskValues, Objective, SaliencyGuided
+from bench.config import MaskValues
 from methods.base import Method, MethodParams, register
+
+if TYPE_CHECKING:
+    from bench.objectives import Objective
 
 
 class SaliencyObjectiveParams(MethodParams):
@@ -26,6 +29,8 @@ class SGTParams(SaliencyObjectiveParams):
 
 
 def saliency_objective(params: SaliencyObjectiveParams) -> Objective:
+    from bench.objectives import SaliencyGuided
+
     return SaliencyGuided(mask_fraction=params.mask_fraction, kl_weight=params.kl_weight,
                           mask_values=params.mask_values)
 

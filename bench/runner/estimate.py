@@ -15,7 +15,7 @@ import torch
 
 from bench.config import BackboneConfig
 from bench.models import build_model
-from bench.runner.plan import Cell, MissingData, Plan
+from bench.runner.plan import Cell, Plan
 from bench.train import make_optimizer
 from methods import get_method
 
@@ -102,5 +102,5 @@ def estimate(plan: Plan, cell_ids: set[str] | None = None) -> list[EstimateRow]:
 
 def steps_for(plan: Plan, cell: Cell) -> int:
     data = plan.data[cell.data_key]
-    n = data.num_images if isinstance(data, MissingData) else len(data.images.ids)
+    n = data.num_images
     return steps_per_cell(cell, n or 0)

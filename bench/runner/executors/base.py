@@ -10,16 +10,18 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
-from bench.data import PreparedData
 from bench.errors import ConfigError
-from bench.runner.cell import CellOutcome
-from bench.runner.executors.task import CellTask
-from bench.runner.plan import Cell
-from bench.train import EpochHook
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.data import PreparedData
+    from bench.runner.executors.task import CellTask
+    from bench.runner.outcome import CellOutcome
+    from bench.runner.plan import Cell
+    from bench.train import EpochHook
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Finished:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
