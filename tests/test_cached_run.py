@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from bench.cli import app
 from bench.config import DataConfig, GridConfig
 from bench.data import DATASETS, plan_data, prepare
-from bench.data.manifests import DataSummary, entry_path, source_fingerprint, write_summary
+from bench.data.manifests import entry_path, source_fingerprint, write_summary
 from bench.errors import DataError
 from bench.runner.plan import build_plan, confirm_data
 from bench.runner.stages import STAGES, load_stages
@@ -179,9 +179,9 @@ def test_an_unchanged_folder_is_planned_from_the_cache(tmp_path, monkeypatch):
     assert fresh.loaded and entry_path(cfg, source_fingerprint(cfg)).is_file()
     no_decoding(monkeypatch, "imagefolder")
     cached = plan_data(cfg)
-    assert not cached.loaded
-    assert (cached.manifest_hash, cached.num_images, cached.num_classes) == \
-        (fresh.manifest_hash, 8, 2)
+    assert not cached.loaded and cached.summary == fresh.summary
+    assert (cached.num_images, cached.num_classes) == (8, 2)
+    assert (cached.summary.n_train, cached.summary.n_val, cached.summary.n_test) == (4, 2, 2)
 
 
 def test_a_changed_image_invalidates_the_folder_entry(tmp_path, monkeypatch):
@@ -226,9 +226,8 @@ def test_a_stale_entry_is_caught_before_any_cell_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDQ_CACHE", str(tmp_path / "cache"))
     true_ids = [c.cell_id for c in build_plan(grid_of(root)).cells]
     cfg = folder_cfg(root)
-    summary = plan_data(cfg)
-    write_summary(cfg, source_fingerprint(cfg),
-                  DataSummary("0" * 16, summary.num_images, summary.num_classes))
+    true = plan_data(cfg).summary
+    write_summary(cfg, source_fingerprint(cfg), dataclasses.replace(true, manifest_hash="0" * 16))
     stale = build_plan(grid_of(root))
     assert [c.cell_id for c in stale.cells] != true_ids
     assert confirm_data(stale, done={c.cell_id for c in stale.cells}) is stale
@@ -249,3 +248,14 @@ def test_kvasir_archive_is_planned_from_the_cache_until_it_changes(tmp_path, mon
     assert not cached.loaded and cached.manifest_hash == first.manifest_hash
     os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
     assert plan_data(cfg).loaded
+
+
+def test_the_stored_cells_pass_the_gpu_checks_cpu_half(cached_store):
+    """The device the run was asked for reaches every record, and scripts/gpu_check.py finds
+    the deploy and saliency results of a real store."""
+    from tests.test_gpu_path import gpu_check
+
+    _, store = cached_store
+    cells = gpu_check.read_cells(store)
+    assert len(cells) == 3 and gpu_check.check(cells, "cpu") == []
+    assert gpu_check.check(cells, "cuda") != []

@@ -35,7 +35,9 @@ class PreparedData:
 
     @property
     def summary(self) -> DataSummary:
-        return DataSummary(self.split.manifest_hash, len(self.images.ids), self.num_classes)
+        split = self.split
+        return DataSummary(split.manifest_hash, len(self.images.ids), self.num_classes,
+                           len(split.train), len(split.val), len(split.test))
 
 
 def prepare(cfg: DataConfig) -> PreparedData:
@@ -55,19 +57,29 @@ def prepare(cfg: DataConfig) -> PreparedData:
 
 @dataclass
 class PlannedData:
-    """A data set as a plan knows it: its split manifest's hash and its counts, read from the
-    manifest cache (nothing decoded) or from preparing it; `load` prepares it on first use."""
+    """A data set as a plan knows it: its split manifest's hash and its counts (images,
+    classes, train/val/test images), read from the manifest cache (nothing decoded) or from
+    preparing it; `load` prepares it on first use."""
 
     config: DataConfig
-    manifest_hash: str
-    num_images: int
-    num_classes: int
+    summary: DataSummary
     _prepared: PreparedData | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, data: PreparedData) -> PlannedData:
-        s = data.summary
-        return cls(data.config, s.manifest_hash, s.num_images, s.num_classes, data)
+        return cls(data.config, data.summary, data)
+
+    @property
+    def manifest_hash(self) -> str:
+        return self.summary.manifest_hash
+
+    @property
+    def num_images(self) -> int:
+        return self.summary.num_images
+
+    @property
+    def num_classes(self) -> int:
+        return self.summary.num_classes
 
     @property
     def loaded(self) -> bool:
@@ -91,7 +103,7 @@ def plan_data(cfg: DataConfig, prepare_absent: bool = True) -> PlannedData:
         summary = None
     if summary is None:
         return PlannedData.of(prepare(cfg))
-    return PlannedData(cfg, summary.manifest_hash, summary.num_images, summary.num_classes)
+    return PlannedData(cfg, summary)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

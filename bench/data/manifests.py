@@ -31,15 +31,20 @@ log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 MANIFEST_DIR = "manifests"
+COUNTS = ("num_images", "num_classes", "n_train", "n_val", "n_test")
 
 
 @dataclass(frozen=True)
 class DataSummary:
-    """What a plan needs of a prepared data set."""
+    """What a plan needs of a prepared data set: its split manifest's hash, its numbers of
+    images and classes, and the sizes of the split's parts (for estimates)."""
 
     manifest_hash: str
     num_images: int
     num_classes: int
+    n_train: int
+    n_val: int
+    n_test: int
 
 
 def source_fingerprint(cfg: DataConfig) -> str | None:
@@ -61,8 +66,8 @@ def read_summary(cfg: DataConfig, source: str) -> DataSummary | None:
     path = entry_path(cfg, source)
     try:
         raw: dict[str, Any] = json.loads(path.read_text())
-        return DataSummary(str(raw["manifest_hash"]), int(raw["num_images"]),
-                           int(raw["num_classes"]))
+        return DataSummary(str(raw["manifest_hash"]),
+                           *(int(raw[k]) for k in COUNTS))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -74,9 +79,9 @@ def write_summary(cfg: DataConfig, source: str, summary: DataSummary) -> None:
     """Record ``summary`` for ``cfg`` at ``source`` (atomically: concurrent writers are safe)."""
     path = entry_path(cfg, source)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"manifest_hash": summary.manifest_hash, "num_images": summary.num_images,
-            "num_classes": summary.num_classes, "data": cfg.model_dump(mode="json"),
-            "source": source}
+    body = {"manifest_hash": summary.manifest_hash,
+            **{k: getattr(summary, k) for k in COUNTS},
+            "data": cfg.model_dump(mode="json"), "source": source}
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     partial.write_text(json.dumps(body, indent=1, sort_keys=True))
     partial.replace(path)

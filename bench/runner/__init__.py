@@ -106,6 +106,7 @@ def run_plan(plan: Plan, options: RunOptions,
                                locked=locked and (lambda: locked(store / LOG_DIR)))
     if summary is not None:
         return summary
+    executor_for(options).check_device()
     from bench.store import ResultsStore
 
     results = ResultsStore(store)

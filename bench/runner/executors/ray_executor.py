@@ -90,6 +90,10 @@ class RayExecutor(Executor):
         assert self._device is not None, "device() before start()"
         return self._device
 
+    def check_device(self) -> None:
+        """The cluster's GPUs are its own: a CUDA cell's task asks for one (see `submit`)."""
+        return None
+
     def submit(self, task: CellTask, data: PreparedData, on_epoch: EpochHook | None) -> None:
         import torch
 

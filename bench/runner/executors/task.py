@@ -15,6 +15,7 @@ no training stack); `run_task` loads it, and `WORKER_MODULES` is what a worker p
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,9 +60,11 @@ class CellTask:
 
 @contextmanager
 def cell_threads() -> Iterator[None]:
-    """Run a cell on CELL_THREADS torch threads with deterministic algorithms."""
+    """Run a cell on CELL_THREADS torch threads with deterministic algorithms (on CUDA too:
+    cuBLAS needs a fixed workspace for that, set before its first use)."""
     import torch
 
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     before = torch.get_num_threads()
     torch.set_num_threads(CELL_THREADS)
     torch.use_deterministic_algorithms(True, warn_only=True)
