@@ -9,8 +9,10 @@ Upload: 10,000 measurement records (2,500 cells x 4 batch sizes, 100 latency sam
 their 2,500 cells, sent by `bench upload` (a subprocess, default batch size 500) to `bench
 serve` (another subprocess); printed: records/s as the upload reports it (first request to last
 answer) and the command's wall time. Reads: 4 threads, each its own connection, each
-MEDQ_BENCH_READS (200) pages of 100 measurements at varying offsets; printed: p50/p99/max
-latency and requests/s. Both processes share the machine's cores; no target is asserted.
+MEDQ_BENCH_READS (200) pages of 100 measurements at varying offsets, first the default pages
+(every measurement with its 100 samples), then with `samples=false`; printed: p50/p99/max
+latency and requests/s of each. Target (issue 16): p99 of the default pages <= 50 ms, asserted
+(a loaded machine can miss it; judge it on a quiet one). Client and server share the cores.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -36,6 +39,7 @@ CELLS, PER_CELL, SAMPLES = 2500, 4, 100
 READERS = 4
 READS = int(os.environ.get("MEDQ_BENCH_READS", "200"))
 PAGE = 100
+P99_TARGET_S = 0.050
 
 
 def _store(root: Path) -> int:
@@ -52,15 +56,48 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, timeout=1800, check=False)
 
 
-def _reader(url: str, worker: int, total: int, latencies: list[float]) -> None:
+def _reader(url: str, worker: int, total: int, extra: dict[str, str],
+            latencies: list[float]) -> None:
     with httpx.Client(base_url=url, timeout=60) as client:
         for i in range(READS):
             offset = ((worker * READS + i) * 37 * PAGE) % max(total - PAGE, 1)
             start = time.perf_counter()
             response = client.get("/api/v1/records", params={
-                "kind": "measurement", "device": DEVICE, "limit": PAGE, "offset": offset})
+                "kind": "measurement", "device": DEVICE, "limit": PAGE, "offset": offset,
+                **extra})
             latencies.append(time.perf_counter() - start)
-            assert response.status_code == 200 and len(response.json()["items"]) == PAGE
+            items = response.json()["items"]
+            assert response.status_code == 200 and len(items) == PAGE
+            assert len(items[0].get("samples_s", ())) == (0 if extra else SAMPLES)
+
+
+@dataclass(frozen=True)
+class Reads:
+    p50: float
+    p99: float
+    max: float
+    rate: float
+
+    def __str__(self) -> str:
+        return (f"p50 {self.p50 * 1000:.1f} ms, p99 {self.p99 * 1000:.1f} ms, max "
+                f"{self.max * 1000:.1f} ms, {self.rate:.1f} requests/s")
+
+
+def _concurrent_reads(url: str, total: int, extra: dict[str, str]) -> Reads:
+    """READERS threads reading READS pages each at once."""
+    per_thread: list[list[float]] = [[] for _ in range(READERS)]
+    threads = [threading.Thread(target=_reader, args=(url, w, total, extra, per_thread[w]))
+               for w in range(READERS)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    latencies = sorted(t for ts in per_thread for t in ts)
+    assert len(latencies) == READERS * READS
+    p50, p99 = (statistics.quantiles(latencies, n=100, method="inclusive")[q] for q in (49, 98))
+    return Reads(p50, p99, latencies[-1], len(latencies) / elapsed)
 
 
 def test_upload_rate_and_read_latency(tmp_path: Path) -> None:
@@ -86,25 +123,15 @@ def test_upload_rate_and_read_latency(tmp_path: Path) -> None:
         assert [(d["cells"], d["measurements"]) for d in counts if d["name"] == DEVICE] == [
             (CELLS, CELLS * PER_CELL)]
 
-        per_thread: list[list[float]] = [[] for _ in range(READERS)]
-        threads = [threading.Thread(target=_reader, args=(live.url, w, CELLS * PER_CELL,
-                                                          per_thread[w]))
-                   for w in range(READERS)]
-        start = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - start
+        full = _concurrent_reads(live.url, CELLS * PER_CELL, {})
+        lean = _concurrent_reads(live.url, CELLS * PER_CELL, {"samples": "false"})
     finally:
         live.kill()
-    latencies = sorted(t for ts in per_thread for t in ts)
-    assert len(latencies) == READERS * READS
-    p50, p99 = (statistics.quantiles(latencies, n=100, method="inclusive")[q] for q in (49, 98))
     print(f"\nupload: {records} records ({CELLS * PER_CELL} measurements + {CELLS} cells) "
           f"at {rate:.0f} records/s as bench upload reports it; command wall time {wall:.1f} s "
           f"(rate over wall time {records / wall:.0f} records/s); rerun sending nothing "
           f"{rerun:.1f} s")
-    print(f"GET /api/v1/records (kind=measurement, limit={PAGE}), {READERS} concurrent "
-          f"clients x {READS}: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max "
-          f"{latencies[-1] * 1000:.1f} ms, {len(latencies) / elapsed:.1f} requests/s")
+    print(f"GET /api/v1/records (kind=measurement, limit={PAGE}, {SAMPLES} samples each), "
+          f"{READERS} concurrent clients x {READS}: {full}")
+    print(f"  the same with samples=false: {lean}")
+    assert full.p99 <= P99_TARGET_S, f"p99 {full.p99 * 1000:.1f} ms > target 50 ms"
