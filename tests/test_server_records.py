@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from bench.server import record_json
@@ -145,3 +145,37 @@ def test_rows_that_validation_changes_are_served_validated(reads, validated_rows
     assert validated_rows == ["late"]
     late = next(c for c in cells if c["cell_id"] == "late")
     assert late["metrics"] == {} and late["accuracy"] is None
+
+
+def test_a_row_replaced_while_a_page_is_read_is_left_out(reads, monkeypatch):
+    """An upload replacing a measurement between the page's two reads (keys, then rows; each
+    sees the latest commit, on both backends): the page answers without the old row, with
+    `next_offset` past its keys."""
+    stored = reads.validated(MeasurementData)
+    victim = stored[1]
+    real_connection = Session.connection
+    reads_done = [0]
+
+    class Racing:
+        def __init__(self, connection: Any) -> None:
+            self._connection = connection
+
+        def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+            reads_done[0] += 1
+            if reads_done[0] == 3:   # total, keys, then (here) the rows by key
+                with Session(reads.store.engine) as other, other.begin():
+                    other.execute(delete(MeasurementRecord).where(
+                        MeasurementRecord.cell_id == victim["cell_id"],
+                        MeasurementRecord.profile == victim["profile"]))
+            return self._connection.execute(statement, *args, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._connection, name)
+
+    monkeypatch.setattr(Session, "connection",
+                        lambda self, *a, **k: Racing(real_connection(self, *a, **k)))
+    page = reads.page(kind="measurement", limit=3)
+    hashes = [item["record_hash"] for item in page["items"]]
+    assert len(hashes) == len(set(hashes)) and page["next_offset"] == 3
+    assert all(item in stored for item in page["items"])
+    assert len(page["items"]) == 2 and victim not in page["items"]

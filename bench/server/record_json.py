@@ -106,10 +106,12 @@ def total(session: Session, query: Select[Any], model: Model) -> int:
 def items_json(session: Session, query: Select[Any], model: Model, limit: int, offset: int,
                samples: bool = True) -> tuple[str, int]:
     """The JSON array of the records of ``query`` (an ORM select of CellRecord or
-    MeasurementRecord, ordered) in ``[offset, offset + limit)``, and how many it holds.
+    MeasurementRecord, ordered) in ``[offset, offset + limit)``, and how many places of the
+    order the page covers.
 
     The page's keys are found first (from an index, without reading the rows skipped), then
-    only its rows are read."""
+    only its rows are read; a row replaced in between by a concurrent upload is left out
+    (its replacement has its own place in the order)."""
     shape = layout(model, samples)
     connection = session.connection()
     keys = connection.execute(query.with_only_columns(shape.key).limit(limit).offset(offset)) \
@@ -117,16 +119,16 @@ def items_json(session: Session, query: Select[Any], model: Model, limit: int, o
     if not keys:
         return "[]", 0
     by_key = {row[0]: row for row in connection.execute(shape.rows_by_key, {"keys": keys})}
-    rows = [by_key[k] for k in keys]
+    rows = [by_key[k] for k in keys if k in by_key]
     try:
-        return _rows_json(shape, rows), len(rows)
+        return _rows_json(shape, rows), len(keys)
     except _Unclean:
         items = [_row_or_validated(session, shape, row) for row in rows]
-        return f"[{','.join(items)}]", len(rows)
+        return f"[{','.join(i for i in items if i is not None)}]", len(keys)
 
 
-def _row_or_validated(session: Session, shape: Layout, row: Row[Any]) -> str:
-    """One row's object: from its columns if it is clean, else validated."""
+def _row_or_validated(session: Session, shape: Layout, row: Row[Any]) -> str | None:
+    """One row's object: from its columns if it is clean, else validated (None: gone)."""
     try:
         return _rows_json(shape, [row])[1:-1]
     except _Unclean:
@@ -170,17 +172,21 @@ def validated_item(model: Model, row: CellRecord | MeasurementRecord) -> dict[st
             "record_hash": row.record_hash}
 
 
-def validated_json(session: Session, shape: Layout, key: Any) -> str:
-    item = validated_item(shape.model, session.get(shape.table, key))
+def validated_json(session: Session, shape: Layout, key: Any) -> str | None:
+    """The row's object, validated; None if it is no longer stored."""
+    row = session.get(shape.table, key)
+    if row is None:
+        return None
+    item = validated_item(shape.model, row)
     if SAMPLES not in shape.names:
         item.pop(SAMPLES, None)
     return dumps(item, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def page_json(items: str, count: int, total: int, limit: int, offset: int) -> bytes:
+def page_json(items: str, covered: int, total: int, limit: int, offset: int) -> bytes:
     """The page object `{"items": [...], "total", "limit", "offset", "next_offset"}` around
-    the JSON array of its ``count`` items."""
-    end = offset + count
+    the JSON array of its items, which cover ``covered`` places from ``offset``."""
+    end = offset + covered
     tail = dumps({"total": total, "limit": limit, "offset": offset,
                   "next_offset": end if end < total else None}, separators=(",", ":"))
     return f'{{"items":{items},{tail[1:]}'.encode()
