@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, event, select, update
 from sqlalchemy.orm import Session
 
 from bench.server import record_json
@@ -85,6 +85,8 @@ def validated_rows(monkeypatch) -> list[Any]:
 
 @pytest.fixture
 def reads(tmp_path, db_url) -> Iterator[Reads]:
+    # the tests below change rows in place, outside the store's writes, keeping their hashes
+    record_json.ITEMS.clear()
     app = create_app(ServerSettings.of(db_url, tmp_path / "server"))
     app.state.store.ingest(_records())
     with TestClient(app) as client:
@@ -179,3 +181,39 @@ def test_a_row_replaced_while_a_page_is_read_is_left_out(reads, monkeypatch):
     assert len(hashes) == len(set(hashes)) and page["next_offset"] == 3
     assert all(item in stored for item in page["items"])
     assert len(page["items"]) == 2 and victim not in page["items"]
+
+
+def test_kept_items_are_served_without_reading_their_rows_until_a_record_changes(reads):
+    full_reads: list[Any] = []
+    first = reads.page(kind="measurement")
+    assert len(record_json.ITEMS) == len(first["items"])
+    engine = reads.store.engine
+
+    def count_full_reads(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "CAST(" in statement:
+            full_reads.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count_full_reads)
+    try:
+        assert reads.page(kind="measurement") == first
+        assert full_reads == []
+        newer = _with(measurement("fp", profile="host", latency=9.0, minutes=5))
+        reads.store.ingest(batch(measurements=[newer]))   # replaces ("fp", host): a new hash
+        again = reads.page(kind="measurement")["items"]
+    finally:
+        event.remove(engine, "before_cursor_execute", count_full_reads)
+    assert len(full_reads) == 1   # only the replaced record's row
+    assert again == reads.validated(MeasurementData)
+    assert next(m for m in again if m["cell_id"] == "fp" and m["profile"] == "host")[
+        "latency_ms_p50"] == 9.0
+
+
+def test_the_item_cache_drops_the_least_recently_used_beyond_its_limit():
+    cache = record_json.ItemCache(limit=10)
+    cache.put("a", "1234")
+    cache.put("b", "1234")
+    assert cache.get_many(["a"]) == {"a": "1234"}   # a is now the most recently used
+    cache.put("c", "1234")                          # 12 > 10: b goes
+    assert cache.get_many(["a", "b", "c"]) == {"a": "1234", "c": "1234"}
+    cache.put("big", "x" * 11)                      # larger than the limit: not kept at all
+    assert len(cache) == 0

@@ -1,18 +1,21 @@
-"""The JSON of a page of `GET /api/v1/records`, written from the stored columns.
+"""The JSON of a page of `GET /api/v1/records`, written from the stored columns and kept.
 
 A results server is read far more often than written, and every record on it was validated
-when it was stored. So a page is written straight from the columns, with no model built,
-validated or dumped per row: the JSON columns are read as the text the database holds
-(`CAST(... AS TEXT)`, never parsed) and spliced in; the other columns of the whole page are
-encoded by one `json.dumps`, each JSON column there held by a marker (a string of one NUL
-character, which no stored string holds: ingest refuses NUL) that the stored text then
-replaces.
+when it was stored. So an item is written straight from its row, with no model built,
+validated or dumped: the JSON columns are read as the text the database holds (`CAST(... AS
+TEXT)`, never parsed) and spliced in; the other columns are encoded by `json.dumps`, each JSON
+column held there by a marker (a string of one NUL character, which no stored string holds:
+ingest refuses NUL) that the stored text then replaces.
 
 A row holding a value that validation would change or refuse (a non-finite number, a NUL
 character, a JSON column that is empty or null, a timestamp with a time zone, a type no
 column of the models has) is written the validated way instead (`CellData.of` /
-`MeasurementData.of`, as the API answered before this module), so a page has the same content
+`MeasurementData.of`, as the API answered before this module), so an item has the same content
 either way; only the spacing inside JSON columns may differ.
+
+Items are kept (ITEMS, least recently used out beyond CACHE_BYTES) by their record's
+`record_hash`: every store write sets it to the SHA-256 of the record's whole content, so a
+kept item can never be stale, and a page of kept items reads only its keys and hashes.
 
 `samples=False` leaves each measurement's `samples_s` out (the column is not even read): a
 client that needs only the latency summaries moves a fraction of the bytes. The items'
@@ -22,7 +25,9 @@ client that needs only the latency summaries moves a fraction of the bytes. The 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from json import JSONEncoder, dumps
@@ -39,6 +44,7 @@ Model = type[CellData] | type[MeasurementData]
 MARK = "\x00"
 MARK_JSON = '"\\u0000"'
 """MARK as json.dumps writes it: what the stored JSON text replaces."""
+CACHE_BYTES = 64 * 2**20
 
 
 class _Unclean(Exception):
@@ -56,13 +62,57 @@ _encode = JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")
                       default=_time).encode
 
 
+class ItemCache:
+    """Items' JSON by (kind, samples, record_hash), the least recently used dropped beyond
+    ``limit`` characters; safe across threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[Hashable, str] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Iterable[Hashable]) -> dict[Hashable, str]:
+        with self._lock:
+            found = {}
+            for key in keys:
+                text = self._items.get(key)
+                if text is not None:
+                    self._items.move_to_end(key)
+                    found[key] = text
+            return found
+
+    def put(self, key: Hashable, text: str) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = text
+            self._size += len(text)
+            while self._size > self.limit and self._items:
+                _, dropped = self._items.popitem(last=False)
+                self._size -= len(dropped)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+ITEMS = ItemCache(CACHE_BYTES)
+
+
 @dataclass(frozen=True)
 class Layout:
     """How one kind of record is read: its table, its fields in the model's order (and which
-    of them are JSON columns), and the statement that reads a page's rows by key."""
+    of them are JSON columns), and the statement that reads rows by key."""
 
     model: Model
     table: Any
+    kind: str
+    samples: bool
     names: tuple[str, ...]
     stored_json: tuple[bool, ...]
     rows_by_key: Select[Any]
@@ -94,7 +144,8 @@ def layout(model: Model, samples: bool) -> Layout:
             for n, j in zip(names, stored_json, strict=True)]
     statement = select(key, *read, table.record_hash).where(
         key.in_(bindparam("keys", expanding=True)))
-    return Layout(model, table, names, stored_json, statement)
+    kind = str(model.model_fields["kind"].default)
+    return Layout(model, table, kind, samples, names, stored_json, statement)
 
 
 def total(session: Session, query: Select[Any], model: Model) -> int:
@@ -104,49 +155,50 @@ def total(session: Session, query: Select[Any], model: Model) -> int:
 
 
 def items_json(session: Session, query: Select[Any], model: Model, limit: int, offset: int,
-               samples: bool = True) -> tuple[str, int]:
+               samples: bool = True, cache: ItemCache = ITEMS) -> tuple[str, int]:
     """The JSON array of the records of ``query`` (an ORM select of CellRecord or
     MeasurementRecord, ordered) in ``[offset, offset + limit)``, and how many places of the
     order the page covers.
 
-    The page's keys are found first (from an index, without reading the rows skipped), then
-    only its rows are read; a row replaced in between by a concurrent upload is left out
-    (its replacement has its own place in the order)."""
+    The page's keys and hashes are read first (without the rows skipped); only the rows whose
+    items are not kept are read in full. A row replaced in between by a concurrent upload is
+    left out (its replacement has its own place in the order)."""
     shape = layout(model, samples)
     connection = session.connection()
-    keys = connection.execute(query.with_only_columns(shape.key).limit(limit).offset(offset)) \
-        .scalars().all()
-    if not keys:
-        return "[]", 0
-    by_key = {row[0]: row for row in connection.execute(shape.rows_by_key, {"keys": keys})}
-    rows = [by_key[k] for k in keys if k in by_key]
-    try:
-        return _rows_json(shape, rows), len(keys)
-    except _Unclean:
-        items = [_row_or_validated(session, shape, row) for row in rows]
-        return f"[{','.join(i for i in items if i is not None)}]", len(keys)
+    page = connection.execute(query.with_only_columns(shape.key, shape.table.record_hash)
+                              .limit(limit).offset(offset)).all()
+    tag = (shape.kind, shape.samples)
+    kept = cache.get_many((*tag, h) for _, h in page if h is not None)
+    wanted = [k for k, h in page if (*tag, h) not in kept]
+    fresh = {}
+    if wanted:
+        for row in connection.execute(shape.rows_by_key, {"keys": wanted}):
+            text = _row_or_validated(session, shape, row)
+            if text is not None:
+                fresh[row[0]] = text
+                if row[-1] is not None:
+                    cache.put((*tag, row[-1]), text)
+    items = [text for k, h in page if (text := fresh.get(k) or kept.get((*tag, h)))]
+    return f"[{','.join(items)}]", len(page)
 
 
 def _row_or_validated(session: Session, shape: Layout, row: Row[Any]) -> str | None:
     """One row's object: from its columns if it is clean, else validated (None: gone)."""
     try:
-        return _rows_json(shape, [row])[1:-1]
+        return _row_json(shape, row)
     except _Unclean:
         return validated_json(session, shape, row[0])
 
 
-def _rows_json(shape: Layout, rows: Sequence[Row[Any]]) -> str:
-    """The JSON array of the rows' objects, encoded by one json.dumps; _Unclean if a row is."""
-    kind = shape.model.model_fields["kind"].default
-    objects, stored = [], []
-    for row in rows:
-        values = [kind, *row[1:]]
-        for i in shape.json_positions:
-            stored.append(_stored_json(values[i]))
-            values[i] = MARK
-        objects.append(dict(zip(shape.keys, values, strict=True)))
+def _row_json(shape: Layout, row: Row[Any]) -> str:
+    """The row's object from its columns; _Unclean if validation would change it."""
+    values = [shape.kind, *row[1:]]
+    stored = []
+    for i in shape.json_positions:
+        stored.append(_stored_json(values[i]))
+        values[i] = MARK
     try:
-        text = _encode(objects)
+        text = _encode(dict(zip(shape.keys, values, strict=True)))
     except ValueError:   # NaN or infinity
         raise _Unclean from None
     pieces = text.split(MARK_JSON)
@@ -178,7 +230,7 @@ def validated_json(session: Session, shape: Layout, key: Any) -> str | None:
     if row is None:
         return None
     item = validated_item(shape.model, row)
-    if SAMPLES not in shape.names:
+    if not shape.samples:
         item.pop(SAMPLES, None)
     return dumps(item, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 

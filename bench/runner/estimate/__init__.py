@@ -1,7 +1,7 @@
 """Estimate a plan's wall time from costs measured on this machine (`bench run --dry-run`).
 
-For each distinct kind of cell (backbone, image size, method and its parameters, training
-settings; bit-widths share a kind, as fake quantisation costs the same at any width) a probe
+For each distinct kind of cell (backbone, image size, method and its parameters, batch size
+and optimiser; bit-widths share a kind, as fake quantisation costs the same at any width) a probe
 times the cell's model here, on the device and threads its cells would get (probe.py). Each
 cell's cost is the sum of its terms: setup, training steps, evaluation and one term per stage,
 each stage giving its own (stage_costs.py). The plan's wall time adds the start of a run and
@@ -68,9 +68,10 @@ def cell_shape(plan: Plan, cell: Cell) -> CellShape:
 
 
 def _kind(cell: Cell, classes: int) -> Hashable:
+    """What a cell's timings depend on: its model, its method and how it steps."""
     c = cell.config
     return (c.backbone.name, c.dataset.image_size, c.method, json.dumps(c.params, sort_keys=True),
-            c.train.model_dump_json(exclude={"epochs"}), classes)
+            c.train.batch_size, c.train.optimizer, classes)
 
 
 def assumptions(executor: Executor) -> Assumptions:
