@@ -122,7 +122,7 @@ def run(
     if dry_run:
         todo = print_plan(plan, store, chosen)
         if estimate:
-            print_estimate(plan, todo)
+            print_estimate(plan, todo, chosen)
         return
     log_paths: list[Path] = []
     summary = run_plan(plan, options,
@@ -161,20 +161,53 @@ def print_plan(plan: Any, store: Path, executor: Any) -> set[str]:
     return todo
 
 
-def print_estimate(plan: Any, todo: set[str]) -> None:
-    from bench.runner.estimate import estimate
+def print_estimate(plan: Any, todo: set[str], executor: Any) -> None:
+    """Time each kind of cell here and print the cells' costs, the compute's shares and the
+    wall time on the executor's parallelism. With nothing to run there is nothing to time (and
+    the training stack stays unloaded)."""
+    if not todo:
+        out.print("estimated total: 0.00 h (0 s): every cell is cached, nothing to time")
+        return
+    import time
 
-    rows = estimate(plan, todo)
+    import psutil
+
+    from bench.runner.estimate import estimate
+    from bench.runner.estimate.costs import EVALUATION, SETUP, TRAINING
+    from bench.runner.estimate.probe import REPEATS
+
+    # after importing the estimate, which loads torch as a run's first cell to train does
+    startup = time.time() - psutil.Process().create_time()
+    began = time.perf_counter()
+    result = estimate(plan, todo, executor, startup)
+    stages = list(dict.fromkeys(t for r in result.rows for t in r.terms_per_cell
+                                if t not in (SETUP, TRAINING, EVALUATION)))
     table = Table(title="estimated compute (training steps timed on this machine)")
-    for column in ("backbone", "method", "size", "cells", "s/step", "steps/cell", "hours"):
+    for column in ("backbone", "method", "size", "cells", "s/step", "steps/cell", "setup s",
+                   "eval s", *(f"{s} s" for s in stages), "hours"):
         table.add_column(column)
-    for r in rows:
+    for r in result.rows:
+        per_cell = [r.terms_per_cell.get(t, 0.0) for t in (SETUP, EVALUATION, *stages)]
         table.add_row(r.backbone, r.method, str(r.image_size), str(r.cells),
-                      f"{r.step_seconds:.3f}", str(r.steps_per_cell), f"{r.seconds / 3600:.2f}")
+                      f"{r.step_seconds:.3f}", str(r.steps_per_cell),
+                      *(f"{v:.1f}" for v in per_cell), f"{r.seconds / 3600:.2f}")
     out.print(table)
-    total = sum(r.seconds for r in rows)
-    out.print(f"estimated total: {total / 3600:.2f} h ({total:.0f} s) for {len(todo)} cells "
-              "on this machine, sequentially")
+    terms = result.term_seconds()
+    shares = ", ".join(f"{name} {result.share(name):.0%}" for name in terms)
+    out.print(f"compute: {result.compute_s / 3600:.2f} h ({result.compute_s:.0f} s) of cells: "
+              f"{shares or 'nothing to run'}", highlight=False)
+    chosen = result.assumptions
+    how = "sequentially" if chosen.concurrency == 1 else f"{chosen.concurrency} cells at a time"
+    out.print(f"estimated total: {result.total_s / 3600:.2f} h ({result.total_s:.0f} s) for "
+              f"{len(todo)} cells on this machine, {how} (start {result.startup_s:.0f} s, "
+              f"workers {result.workers_start_s:.0f} s, cells {result.schedule_s:.0f} s)",
+              highlight=False)
+    out.print(f"assumed: {chosen.describe()}; each kind of cell timed {REPEATS} times after a "
+              f"warm-up (median); estimating took {time.perf_counter() - began:.0f} s",
+              highlight=False)
+    if result.not_estimated:
+        out.print(f"[yellow]not estimated:[/] stage {', '.join(result.not_estimated)} (no cost "
+                  "function)", highlight=False)
 
 
 @app.command()

@@ -34,17 +34,19 @@ from tests.imaging import make_folder, write_image
 from tests.test_kvasir import kvasir_cfg, make_archive, sha
 
 TRAINING_STACK = ("torch", "torchvision", "brevitas", "sklearn")
+STORE_STACK = ("sqlalchemy", "alembic")   # the store's ORM: a peek reads its SQLite file
+HEAVY = TRAINING_STACK + STORE_STACK
 
-# Runs `bench ARGS` and reports, on its last stderr line, which training-stack packages were
-# imported and from which lines of medq-bench (the innermost three), so that a failure names
-# the import to move into a function.
+# Runs `bench ARGS` and reports, on its last stderr line, which training-stack or ORM packages
+# were imported and from which lines of medq-bench (the innermost three), so that a failure
+# names the import to move into a function.
 TRACED_CLI = f"""
 import atexit, json, sys, traceback
 first = {{}}
 class Tracer:
     def find_spec(self, name, path=None, target=None):
         top = name.partition(".")[0]
-        if top in {TRAINING_STACK!r} and top not in first:
+        if top in {HEAVY!r} and top not in first:
             stack = traceback.extract_stack()
             first[top] = [f"{{f.filename}}:{{f.lineno}} {{f.line}}" for f in stack
                           if "/bench/" in f.filename or "/methods/" in f.filename][-3:]
@@ -100,6 +102,16 @@ def test_a_dry_run_of_a_cached_store_imports_no_training_stack(cached_store):
                                   "--no-estimate")
     assert proc.returncode == 0, proc.stderr
     assert "3 cells: 3 cached, 0 will run" in proc.stdout
+    assert imported == {}, imported
+
+
+def test_a_dry_run_of_a_cached_store_has_nothing_to_estimate(cached_store):
+    """The estimate is on by default; with every cell cached it times nothing, so it loads
+    nothing either."""
+    grid, store = cached_store
+    proc, imported = traced_bench("run", "--grid", grid, "--store", store, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "every cell is cached, nothing to time" in proc.stdout
     assert imported == {}, imported
 
 
