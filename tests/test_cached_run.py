@@ -271,3 +271,25 @@ def test_the_stored_cells_pass_the_gpu_checks_cpu_half(cached_store):
     cells = gpu_check.read_cells(store)
     assert len(cells) == 3 and gpu_check.check(cells, "cpu") == []
     assert gpu_check.check(cells, "cuda") != []
+
+
+# Imports every submodule of PACKAGE first, then checks each exported name against its module.
+LAZY_EXPORTS_CHECK = """
+import importlib, pkgutil, sys
+package = importlib.import_module(sys.argv[1])
+def sub(name):
+    return importlib.import_module(package.__name__ + "." + name)
+for module in pkgutil.iter_modules(package.__path__):
+    sub(module.name)
+wrong = [n for n, m in package._EXPORTS.items() if getattr(package, n) is not getattr(sub(m), n)]
+assert not wrong, wrong
+"""
+
+
+@pytest.mark.parametrize("package", ["bench.deploy", "bench.saliency"])
+def test_a_lazy_packages_names_are_its_modules_objects_in_any_import_order(package):
+    """Each name a lazy package exports is its module's object, also when every submodule was
+    imported first (a submodule of the same name must not shadow the function)."""
+    proc = subprocess.run([sys.executable, "-c", LAZY_EXPORTS_CHECK, package], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
