@@ -91,6 +91,16 @@ def test_deployed_predictions_are_stored_listed_and_shipped_file_named(deployed)
             assert deploy["int4_weights_integer"] is False
 
 
+def test_results_table_shows_integer_coverage(deployed, cli):
+    """`bench results` shows int_coverage beside int_kernels once a cell has it."""
+    store, _ = deployed
+    lines = cli("results", "--store", store.root).output.splitlines()
+    header = next(line for line in lines if "int_coverage" in line).split("\u2503")
+    column = next(i for i, name in enumerate(header) if name.strip() == "int_coverage")
+    ptq4 = next(line.split("\u2502") for line in lines if " ptq " in line and " 4 " in line)
+    assert ptq4[column].strip() == "1.0000"
+
+
 def test_fp32_deployed_logits_match_torch(deployed):
     """ONNX Runtime sees the images normalised exactly as the harness does."""
     _, cells = deployed
