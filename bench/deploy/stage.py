@@ -62,11 +62,15 @@ class DeploySettings(BaseModel):
     eval_batch_size: int = Field(256, ge=1)
 
 
+def deployed_session(path: Any) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with the deploy stage's settings (``bench.deploy.runtime``),
+    as the stage evaluates a deployed model."""
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+
+
 def onnx_logits(path: Any, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    """ONNX Runtime logits for uint8 images, normalised as the harness does, in batches
-    (session settings of ``bench.deploy.runtime``)."""
-    session = ort.InferenceSession(str(path), session_options(),
-                                   providers=["CPUExecutionProvider"])
+    """ONNX Runtime logits for uint8 images, normalised as the harness does, in batches."""
+    session = deployed_session(path)
     name = session.get_inputs()[0].name
     return np.concatenate([
         session.run(None, {name: normalize(images[i:i + batch_size]).numpy()})[0]
