@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from bench import stats
+from bench.report.build import build_report
 from bench.report.data import headline, load
+from bench.report.provenance import flagged
 from bench.report.significance import mcnemar_vs_fp32
 from bench.report.tables import main_table
 from bench.store import CellRecord, ResultsStore
@@ -17,6 +19,7 @@ from bench.store import CellRecord, ResultsStore
 N = 80
 SEEDS = 3
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+PARTIAL = 0.345
 
 
 def _predictions(rng: np.random.Generator, labels: np.ndarray, quality: float) -> np.ndarray:
@@ -30,8 +33,8 @@ def _save(path, labels: np.ndarray, predictions: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> tuple[ResultsStore, dict]:
-    """fp32 and ptq W8A8 over 3 seeds: torch and deployed predictions differ; one extra ptq
-    W4A4 cell has no deploy stage."""
+    """fp32 and ptq W8A8 over 3 seeds: torch and deployed predictions differ, ptq W8A8 seed 0
+    is partially integer; the ptq W4A4 cells have no deploy stage."""
     store = ResultsStore(tmp_path_factory.mktemp("headline"))
     rng = np.random.default_rng(5)
     labels = rng.integers(0, 3, N)
@@ -44,9 +47,12 @@ def store(tmp_path_factory) -> tuple[ResultsStore, dict]:
             ort_pred = _predictions(rng, labels, 0.6) if method == "ptq" else torch_pred
             metrics: dict = {}
             if deployed:
+                partial = method == "ptq" and seed == 0
                 metrics["deploy"] = {
                     "deployed_predictions": "deployed_predictions.npz",
-                    "columns": {"deployed_accuracy": float((ort_pred == labels).mean())}}
+                    "columns": {"deployed_accuracy": float((ort_pred == labels).mean()),
+                                "int_coverage": PARTIAL if partial else float(method != "fp32"),
+                                "deploy_flags": "partially_integer" if partial else ""}}
             record = CellRecord(
                 cell_id=cid, parent_id=None, grid="g", dataset="synthetic", backbone="smallcnn",
                 method=method, w_bits=bits, a_bits=bits, seed=seed, status="ok", error=None,
@@ -104,3 +110,21 @@ def test_mcnemar_compares_deployed_predictions(store):
                                        fp32, labels)
         assert r.result.p_value == pytest.approx(expected.p_value)
     assert {r.config for r in rows} == {"ptq W8A8", "ptq W4A4"}
+
+
+def test_partially_integer_cells_show_their_coverage_and_flag_beside_their_latency(store,
+                                                                                   tmp_path):
+    """A cell whose ONNX graph runs some Conv/Gemm/MatMul/Add in float: the main table shows
+    its integer coverage and flag in the row that holds its latency, and the flagged list says
+    that its latency is not an integer latency."""
+    s, _ = store
+    data = load(s)
+    rows = {r["config"]: r for r in main_table(data).blocks[0].rows}
+    assert rows["ptq W8A8"]["int_coverage"] == pytest.approx((PARTIAL + 2) / 3)
+    assert rows["ptq W8A8"]["flags"] == "partially_integer (1/3)"
+    assert rows["fp32"]["int_coverage"] == 0.0 and rows["fp32"]["flags"] == ""
+    (flag,) = flagged(data)
+    assert flag.kind == "partially_integer" and flag.what.endswith("W8A8 seed 0")
+    assert f"{PARTIAL:.4f}" in flag.reason and "not an integer model's latency" in flag.reason
+    html = build_report(s, tmp_path / "r.html").read_text()
+    assert "int. coverage" in html and "partially_integer" in html
