@@ -157,16 +157,25 @@ def _layer_map(spec: QuantSpec) -> dict:
 
 
 def _act_map(spec: QuantSpec) -> dict:
-    """Activations quantised at their output; the others stay float and are requantised."""
+    """Activations quantised at their output; the others stay float and are requantised.
+
+    Sigmoid, and PACT's SiLU and Hardswish, also quantise their input (signed, as the scheme
+    sets ranges), as Brevitas does before a float activation: the layer before them then ends
+    in a quantiser and runs on an integer kernel in ONNX Runtime (a ReLU needs none: it
+    commutes with the requantisation, which ONNX Runtime fuses)."""
     relu = (qnn.QuantReLU, {"act_quant": spec.relu_quant(spec.a_bits),
                             "return_quant_tensor": True})
     act_map: dict = {nn.ReLU: relu, nn.ReLU6: relu,
-                     nn.Sigmoid: (qnn.QuantSigmoid, {"act_quant": spec.act_quant(
-                         spec.a_bits, signed=False), "return_quant_tensor": True})}
+                     nn.Sigmoid: (qnn.QuantSigmoid, {
+                         "act_quant": spec.act_quant(spec.a_bits, signed=False),
+                         "input_quant": spec.act_quant(spec.a_bits, signed=True),
+                         "return_quant_tensor": True})}
     if spec.scheme == "pact":
         for act_type, quant_class in _SIGNED_PACT_ACTS.items():
-            act_map[act_type] = (quant_class, {"act_quant": pact_act(spec.a_bits, signed=True),
-                                               "return_quant_tensor": True})
+            act_map[act_type] = (quant_class, {
+                "act_quant": pact_act(spec.a_bits, signed=True),
+                "input_quant": spec.act_quant(spec.a_bits, signed=True),
+                "return_quant_tensor": True})
     return act_map
 
 

@@ -216,20 +216,24 @@ def lsq_q_p(bits: int, signed: bool) -> int:
 
 
 class QuantSiLU(QuantNonLinearActLayer):
-    """SiLU whose output is quantised (PACT cells: a signed learned clip after SiLU)."""
+    """SiLU whose output is quantised (PACT cells: a signed learned clip after SiLU).
 
-    def __init__(self, act_quant: object = Int8ActPerTensorFloat,
+    ``input_quant`` requantises the input, so that the layer before it ends in a quantiser
+    and ONNX Runtime runs it on an integer kernel (without it, that layer runs in float)."""
+
+    def __init__(self, act_quant: object = Int8ActPerTensorFloat, input_quant: object = None,
                  return_quant_tensor: bool = True, **kwargs: object) -> None:
-        super().__init__(act_impl=nn.SiLU, passthrough_act=False, input_quant=None,
+        super().__init__(act_impl=nn.SiLU, passthrough_act=False, input_quant=input_quant,
                          act_quant=act_quant, return_quant_tensor=return_quant_tensor, **kwargs)
 
 
 class QuantHardswish(QuantNonLinearActLayer):
-    """Hardswish whose output is quantised (PACT cells: a signed learned clip after it)."""
+    """Hardswish whose output is quantised (PACT cells: a signed learned clip after it);
+    ``input_quant`` as for :class:`QuantSiLU`."""
 
-    def __init__(self, act_quant: object = Int8ActPerTensorFloat,
+    def __init__(self, act_quant: object = Int8ActPerTensorFloat, input_quant: object = None,
                  return_quant_tensor: bool = True, **kwargs: object) -> None:
-        super().__init__(act_impl=nn.Hardswish, passthrough_act=False, input_quant=None,
+        super().__init__(act_impl=nn.Hardswish, passthrough_act=False, input_quant=input_quant,
                          act_quant=act_quant, return_quant_tensor=return_quant_tensor,
                          **kwargs)
 

@@ -395,6 +395,7 @@ def test_resnet18_relu_outputs_are_unsigned_with_2_pow_a_levels(
         assert int(ints.min()) >= 0 and int(ints.max()) <= top
         counts.append(torch.unique(ints).numel())
         if scheme == "pact":
+            assert name in alphas, f"{name}'s quantiser is not PACT's learned clip"
             assert float(out.scale) * top == pytest.approx(alphas[name], rel=1e-5)
     assert max(counts) == 2**a_bits and min(counts) > 2 ** (a_bits - 1)
 
