@@ -1,20 +1,23 @@
 """PTQ: Brevitas graph quantisation of the trained FP32 parent, calibrated on training batches.
 
-No weight is trained. Activation scales come from calibration statistics; bias correction is
-optional.
+No weight is trained. Activation ranges are observed statistics of the calibration batches
+(`bench.quant`, scheme "stats"); bias correction is optional.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
+from bench.config import DEFAULT_RANGE_MOMENTUM
 from methods.base import Method, MethodContext, MethodParams, register
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from bench.quant import Scheme
 
 
 class QuantParams(MethodParams):
@@ -34,7 +37,7 @@ class PTQ(Method):
     description = "Post-training quantisation of the FP32 parent: calibrate, no training"
     Params = PTQParams
     quantized = True
-    learned_clip = False
+    scheme: ClassVar[Scheme] = "stats"
 
     def starts_from_parent(self, params: MethodParams) -> bool:
         return True
@@ -47,7 +50,9 @@ class PTQ(Method):
         from bench.quant import QuantSpec, quantize
 
         spec = QuantSpec(w_bits, a_bits, per_channel=params.per_channel,
-                         first_last_bits=params.first_last_bits, learned_clip=self.learned_clip)
+                         first_last_bits=params.first_last_bits, scheme=self.scheme,
+                         range_momentum=getattr(params, "range_momentum",
+                                                DEFAULT_RANGE_MOMENTUM))
         return quantize(model, spec, example_input)
 
     def prepare(self, model: nn.Module, ctx: MethodContext, params: MethodParams) -> nn.Module:

@@ -170,6 +170,36 @@ def test_stages_are_declared_without_their_implementation():
         assert callable(stage.run), stage.runs
 
 
+# Imports the registries a plan reads (every method file, backbone, data set and stage
+# declaration) and prints, for each heavy package requested, the medq-bench lines asking for it.
+DECLARATIONS_CHECK = f"""
+import json, sys, traceback
+culprits = {{}}
+class Tracer:
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top in {HEAVY!r} and top not in culprits:
+            culprits[top] = [f"{{f.filename}}:{{f.lineno}} {{f.line}}"
+                             for f in traceback.extract_stack()
+                             if "/bench/" in f.filename or "/methods/" in f.filename][-3:]
+        return None
+sys.meta_path.insert(0, Tracer())
+import methods, bench.models, bench.data
+from bench.runner.stages import load_stages
+load_stages()
+print(json.dumps(culprits))
+"""
+
+
+def test_every_method_backbone_data_set_and_stage_declares_itself_without_the_stack():
+    """A method file (e.g. a new one) that imports torch, Brevitas or bench.quant at its top
+    is named here: import them inside the hooks that use them (methods/base.py)."""
+    proc = subprocess.run([sys.executable, "-c", DECLARATIONS_CHECK], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == {}
+
+
 # ------------------------------------------------------------------ the split-manifest cache
 
 

@@ -105,7 +105,7 @@ def mcnemar_vs_fp32(data: ReportData, ok: pd.DataFrame) -> tuple[list[McNemarRow
 
     def predictions_of(cell_id: str) -> dict[str, np.ndarray] | None:
         if cell_id not in cache:
-            cache[cell_id] = _predictions(data.artifact_dir(cell_id))
+            cache[cell_id] = data.headline_predictions(cell_id)
         return cache[cell_id]
 
     pairs, missing, mismatched = [], 0, 0
