@@ -39,13 +39,14 @@ def timed(*args: object, env: dict[str, str] | None = None) -> tuple[float, str]
 def test_cached_smoke_run_takes_about_as_long_as_help(tmp_path: Path) -> None:
     store = tmp_path / "store"
     first, output = timed("run", "--grid", "smoke", "--store", store, "--quiet")
-    assert output.startswith("20 ran, 0 cached"), output
+    cells = output.split(" ran, 0 cached", 1)[0]
+    assert cells.isdigit() and int(cells) > 0, output
     times: dict[str, list[float]] = {"help": [], "cached": [], "dry_run": []}
     no_data = {"MEDQ_CACHE": str(tmp_path / "empty-cache")}
     for _ in range(ROUNDS):
         times["help"].append(timed("--help")[0])
         seconds, output = timed("run", "--grid", "smoke", "--store", store, "--quiet")
-        assert output.startswith("0 ran, 20 cached"), output
+        assert output.startswith(f"0 ran, {cells} cached"), output
         times["cached"].append(seconds)
         seconds, output = timed("run", "--grid", "paper", "--dry-run", "--no-estimate",
                                 "--store", tmp_path / "paper", env=no_data)
