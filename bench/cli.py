@@ -176,6 +176,12 @@ def print_estimate(plan: Any, todo: set[str]) -> None:
     total = sum(r.seconds for r in rows)
     out.print(f"estimated total: {total / 3600:.2f} h ({total:.0f} s) for {len(todo)} cells "
               "on this machine, sequentially")
+    from bench.saliency.cost import plan_cost
+
+    seconds, images = plan_cost(plan, todo, rows)
+    if images:
+        out.print(f"saliency stage: {seconds / 3600:.2f} h more ({images} images through the "
+                  "model, at the per-image cost of each cell's training step)")
 
 
 @app.command()
