@@ -242,8 +242,8 @@ def test_one_step_equals_the_reference_training_step() -> None:
     x, y = torch.randn(6, C, 10, 10, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])
     fraction = 0.25
     uniform = torch.rand(x.shape, generator=torch.Generator().manual_seed(9))
-    expected, expected_mask, expected_input = reference_step(with_running_statistics(tiny_cnn()), x.clone(), y,
-                                             uniform, fraction)
+    expected, expected_mask, expected_input = reference_step(
+        with_running_statistics(tiny_cnn()), x.clone(), y, uniform, fraction)
 
     objective = SaliencyGuided(mask_fraction=fraction, generator=torch.Generator().manual_seed(9))
     model = with_running_statistics(tiny_cnn())

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from captum.attr import LayerAttribution
 from captum.metrics import sensitivity_max
 from captum.metrics._core.sensitivity import default_perturb_func as captum_perturb
+from PIL import Image
 from scipy.stats import kstest, spearmanr
 from skimage.metrics import structural_similarity
 from torch import nn
@@ -144,6 +145,20 @@ def test_topk_iou_counts_overlap() -> None:
     a.ravel()[:10] = np.arange(10, 0, -1)
     b.ravel()[5:15] = np.arange(10, 0, -1)
     np.testing.assert_allclose(topk_iou(a, b, 0.1), 5 / 15)
+
+
+def test_rounding_noise_of_a_constant_map_decides_nothing() -> None:
+    """A 1x1 Grad-CAM map upsampled to 16x16 is constant up to float32 rounding; its noise
+    used to give arbitrary Spearman, SSIM and top-k sets between two such maps."""
+    one = torch.tensor([[[[0.3896301]]]])
+    a = LayerAttribution.interpolate(one, (16, 16), interpolate_mode="bilinear")[:, 0].numpy()
+    b = a.copy()
+    b[0, 3, 5] = np.nextafter(b[0, 3, 5], np.float32(1.0))
+    b[0, 9, 1] = np.nextafter(b[0, 9, 1], np.float32(0.0))
+    assert np.isnan(spearman(a, b)[0])
+    np.testing.assert_allclose(ssim(a, b), 1.0)
+    assert np.isnan(topk_iou(a, b, 0.1)[0])
+    np.testing.assert_array_equal(saliency_ranks(b), saliency_ranks(np.ones_like(b)))
 
 
 def test_topk_iou_ignores_pixel_order_in_ties() -> None:

@@ -27,9 +27,24 @@ BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
 
 
+CONSTANT_RTOL = 1e-5
+"""A map whose range is at most this fraction of its largest |value| is constant: upsampling a
+1x1 Grad-CAM map, for one, leaves float32 rounding noise (~1e-7 relative) that would otherwise
+decide ranks, SSIM and top-k sets."""
+
+
 def _flat(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     return a.reshape(a.shape[0], -1)
+
+
+def _flat_maps(maps: np.ndarray) -> np.ndarray:
+    """(N, H*W) float64 maps; a numerically constant map (CONSTANT_RTOL) is set to 0."""
+    flat = _flat(maps).copy()
+    if flat.size:
+        span = np.ptp(flat, axis=1)
+        flat[span <= CONSTANT_RTOL * np.abs(flat).max(axis=1)] = 0.0
+    return flat
 
 
 def _masks(masks: np.ndarray) -> np.ndarray:
@@ -50,12 +65,12 @@ def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman rank correlation of the flattened maps; ties get average ranks (as scipy)."""
-    return _rowwise_pearson(rankdata(_flat(a), axis=1), rankdata(_flat(b), axis=1))
+    return _rowwise_pearson(rankdata(_flat_maps(a), axis=1), rankdata(_flat_maps(b), axis=1))
 
 
 def normalise01(maps: np.ndarray) -> np.ndarray:
-    """Per-sample min-max scaling to [0, 1]; a constant map becomes all zeros."""
-    m = np.asarray(maps, dtype=np.float64)
+    """Per-sample min-max scaling to [0, 1]; a (numerically) constant map becomes all zeros."""
+    m = _flat_maps(maps).reshape(np.shape(maps))
     axes = tuple(range(1, m.ndim))
     lo, hi = m.min(axis=axes, keepdims=True), m.max(axis=axes, keepdims=True)
     span = hi - lo
@@ -75,7 +90,7 @@ def topk_mask(maps: np.ndarray, k: float) -> np.ndarray:
     out, so tied values (the zeros of a sparse map) are either all in or all out and the set
     never depends on pixel order. A map with such a tie gets fewer than round(k*H*W) pixels;
     a constant map gets none."""
-    flat = _flat(maps)
+    flat = _flat_maps(maps)
     m = max(1, round(k * flat.shape[1]))
     if m >= flat.shape[1]:
         return np.ones(flat.shape, dtype=bool)
@@ -103,7 +118,7 @@ def topk_iou_mask(maps: np.ndarray, masks: np.ndarray, k: float = 0.1) -> np.nda
 
 def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """1 if any maximal pixel lies in the mask, else 0; NaN for an empty mask (Quantus rule)."""
-    a, m = _flat(maps), _masks(masks)
+    a, m = _flat_maps(maps), _masks(masks)
     hit = np.any(m & (a == a.max(axis=1, keepdims=True)), axis=1).astype(np.float64)
     hit[m.sum(axis=1) == 0] = np.nan
     return hit
@@ -187,8 +202,9 @@ def baseline_images(images: Tensor, kind: Baseline) -> Tensor:
 
 
 def saliency_ranks(maps: np.ndarray) -> np.ndarray:
-    """(N, H*W) rank of each pixel in decreasing saliency (0 = most salient; ties by index)."""
-    flat = _flat(maps)
+    """(N, H*W) rank of each pixel in decreasing saliency (0 = most salient; ties, and a
+    numerically constant map, by index)."""
+    flat = _flat_maps(maps)
     order = np.argsort(-flat, axis=1, kind="stable")
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(flat.shape[1])[None].repeat(len(flat), 0), axis=1)
