@@ -37,7 +37,6 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.contingency_tables import StratifiedTable, mcnemar
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestPower
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -456,12 +455,39 @@ def detectable_difference(strata: list[np.ndarray], alpha: float = ALPHA,
     return float((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * se)
 
 
+def _t_power(effect: float, n: float, alpha: float) -> float:
+    """Power of the two-sided one-sample t-test with n observations at standardised effect
+    `effect` (noncentral t; where scipy's noncentral t returns NaN, far in the tail, the normal
+    approximation, which is then exact to many digits)."""
+    df, nc = n - 1, effect * math.sqrt(n)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    power = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    return power if np.isfinite(power) else float(stats.norm.sf(crit - nc))
+
+
+def t_test_n(effect: float, alpha: float = ALPHA, power: float = POWER,
+             largest: float = 1e9) -> float | None:
+    """Smallest (real) n >= 2 at which the two-sided paired t-test reaches `power` (what
+    statsmodels' TTestPower.solve_power solves), by bisection; None beyond `largest`."""
+    lo, hi = 2.0, 4.0
+    if _t_power(effect, lo, alpha) >= power:
+        return lo
+    while _t_power(effect, hi, alpha) < power:
+        lo, hi = hi, 2 * hi
+        if hi > largest:
+            return None
+    while hi - lo > 1e-9 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _t_power(effect, mid, alpha) >= power else (mid, hi)
+    return hi
+
+
 def seeds_needed(seed_means: Sequence[float], alpha: float = ALPHA, power: float = POWER
                  ) -> tuple[int | None, str | None]:
     """Seeds a seed-level Wilcoxon signed-rank test needs to detect the observed mean of
     ``seed_means`` (one difference per seed) at their observed SD: the paired t-test's n
-    (statsmodels TTestPower) over the Wilcoxon's efficiency, and never fewer than
-    MIN_N_WILCOXON (below it no outcome reaches 0.05). (None, reason) when it cannot be said."""
+    (`t_test_n`) over the Wilcoxon's efficiency, and never fewer than MIN_N_WILCOXON (below it
+    no outcome reaches 0.05). (None, reason) when it cannot be said."""
     x = np.asarray(seed_means, dtype=float)
     x = x[np.isfinite(x)]
     if x.size < 2:
@@ -469,24 +495,10 @@ def seeds_needed(seed_means: Sequence[float], alpha: float = ALPHA, power: float
     mean, sd = float(x.mean()), float(x.std(ddof=1))
     if sd <= 1e-12 * max(1.0, abs(mean)) or mean == 0:
         return None, ("the observed difference is 0" if mean == 0 else "no seed-to-seed spread")
-    effect = abs(mean) / sd
-    if _t_power(effect, 5, alpha) >= power:  # n_t <= 5: the Wilcoxon minimum decides
-        return MIN_N_WILCOXON, None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        n_t = float(np.squeeze(TTestPower().solve_power(
-            effect_size=effect, alpha=alpha, power=power, alternative="two-sided")))
-    if not np.isfinite(n_t):
-        return None, "power solver found no finite n"
+    n_t = t_test_n(abs(mean) / sd, alpha, power)
+    if n_t is None:
+        return None, "the observed difference is too small for any number of seeds"
     return max(MIN_N_WILCOXON, math.ceil(n_t / WILCOXON_ARE)), None
-
-
-def _t_power(effect: float, n: int, alpha: float) -> float:
-    """Power of the two-sided one-sample t-test with n observations (noncentral t; scipy's
-    noncentral t is unstable at 1 degree of freedom, so use n >= 3)."""
-    df, nc = n - 1, effect * math.sqrt(n)
-    crit = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
 
 
 def cmh_paired(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[Sequence[bool]]

@@ -32,6 +32,7 @@ from bench.stats import (
     plot_cd,
     seeds_needed,
     sign_flip_test,
+    t_test_n,
 )
 
 matplotlib.use("Agg")
@@ -395,3 +396,8 @@ def test_power_line() -> None:
     assert seeds_needed([0.1, 0.1, 0.1]) == (None, "no seed-to-seed spread")
     assert seeds_needed([0.1])[0] is None
     assert seeds_needed([0.5, 0.52, 0.49])[0] == 6
+    assert seeds_needed([-0.1068, -0.1105, -0.1185]) == (6, None)  # d = 18.6: scipy's nct NaN
+    for effect in (0.05, 0.3, 1.0, 2.5):
+        assert t_test_n(effect) == pytest.approx(
+            TTestPower().solve_power(effect_size=effect, alpha=0.05, power=0.8), rel=1e-4)
+    assert t_test_n(1e-6) is None
