@@ -85,7 +85,7 @@ def run(
     backbone: BackbonesOpt = None,
     method: MethodsOpt = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="Use seeds 0..N-1.")] = None,
-    epochs: Annotated[int | None, typer.Option(min=0, help="Epochs of every training phase.")]
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs of every training phase.")]
     = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     dry_run: Annotated[bool, typer.Option(help="Print the plan; run nothing.")] = False,
@@ -123,13 +123,14 @@ def run(
     if dry_run:
         todo = print_plan(plan, store, chosen)
         if estimate:
-            print_estimate(plan, todo)
+            print_estimate(plan, todo, chosen)
         return
     results = ResultsStore(store)
-    log_path = logs.to_file(buffer, results.log_dir)
-    summary = run_grid(plan, results, options)
+    log_paths: list[Path] = []
+    summary = run_grid(plan, results, options,
+                       locked=lambda: log_paths.append(logs.to_file(buffer, results.log_dir)))
     out.print(f"{len(summary.ran)} ran, {len(summary.cached)} cached, {len(summary.failed)} "
-              f"failed, {len(summary.skipped)} skipped; store {store}, log {log_path}")
+              f"failed, {len(summary.skipped)} skipped; store {store}, log {log_paths[0]}")
     if summary.failed or summary.skipped:
         raise typer.Exit(1)
 
@@ -140,7 +141,8 @@ def print_plan(plan: Any, store: Path, executor: Any) -> set[str]:
     from bench.runner.plan import MissingData
     from bench.store.database import DB_NAME, ResultsStore
 
-    done = ResultsStore(store).done_ids() if (store / DB_NAME).exists() else set()
+    done = ResultsStore(store, readonly=True).done_ids() if (store / DB_NAME).exists() \
+        else set()
     for data in plan.data.values():
         if isinstance(data, MissingData):
             out.print(f"[yellow]data set '{data.config.name}' is not available here[/] "
@@ -162,26 +164,48 @@ def print_plan(plan: Any, store: Path, executor: Any) -> set[str]:
     return todo
 
 
-def print_estimate(plan: Any, todo: set[str]) -> None:
+def print_estimate(plan: Any, todo: set[str], executor: Any) -> None:
+    """Time each kind of cell here and print the cells' costs, the compute's shares and the
+    wall time on the executor's parallelism."""
+    import time
+
+    import psutil
+
     from bench.runner.estimate import estimate
+    from bench.runner.estimate.costs import EVALUATION, SETUP, TRAINING
+    from bench.runner.estimate.probe import REPEATS
 
-    rows = estimate(plan, todo)
+    startup = time.time() - psutil.Process().create_time()
+    began = time.perf_counter()
+    result = estimate(plan, todo, executor, startup)
+    stages = list(dict.fromkeys(t for r in result.rows for t in r.terms_per_cell
+                                if t not in (SETUP, TRAINING, EVALUATION)))
     table = Table(title="estimated compute (training steps timed on this machine)")
-    for column in ("backbone", "method", "size", "cells", "s/step", "steps/cell", "hours"):
+    for column in ("backbone", "method", "size", "cells", "s/step", "steps/cell", "setup s",
+                   "eval s", *(f"{s} s" for s in stages), "hours"):
         table.add_column(column)
-    for r in rows:
+    for r in result.rows:
+        per_cell = [r.terms_per_cell.get(t, 0.0) for t in (SETUP, EVALUATION, *stages)]
         table.add_row(r.backbone, r.method, str(r.image_size), str(r.cells),
-                      f"{r.step_seconds:.3f}", str(r.steps_per_cell), f"{r.seconds / 3600:.2f}")
+                      f"{r.step_seconds:.3f}", str(r.steps_per_cell),
+                      *(f"{v:.1f}" for v in per_cell), f"{r.seconds / 3600:.2f}")
     out.print(table)
-    total = sum(r.seconds for r in rows)
-    out.print(f"estimated total: {total / 3600:.2f} h ({total:.0f} s) for {len(todo)} cells "
-              "on this machine, sequentially")
-    from bench.saliency.cost import plan_cost
-
-    seconds, images = plan_cost(plan, todo, rows)
-    if images:
-        out.print(f"saliency stage: {seconds / 3600:.2f} h more ({images} images through the "
-                  "model, at the per-image cost of each cell's training step)")
+    terms = result.term_seconds()
+    shares = ", ".join(f"{name} {result.share(name):.0%}" for name in terms)
+    out.print(f"compute: {result.compute_s / 3600:.2f} h ({result.compute_s:.0f} s) of cells: "
+              f"{shares or 'nothing to run'}", highlight=False)
+    chosen = result.assumptions
+    how = "sequentially" if chosen.concurrency == 1 else f"{chosen.concurrency} cells at a time"
+    out.print(f"estimated total: {result.total_s / 3600:.2f} h ({result.total_s:.0f} s) for "
+              f"{len(todo)} cells on this machine, {how} (start {result.startup_s:.0f} s, "
+              f"workers {result.workers_start_s:.0f} s, cells {result.schedule_s:.0f} s)",
+              highlight=False)
+    out.print(f"assumed: {chosen.describe()}; each kind of cell timed {REPEATS} times after a "
+              f"warm-up (median); estimating took {time.perf_counter() - began:.0f} s",
+              highlight=False)
+    if result.not_estimated:
+        out.print(f"[yellow]not estimated:[/] stage {', '.join(result.not_estimated)} (no cost "
+                  "function)", highlight=False)
 
 
 @app.command()
@@ -198,7 +222,7 @@ def results(
     from bench.store import RESULT_COLUMNS, ResultsStore
     from bench.store.measurements import empty_columns, measured_profiles
 
-    opened = open_store(store, ResultsStore)
+    opened = open_store(store, ResultsStore, readonly=True)
     if profile is not None and profile not in (known := measured_profiles(opened.engine)):
         raise UsageError(f"no measurement under profile '{profile}' in {store}; measured: "
                          f"{', '.join(known) or 'none (run `bench measure`)'}")
@@ -227,12 +251,13 @@ def fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def open_store(store: Path, cls: Any) -> Any:
+def open_store(store: Path, cls: Any, readonly: bool = False) -> Any:
+    """The store at ``store`` (it must exist); ``readonly`` for verbs that only read it."""
     from bench.store.database import DB_NAME
 
     if not (store / DB_NAME).exists():
         raise UsageError(f"no results store at {store} (run `bench run --store {store}` first)")
-    return cls(store)
+    return cls(store, readonly=readonly)
 
 
 class ReportFormat(StrEnum):
@@ -259,7 +284,7 @@ def report(
     from bench.store import ResultsStore
 
     target = out_path or Path(f"reports/index.{SUFFIXES[format.value]}")
-    path = build_report(open_store(store, ResultsStore), target, format.value)
+    path = build_report(open_store(store, ResultsStore, readonly=True), target, format.value)
     out.print(f"report written to {path.resolve()}")
 
 
@@ -279,11 +304,16 @@ def measure(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Time the store's deployed cells under a hardware profile on this machine."""
-    from bench.measure import load_profile
+    from bench.measure import IsolationUnavailable, load_profile
+    from bench.measure.isolation import check_isolation
     from bench.measure.runner import measure_store
     from bench.store import ResultsStore
 
     chosen = load_profile(profile)
+    try:
+        check_isolation(chosen)
+    except IsolationUnavailable as e:
+        raise UsageError(str(e)) from e
     summary = measure_store(open_store(store, ResultsStore), chosen,
                             backbones=tuple(backbone or ()), methods=tuple(method or ()),
                             batch_size=batch_size, device=device_name, quiet=quiet)
@@ -388,7 +418,8 @@ def export(
     with_artifacts: Annotated[bool, typer.Option(
         "--with-artifacts", help="Same as --artifacts all.")] = False,
 ) -> None:
-    """Write the store's records (and artifact files) to a bundle for `bench import`."""
+    """Write the store's records (and artifact files) to a bundle for `bench import`; its
+    manifest is signed with this machine's signing key if it has one (`bench keys create`)."""
     from bench.exchange.bundle import export_bundle
     from bench.store import ResultsStore
     from bench.store.query import RecordFilter
@@ -400,13 +431,18 @@ def export(
                              methods=method, w_bits=w_bits, a_bits=a_bits,
                              devices=device, profiles=profile,
                              cells_by_device=True)
-    summary = export_bundle(open_store(store, ResultsStore), out_path, selection, chosen.value)
+    from bench.exchange.signing import load_signer
+
+    summary = export_bundle(open_store(store, ResultsStore, readonly=True), out_path, selection,
+                            chosen.value, load_signer())
     for skipped in summary.skipped:
         err.print(f"[yellow]artifact left out:[/] {escape(skipped)}", highlight=False,
                   soft_wrap=True)
+    signed = (f"signed with key {summary.signer.fingerprint}" if summary.signer else
+              "not signed: no signing key (`bench keys create` makes one)")
     out.print(f"{summary.cells} cells, {summary.measurements} measurements, {summary.files} "
               f"artifact files -> {summary.path} ({summary.size_bytes} bytes, sha256 "
-              f"{summary.sha256})", highlight=False, soft_wrap=True)
+              f"{summary.sha256}); {signed}", highlight=False, soft_wrap=True)
     if summary.skipped:
         raise typer.Exit(1)
 
@@ -416,15 +452,23 @@ def export(
 def import_(
     bundle: Annotated[Path, typer.Argument(help="Bundle written by `bench export`.")],
     store: StoreOpt = Path("results"),
+    trust: Annotated[list[Path] | None, typer.Option(
+        help="Public-key file (`.pub` of `bench keys create`, one key a line; repeatable): "
+             "import only a bundle signed by one of these keys.")] = None,
 ) -> None:
     """Check a bundle completely, then add its records and files to the store (created if
-    missing) in one transaction; a record replaces a stored one only if better. Refused
-    (exit 2) while a `bench run` or `bench device pull` is writing to the store."""
+    missing) in one transaction; a record replaces a stored one only if better. Says who
+    signed the records (with --trust: refused unless a trusted key did). Refused (exit 2)
+    while a `bench run` or `bench device pull` is writing to the store."""
     from bench.exchange.bundle import import_bundle
+    from bench.exchange.signing import read_public_keys
 
-    counts = import_bundle(store, bundle).as_counts()
+    keys = read_public_keys(trust) if trust else None
+    result = import_bundle(store, bundle, trust=keys)
     out.print(f"imported {bundle} into {store}: " + ", ".join(
-        f"{n} {what}" for what, n in counts.items()), highlight=False, soft_wrap=True)
+        f"{n} {what}" for what, n in result.as_counts().items())
+        + f"; signer of all {result.records} records: {result.signer}", highlight=False,
+        soft_wrap=True)
 
 
 TokenOpt = Annotated[str | None, typer.Option(
@@ -447,7 +491,8 @@ def upload(
         min=1, help="Tries per request on connection errors, timeouts, 429 and 502-504.")] = 6,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Send the store's records of the token's device that the server does not have yet."""
+    """Send the store's records of the token's device that the server does not have yet,
+    signed with this machine's signing key if it has one (`bench keys create`)."""
     from bench.exchange.client import RetryPolicy, ServerClient, ServerError
     from bench.exchange.upload import upload_store
     from bench.store import ResultsStore
@@ -458,10 +503,13 @@ def upload(
     if with_artifacts and artifacts not in (ArtifactChoice.none, ArtifactChoice.all):
         raise UsageError(f"--with-artifacts means --artifacts all, not {artifacts.value}")
     chosen = ArtifactChoice.all if with_artifacts else artifacts
+    from bench.exchange.signing import load_signer
+
+    signer = load_signer()
     server = ServerClient.connect(to, token, RetryPolicy(attempts=attempts))
     try:
-        summary = upload_store(open_store(store, ResultsStore), server, batch_size,
-                               chosen.value, quiet=quiet)
+        summary = upload_store(open_store(store, ResultsStore, readonly=True), server, batch_size,
+                               chosen.value, quiet=quiet, signer=signer)
     except ServerError as e:
         err.print(f"[bold red]failed:[/] {escape(str(e))}; run it again to resume",
                   highlight=False, soft_wrap=True)
@@ -500,7 +548,7 @@ def compare(
     names = [d.strip() for d in devices.split(",") if d.strip()]
     selection = RecordFilter(datasets=dataset, backbones=backbone,
                              methods=method, w_bits=w_bits, a_bits=a_bits)
-    source = open_store(store, ResultsStore) if store is not None \
+    source = open_store(store, ResultsStore, readonly=True) if store is not None \
         else ServerClient.connect(str(server), token)
     try:
         comparison = compare_source(source, names, selection, profile)
@@ -526,6 +574,51 @@ def compare(
         out.print("no cell is measured on these devices", highlight=False)
 
 
+keys_app = typer.Typer(no_args_is_help=True,
+                       help="This machine's Ed25519 signing key: `bench export` and `bench "
+                            "upload` sign with it.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+@exits_on_usage_error
+def keys_create(
+    name: Annotated[str | None, typer.Option(
+        help="Whose key it is, written with the public key (default: this device's name).")]
+    = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing key.")] = False,
+) -> None:
+    """Make a key pair: the private key (mode 0600) in the config folder ($MEDQ_SIGNING_KEY,
+    else $XDG_CONFIG_HOME/medq-bench/signing-key.pem), the public key beside it (.pub); prints
+    the public key line to give to servers and importers."""
+    from bench.exchange.signing import create_key, public_path
+    from bench.store.identity import local_device
+
+    try:
+        owner = name or local_device()
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    path, public = create_key(owner, force=force)
+    err.print(f"private key {path} (mode 0600: keep it secret); public key "
+              f"{public_path(path)} (key {public.fingerprint}): register it with `bench serve "
+              "token create --device NAME --public-key FILE`, or give it to `bench import "
+              "--trust`", highlight=False, soft_wrap=True)
+    sys.stdout.write(public.line() + "\n")
+
+
+@keys_app.command("show")
+@exits_on_usage_error
+def keys_show() -> None:
+    """Print this machine's public key line (and where the key is)."""
+    from bench.exchange.signing import key_path, load_signer
+
+    signer = load_signer()
+    if signer is None:
+        raise UsageError(f"no signing key at {key_path()} (`bench keys create` makes one)")
+    err.print(f"key {signer.public.fingerprint} at {key_path()}", highlight=False)
+    sys.stdout.write(signer.public.line() + "\n")
+
+
 serve_app = typer.Typer(help="Run the results server; `bench serve token ...` manages its "
                              "API tokens.")
 token_app = typer.Typer(no_args_is_help=True, help="Per-device API tokens of a results server.")
@@ -549,7 +642,9 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
     data: DataOpt = None,
     private_reads: Annotated[bool, typer.Option(
-        "--private-reads", help="Reads need a valid token too (default: public).")] = False,
+        "--private-reads", help="Reads need a valid token too. By default reads are public: "
+                                "anyone who reaches the server reads its records, devices, "
+                                "artifacts and report.")] = False,
     max_body_mb: Annotated[float, typer.Option(
         min=0.001, help="Largest request body accepted, in MiB (larger: 413).")] = 256.0,
 ) -> None:
@@ -560,8 +655,10 @@ def serve(
     from bench.server.app import serve as run_server
     from bench.server.settings import ServerSettings
 
-    run_server(ServerSettings.of(db, data, host=host, port=port, private_reads=private_reads,
-                                 max_body_mb=max_body_mb))
+    settings = ServerSettings.of(db, data, host=host, port=port, private_reads=private_reads,
+                                 max_body_mb=max_body_mb)
+    err.print(settings.read_policy(), highlight=False, soft_wrap=True)
+    run_server(settings)
 
 
 def server_engine(ctx: typer.Context, db: str | None, data: Path | None) -> Any:
@@ -590,14 +687,26 @@ def serve_token_create(
     ctx: typer.Context,
     device: Annotated[str, typer.Option(help="The device whose records the token may write.")],
     label: Annotated[str, typer.Option(help="A note to tell tokens apart.")] = "",
+    public_key: Annotated[Path | None, typer.Option(
+        help="The device's public key (the `.pub` file of `bench keys create` on it): its "
+             "uploads must then be signed by that key.")] = None,
     db: DbOpt = None,
     data: DataOpt = None,
 ) -> None:
     """Make a token for a device and print it; only its hash is stored, so copy it now."""
+    from bench.exchange.signing import read_public_keys
     from bench.server.tokens import create_token
 
-    token_id, token = create_token(server_engine(ctx, db, data), device, label)
-    err.print(f"token {token_id} for device {device} (shown once; store it safely):",
+    key = None
+    if public_key is not None:
+        keys = read_public_keys([public_key])
+        if len(keys) != 1:
+            raise UsageError(f"{public_key} holds {len(keys)} public keys; give a file with "
+                             "the device's one key")
+        key = keys[0]
+    token_id, token = create_token(server_engine(ctx, db, data), device, label, key)
+    signed = f", uploads must be signed by key {key.fingerprint}" if key else ""
+    err.print(f"token {token_id} for device {device}{signed} (shown once; store it safely):",
               highlight=False)
     sys.stdout.write(token + "\n")
 
@@ -625,11 +734,12 @@ def serve_token_list(ctx: typer.Context, db: DbOpt = None, data: DataOpt = None)
     from bench.server.tokens import list_tokens
 
     table = Table()
-    for column in ("id", "device", "label", "created (UTC)", "revoked (UTC)"):
+    for column in ("id", "device", "label", "created (UTC)", "revoked (UTC)", "public key"):
         table.add_column(column)
     for info in list_tokens(server_engine(ctx, db, data)):
         table.add_row(str(info.id), info.device, info.label, f"{info.created_at:%Y-%m-%d %H:%M}",
-                      f"{info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "-")
+                      f"{info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "-",
+                      info.key or "-")
     out.print(table)
 
 

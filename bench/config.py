@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bench.errors import ConfigError
 
@@ -27,6 +34,14 @@ class SplitConfig(Frozen):
     test: float = Field(0.25, gt=0.0, lt=1.0)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _leaves_training_images(self) -> SplitConfig:
+        if self.val + self.test >= 1.0:
+            raise ValueError(f"split.val + split.test = {self.val:g} + {self.test:g} = "
+                             f"{self.val + self.test:g} leaves no image to train on; they must "
+                             "add up to less than 1")
+        return self
+
 
 class DataConfig(Frozen):
     """A data set and how it is prepared. `options` are passed to the data set's loader."""
@@ -41,12 +56,12 @@ class DataConfig(Frozen):
 class TrainConfig(Frozen):
     """Optimisation settings for one training phase."""
 
-    epochs: int = Field(4, ge=0)
+    epochs: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     schedule: Literal["constant", "cosine", "step"] = "cosine"
 
 
@@ -59,7 +74,7 @@ class MethodEntry(Frozen):
     """One method of a grid, with the bit-widths it runs at and parameter overrides."""
 
     name: str
-    bits: list[tuple[int, int]] = Field(default_factory=lambda: [(8, 8)])
+    bits: list[tuple[int, int]] = Field(default_factory=lambda: [(8, 8)], min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("bits")
@@ -135,7 +150,7 @@ def load_grid(name_or_path: str) -> GridConfig:
     if path.suffix in {".yaml", ".yml"} or path.is_file():
         if not path.is_file():
             raise ConfigError(f"grid file not found: {path}")
-        text, source = path.read_text(), str(path)
+        text, source = read_text_file(path, "grid"), str(path)
     elif name_or_path in builtin_grids():
         text = resources.files("bench.grids").joinpath(f"{name_or_path}.yaml").read_text()
         source = f"built-in grid '{name_or_path}'"
@@ -143,11 +158,16 @@ def load_grid(name_or_path: str) -> GridConfig:
         raise ConfigError(f"unknown grid '{name_or_path}'; built-in grids: "
                           f"{', '.join(builtin_grids())}, or pass a YAML file path")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{source}: {err}") from err
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
         raise ConfigError(f"{source}: invalid YAML at {where}: {err.problem}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not a YAML text file ({' '.join(str(err).split())})"
+                          ) from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a grid must be a YAML mapping")
     raw.setdefault("name", path.stem if path.suffix else name_or_path)
@@ -155,6 +175,45 @@ def load_grid(name_or_path: str) -> GridConfig:
         return GridConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(f"{source}: {format_validation_error(err)}") from err
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``; ConfigError naming the file if it is UTF-16 or binary."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{path}: the {what} file is UTF-16 text; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: the {what} file is not UTF-8 text (byte "
+                          f"0x{data[err.start]:02x} at offset {err.start}); is it a binary "
+                          "file?") from err
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A key appears twice in one YAML mapping; the message gives both lines."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in a mapping is an error instead of the
+    last one silently winning (merge keys, ``<<``, may still override)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue
+            if first is not None:
+                raise DuplicateKeyError(
+                    f"duplicate key {key!r} at line {key_node.start_mark.line + 1} (first at "
+                    f"line {first.start_mark.line + 1}); a key may appear once in a mapping")
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 def format_validation_error(err: ValidationError) -> str:

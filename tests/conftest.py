@@ -18,9 +18,10 @@ from tests.postgres import PostgresServer, PostgresUnavailable, new_server
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Never read or write the user's ~/.cache from tests."""
+    """Never read or write the user's ~/.cache, nor sign with the user's key, from tests."""
     mp = pytest.MonkeyPatch()
     mp.setenv("MEDQ_CACHE", str(tmp_path_factory.mktemp("medq-cache")))
+    mp.setenv("MEDQ_SIGNING_KEY", str(tmp_path_factory.mktemp("no-key") / "signing-key.pem"))
     yield
     mp.undo()
 

@@ -56,9 +56,10 @@ class DeviceVenv:
         return self.run("bench", *args, cwd=cwd)
 
 
-def _check(command: list[str], what: str) -> None:
+def _check(command: list[str], what: str, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> None:
     proc = subprocess.run(command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
-                          check=False)
+                          check=False, env=env, cwd=cwd)
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 
@@ -72,8 +73,12 @@ def build_device_venv(where: Path) -> DeviceVenv:
     (wheel,) = wheels.glob("medq_bench-*.whl")
     root = where / "venv"
     _check([sys.executable, "-m", "venv", str(root)], "creating the venv")
+    # Outside the checkout and without its PYTHONPATH: pip must not take the checkout's
+    # egg-info (left by building the wheel) for an installed medq-bench.
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     _check([str(root / "bin" / "python"), "-m", "pip", "install", "-q", "-c",
-            str(ROOT / "constraints.txt"), f"{wheel}[device]"], "installing medq-bench[device]")
+            str(ROOT / "constraints.txt"), f"{wheel}[device]"], "installing medq-bench[device]",
+           clean, where)
     return DeviceVenv(root, wheel, time.perf_counter() - start)
 
 

@@ -164,6 +164,12 @@ def retar(path: Path, content: dict[str, bytes], extra: Callable[[tarfile.TarFil
     return path
 
 
+def relist(doc: dict[str, Any], name: str, data: bytes) -> None:
+    """List member ``name`` with the hash and size of ``data`` in the manifest ``doc``."""
+    doc["files"][name] = hashlib.sha256(data).hexdigest()
+    doc["sizes"][name] = len(data)
+
+
 def resealed(content: dict[str, bytes], change: Callable[[dict[str, Any]], None]
              ) -> dict[str, bytes]:
     """``content`` with its manifest changed by ``change`` and sealed again, as a forger
@@ -353,10 +359,9 @@ def test_resealed_manifest_must_still_match_the_records(bundle, loaded_target, t
     content = members(bundle)
     cells_key = f"medq-bundle/{CELLS}"
     forged = content[cells_key].replace(b'"accuracy":0.30000000000000004', b'"accuracy":0.99')
-    digest = hashlib.sha256(forged).hexdigest()
 
     def point_at_forgery(doc: dict[str, Any]) -> None:
-        doc["files"][CELLS] = digest
+        relist(doc, CELLS, forged)
         doc["counts"]["cells"] = 2
 
     bad = retar(tmp_path / "bad.tar.gz", resealed({**content, cells_key: forged},
@@ -368,19 +373,15 @@ def test_artifact_not_in_the_cell_record_is_refused(bundle, loaded_target, tmp_p
     content = members(bundle)
     evil = b"not the model the record describes"
     name = "artifacts/fp32a/model.onnx"
-
-    def relist(doc: dict[str, Any]) -> None:
-        doc["files"][name] = hashlib.sha256(evil).hexdigest()
-
     bad = retar(tmp_path / "bad.tar.gz", resealed({**content, f"medq-bundle/{name}": evil},
-                                                  relist))
+                                                  lambda doc: relist(doc, name, evil)))
     assert_refused(loaded_target, bad, "not a file that cell fp32a's record lists")
 
 
 def test_unknown_format_or_version_is_refused(bundle, loaded_target, tmp_path):
     content = members(bundle)
-    v2 = retar(tmp_path / "v2.tar.gz", resealed(content, lambda d: d.update(version=2)))
-    assert_refused(loaded_target, v2, "bundle version 2 is not supported")
+    v3 = retar(tmp_path / "v3.tar.gz", resealed(content, lambda d: d.update(version=3)))
+    assert_refused(loaded_target, v3, "bundle version 3 is not supported")
     other = retar(tmp_path / "o.tar.gz", resealed(content, lambda d: d.update(format="zip")))
     assert_refused(loaded_target, other, "not a medq-bench bundle")
 
@@ -433,11 +434,8 @@ def test_records_listing_dot_paths_are_refused(bundle, loaded_target, tmp_path, 
     forged = content[cells_key].replace(b'"artifact_hashes":{}',
                                         f'"artifact_hashes":{{"{path}":"{"a" * 64}"}}'.encode())
     assert forged != content[cells_key]
-
-    def relist(doc: dict[str, Any]) -> None:
-        doc["files"][CELLS] = hashlib.sha256(forged).hexdigest()
-
-    bad = retar(tmp_path / "bad.tar.gz", resealed({**content, cells_key: forged}, relist))
+    bad = retar(tmp_path / "bad.tar.gz", resealed({**content, cells_key: forged},
+                                                  lambda doc: relist(doc, CELLS, forged)))
     assert_refused(loaded_target, bad, "not allowed in an artifact path")
 
 
@@ -507,11 +505,14 @@ def test_a_huge_member_header_is_refused_before_it_is_read(tmp_path, unpacked):
 
 
 def test_the_unpacked_stream_is_capped_past_its_members(bundle, tmp_path):
-    """Zeros after the end of the archive count too (a gzip bomb needs no members)."""
+    """Zeros after the end of the archive count too (a gzip bomb needs no members): past the
+    end-of-archive padding the stream is refused at once, whatever the limits."""
     padded = tmp_path / "padded.tar.gz"
     padded.write_bytes(gzip.compress(gzip.decompress(bundle.read_bytes()) + bytes(8 << 20)))
     limits = Limits(unpacked_bytes=1 << 20, members=20)
-    with pytest.raises(BundleError, match="unpacks to more than"):
+    with pytest.raises(BundleError, match="data after the end of its archive"):
+        read_bundle(padded)
+    with pytest.raises(BundleError, match="data after the end of its archive"):
         read_bundle(padded, limits=limits)
     read_bundle(bundle, limits=limits).close()
 

@@ -132,7 +132,7 @@ def test_unknown_filter_exits_2(measured, cli):
 
 
 def test_results_without_measurements_have_empty_columns(write_grid, cli, tmp_path):
-    assert cli("run", "--grid", write_grid(seeds=1, train={"epochs": 0}), "--store",
+    assert cli("run", "--grid", write_grid(seeds=1, train={"epochs": 1}), "--store",
                tmp_path / "s", "--quiet").exit_code == 0
     (row,) = _rows(cli, tmp_path / "s")
     assert row["latency_ms_p50"] is None and row["int_kernels"] is None

@@ -24,6 +24,7 @@ def test_wheel_contents(tmp_path):
                      "hardware_profiles/raspberry-pi-5.toml", "bench/store/migrations/env.py",
                      "bench/store/migrations/versions/0001_initial.py",
                      "bench/store/migrations/versions/0003_server_tables.py",
+                     "bench/store/migrations/versions/0004_signatures_and_audit.py",
                      "bench/server/routes/uploads.py", "bench/exchange/pull.py"):
         assert required in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from bench.cli import app
 from bench.config import load_grid
 from bench.report import build_report, report_context
-from bench.runner.estimate import EstimateRow
+from bench.runner.estimate import cell_shape
 from bench.runner.plan import build_plan
 from bench.saliency.columns import column_name
-from bench.saliency.cost import plan_cost, stage_cost
+from bench.saliency.cost import saliency_cost, stage_cost
 from bench.saliency.suite import SaliencyConfig
 from bench.store import ResultsStore
 
@@ -110,20 +110,39 @@ def test_significance_sections_give_per_image_p_values_at_three_seeds(
 
 def test_paper_and_full_grids_have_the_stage_and_dry_run_counts_its_cost(
         paper: dict[str, Any]) -> None:
-    """The dry run's saliency line (bench.saliency.cost.plan_cost): every cell's stage passes
-    at the per-image cost of its training step."""
+    """The dry run's saliency term (bench.saliency.cost.saliency_cost) for every cell of the
+    paper-shaped plan: the stage's passes, the null control's on quantised cells and the sanity
+    check's on FP32 cells, at the probe's gradient and forward cost."""
     full = load_grid("full").model_dump(mode="json")["stages"]["saliency"]
     assert len(full["methods"]) == 4
     plan = build_plan(load_grid(str(paper["grid"])))
-    rows = [EstimateRow(c.config.backbone.name, c.config.method, 16, 1, 3.2, 1)
-            for c in plan.cells]
-    seconds, images = plan_cost(plan, {c.cell_id for c in plan.cells}, rows)
     cfg = SaliencyConfig(**plan.cells[0].config.stages["saliency"])
-    per_cell = {(q, f): stage_cost(cfg, n_test=15, quantized=q, fp32=f)
-                for q in (True, False) for f in (True, False)}
-    kinds = [(c.config.w_bits < 32, c.config.method == "fp32") for c in plan.cells]
-    assert images == sum(per_cell[k].forward_backward + per_cell[k].forward for k in kinds)
-    assert seconds == pytest.approx(sum(per_cell[k].seconds(3.2 / 32) for k in kinds))
+    probe = UnitProbe()
+    kinds = set()
+    for cell in plan.cells:
+        shape = cell_shape(plan, cell)
+        quantized, fp32 = cell.config.w_bits < 32, cell.config.method == "fp32"
+        kinds.add((quantized, fp32))
+        cost = stage_cost(cfg, n_test=shape.n_test, quantized=quantized, fp32=fp32)
+        assert saliency_cost(cfg, shape, probe) == pytest.approx(cost.gradient + 0.25
+                                                                 * cost.forward)
+    assert kinds == {(True, False), (False, True), (False, False)}   # quantised, FP32, SGT
+    n = min(cfg.n_samples, cell_shape(plan, plan.cells[0]).n_test)
+    quantised = stage_cost(cfg, n_test=n, quantized=True, fp32=False)
+    fp32 = stage_cost(cfg, n_test=n, quantized=False, fp32=True)
+    sgt = stage_cost(cfg, n_test=n, quantized=False, fp32=False)
+    assert quantised.gradient > sgt.gradient and fp32.gradient > sgt.gradient
+    assert quantised.forward == fp32.forward == sgt.forward
+
+
+class UnitProbe:
+    """A gradient pass costs 1 s, a forward pass 0.25 s."""
+
+    def gradient_image_s(self, batch: int, device: str | None = None) -> float:
+        return 1.0
+
+    def forward_image_s(self, batch: int, device: str | None = None) -> float:
+        return 0.25
 
 
 def test_columns_for_every_method_in_bench_results(paper: dict[str, Any]) -> None:

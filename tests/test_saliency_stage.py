@@ -227,10 +227,13 @@ def test_trained_model_points_inside_the_lesions(tmp_path: Path) -> None:
     grid = {"datasets": data, "seeds": [0], "stages": {"saliency": settings},
             "train": {"epochs": 3, "batch_size": 16, "lr": 0.003}}
     run_grid(tmp_path, tmp_path / "s", **grid)
-    run_grid(tmp_path, tmp_path / "s", "--epochs", "0", **grid)
-    by_epochs = {r.config["train"]["epochs"]: r.metrics["saliency"]
-                 for r in ResultsStore(tmp_path / "s").records()}
-    trained, untrained = by_epochs[3], by_epochs[0]
+    # The untrained control: one epoch at lr 1e-12 leaves the random start as it was (epochs: 0
+    # is refused at validation).
+    run_grid(tmp_path, tmp_path / "s", **{**grid, "train": {**grid["train"], "epochs": 1,
+                                                           "lr": 1e-12}})
+    by_lr = {r.config["train"]["lr"]: r.metrics["saliency"]
+             for r in ResultsStore(tmp_path / "s").records()}
+    trained, untrained = by_lr[0.003], by_lr[1e-12]
     chance = trained["localisation"]["mask_fraction"]
     hits = trained["columns"]["saliency_pointing_game"]
     assert chance < 0.15

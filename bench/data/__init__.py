@@ -29,7 +29,8 @@ class PreparedData:
 def prepare(cfg: DataConfig) -> PreparedData:
     """Load (or reuse the cached decoding of) a data set and split it."""
     images = get_dataset(cfg.name).load(cfg, cache_dir())
-    split = make_split(images.labels.numpy(), images.ids, cfg.split, images.fingerprint)
+    split = make_split(images.labels.numpy(), images.ids, cfg.split, images.fingerprint,
+                       images.classes)
     return PreparedData(cfg, images, split)
 
 

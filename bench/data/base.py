@@ -7,10 +7,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from bench.config import DataConfig
+from bench.config import DataConfig, format_validation_error
 from bench.errors import ConfigError
 
 
@@ -39,6 +41,12 @@ class ImageSet:
 Loader = Callable[[DataConfig, Path], ImageSet]
 
 
+class NoOptions(BaseModel):
+    """The options of a data set that takes none: any key is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
@@ -46,18 +54,63 @@ class DatasetInfo:
     description: str
     has_masks: bool
     nominal_images: int | None = None
+    options: type[BaseModel] = NoOptions
+
+    def parse_options(self, options: dict[str, object], where: str = "") -> BaseModel:
+        """The grid's `options` of this data set, validated; ConfigError naming the key (and
+        ``where`` the data set is in the grid, e.g. `datasets.0`)."""
+        try:
+            return self.options.model_validate(options)
+        except ValidationError as err:
+            problems = format_validation_error(err).replace("; ", "; options.")
+            place = f"{where} " if where else ""
+            raise ConfigError(f"{place}data set '{self.name}': options.{problems}") from err
 
 
 DATASETS: dict[str, DatasetInfo] = {}
 
 
 def register_dataset(name: str, description: str, has_masks: bool = False,
-                     nominal_images: int | None = None) -> Callable[[Loader], Loader]:
-    """Register a loader; nominal_images lets a dry run estimate cost without the data."""
+                     nominal_images: int | None = None,
+                     options: type[BaseModel] = NoOptions) -> Callable[[Loader], Loader]:
+    """Register a loader; nominal_images lets a dry run estimate cost without the data, and
+    ``options`` is the pydantic model of the grid's `options` for this data set (checked when
+    the grid is planned; extra keys are errors)."""
     def add(load: Loader) -> Loader:
-        DATASETS[name] = DatasetInfo(name, load, description, has_masks, nominal_images)
+        DATASETS[name] = DatasetInfo(name, load, description, has_masks, nominal_images,
+                                     options)
         return load
     return add
+
+
+def options_of(cfg: DataConfig) -> Any:
+    """The validated options of ``cfg``'s data set (its registered options model)."""
+    return get_dataset(cfg.name).parse_options(cfg.options)
+
+
+def machine_memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_memory(need_bytes: int, what: str) -> None:
+    """ConfigError before allocating if ``what`` (the option and its value, in words) needs
+    more memory than this machine has."""
+    ram = machine_memory_bytes()
+    if ram is not None and need_bytes > ram:
+        raise ConfigError(f"{what} needs about {human_bytes(need_bytes)} of memory, more than "
+                          f"this machine's {human_bytes(ram)} of RAM")
 
 
 def get_dataset(name: str) -> DatasetInfo:

@@ -1,28 +1,46 @@
 """A folder with one sub-folder per class, decoded and resized once into a cached tensor file.
 
-Every image is checked while it is decoded: a zero-byte, truncated or unreadable file stops the
-run with a DataError naming it. Grey, palette, CMYK, alpha and 16-bit images are converted to
-8-bit RGB, and each conversion is logged.
+Every image is checked while it is decoded: a zero-byte, truncated or unreadable file, or one
+with more pixels than `max_image_pixels` (a decompression bomb, refused from its header before
+anything is decoded), stops the run with a DataError naming it. Grey, palette, CMYK, alpha and
+16-bit images are converted to 8-bit RGB, and each conversion is logged. A data set needs two
+classes or more, each with at least two images (a stratified split needs them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
 
 from bench.config import DataConfig
-from bench.data.base import ImageSet, register_dataset
+from bench.data.base import ImageSet, check_memory, options_of, register_dataset
 from bench.errors import DataError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 CACHE_VERSION = 1
+MAX_IMAGE_PIXELS = 89_478_485
+"""Default limit on an image's width x height: PIL's own (about 9,459 x 9,459 pixels, 256 MiB
+as 8-bit RGB); `options: {max_image_pixels: N}` raises it for genuinely larger images."""
+MIN_CLASS_IMAGES = 2
+
+
+class FolderOptions(BaseModel):
+    """`options` of a data set read from class folders."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=1, description="Largest width x height "
+                                  "of an image; a larger one is refused before it is decoded")
 
 
 def scan_class_folders(root: Path) -> list[tuple[Path, int]]:
@@ -40,7 +58,13 @@ def scan_class_folders(root: Path) -> list[tuple[Path, int]]:
                        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"class folder has no images: {folder}")
+        if len(files) < MIN_CLASS_IMAGES:
+            raise DataError(f"class folder {folder} has only {len(files)} image; a stratified "
+                            f"train/val/test split needs at least {MIN_CLASS_IMAGES} per class")
         items.extend((f, label) for f in files)
+    if len(class_dirs) < 2:
+        raise DataError(f"only one class folder ({class_dirs[0].name}) in {root}: nothing to "
+                        "classify; give one sub-folder per class, two or more")
     return items
 
 
@@ -62,15 +86,35 @@ def to_rgb8(img: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """(3, size, size) uint8 array; DataError naming the file when it cannot be decoded."""
+@contextmanager
+def _own_pixel_check() -> Iterator[None]:
+    """PIL's decompression-bomb check off while an image is opened: `decode_image` checks the
+    header's size itself, against its own limit, before anything is decoded."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def decode_image(path: Path, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """(3, size, size) uint8 array; DataError naming the file when it cannot be decoded or has
+    more than ``max_pixels`` pixels (checked from its header, before it is decoded)."""
     if path.stat().st_size == 0:
         raise DataError(f"empty (zero-byte) image file: {path}")
     try:
-        with Image.open(path) as img:
+        with _own_pixel_check(), Image.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise DataError(
+                    f"image {path} has {width} x {height} = {width * height:,} pixels, more "
+                    f"than the limit of {max_pixels:,} (a decompression bomb?); if it is "
+                    "genuine, raise the data set's options.max_image_pixels in the grid")
             img.load()
             rgb = to_rgb8(img, path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
     resized = Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)
@@ -84,7 +128,8 @@ def _cache_key(root: Path, items: list[tuple[Path, int]], size: int) -> str:
     return digest.hexdigest()[:20]
 
 
-def load_folder(root: Path, size: int, cache: Path) -> ImageSet:
+def load_folder(root: Path, size: int, cache: Path, max_pixels: int = MAX_IMAGE_PIXELS
+                ) -> ImageSet:
     """Decode (or reuse the cached decoding of) every image under root at size x size."""
     items = scan_class_folders(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -93,10 +138,12 @@ def load_folder(root: Path, size: int, cache: Path) -> ImageSet:
         saved = torch.load(target, weights_only=True)
         return ImageSet(saved["images"], saved["labels"], None, classes, saved["ids"],
                         saved["fingerprint"])
+    check_memory(len(items) * 3 * size * size,
+                 f"{len(items):,} images of {root} at image_size {size}")
     images = np.empty((len(items), 3, size, size), np.uint8)
     content = hashlib.sha256()
     for i, (path, label) in enumerate(items):
-        images[i] = decode_image(path, size)
+        images[i] = decode_image(path, size, max_pixels)
         content.update(f"{path.relative_to(root)}:{label}:".encode())
         content.update(hashlib.sha256(path.read_bytes()).digest())
     ids = [str(path.relative_to(root)) for path, _ in items]
@@ -110,9 +157,11 @@ def load_folder(root: Path, size: int, cache: Path) -> ImageSet:
 
 
 @register_dataset("imagefolder", "Any folder with one sub-folder of images per class "
-                  "(--data-root PATH)")
+                  "(--data-root PATH; options: max_image_pixels)", options=FolderOptions)
 def load_imagefolder(cfg: DataConfig, cache: Path) -> ImageSet:
+    opts: FolderOptions = options_of(cfg)
     if cfg.root is None:
         raise DataError("the imagefolder data set needs --data-root PATH "
                         "(one sub-folder per class)")
-    return load_folder(Path(cfg.root).expanduser(), cfg.image_size, cache)
+    return load_folder(Path(cfg.root).expanduser(), cfg.image_size, cache,
+                       opts.max_image_pixels)

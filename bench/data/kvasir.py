@@ -16,9 +16,11 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from pydantic import Field
+
 from bench.config import DataConfig
-from bench.data.base import ImageSet, register_dataset
-from bench.data.imagefolder import load_folder
+from bench.data.base import ImageSet, options_of, register_dataset
+from bench.data.imagefolder import FolderOptions, load_folder
 from bench.errors import DataError
 from bench.store.artifacts import file_sha256
 
@@ -30,6 +32,13 @@ KVASIR_CLASSES = (
     "normal-pylorus", "normal-z-line", "polyps", "ulcerative-colitis",
 )
 CHUNK = 1 << 20
+
+
+class KvasirOptions(FolderOptions):
+    """`options` of Kvasir: where to download it and the SHA-256 to pin the archive to."""
+
+    url: str = Field(KVASIR_URL, min_length=1)
+    sha256: str | None = Field(None, pattern=r"^[0-9A-Fa-f]{64}$")
 
 
 def download(url: str, target: Path, timeout: float = 60.0) -> None:
@@ -93,15 +102,15 @@ def find_class_root(folder: Path) -> Path:
 
 @register_dataset("kvasir", "Kvasir v2, 8 GI endoscopy classes, from the official archive "
                   "(downloaded once, SHA-256 checked) or --data-root (zip or folder)",
-                  nominal_images=8000)
+                  nominal_images=8000, options=KvasirOptions)
 def load_kvasir(cfg: DataConfig, cache: Path) -> ImageSet:
-    url = str(cfg.options.get("url", KVASIR_URL))
-    expected = cfg.options.get("sha256")
+    opts: KvasirOptions = options_of(cfg)
+    url, expected, max_pixels = opts.url, opts.sha256, opts.max_image_pixels
     root = Path(cfg.root).expanduser() if cfg.root else None
     if root is not None and not root.exists():
         raise DataError(f"data root does not exist: {root}")
     if root is not None and root.is_dir():
-        return load_folder(find_class_root(root), cfg.image_size, cache)
+        return load_folder(find_class_root(root), cfg.image_size, cache, max_pixels)
     archive = root or cache / "downloads" / Path(url).name
     if root is None and not archive.exists():
         download(url, archive)
@@ -109,4 +118,4 @@ def load_kvasir(cfg: DataConfig, cache: Path) -> ImageSet:
     extracted = cache / f"kvasir-{digest[:16]}"
     if not extracted.exists():
         extract(archive, extracted)
-    return load_folder(find_class_root(extracted), cfg.image_size, cache)
+    return load_folder(find_class_root(extracted), cfg.image_size, cache, max_pixels)

@@ -12,12 +12,37 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from bench.config import DataConfig
-from bench.data.base import ImageSet, register_dataset, tensor_digest
+from bench.data.base import (
+    ImageSet,
+    check_memory,
+    options_of,
+    register_dataset,
+    tensor_digest,
+)
 
 SHAPES = ("disk", "square", "ring", "cross", "triangle", "ellipse")
-DEFAULTS = {"num_classes": 3, "num_images": 480, "seed": 0}
+ID_BYTES = 100
+"""Memory of one image's id string and list slot, for the memory estimate."""
+
+
+class SyntheticOptions(BaseModel):
+    """`options` of the synthetic data set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_classes: int = Field(3, ge=2, description="Lesion classes (at least 2: something to "
+                                                   "classify)")
+    num_images: int = Field(480, ge=1)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+
+
+def memory_need(num_images: int, size: int) -> int:
+    """Bytes that generating ``num_images`` images of ``size`` x ``size`` takes at its peak:
+    images, masks, labels and ids, plus one image tensor's copy while it is hashed."""
+    return num_images * (2 * 3 * size * size + size * size + 8 + ID_BYTES)
 
 
 def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float,
@@ -75,11 +100,12 @@ def generate_image(seed: int, index: int, label: int, size: int) -> tuple[np.nda
 
 
 @register_dataset("synthetic", "Deterministic endoscopy-like lesions with masks (options: "
-                  "num_classes, num_images, seed)", has_masks=True)
+                  "num_classes, num_images, seed)", has_masks=True, options=SyntheticOptions)
 def load_synthetic(cfg: DataConfig, cache: Path) -> ImageSet:
-    opts = {**DEFAULTS, **cfg.options}
-    n, k, seed, size = int(opts["num_images"]), int(opts["num_classes"]), int(opts["seed"]), \
-        cfg.image_size
+    opts: SyntheticOptions = options_of(cfg)
+    n, k, seed, size = opts.num_images, opts.num_classes, opts.seed, cfg.image_size
+    check_memory(memory_need(n, size), f"data set 'synthetic': options.num_images = {n} at "
+                                       f"image_size {size}")
     labels = np.arange(n) % k
     images = np.empty((n, 3, size, size), np.uint8)
     masks = np.empty((n, size, size), bool)

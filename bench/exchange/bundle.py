@@ -1,20 +1,26 @@
 """Offline bundles: a store's records, and chosen artifact files, in one gzip'd tar.
 
 Members, all under the top folder `medq-bundle/`, in this order: `manifest.json` (format,
-version, source, filters, counts, the SHA-256 of every other member, and a digest of itself),
-`records/cells.jsonl` and `records/measurements.jsonl` (one CellData / MeasurementData JSON a
-line), then `artifacts/<cell_id>/<path>` files, each equal to its cell's recorded artifact hash.
+version, source, filters, counts, the SHA-256 and size of every other member, the devices of
+the records, a digest of itself, and the exporter's Ed25519 signature of that digest when it has
+a signing key), `records/cells.jsonl` and `records/measurements.jsonl` (one CellData /
+MeasurementData JSON a line), then `artifacts/<cell_id>/<path>` files, each equal to its cell's
+recorded artifact hash.
 
-`read_bundle` streams a bundle into a temporary folder and refuses it, with one `BundleError`,
-at the first thing wrong: a truncated or corrupt gzip stream, a member that is not a plain file
-under the top folder, a name the manifest does not list (or a listed one missing), any hash
-that does not match, an edited manifest, records that do not validate, more bytes or members
-than the limits. Only a bundle that passes every check reaches `import_bundle`, which writes
-its records and files in one store transaction.
+`read_bundle` streams a bundle into a scratch folder and refuses it, with one `BundleError`, at
+the first thing wrong: a truncated or corrupt gzip stream, a member that is not a plain file
+under the top folder, a name the manifest does not list (or a listed one missing), any hash or
+size that does not match, an edited manifest or a signature that does not verify (or, with
+``trust``, a bundle not signed by a trusted key), records that do not validate or lie in the
+future, more bytes or members than the limits. Only a bundle that passes every check reaches
+`import_bundle`, which writes its records and files in one store transaction.
 
-Memory stays bounded whatever the bundle holds: the decompressed tar stream is counted as it is
-read, so a member header (pax or GNU long-name data, which `tarfile` reads whole) larger than
-HEADER_BYTES, or a stream longer than its members may take, is refused before it is read.
+Work and memory stay bounded whatever the bundle holds: the decompressed tar stream is counted
+as it is read, so a member header (pax or GNU long-name data, which `tarfile` reads whole)
+larger than HEADER_BYTES, a stream longer than its members may take, a member larger than the
+manifest declares, data after the end of the archive, or an artifact its cell's record does not
+list (the records come first) is refused before it is decompressed. The manifest, read first,
+is checked for its signature and (on the server) its devices before anything else is read.
 """
 
 from __future__ import annotations
@@ -23,10 +29,7 @@ import gzip
 import hashlib
 import io
 import os
-import re
-import shutil
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,20 +52,32 @@ from bench.exchange.manifest import (
     VERSION,
     BundleError,
     Manifest,
+    check_trust,
     first_error,
     parse_manifest,
     seal,
 )
+from bench.exchange.scratch import Scratch
+from bench.exchange.signing import PublicKey, Signer
 from bench.store.artifacts import file_sha256
 from bench.store.database import ResultsStore, StoreBusyError
 from bench.store.deploy import deploy_files
 from bench.store.identity import local_device
 from bench.store.query import RecordFilter
-from bench.store.records import CellData, IngestResult, MeasurementData, RecordBatch
+from bench.store.records import (
+    CellData,
+    FutureRecordError,
+    IngestResult,
+    MeasurementData,
+    Origin,
+    RecordBatch,
+    check_times,
+)
 
 __all__ = ["ARTIFACT_MODES", "BUNDLE_CONTENT_TYPE", "CELLS", "JSON_CONTENT_TYPE", "MANIFEST",
-           "MEASUREMENTS", "TOP", "ArtifactMode", "BundleError", "ExportSummary", "Limits",
-           "LoadedBundle", "Manifest", "export_bundle", "import_bundle", "read_bundle", "seal"]
+           "MEASUREMENTS", "TOP", "ArtifactMode", "BundleDeviceError", "BundleError",
+           "ExportSummary", "ImportResult", "Limits", "LoadedBundle", "Manifest",
+           "export_bundle", "import_bundle", "read_bundle", "seal"]
 
 ArtifactMode = Literal["none", "deploy", "all"]
 """Which artifact files travel with the cells: none, the deploy files, or all."""
@@ -85,6 +100,7 @@ MEMBER_OVERHEAD = 4 * tarfile.BLOCKSIZE
 and the padding of its data to a whole block."""
 STREAM_SLACK = 64 << 10
 """Tar bytes besides the members: the end-of-archive blocks and the padding of the record."""
+WORK_PREFIX = "medq-bundle-"
 
 _SPECIAL = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link",
             tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
@@ -114,7 +130,7 @@ class Limits:
 @dataclass
 class ExportSummary:
     """What `export_bundle` wrote; `skipped` names artifact files left out because the store
-    lacks them or they differ from their recorded hash."""
+    lacks them or they differ from their recorded hash; `signer` is the key that signed it."""
 
     path: Path
     cells: int
@@ -123,6 +139,7 @@ class ExportSummary:
     size_bytes: int
     sha256: str
     skipped: list[str] = field(default_factory=list)
+    signer: PublicKey | None = None
 
 
 def _chosen_files(cell: CellData, mode: ArtifactMode) -> list[str]:
@@ -132,9 +149,11 @@ def _chosen_files(cell: CellData, mode: ArtifactMode) -> list[str]:
 
 
 def export_bundle(store: ResultsStore, out: str | Path, record_filter: RecordFilter | None = None,
-                  artifacts: ArtifactMode = "none") -> ExportSummary:
+                  artifacts: ArtifactMode = "none", signer: Signer | None = None
+                  ) -> ExportSummary:
     """Write the records ``record_filter`` selects (and their ``artifacts`` files) to the
-    bundle ``out``, atomically: a temporary file renamed into place. Reads the store only."""
+    bundle ``out``, atomically: a temporary file renamed into place; its manifest signed by
+    ``signer`` if given. Reads the store only."""
     if artifacts not in ARTIFACT_MODES:
         raise UsageError(f"artifacts must be one of {', '.join(ARTIFACT_MODES)}, not {artifacts!r}")
     record_filter = record_filter or RecordFilter()
@@ -150,8 +169,7 @@ def export_bundle(store: ResultsStore, out: str | Path, record_filter: RecordFil
         measurements = [MeasurementData.of(row)
                         for row in session.scalars(record_filter.measurements())]
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with Scratch(f".{out.name}.", out.parent) as work:
         files = {CELLS: _write_lines(work / "cells.jsonl", cells),
                  MEASUREMENTS: _write_lines(work / "measurements.jsonl", measurements)}
         sources = {CELLS: work / "cells.jsonl", MEASUREMENTS: work / "measurements.jsonl"}
@@ -162,15 +180,15 @@ def export_bundle(store: ResultsStore, out: str | Path, record_filter: RecordFil
             "source": {"device": device, "store": str(store.root.resolve())},
             "filters": record_filter.model_dump(mode="json"),
             "counts": {"cells": len(cells), "measurements": len(measurements)},
-            "files": files})
+            "files": files,
+            "sizes": {name: sources[name].stat().st_size for name in files},
+            "devices": sorted({r.device for r in (*cells, *measurements)})}, signer)
         partial = work / "bundle.tar.gz"
         _write_tar(partial, manifest, files, sources)
         size, digest = partial.stat().st_size, file_sha256(partial)
         partial.replace(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return ExportSummary(out, len(cells), len(measurements), len(files) - 2, size, digest,
-                         skipped)
+                         skipped, signer.public if signer else None)
 
 
 def _add_artifacts(root: Path, cells: list[CellData], folders: dict[str, str | None],
@@ -243,17 +261,27 @@ def _write_tar(path: Path, manifest: bytes, files: dict[str, str],
 # ---------------------------------------------------------------- read and import
 
 
+class BundleDeviceError(BundleError):
+    """The bundle holds (or declares) records of a device other than the one expected."""
+
+
 @dataclass
 class LoadedBundle:
-    """A checked bundle unpacked in ``folder`` (removed by `close` or leaving a `with`)."""
+    """A checked bundle unpacked in ``folder`` (removed by `close` or leaving a `with`):
+    its signer (named after the trusted key, when ``verified``) and the SHA-256 of its bytes."""
 
     manifest: Manifest
     batch: RecordBatch
     artifact_dirs: dict[str, Path]
     folder: Path
+    scratch: Scratch | None = None
+    signer: PublicKey | None = None
+    verified: bool = False
+    sha256: str = ""
 
     def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.scratch is not None:
+            self.scratch.close()
 
     def __enter__(self) -> LoadedBundle:
         return self
@@ -261,29 +289,64 @@ class LoadedBundle:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def origin(self, what: str = "bundle") -> Origin:
+        """Where its records come from, for the store's `record_origins`."""
+        source = f"{what} {self.sha256}"
+        if self.signer is None:
+            return Origin(source)
+        name = (self.signer.name or self.signer.fingerprint) if self.verified else None
+        return Origin(source, self.signer.fingerprint, name, self.verified)
+
+    def signer_text(self) -> str:
+        """Who signed its records, in words."""
+        if self.signer is None:
+            return "not signed"
+        if self.verified:
+            return f"signed by {self.signer.describe()}, verified against --trust"
+        return (f"signed by key {self.signer.fingerprint}, not verified (give --trust KEYS to "
+                "check it is a key you trust)")
+
+
+@dataclass
+class ImportResult(IngestResult):
+    """What `import_bundle` did, and who signed the records (see LoadedBundle)."""
+
+    signer: str = "not signed"
+    records: int = 0
+
 
 class _Capped:
-    """A binary reader that refuses to go past ``limit`` bytes (of the bundle as read)."""
+    """A binary reader that refuses to go past ``limit`` bytes (of the bundle as read), and
+    hashes what it reads."""
 
     def __init__(self, handle: IO[bytes], limit: int) -> None:
         self.handle, self.limit, self.count = handle, limit, 0
+        self.digest = hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
         data = self.handle.read(size if size >= 0 else self.limit + 1 - self.count)
         self.count += len(data)
         if self.count > self.limit:
             raise BundleError(f"the bundle is larger than the limit of {self.limit} bytes")
+        self.digest.update(data)
         return data
 
 
 class _TarStream:
-    """The decompressed tar stream, refused past ``limits.stream_bytes``, and while a member
-    header is read (see `header`), past HEADER_BYTES from where it began."""
+    """The decompressed tar stream, refused past ``limits.stream_bytes`` (or a tighter `cap`),
+    and while a member header is read (see `header`), past HEADER_BYTES from where it began."""
 
     def __init__(self, handle: IO[bytes], limits: Limits) -> None:
         self.handle, self.limits, self.count = handle, limits, 0
+        self.limit = limits.stream_bytes
+        self.reason = f"the bundle unpacks to more than {limits.unpacked_bytes} bytes"
         self.header_end: int | None = None
         self.header()
+
+    def cap(self, limit: int, reason: str) -> None:
+        """Refuse the stream past ``limit`` bytes from its start, for ``reason``."""
+        if limit < self.limit:
+            self.limit, self.reason = limit, reason
 
     def header(self) -> None:
         """What is read next is a member's header(s); `tarfile` reads up to a record ahead."""
@@ -294,7 +357,7 @@ class _TarStream:
         self.header_end = None
 
     def read(self, size: int = -1) -> bytes:
-        end = self.limits.stream_bytes
+        end = self.limit
         if self.header_end is not None:
             end = min(end, self.header_end)
         room = end + 1 - self.count
@@ -304,8 +367,7 @@ class _TarStream:
             if end == self.header_end:
                 raise BundleError(f"a member header is larger than {HEADER_BYTES >> 10} KiB "
                                   "(pax or long-name data); bundles have short names")
-            raise BundleError(f"the bundle unpacks to more than {self.limits.unpacked_bytes} "
-                              "bytes")
+            raise BundleError(self.reason)
         return data
 
 
@@ -326,34 +388,49 @@ def _opened(source: Source) -> Iterator[IO[bytes]]:
 
 
 def read_bundle(source: Source, max_bytes: int = MAX_BUNDLE_BYTES, *,
-                limits: Limits = Limits(), workdir: Path | None = None) -> LoadedBundle:
+                limits: Limits = Limits(), workdir: Path | None = None,
+                trust: list[PublicKey] | None = None, device: str | None = None
+                ) -> LoadedBundle:
     """Check the bundle at ``source`` (a path, bytes or a binary file object read to its end)
-    and unpack it into a temporary folder; BundleError names the first problem."""
-    folder = Path(tempfile.mkdtemp(prefix="medq-bundle-", dir=workdir))
+    and unpack it into a scratch folder in ``workdir`` (default: the system's temporary
+    folder; stale ones of killed processes are removed first); BundleError names the first
+    problem. ``trust``: accept only a bundle signed by one of these keys. ``device``: accept
+    only records of this device (BundleDeviceError, checked on the manifest when it declares
+    its devices, and on the records before any artifact is read)."""
+    scratch = Scratch(WORK_PREFIX, workdir)
     try:
         with _opened(source) as handle:
-            manifest = _unpack(_Capped(handle, max_bytes), folder, limits)
-        batch = _batch(folder, manifest)
-        return LoadedBundle(manifest, batch, _artifact_dirs(folder, manifest, batch), folder)
+            raw = _Capped(handle, max_bytes)
+            unpacker = _Unpacker(scratch.path, limits, trust, device)
+            unpacker.unpack(raw)
+        manifest = unpacker.manifest
+        assert manifest is not None and unpacker.cells is not None
+        batch = _batch(manifest, unpacker.cells, unpacker.measurements or [])
+        return LoadedBundle(manifest, batch, _artifact_dirs(scratch.path, manifest), scratch.path,
+                            scratch, unpacker.signer, unpacker.verified, raw.digest.hexdigest())
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        scratch.close()
         raise
 
 
-def import_bundle(store: ResultsStore | Path, source: Source, max_bytes: int = MAX_BUNDLE_BYTES
-                  ) -> IngestResult:
+def import_bundle(store: ResultsStore | Path, source: Source, max_bytes: int = MAX_BUNDLE_BYTES,
+                  trust: list[PublicKey] | None = None) -> ImportResult:
     """Check the whole bundle, then write its records and files in one store transaction.
 
     ``store`` may be a store's folder, opened (and created) only once the bundle has passed
-    every check. The write holds the store's "run" lock, as `bench run` does (both write
-    artifact folders, so they must not interleave); UsageError if another process holds it."""
-    with read_bundle(source, max_bytes) as loaded:
+    every check. ``trust``: import only a bundle signed by one of these keys. The write holds
+    the store's "run" lock, as `bench run` does (both write artifact folders, so they must not
+    interleave); UsageError if another process holds it."""
+    with read_bundle(source, max_bytes, trust=trust) as loaded:
         target = store if isinstance(store, ResultsStore) else ResultsStore(store)
         try:
             with target.exclusive("run"):
-                return target.ingest(loaded.batch, loaded.artifact_dirs)
+                result = target.ingest(loaded.batch, loaded.artifact_dirs,
+                                       loaded.origin("import of bundle"))
         except StoreBusyError as err:
             raise UsageError(str(err)) from err
+        return ImportResult(result.added, result.replaced, result.unchanged, result.stale,
+                            loaded.signer_text(), len(loaded.batch))
 
 
 def _next_member(tar: tarfile.TarFile, stream: _TarStream) -> tarfile.TarInfo | None:
@@ -363,61 +440,136 @@ def _next_member(tar: tarfile.TarFile, stream: _TarStream) -> tarfile.TarInfo | 
     return member
 
 
-def _unpack(raw: _Capped, folder: Path, limits: Limits) -> Manifest:
-    try:
-        with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-            stream = _TarStream(gz, limits)
-            with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
-                manifest, seen = _extract(tar, stream, folder, limits)
-            while stream.read(CHUNK):
-                pass
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise BundleError(f"the bundle is truncated or corrupt ({err})") from err
-    if manifest is None:
-        raise BundleError(f"the bundle has no {TOP}/{MANIFEST}")
-    missing = sorted(manifest.files.keys() - seen)
-    if missing:
-        raise BundleError(f"{len(missing)} file(s) the manifest lists are missing from the "
-                          f"bundle: {', '.join(missing[:5])}")
-    return manifest
+class _Unpacker:
+    """Checks each member of the tar stream (its header before its data) and writes it into
+    ``folder``; keeps the manifest, the records and who signed them."""
 
+    def __init__(self, folder: Path, limits: Limits, trust: list[PublicKey] | None,
+                 device: str | None) -> None:
+        self.folder, self.limits, self.trust, self.device = folder, limits, trust, device
+        self.manifest: Manifest | None = None
+        self.cells: dict[str, CellData] | None = None
+        self.measurements: list[MeasurementData] | None = None
+        self.signer: PublicKey | None = None
+        self.verified = False
+        self.seen: set[str] = set()
+        self.unpacked = self.count = 0
 
-def _extract(tar: tarfile.TarFile, stream: _TarStream, folder: Path, limits: Limits
-             ) -> tuple[Manifest | None, set[str]]:
-    """Check and write each member into ``folder``; the manifest and the names written."""
-    manifest: Manifest | None = None
-    seen: set[str] = set()
-    unpacked = count = 0
-    while (member := _next_member(tar, stream)) is not None:
-        count += 1
-        if count > limits.members:
-            raise BundleError(f"the bundle has more than {limits.members} members")
+    def unpack(self, raw: _Capped) -> None:
+        try:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+                self.stream = _TarStream(gz, self.limits)
+                with tarfile.open(fileobj=self.stream, mode="r|") as tar:  # type: ignore[call-overload]
+                    while (member := _next_member(tar, self.stream)) is not None:
+                        self._member(tar, member)
+                self.stream.cap(self.stream.count + STREAM_SLACK,
+                                "the bundle has data after the end of its archive (an unlisted "
+                                "trailer)")
+                while self.stream.read(CHUNK):
+                    pass
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise BundleError(f"the bundle is truncated or corrupt ({err})") from err
+        if self.manifest is None:
+            raise BundleError(f"the bundle has no {TOP}/{MANIFEST}")
+        missing = sorted(self.manifest.files.keys() - self.seen)
+        if missing:
+            raise BundleError(f"{len(missing)} file(s) the manifest lists are missing from the "
+                              f"bundle: {', '.join(missing[:5])}")
+
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        self.count += 1
+        if self.count > self.limits.members:
+            raise BundleError(f"the bundle has more than {self.limits.members} members")
         name = _member_name(member)
         if name is None:
-            continue
-        if name in seen:
+            return
+        self._check_header(name, member)
+        tarfile.data_filter(member, str(self.folder))
+        content = tar.extractfile(member)
+        if content is None:
+            raise BundleError(f"{name} cannot be read from the bundle")
+        self.seen.add(name)
+        if name == MANIFEST:
+            self._take_manifest(content.read(MAX_MANIFEST_BYTES + 1))
+            return
+        assert self.manifest is not None
+        if _copy(content, self.folder / name) != self.manifest.files[name]:
+            raise BundleError(f"{name} does not match its SHA-256 in the manifest "
+                              "(the bundle was changed or is corrupt)")
+        if name == CELLS:
+            cells = _lines(self.folder / CELLS, CELLS, CellData)
+            self._check_devices(cells)
+            self.cells = {cell.cell_id: cell for cell in cells}
+            if len(self.cells) != len(cells):
+                raise BundleError("a cell appears twice in the bundle's records")
+        elif name == MEASUREMENTS:
+            self.measurements = _lines(self.folder / MEASUREMENTS, MEASUREMENTS,
+                                       MeasurementData)
+            self._check_devices(self.measurements)
+
+    def _check_header(self, name: str, member: tarfile.TarInfo) -> None:
+        """Everything that can be refused before the member's data is decompressed."""
+        manifest = self.manifest
+        if name in self.seen:
             raise BundleError(f"{name} appears twice in the bundle")
         if manifest is None and name != MANIFEST:
             raise BundleError(f"{name} comes before {MANIFEST}, which must be first")
         if manifest is not None and name not in manifest.files:
             raise BundleError(f"{name} is not listed in the bundle's manifest")
-        if member.size > _member_limit(name, limits):
+        if member.size > _member_limit(name, self.limits):
             raise BundleError(f"{name} is larger than the limit of "
-                              f"{_member_limit(name, limits)} bytes")
-        unpacked += member.size
-        if unpacked > limits.unpacked_bytes:
-            raise BundleError(f"the bundle unpacks to more than {limits.unpacked_bytes} bytes")
-        tarfile.data_filter(member, str(folder))
-        content = tar.extractfile(member)
-        if content is None:
-            raise BundleError(f"{name} cannot be read from the bundle")
-        seen.add(name)
-        if name == MANIFEST:
-            manifest = parse_manifest(content.read(MAX_MANIFEST_BYTES + 1))
-        elif _copy(content, folder / name) != manifest.files[name]:
-            raise BundleError(f"{name} does not match its SHA-256 in the manifest "
-                              "(the bundle was changed or is corrupt)")
-    return manifest, seen
+                              f"{_member_limit(name, self.limits)} bytes")
+        if manifest is not None and manifest.sizes is not None \
+                and member.size != manifest.sizes[name]:
+            raise BundleError(f"{name} is {member.size} bytes in the bundle; its manifest "
+                              f"declares {manifest.sizes[name]}")
+        self.unpacked += member.size
+        if self.unpacked > self.limits.unpacked_bytes:
+            raise BundleError(f"the bundle unpacks to more than {self.limits.unpacked_bytes} "
+                              "bytes")
+        if name.startswith("artifacts/"):
+            self._check_artifact(name)
+
+    def _check_artifact(self, name: str) -> None:
+        """An artifact must be a file its cell's record lists with the manifest's hash."""
+        assert self.manifest is not None
+        if self.cells is None or self.measurements is None:
+            raise BundleError(f"{name} comes before the records, which must come first")
+        cell_id, _, path = name.removeprefix("artifacts/").partition("/")
+        if cell_id not in self.cells:
+            raise BundleError(f"{name}: the bundle has no record of cell {cell_id}")
+        if self.cells[cell_id].artifact_hashes.get(path) != self.manifest.files[name]:
+            raise BundleError(f"{name} is not a file that cell {cell_id}'s record lists "
+                              "(artifact_hashes)")
+
+    def _take_manifest(self, raw: bytes) -> None:
+        manifest = parse_manifest(raw)
+        self.signer, self.verified = check_trust(manifest, self.trust)
+        if manifest.devices is not None:
+            self._check_device_names(set(manifest.devices), "declares")
+        declared = manifest.declared_bytes()
+        if declared is not None:
+            self.stream.cap(self.stream.count + declared + len(manifest.files) * MEMBER_OVERHEAD
+                            + STREAM_SLACK, "the bundle unpacks to more than its manifest "
+                            f"declares ({declared} bytes of members)")
+        self.manifest = manifest
+
+    def _check_devices(self, records: list[CellData] | list[MeasurementData]) -> None:
+        devices = {r.device for r in records}
+        assert self.manifest is not None
+        if self.manifest.devices is not None:
+            undeclared = sorted(devices - set(self.manifest.devices))
+            if undeclared:
+                raise BundleError(f"the bundle has records of {', '.join(undeclared)}, which "
+                                  "its manifest does not declare")
+        self._check_device_names(devices, "has records of")
+
+    def _check_device_names(self, devices: set[str], verb: str) -> None:
+        others = sorted(devices - {self.device}) if self.device is not None else []
+        if others:
+            raise BundleDeviceError(f"this token writes records of device {self.device!r} "
+                                    f"only; the bundle {verb} "
+                                    f"{', '.join(map(repr, others[:5]))}")
 
 
 def _member_limit(name: str, limits: Limits) -> int:
@@ -474,32 +626,24 @@ def _lines(path: Path, name: str, model: type[R]) -> list[R]:
     return records
 
 
-def _batch(folder: Path, manifest: Manifest) -> RecordBatch:
-    cells = _lines(folder / CELLS, CELLS, CellData)
-    measurements = _lines(folder / MEASUREMENTS, MEASUREMENTS, MeasurementData)
+def _batch(manifest: Manifest, cells: dict[str, CellData], measurements: list[MeasurementData]
+           ) -> RecordBatch:
     if (len(cells), len(measurements)) != (manifest.counts.cells, manifest.counts.measurements):
         raise BundleError(f"the manifest counts {manifest.counts.cells} cells and "
                           f"{manifest.counts.measurements} measurements; the records hold "
                           f"{len(cells)} and {len(measurements)}")
-    for label, keys in (("cell", [c.cell_id for c in cells]),
-                        ("measurement", [m.key() for m in measurements])):
-        if len(set(keys)) != len(keys):
-            raise BundleError(f"a {label} appears twice in the bundle's records")
-    return RecordBatch(cells=cells, measurements=measurements)
+    keys = [m.key() for m in measurements]
+    if len(set(keys)) != len(keys):
+        raise BundleError("a measurement appears twice in the bundle's records")
+    batch = RecordBatch(cells=list(cells.values()), measurements=measurements)
+    try:
+        check_times(batch)
+    except FutureRecordError as err:
+        raise BundleError(str(err)) from err
+    return batch
 
 
-def _artifact_dirs(folder: Path, manifest: Manifest, batch: RecordBatch) -> dict[str, Path]:
-    cells = {cell.cell_id: cell for cell in batch.cells}
-    dirs = {}
-    for name, sha in manifest.files.items():
-        match = re.fullmatch(r"artifacts/([^/]+)/(.+)", name)
-        if match is None:
-            continue
-        cell_id, path = match.groups()
-        if cell_id not in cells:
-            raise BundleError(f"{name}: the bundle has no record of cell {cell_id}")
-        if cells[cell_id].artifact_hashes.get(path) != sha:
-            raise BundleError(f"{name} is not a file that cell {cell_id}'s record lists "
-                              "(artifact_hashes)")
-        dirs[cell_id] = folder / "artifacts" / cell_id
-    return dirs
+def _artifact_dirs(folder: Path, manifest: Manifest) -> dict[str, Path]:
+    """The folder of each cell's artifact files in the bundle (each checked as it was read)."""
+    return {cell_id: folder / "artifacts" / cell_id for cell_id in sorted(
+        name.split("/")[1] for name in manifest.files if name.startswith("artifacts/"))}

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from bench.errors import UsageError
+from bench.exchange.signing import SIGNATURE_HEADER
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 RETRY_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
@@ -171,9 +172,13 @@ class ServerClient:
             missing.update(self.json("POST", "/artifacts/missing", json=body)["missing"])
         return missing
 
-    def upload(self, content: bytes, content_type: str) -> dict[str, Any]:
-        response = self.request("POST", f"{API}/uploads", content=content,
-                                headers={"Content-Type": content_type})
+    def upload(self, content: bytes, content_type: str, signature: str | None = None
+               ) -> dict[str, Any]:
+        """POST an upload; ``signature``: its `X-Medq-Signature` header (see signing)."""
+        headers = {"Content-Type": content_type}
+        if signature is not None:
+            headers[SIGNATURE_HEADER] = signature
+        response = self.request("POST", f"{API}/uploads", content=content, headers=headers)
         return dict(response.json())
 
     def devices(self) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ device needs no training stack for any of it.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -18,11 +17,12 @@ from urllib.parse import quote
 from bench.errors import UsageError
 from bench.exchange.bundle import read_bundle
 from bench.exchange.client import API, RequestRefused, ServerClient
+from bench.exchange.scratch import Scratch
 from bench.store.artifacts import file_sha256
 from bench.store.database import ResultsStore, StoreBusyError
 from bench.store.deploy import deploy_files
 from bench.store.query import RecordFilter
-from bench.store.records import CellData, IngestResult, RecordBatch
+from bench.store.records import CellData, FutureRecordError, IngestResult, Origin, RecordBatch
 
 NOT_FOUND = 404
 
@@ -78,10 +78,13 @@ def pull(store: ResultsStore, source: str, selection: RecordFilter,
 
 
 def _ingest(store: ResultsStore, summary: PullSummary, cells: list[CellData],
-            folders: dict[str, Path]) -> PullSummary:
+            folders: dict[str, Path], origin: Origin) -> PullSummary:
     summary.cells = len(cells)
     summary.files = sum(len(deploy_files(c)) for c in cells)
-    summary.result = store.ingest(RecordBatch(cells=cells), folders)
+    try:
+        summary.result = store.ingest(RecordBatch(cells=cells), folders, origin)
+    except FutureRecordError as err:
+        raise UsageError(f"{summary.source}: {err}; nothing was pulled") from err
     return summary
 
 
@@ -103,7 +106,7 @@ def _deployable(candidates: list[CellData], selection: RecordFilter,
 
 def _from_bundle(store: ResultsStore, path: Path, selection: RecordFilter) -> PullSummary:
     summary = PullSummary(str(path))
-    with read_bundle(path) as bundle, tempfile.TemporaryDirectory(prefix="medq-pull-") as tmp:
+    with read_bundle(path) as bundle, Scratch("medq-pull-") as tmp:
         cells = _deployable(bundle.batch.cells, selection, summary)
         folders = {}
         for cell in cells:
@@ -112,7 +115,7 @@ def _from_bundle(store: ResultsStore, path: Path, selection: RecordFilter) -> Pu
                 raise UsageError(f"{path}: cell {cell.cell_id} has no artifact files in the "
                                  "bundle; export it with --artifacts deploy")
             folders[cell.cell_id] = _stage(cell, source, Path(tmp))
-        return _ingest(store, summary, cells, folders)
+        return _ingest(store, summary, cells, folders, bundle.origin("pull of bundle"))
 
 
 def _download(server: ServerClient, cell: CellData, folder: Path) -> None:
@@ -133,7 +136,7 @@ def _from_server(store: ResultsStore, url: str, selection: RecordFilter,
     candidates = [CellData.from_api(item) for item in server.records("cell", params)]
     summary = PullSummary(url)
     cells = []
-    with tempfile.TemporaryDirectory(prefix="medq-pull-") as tmp:
+    with Scratch("medq-pull-") as tmp:
         folders = {}
         for cell in _deployable(candidates, selection, summary):
             try:
@@ -149,4 +152,4 @@ def _from_server(store: ResultsStore, url: str, selection: RecordFilter,
         if not cells:
             raise UsageError(f"none of the deployable cells could be pulled from {url}: "
                              + "; ".join(summary.skipped[:5]))
-        return _ingest(store, summary, cells, folders)
+        return _ingest(store, summary, cells, folders, Origin(f"pull from {url}"))

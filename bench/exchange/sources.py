@@ -59,9 +59,9 @@ def from_server(server: ServerClient, selection: RecordFilter, devices: Sequence
     present = [d["name"] for d in server.devices()]
     check_devices(devices, present)
     cells, measurements = _fetched(selection, devices)
+    lean = {**_params(measurements), "samples": "false"}   # compare reads only summaries
     return Records([CellData.from_api(i) for i in server.records("cell", _params(cells))],
-                   [MeasurementData.from_api(i)
-                    for i in server.records("measurement", _params(measurements))],
+                   [MeasurementData.from_api(i) for i in server.records("measurement", lean)],
                    sorted(present))
 
 

@@ -7,12 +7,12 @@ completes with nothing lost or doubled. With artifacts, cells travel in small bu
 carry their files and the device's measurements of them; a cell the server already holds
 without some of those files is sent again as a bundle (the server keeps the unchanged
 record and adds the files); a JSON batch or a bundle the server finds too large (413) is
-split in two and sent again, down to one record or one cell.
+split in two and sent again, down to one record or one cell. With a signer (the device's key,
+`bench keys create`), every body is signed (`X-Medq-Signature`) and every bundle's manifest too.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +29,8 @@ from bench.exchange.bundle import (
     export_bundle,
 )
 from bench.exchange.client import RequestRefused, ServerClient
+from bench.exchange.scratch import Scratch
+from bench.exchange.signing import Signer, sign_upload
 from bench.store.database import ResultsStore
 from bench.store.deploy import deploy_files
 from bench.store.query import RecordFilter
@@ -53,6 +55,7 @@ class UploadSummary:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("added", "replaced", "unchanged", "stale"), 0))
     seconds: float = 0.0
+    signer: str = "not signed"
 
     @property
     def rate(self) -> float:
@@ -69,7 +72,7 @@ class UploadSummary:
         counts = ", ".join(f"{n} {key}" for key, n in self.counts.items())
         return (f"device {self.device}: {self.local} local records, {self.already} already on "
                 f"the server, {self.sent} sent in {self.batches} batches (server: {counts}); "
-                f"{self.resent} cells' files resent; "
+                f"{self.resent} cells' files resent; {self.signer}; "
                 f"{self.seconds:.1f} s, {self.rate:.0f} records/s")
 
 
@@ -84,12 +87,16 @@ def local_records(store: ResultsStore, device: str) -> tuple[list[CellData], lis
 
 def upload_store(store: ResultsStore, server: ServerClient, batch_size: int = 500,
                  artifacts: ArtifactMode = "none", bundle_cells: int = 10, quiet: bool = False,
-                 console: Console | None = None) -> UploadSummary:
-    """Upload what the server lacks of the store's records of the server-named device."""
+                 console: Console | None = None, signer: Signer | None = None
+                 ) -> UploadSummary:
+    """Upload what the server lacks of the store's records of the server-named device, each
+    body signed by ``signer`` if given."""
     if batch_size < 1 or bundle_cells < 1:
         raise ValueError("batch sizes must be at least 1")
     start = time.perf_counter()
     summary = UploadSummary(server.whoami())
+    if signer is not None:
+        summary.signer = f"signed with key {signer.public.fingerprint}"
     cells, measurements = local_records(store, summary.device)
     summary.local = len(cells) + len(measurements)
     hashes = {id(r): r.content_hash() for r in (*cells, *measurements)}
@@ -111,14 +118,14 @@ def upload_store(store: ResultsStore, server: ServerClient, batch_size: int = 50
         task = bar.add_task("upload", total=total)
         if artifacts != "none":
             for chunk in _chunks(cells, bundle_cells):
-                for sent, response in _send_bundle(store, server, chunk, artifacts):
+                for sent, response in _send_bundle(store, server, chunk, artifacts, signer):
                     summary.add(response, sent)
                     bar.advance(task, sent)
             bundled = {c.cell_id for c in cells}
             measurements = [m for m in measurements if m.cell_id not in bundled]
             cells = []
         for chunk in _chunks([*cells, *measurements], batch_size):
-            for part, response in _send(server, chunk):
+            for part, response in _send(server, chunk, signer):
                 summary.add(response, len(part))
                 bar.advance(task, len(part))
     summary.seconds = time.perf_counter() - start
@@ -142,29 +149,35 @@ def _chunks(records: Sequence[Record], size: int) -> Iterator[list[Record]]:
         yield list(records[start:start + size])
 
 
-def _send(server: ServerClient, records: list[Record]
+def _signature(signer: Signer | None, body: bytes) -> str | None:
+    return None if signer is None else sign_upload(signer, body)
+
+
+def _send(server: ServerClient, records: list[Record], signer: Signer | None = None
           ) -> Iterator[tuple[list[Record], dict[str, int]]]:
     """Send ``records`` as one JSON batch, halving it while the server finds it too large."""
     batch = RecordBatch(cells=[r for r in records if isinstance(r, CellData)],
                         measurements=[r for r in records if isinstance(r, MeasurementData)])
+    body = batch.model_dump_json().encode()
     try:
-        yield records, server.upload(batch.model_dump_json().encode(), JSON_CONTENT_TYPE)
+        yield records, server.upload(body, JSON_CONTENT_TYPE, _signature(signer, body))
     except RequestRefused as err:
         if err.status != TOO_LARGE or len(records) == 1:
             raise
         half = len(records) // 2
-        yield from _send(server, records[:half])
-        yield from _send(server, records[half:])
+        yield from _send(server, records[:half], signer)
+        yield from _send(server, records[half:], signer)
 
 
 def _send_bundle(store: ResultsStore, server: ServerClient, cells: list[CellData],
-                 artifacts: ArtifactMode) -> Iterator[tuple[int, dict[str, int]]]:
+                 artifacts: ArtifactMode, signer: Signer | None = None
+                 ) -> Iterator[tuple[int, dict[str, int]]]:
     """Send ``cells`` as one bundle, halving it while the server finds it too large; yields
     the records each sent bundle held and the server's answer. A single cell too large is
     refused (exit 2), naming the cell."""
-    content, held = _bundle(store, cells, artifacts)
+    content, held = _bundle(store, cells, artifacts, signer)
     try:
-        response = server.upload(content, BUNDLE_CONTENT_TYPE)
+        response = server.upload(content, BUNDLE_CONTENT_TYPE, _signature(signer, content))
     except RequestRefused as err:
         if err.status != TOO_LARGE:
             raise
@@ -177,17 +190,17 @@ def _send_bundle(store: ResultsStore, server: ServerClient, cells: list[CellData
         return
     del content
     half = len(cells) // 2
-    yield from _send_bundle(store, server, cells[:half], artifacts)
-    yield from _send_bundle(store, server, cells[half:], artifacts)
+    yield from _send_bundle(store, server, cells[:half], artifacts, signer)
+    yield from _send_bundle(store, server, cells[half:], artifacts, signer)
 
 
-def _bundle(store: ResultsStore, cells: list[CellData], artifacts: ArtifactMode
-            ) -> tuple[bytes, int]:
+def _bundle(store: ResultsStore, cells: list[CellData], artifacts: ArtifactMode,
+            signer: Signer | None = None) -> tuple[bytes, int]:
     """A bundle of ``cells``, their device's measurements of them and the chosen artifact
-    files; and how many records it holds."""
+    files (its manifest signed by ``signer``); and how many records it holds."""
     chosen = RecordFilter(cell_ids=[c.cell_id for c in cells],
                           devices=[cells[0].device], cells_by_device=True)
-    with tempfile.TemporaryDirectory(prefix="medq-upload-") as folder:
+    with Scratch("medq-upload-") as folder:
         path = Path(folder) / "cells.tar.gz"
-        written = export_bundle(store, path, chosen, artifacts)
+        written = export_bundle(store, path, chosen, artifacts, signer)
         return path.read_bytes(), written.cells + written.measurements

@@ -5,26 +5,39 @@ environment), CPU affinity (``os.sched_setaffinity``) and an address-space limit
 (``RLIMIT_AS``, which caps virtual memory and is stricter than a resident-memory cap).
 A ``cpu_quota`` cannot be enforced without cgroups: that is recorded in ``enforced``.
 ``docker`` isolation runs the same worker in a container (see ``bench.measure.container``).
+
+A worker never outlives the process that started it: on Linux it is killed when its parent dies
+(``PR_SET_PDEATHSIG``). And it holds its parent's `worker_guard` lock (an inherited file
+descriptor with an exclusive ``flock``), so a new measurement of the same store waits until
+every worker of an earlier, killed one is gone, on any platform.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.measure import _worker
-from bench.measure.profiles import Profile
+from bench.measure.profiles import Profile, ProfileError
 from bench.measure.protocol import summarize
 
 WORKER_PATH = Path(_worker.__file__).resolve()
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 DEFAULT_TIMEOUT_S = 1800.0
+WORKER_WAIT_S = 10.0
+"""How long a measurement waits for the workers of an earlier, killed one to be gone."""
+PR_SET_PDEATHSIG = 1
 _STAGES = {"import": "importing the runtime", "load": "loading the model", "run": "running"}
 
 
@@ -38,6 +51,35 @@ class MeasurementError(RuntimeError):
 
 class IsolationUnavailable(MeasurementError):
     """The isolation a profile asks for cannot be set up on this machine."""
+
+
+class WorkerStillRunning(MeasurementError):
+    """A timing worker of an earlier measurement of the same store is still alive."""
+
+
+@contextmanager
+def worker_guard(path: Path, wait_s: float = WORKER_WAIT_S) -> Iterator[int]:
+    """An exclusive ``flock`` on ``path``, as a file descriptor to hand to every worker
+    (`measure_isolated(hold_fd=...)`): the lock stays held while this process or any worker
+    that inherited it lives. Waits up to ``wait_s`` for an earlier holder to be gone, then
+    raises WorkerStillRunning."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise WorkerStillRunning(
+                        f"a timing worker of an earlier bench measure is still running (it "
+                        f"holds {path}); nothing was measured: try again once it has "
+                        "finished") from None
+                time.sleep(0.05)
+        yield fd
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -115,10 +157,19 @@ def parse_worker_output(
 
 
 def _process_limits(profile: Profile) -> Callable[[], None]:
+    """What the worker does before it runs the worker script (in the child, after fork): tie
+    its life to this process, then take the profile's CPU and memory limits."""
     cpuset = profile.cpuset
     limit = profile.memory_limit_mb
+    parent = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") \
+        else None
 
     def apply() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
         if cpuset is not None:
             os.sched_setaffinity(0, cpuset)
         if limit is not None:
@@ -141,8 +192,38 @@ def check_cpuset(profile: Profile) -> None:
         )
 
 
+def _machine_memory_mb() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_machine(profile: Profile) -> None:
+    """ProfileError naming the key when a limit of the profile is one this machine cannot
+    give: a memory limit above its RAM (or above this process's own address-space limit), a
+    CPU quota above its CPUs."""
+    where = f"profile {profile.name!r}"
+    limit = profile.memory_limit_mb
+    ram = _machine_memory_mb()
+    if limit is not None and ram is not None and limit > ram:
+        raise ProfileError(f"{where}: memory_limit_mb = {limit} is more than this machine's "
+                           f"RAM ({ram} MB): a limit the machine cannot give emulates nothing; "
+                           f"set it to at most {ram}")
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if limit is not None and hard != resource.RLIM_INFINITY and limit * 1024 * 1024 > hard:
+        raise ProfileError(f"{where}: memory_limit_mb = {limit} is more than this process may "
+                           f"set (its address-space limit is {hard // (1024 * 1024)} MB)")
+    cpus = os.cpu_count()
+    if profile.cpu_quota is not None and cpus is not None and profile.cpu_quota > cpus:
+        raise ProfileError(f"{where}: cpu_quota = {profile.cpu_quota:g} is more than this "
+                           f"machine's {cpus} CPUs")
+
+
 def check_isolation(profile: Profile) -> None:
-    """Raise ``IsolationUnavailable`` now if this machine cannot give the profile's isolation."""
+    """Raise ``IsolationUnavailable`` (or ProfileError, for limits beyond this machine) now if
+    this machine cannot give the profile's isolation."""
+    check_machine(profile)
     check_cpuset(profile)
     if profile.isolation == "docker":
         from bench.measure.container import docker_client
@@ -150,7 +231,9 @@ def check_isolation(profile: Profile) -> None:
         docker_client()
 
 
-def _run_process(spec: dict, profile: Profile, timeout_s: float) -> tuple[dict, dict[str, str]]:
+def _run_process(spec: dict, profile: Profile, timeout_s: float, hold_fd: int | None = None
+                 ) -> tuple[dict, dict[str, str]]:
+    check_machine(profile)
     check_cpuset(profile)
     env = {**os.environ, **thread_env(profile), "PYTHONDONTWRITEBYTECODE": "1"}
     try:
@@ -161,6 +244,7 @@ def _run_process(spec: dict, profile: Profile, timeout_s: float) -> tuple[dict, 
             env=env,
             timeout=timeout_s,
             preexec_fn=_process_limits(profile),
+            pass_fds=() if hold_fd is None else (hold_fd,),
             check=False,
         )
     except subprocess.TimeoutExpired as err:
@@ -183,12 +267,14 @@ def measure_isolated(
     input_shape: Sequence[int],
     batch_size: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    hold_fd: int | None = None,
 ) -> Measurement:
     """Time ``model_path`` under ``profile`` in a fresh worker.
 
     ``input_shape`` is the shape of one sample, without the batch axis; ``batch_size``
     defaults to the profile's first batch size. For the ``torch`` runtime ``model_path`` is
-    a whole pickled ``nn.Module`` (``torch.save(model)``; trusted files only).
+    a whole pickled ``nn.Module`` (``torch.save(model)``; trusted files only). ``hold_fd``: a
+    `worker_guard` descriptor the (process) worker inherits.
     """
     batch = batch_size if batch_size is not None else profile.batch_sizes[0]
     spec = worker_spec(model_path, profile, input_shape, batch)
@@ -197,7 +283,7 @@ def measure_isolated(
 
         result, enforced = run_in_container(spec, profile, WORKER_PATH, timeout_s)
     else:
-        result, enforced = _run_process(spec, profile, timeout_s)
+        result, enforced = _run_process(spec, profile, timeout_s, hold_fd)
     return Measurement(
         profile=profile.name,
         model_path=spec["model"],

@@ -22,8 +22,10 @@ from bench.measure.isolation import (
     IsolationUnavailable,
     Measurement,
     MeasurementError,
+    WorkerStillRunning,
     check_isolation,
     measure_isolated,
+    worker_guard,
 )
 from bench.measure.profiles import Profile
 from bench.measure.protocol import summarize
@@ -162,15 +164,17 @@ def measure_store(store: ResultsStore, profile: Profile, *, backbones: tuple[str
     except IsolationUnavailable as err:
         raise UsageError(str(err)) from err
     try:
-        with store.exclusive("measure"):
-            return _measure_todo(store, profile, backbones, methods, batch, device, quiet)
-    except StoreBusyError as err:
+        with store.exclusive("measure"), worker_guard(store.root / ".measure-worker.lock") \
+                as hold_fd:
+            return _measure_todo(store, profile, backbones, methods, batch, device, quiet,
+                                 hold_fd)
+    except (StoreBusyError, WorkerStillRunning) as err:
         raise UsageError(str(err)) from err
 
 
 def _measure_todo(store: ResultsStore, profile: Profile, backbones: tuple[str, ...],
                   methods: tuple[str, ...], batch: int, device: str,
-                  quiet: bool) -> MeasureSummary:
+                  quiet: bool, hold_fd: int) -> MeasureSummary:
     fingerprint = machine_fingerprint()
     summary = MeasureSummary(device, fingerprint[HASH_KEY], batch)
     targets = deployed_targets(store, backbones, methods)
@@ -185,7 +189,7 @@ def _measure_todo(store: ResultsStore, profile: Profile, backbones: tuple[str, .
             started = datetime.now(UTC)
             try:
                 result: Measurement | MeasurementError = measure_isolated(
-                    target.onnx_path, profile, target.input_shape, batch)
+                    target.onnx_path, profile, target.input_shape, batch, hold_fd=hold_fd)
             except MeasurementError as err:
                 result = err
             record = _record(target, profile, device, fingerprint, batch, started, result)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from bench.compare import Comparison, by_config, compare
 from bench.store import RESULT_COLUMNS, CellRecord, ResultsStore
 from bench.store.database import stage_columns
 from bench.store.measurements import MeasurementRecord
+from bench.store.origins import replacement_count, signatures_by_device
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, MeasurementData
 
@@ -56,7 +57,9 @@ class ReportData:
     ``measured``: the latest successful measurement per cell and device, with `device`,
     ``failed_measurements``: measurements whose latest attempt failed,
     ``compared``: with measurements from 2+ devices (their `device` names), bench.compare's
-    comparison of them per configuration (None otherwise).
+    comparison of them per configuration (None otherwise),
+    ``signatures``: per device, how its records reached the store and who signed them,
+    ``replacements``: how many stored records were replaced (the store's audit table).
     """
 
     root: Path
@@ -68,6 +71,8 @@ class ReportData:
     failed_measurements: pd.DataFrame
     devices: list[str]
     compared: Comparison | None = None
+    signatures: list[str] = field(default_factory=list)
+    replacements: int = 0
 
     def artifact_dir(self, cell_id: str) -> Path | None:
         folder = self.records[cell_id].artifacts
@@ -141,7 +146,9 @@ def load(store: ResultsStore) -> ReportData:
     measured, failed, devices = _split_measurements(_measurements(store), set(cells.get(
         "cell_id", [])))
     return ReportData(store.root, {r.cell_id: r for r in records}, cells, ok, superseded,
-                      measured, failed, devices, _compared(store, set(ok.get("cell_id", []))))
+                      measured, failed, devices, _compared(store, set(ok.get("cell_id", []))),
+                      [d.text() for d in signatures_by_device(store.engine)],
+                      replacement_count(store.engine))
 
 
 def _compared(store: ResultsStore, ok_ids: set[str]) -> Comparison | None:

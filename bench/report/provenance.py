@@ -119,4 +119,6 @@ def summary(data: ReportData) -> dict[str, Any]:
                      "last": _when(g.finished_at.max())}
                     for d, g in measured.groupby("device")] if len(measured) else [],
         "n_measurements": len(measured),
+        "signatures": data.signatures,
+        "replacements": data.replacements,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,9 +40,12 @@ def executor_for(options: RunOptions) -> Executor:
                          ExecutorOptions(options.workers, options.address, options.device))
 
 
-def run_grid(plan: Plan, store: ResultsStore, options: RunOptions) -> RunSummary:
+def run_grid(plan: Plan, store: ResultsStore, options: RunOptions,
+             locked: Callable[[], None] | None = None) -> RunSummary:
+    """Run the plan into the store; ``locked`` is called once the store's run lock is held
+    (UsageError if another process holds it, and then ``locked`` is never called)."""
     try:
         return execute(plan, store, executor_for(options), fail_fast=options.fail_fast,
-                       quiet=options.quiet)
+                       quiet=options.quiet, locked=locked)
     except StoreBusyError as err:
         raise UsageError(str(err)) from err

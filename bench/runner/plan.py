@@ -105,8 +105,8 @@ def apply_overrides(grid: GridConfig, o: Overrides) -> GridConfig:
 
 def validate_names(grid: GridConfig) -> None:
     """Fail early, before any data is prepared, on unknown names or bad parameters."""
-    for d in grid.datasets:
-        get_dataset(d.name)
+    for i, d in enumerate(grid.datasets):
+        get_dataset(d.name).parse_options(d.options, f"grid '{grid.name}' datasets.{i}:")
     for b in grid.backbones:
         get_backbone(b.name)
     for m in grid.methods:

@@ -1,44 +1,64 @@
-"""What the `saliency` stage costs a cell, counted in images through the model.
+"""The saliency stage's cost a cell, for `bench run --dry-run`'s estimate: the model passes its
+settings ask for, each at the cost a probe measures for the cell's model.
 
-Counts follow bench.saliency.suite, .null and .sanity exactly: per evaluated image, one
-explanation costs `EXPLAIN_PASSES` forward+backward passes (Integrated Gradients `ig_steps`,
-SmoothGrad `smoothgrad_samples`, gradient and Grad-CAM one); max-sensitivity explains
-`sensitivity_samples` perturbed copies; the deletion and insertion curves are forward-only,
-`deletion_steps + 1` points each for every method and for the random order, plus one forward for
-p(target | x); the null control (quantised cells) explains the images once more through the
-quantised graph; the sanity check (FP32 cells) explains `sanity_images` images at up to
-`sanity_checkpoints` points of the cascade. A dry run turns the counts into time with the per-image
-cost of the cell's timed training step (`seconds`).
+Counts follow bench.saliency.suite, .null and .sanity exactly. Per image evaluated
+(min(n_samples, test images)) and per method, one map costs `MAP_PASSES` gradient passes (a
+forward and a backward to the input); max-sensitivity explains `sensitivity_samples` perturbed
+copies (the unperturbed map is the one already computed); the deletion and insertion curves
+cost deletion_steps + 1 forward passes each, for every method and for the random pixel order,
+plus one forward pass for p(target | x). Beside that, the null control of a quantised cell
+explains the evaluated images once more through the quantised graph, and the sanity check of an
+FP32 cell explains its first `sanity_images` images at up to max(sanity_checkpoints, 2) points
+of the randomisation cascade. Metrics on the maps and the overlays are not counted. Whoever
+changes what the stage computes changes these counts with it (tests count them with a hook).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench.runner.estimate.costs import CellShape
+from bench.runner.estimate.stage_costs import ModelProbe, register_stage_cost
+from bench.saliency.reference import FP32
 from bench.saliency.suite import SaliencyConfig
 
-FORWARD_SHARE = 1 / 3
-"""A forward pass as a share of a forward+backward pass (the backward costs about twice the
-forward), for turning forward-only passes into training-step units."""
+STAGE = "saliency"
+STAGE_DEVICE = "cpu"
+"""Where the stage runs the model (stage.py moves it to the CPU)."""
+
+MAP_PASSES: dict[str, Callable[[SaliencyConfig], int]] = {
+    "gradient": lambda cfg: 1,
+    "integrated_gradients": lambda cfg: cfg.ig_steps,
+    "smoothgrad": lambda cfg: cfg.smoothgrad_samples,
+    "gradcam": lambda cfg: 1,
+}
+"""Gradient passes of one image's map, by saliency method."""
 
 
 @dataclass(frozen=True)
 class SaliencyCost:
-    """Images through the model for one cell: with an input backward, and forward only."""
+    """Images through the model for one cell: with a backward to the input, and forward only."""
 
-    forward_backward: int
+    gradient: int
     forward: int
 
-    def seconds(self, per_image_step: float) -> float:
-        """Time at `per_image_step` seconds per image of a training step (forward+backward)."""
-        return (self.forward_backward + FORWARD_SHARE * self.forward) * per_image_step
+    @property
+    def images(self) -> int:
+        return self.gradient + self.forward
 
 
-def explain_passes(cfg: SaliencyConfig, method: str) -> int:
-    """Forward+backward passes per image of one explanation."""
-    return {"integrated_gradients": cfg.ig_steps,
-            "smoothgrad": cfg.smoothgrad_samples}.get(method, 1)
+def map_passes(cfg: SaliencyConfig) -> int:
+    """Gradient passes of one image's maps, all methods."""
+    return sum(MAP_PASSES[m](cfg) for m in cfg.methods)
+
+
+def passes(cfg: SaliencyConfig) -> tuple[int, int]:
+    """(gradient passes, forward passes) of the stability suite per image evaluated."""
+    gradient = map_passes(cfg) * (1 + cfg.sensitivity_samples)
+    forward = 2 * (cfg.deletion_steps + 1) * (len(cfg.methods) + 1) + 1
+    return gradient, forward
 
 
 def stage_cost(settings: SaliencyConfig | dict[str, Any], *, n_test: int, quantized: bool,
@@ -47,34 +67,22 @@ def stage_cost(settings: SaliencyConfig | dict[str, Any], *, n_test: int, quanti
     sanity check when `fp32`)."""
     cfg = settings if isinstance(settings, SaliencyConfig) else SaliencyConfig(**settings)
     n = min(cfg.n_samples, n_test)
-    explain = sum(explain_passes(cfg, m) for m in cfg.methods)
-    backward = n * explain * (1 + cfg.sensitivity_samples)
+    gradient, forward = passes(cfg)
+    gradient *= n
     if quantized:
-        backward += n * explain
+        gradient += n * map_passes(cfg)
     if fp32:
-        backward += min(cfg.sanity_images, n) * max(cfg.sanity_checkpoints, 2) * explain
-    curves = 2 * (cfg.deletion_steps + 1) * (len(cfg.methods) + 1)
-    return SaliencyCost(backward, n * (curves + 1))
+        gradient += min(cfg.sanity_images, n) * max(cfg.sanity_checkpoints, 2) * map_passes(cfg)
+    return SaliencyCost(gradient, n * forward)
 
 
-def plan_cost(plan: Any, todo: set[str], rows: list[Any]) -> tuple[float, int]:
-    """(seconds, images through the model) of the saliency stage of the cells `todo` of a
-    bench.runner.plan.Plan, timed with the estimate rows' training steps (EstimateRow)."""
-    from bench.runner.plan import MissingData
-
-    step = {(r.backbone, r.method, r.image_size): r.step_seconds for r in rows}
-    seconds, images = 0.0, 0
-    for cell in plan.cells:
-        cfg = cell.config
-        settings = cfg.stages.get("saliency")
-        if cell.cell_id not in todo or settings is None:
-            continue
-        data = plan.data[cell.data_key]
-        n_test = (round((data.num_images or 0) * cfg.dataset.split.test)
-                  if isinstance(data, MissingData) else len(data.split.test))
-        cost = stage_cost(settings, n_test=n_test, quantized=cfg.w_bits < 32,
-                          fp32=cfg.method == "fp32")
-        per_image = step.get((cfg.backbone.name, cfg.method, cfg.dataset.image_size), 0.0)
-        seconds += cost.seconds(per_image / cfg.train.batch_size)
-        images += cost.forward_backward + cost.forward
-    return seconds, images
+@register_stage_cost(STAGE)
+def saliency_cost(cfg: SaliencyConfig, shape: CellShape, probe: ModelProbe) -> float:
+    n = min(cfg.n_samples, shape.n_test)
+    if n == 0:
+        return 0.0
+    batch = min(cfg.batch_size, n)
+    cost = stage_cost(cfg, n_test=shape.n_test, quantized=shape.quantized,
+                      fp32=shape.method == FP32)
+    return (cost.gradient * probe.gradient_image_s(batch, STAGE_DEVICE)
+            + cost.forward * probe.forward_image_s(batch, STAGE_DEVICE))

@@ -1,5 +1,8 @@
-"""An upload, from request body to committed rows: parsed, checked against the token's
-device, and written with its `uploads` row in one transaction (retried on conflicts)."""
+"""An upload, from request body to committed rows: its signature checked against the device's
+registered keys before anything is parsed or decompressed, then parsed, checked against the
+token's device (a bundle's declared devices before its members are read) and the clock, and
+written with its `uploads` row and its records' origins in one transaction (retried on
+conflicts)."""
 
 from __future__ import annotations
 
@@ -13,13 +16,26 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bench.exchange.bundle import BUNDLE_CONTENT_TYPE, BundleError, Limits, read_bundle
+from bench.exchange.bundle import (
+    BUNDLE_CONTENT_TYPE,
+    BundleDeviceError,
+    BundleError,
+    Limits,
+    read_bundle,
+)
 from bench.exchange.bundle import JSON_CONTENT_TYPE as JSON_TYPE
+from bench.exchange.signing import SignatureError, verify_upload
 from bench.server import db
 from bench.server.tables import DeviceRecord, UploadRecord
-from bench.server.tokens import utc_now
+from bench.server.tokens import device_keys, utc_now
 from bench.store import CellRecord, ResultsStore
-from bench.store.records import IngestResult, RecordBatch
+from bench.store.records import (
+    FutureRecordError,
+    IngestResult,
+    Origin,
+    RecordBatch,
+    check_times,
+)
 
 BUNDLE_TYPES = frozenset({BUNDLE_CONTENT_TYPE, "application/x-gzip"})
 CHUNK = 500
@@ -37,36 +53,76 @@ class UploadRefused(Exception):
 
 
 def receive(store: ResultsStore, device: str, content_type: str, body: bytes,
-            max_bytes: int) -> tuple[str, IngestResult]:
-    """Store the records (and bundle artifacts) in ``body`` for ``device``; returns the
-    upload's id and what it did. Raises pydantic's ValidationError for invalid JSON records,
-    UploadRefused otherwise."""
+            max_bytes: int, signature: str | None = None) -> tuple[str, IngestResult]:
+    """Store the records (and bundle artifacts) in ``body`` for ``device``; ``signature`` is
+    the request's `X-Medq-Signature` header. Returns the upload's id and what it did. Raises
+    pydantic's ValidationError for invalid JSON records, UploadRefused otherwise."""
     digest = hashlib.sha256(body).hexdigest()
+    upload_id = uuid.uuid4().hex
+    origin = check_signature(store, device, body, signature, upload_id)
     if content_type == JSON_TYPE:
         batch = RecordBatch.model_validate_json(body)
         check_devices(batch, device)
-        return save(store, device, batch, {}, digest)
+        check_clock(batch)
+        return save(store, device, batch, {}, digest, origin)
     if content_type in BUNDLE_TYPES:
-        with _bundle(body, max_bytes, store.staging_root) as (batch, artifacts):
+        with _bundle(body, max_bytes, store.staging_root, device) as (batch, artifacts):
             check_devices(batch, device)
-            return save(store, device, batch, artifacts, digest)
+            return save(store, device, batch, artifacts, digest, origin)
     raise UploadRefused(415, f"Content-Type must be {JSON_TYPE} (records) or "
                              f"{BUNDLE_CONTENT_TYPE} (a bundle), not {content_type or 'missing'!r}")
 
 
+def check_signature(store: ResultsStore, device: str, body: bytes, header: str | None,
+                    upload_id: str) -> Origin:
+    """The origin of the upload's records: 403 if its signature does not verify, or if the
+    device has registered keys and the body is not signed by one of them."""
+    with Session(store.engine) as session:
+        keys = device_keys(session, device)
+    key = None
+    if header is not None:
+        try:
+            key = verify_upload(header, body)
+        except SignatureError as err:
+            raise UploadRefused(403, str(err)) from err
+    source = f"upload {upload_id}"
+    if not keys:
+        return Origin(source, key.fingerprint if key else None)
+    if key is None:
+        raise UploadRefused(403, f"device {device!r} has a registered public key, so its "
+                                 "uploads must be signed (create the key on the device with "
+                                 "`bench keys create`; `bench upload` signs with it)")
+    if key.raw not in {k.raw for k in keys}:
+        raise UploadRefused(403, f"the upload is signed by key {key.fingerprint}, which is not "
+                                 f"registered for device {device!r}")
+    return Origin(source, key.fingerprint, device, True)
+
+
+def check_clock(batch: RecordBatch) -> None:
+    """422 if a record's times lie in the future (see records.check_times)."""
+    try:
+        check_times(batch)
+    except FutureRecordError as err:
+        raise UploadRefused(422, str(err)) from err
+
+
 @contextmanager
-def _bundle(body: bytes, max_bytes: int, workdir: Path
+def _bundle(body: bytes, max_bytes: int, workdir: Path, device: str
             ) -> Iterator[tuple[RecordBatch, dict[str, Path]]]:
     """The checked bundle's records and artifact folders, unpacked under ``workdir`` (on the
     artifacts' file system); what it unpacks to, and its records files, are capped at
-    UNPACK_RATIO times the body limit."""
+    UNPACK_RATIO times the body limit. Records of another device than ``device`` get 403,
+    from the manifest's declared devices before any member is read."""
     cap = UNPACK_RATIO * max_bytes
     limits = Limits(unpacked_bytes=min(Limits().unpacked_bytes, cap),
                     records_bytes=min(Limits().records_bytes, cap))
     with ExitStack() as stack:
         try:
             loaded = stack.enter_context(read_bundle(io.BytesIO(body), max_bytes,
-                                                     limits=limits, workdir=workdir))
+                                                     limits=limits, workdir=workdir,
+                                                     device=device))
+        except BundleDeviceError as err:
+            raise UploadRefused(403, str(err)) from err
         except BundleError as err:
             raise UploadRefused(422, f"invalid bundle: {err}") from err
         yield loaded.batch, loaded.artifact_dirs
@@ -81,7 +137,7 @@ def check_devices(batch: RecordBatch, device: str) -> None:
 
 
 def save(store: ResultsStore, device: str, batch: RecordBatch, artifacts: dict[str, Path],
-         payload_sha256: str) -> tuple[str, IngestResult]:
+         payload_sha256: str, origin: Origin | None = None) -> tuple[str, IngestResult]:
     """Write ``batch`` and its upload row in one transaction, committed when this returns.
 
     The device's row is locked first (PostgreSQL; SQLite's writers are serial anyway), so two
@@ -94,8 +150,9 @@ def save(store: ResultsStore, device: str, batch: RecordBatch, artifacts: dict[s
             known = DeviceRecord(name=device, created_at=now)
             session.add(known)
         _check_owners(session, batch, device)
-        result = store.ingest_in(session, batch, artifacts)
-        upload = UploadRecord(id=uuid.uuid4().hex, device=device, payload_sha256=payload_sha256,
+        result = store.ingest_in(session, batch, artifacts, origin)
+        upload_id = origin.source.removeprefix("upload ") if origin else uuid.uuid4().hex
+        upload = UploadRecord(id=upload_id, device=device, payload_sha256=payload_sha256,
                               received_at=now, counts=result.as_counts())
         session.add(upload)
         known.last_upload_at = now

@@ -31,6 +31,15 @@ class ServerSettings(BaseModel):
     def _usable_url(cls, value: str | None) -> str | None:
         return normalize_url(value) if value else None
 
+    def read_policy(self) -> str:
+        """Who may read this server, in one sentence (printed when it starts)."""
+        if self.private_reads:
+            return ("reads are private (--private-reads): records, devices, artifacts and the "
+                    "report need a valid device token")
+        return (f"reads are public: anyone who reaches {self.host}:{self.port} can read every "
+                "record, device, artifact and the report without a token (start with "
+                "--private-reads to require one); writes always need a device token")
+
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)

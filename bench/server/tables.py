@@ -12,7 +12,8 @@ from bench.store.schema import Base
 
 
 class ApiToken(Base):
-    """A device's API token, stored only as the SHA-256 of the token text."""
+    """A device's API token, stored only as the SHA-256 of the token text, with the device's
+    Ed25519 public key (base64) when one was registered: its uploads must then be signed."""
 
     __tablename__ = "api_tokens"
 
@@ -22,6 +23,7 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
     label: Mapped[str] = mapped_column(String(128), default="")
+    public_key: Mapped[str | None] = mapped_column(String(64))
 
 
 class DeviceRecord(Base):

@@ -2,7 +2,9 @@
 
 A token is `medq_` plus 32 random bytes (URL-safe base64). Looking a token up by the hash of
 what the client sent compares hashes inside the database's unique index, never the secret
-itself, and a token is never logged or stored.
+itself, and a token is never logged or stored. A token may carry the device's Ed25519 public key
+(`bench serve token create --public-key FILE`): once a device has one on an unrevoked token, the
+server accepts only uploads signed by one of its keys.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from bench.errors import UsageError
+from bench.exchange.signing import PublicKey
 from bench.server.tables import ApiToken, DeviceRecord
 from bench.store.identity import DEVICE_PATTERN, valid_device
 
@@ -31,6 +34,8 @@ class TokenInfo:
     label: str
     created_at: datetime
     revoked_at: datetime | None
+    key: str | None = None
+    """The fingerprint of the token's public key, if it has one."""
 
 
 def utc_now() -> datetime:
@@ -42,8 +47,10 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(engine: Engine, device: str, label: str = "") -> tuple[int, str]:
-    """A new token for ``device`` (named in `devices` if new); returns (id, token text)."""
+def create_token(engine: Engine, device: str, label: str = "",
+                 public_key: PublicKey | None = None) -> tuple[int, str]:
+    """A new token for ``device`` (named in `devices` if new), with the device's public key if
+    given; returns (id, token text)."""
     if not valid_device(device):
         raise UsageError(f"invalid device name {device!r} (must match {DEVICE_PATTERN})")
     if len(label) > 128:
@@ -53,7 +60,8 @@ def create_token(engine: Engine, device: str, label: str = "") -> tuple[int, str
     with Session(engine) as session, session.begin():
         if session.get(DeviceRecord, device) is None:
             session.add(DeviceRecord(name=device, created_at=now))
-        row = ApiToken(device=device, token_hash=hash_token(token), created_at=now, label=label)
+        row = ApiToken(device=device, token_hash=hash_token(token), created_at=now, label=label,
+                       public_key=public_key.text if public_key is not None else None)
         session.add(row)
         session.flush()
         return row.id, token
@@ -81,5 +89,14 @@ def device_for(session: Session, token: str) -> str | None:
         ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None)))
 
 
+def device_keys(session: Session, device: str) -> list[PublicKey]:
+    """The public keys on ``device``'s unrevoked tokens (named after the device)."""
+    texts = session.scalars(select(ApiToken.public_key).where(
+        ApiToken.device == device, ApiToken.revoked_at.is_(None),
+        ApiToken.public_key.is_not(None)).distinct())
+    return [PublicKey.from_text(text, device) for text in texts]
+
+
 def _info(row: ApiToken) -> TokenInfo:
-    return TokenInfo(row.id, row.device, row.label, row.created_at, row.revoked_at)
+    key = PublicKey.from_text(row.public_key).fingerprint if row.public_key else None
+    return TokenInfo(row.id, row.device, row.label, row.created_at, row.revoked_at, key)

@@ -4,6 +4,10 @@ A cell's artifacts are written into a staging folder, renamed into place, and on
 record committed; a record therefore never points at half-written artifacts, and a crash at any
 moment leaves at worst an orphan folder that the next run replaces. Only records with status
 "ok" count as done: failed cells are stored with their error and retried by the next run.
+
+A damaged SQLite file is refused before anything is written next to it (see sqlite_file). A
+store opened ``readonly`` (the reading verbs) creates nothing and takes no migration lock unless
+its schema needs an upgrade; a store that cannot be written is read without any write.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, exists, select
 from sqlalchemy.orm import Session
 
 from bench.store import migrate
@@ -29,11 +33,20 @@ from bench.store.records import (
     CellData,
     IngestResult,
     MeasurementData,
+    Origin,
     RecordBatch,
+    audit_replacement,
     clean_json,
     ingest,
 )
 from bench.store.schema import RESULT_COLUMNS, CellRecord
+from bench.store.sqlite_file import (
+    StoreReadOnly,
+    check_database,
+    reading_url,
+    sqlite_file,
+    writable,
+)
 
 DB_NAME = "medq.sqlite"
 
@@ -43,21 +56,58 @@ class StoreBusyError(RuntimeError):
 
 
 class ResultsStore:
-    def __init__(self, root: str | Path, db_url: str | None = None) -> None:
+    """A store at ``root`` (its database: the SQLite file in it, or ``db_url``). ``readonly``:
+    for verbs that only read; see the module's docstring."""
+
+    def __init__(self, root: str | Path, db_url: str | None = None, *,
+                 readonly: bool = False) -> None:
         self.root = Path(root)
         self.artifact_root = self.root / "artifacts"
         self.staging_root = self.artifact_root / ".staging"
         self.log_dir = self.root / "logs"
+        self.url = db_url or f"sqlite:///{self.root / DB_NAME}"
+        database = sqlite_file(self.url)
+        if database is not None and database.exists():
+            check_database(database)
+        if not (readonly and self._open_to_read(database)):
+            self._open_to_write(database)
+
+    def _open_to_read(self, database: Path | None) -> bool:
+        """Open without writing anything; False if the schema needs an upgrade, which this
+        process may write (StoreReadOnly if it may not)."""
+        if database is not None and not database.exists():
+            return False
+        can_write = database is None or writable(self.root, database)
+        self.engine = _engine(self.url if can_write else reading_url(database), can_write)
+        revision = migrate.current(self.engine)
+        if revision == migrate.head() and not self._hashes_missing():
+            return True
+        self.engine.dispose()
+        if not can_write:
+            raise StoreReadOnly(
+                f"the store {self.root} is read-only and its database has schema revision "
+                f"{revision or 'none'}, older than this medq-bench's {migrate.head()}: it must "
+                "be upgraded once where it can be written (copy the store somewhere writable "
+                "and run `bench results --store COPY` there)")
+        return False
+
+    def _open_to_write(self, database: Path | None) -> None:
+        if database is not None and self.root.exists() and not writable(self.root, database):
+            raise StoreReadOnly(f"the store {self.root} is read-only: this command writes to "
+                                "it (the reading verbs results, report, export, compare and "
+                                "upload work on a read-only store)")
         for folder in (self.root, self.artifact_root, self.staging_root, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self.url = db_url or f"sqlite:///{self.root / DB_NAME}"
-        self.engine = create_engine(self.url, json_serializer=json_dumps,
-                                    **_connect_args(self.url))
-        if self.url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.engine = _engine(self.url, True)
         with FileLock(self.root / ".migrate.lock"):
             migrate.upgrade(self.engine)
             self._fill_hashes()
+
+    def _hashes_missing(self) -> bool:
+        """Whether some rows still lack the hashes `_fill_hashes` adds."""
+        with Session(self.engine) as session:
+            return any(session.scalar(select(exists().where(table.record_hash.is_(None))))
+                       for table in (CellRecord, MeasurementRecord))
 
     @contextmanager
     def exclusive(self, verb: str) -> Iterator[None]:
@@ -110,17 +160,22 @@ class ResultsStore:
             staged.replace(final)
             record.artifacts = str(final.relative_to(self.root))
         with Session(self.engine) as session, session.begin():
+            old = session.get(CellRecord, record.cell_id)
+            if old is not None and old.record_hash != record.record_hash:
+                audit_replacement(session, old, record, record.record_hash, "bench run")
             session.merge(record)
 
-    def ingest(self, batch: RecordBatch, artifacts: dict[str, Path] | None = None
-               ) -> IngestResult:
+    def ingest(self, batch: RecordBatch, artifacts: dict[str, Path] | None = None,
+               origin: Origin | None = None) -> IngestResult:
         """Write ``batch`` in one transaction (see `ingest_in`)."""
         with Session(self.engine) as session, session.begin():
-            return self.ingest_in(session, batch, artifacts)
+            return self.ingest_in(session, batch, artifacts, origin)
 
     def ingest_in(self, session: Session, batch: RecordBatch,
-                  artifacts: dict[str, Path] | None = None) -> IngestResult:
-        """Write ``batch`` within the caller's transaction (see records.ingest).
+                  artifacts: dict[str, Path] | None = None,
+                  origin: Origin | None = None) -> IngestResult:
+        """Write ``batch`` within the caller's transaction (see records.ingest; ``origin``
+        says where the records come from and who signed them).
 
         ``artifacts`` maps cell ids to folders holding some of the cell's artifact files,
         which the caller has checked against the cell's artifact_hashes. For every cell whose
@@ -131,7 +186,7 @@ class ResultsStore:
         rollback in between leaves nothing that passes for a record's file.
         """
         artifacts = artifacts or {}
-        result = ingest(session, batch)
+        result = ingest(session, batch, origin)
         replaced = set(result.replaced)
         for cell in batch.cells:
             source = artifacts.get(cell.cell_id)
@@ -204,6 +259,14 @@ def json_dumps(value: Any) -> str:
     return json.dumps(clean_json(value))
 
 
+def _engine(url: str, writing: bool) -> Engine:
+    """The store's engine; SQLite in WAL mode when it may write, else as a query-only reader."""
+    engine = create_engine(url, json_serializer=json_dumps, **_connect_args(url))
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas if writing else _sqlite_query_only)
+    return engine
+
+
 def _connect_args(url: str) -> dict[str, Any]:
     """PostgreSQL sessions in UTC, so timestamps without time zone are UTC everywhere."""
     if url.startswith("postgresql"):
@@ -231,6 +294,12 @@ def _drop_unlisted(folder: Path, expected: dict[str, str], _session: Any = None)
     for name, sha in hash_tree(folder).items():
         if expected.get(name) != sha:
             (folder / name).unlink(missing_ok=True)
+
+
+def _sqlite_query_only(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=1")
+    cursor.close()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

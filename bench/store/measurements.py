@@ -13,7 +13,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
 from bench.store.identity import local_device
-from bench.store.records import MeasurementData
+from bench.store.records import MeasurementData, audit_replacement
 from bench.store.schema import MeasurementRecord
 
 DEPLOY_COLUMNS = ("size_bytes", "packed_size_bytes", "int_kernels", "deployed_accuracy",
@@ -27,16 +27,19 @@ _RECORD_FIELDS = {"latency_batch_size": "batch_size"}
 
 def save_measurement(engine: Engine, record: MeasurementRecord) -> None:
     """Store ``record`` (with its device and content hash), replacing any row with the same
-    key, in one transaction."""
+    key (kept in the audit table), in one transaction."""
     record.device = record.device or local_device()
     record.record_hash = MeasurementData.of(record).content_hash()
+    same_key = (MeasurementRecord.cell_id == record.cell_id,
+                MeasurementRecord.profile == record.profile,
+                MeasurementRecord.device == record.device,
+                MeasurementRecord.machine == record.machine,
+                MeasurementRecord.batch_size == record.batch_size)
     with Session(engine, expire_on_commit=False) as session, session.begin():
-        session.execute(delete(MeasurementRecord).where(
-            MeasurementRecord.cell_id == record.cell_id,
-            MeasurementRecord.profile == record.profile,
-            MeasurementRecord.device == record.device,
-            MeasurementRecord.machine == record.machine,
-            MeasurementRecord.batch_size == record.batch_size))
+        old = session.scalars(select(MeasurementRecord).where(*same_key)).first()
+        if old is not None and old.record_hash != record.record_hash:
+            audit_replacement(session, old, record, record.record_hash, "bench measure")
+        session.execute(delete(MeasurementRecord).where(*same_key))
         session.add(record)
 
 

@@ -4,7 +4,10 @@ A bundle, an upload and the server's API all carry these models. Each record has
 hash (SHA-256 of its canonical JSON), so moving the same record twice stores it once, and a
 store can say which records it already has. `ingest` writes a batch into a store's database in
 one transaction with one rule for conflicts: a record replaces the stored one with the same key
-only if it is better (ok beats failed, then the later `finished_at` wins).
+only if it is better (ok beats failed, then the later `finished_at` wins). So that rule cannot be
+won with a clock, a record finished (or started) in the future, beyond MAX_CLOCK_SKEW, is
+refused; every replacement is kept in the `record_replacements` audit table, and every record
+received the `record_origins` row of where it came from and who signed it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -22,12 +25,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bench.store.identity import DEVICE_PATTERN
-from bench.store.schema import CellRecord, MeasurementRecord
+from bench.store.schema import CellRecord, MeasurementRecord, RecordOrigin, RecordReplacement
 
 HASH_PATTERN = r"^[0-9a-f]{64}$"
 INT32 = 2**31 - 1
 MeasurementKey = tuple[str, str, str, str, int]
 """(cell_id, profile, device, machine, batch_size): one measurement per key in a store."""
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+"""How far in the future a record's times may lie (clocks of devices differ a little)."""
 
 
 def _no_nul(value: str) -> str:
@@ -202,6 +207,90 @@ class RecordBatch(BaseModel):
         return {r.device for r in (*self.cells, *self.measurements)}
 
 
+class FutureRecordError(ValueError):
+    """A record's `started_at` or `finished_at` lies in the future beyond MAX_CLOCK_SKEW."""
+
+
+def utc_now() -> datetime:
+    """Naive UTC, as the store keeps times."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def check_times(batch: RecordBatch, now: datetime | None = None) -> None:
+    """FutureRecordError naming the first record whose times lie after ``now`` (default: the
+    current time) by more than MAX_CLOCK_SKEW."""
+    limit = (now or utc_now()) + MAX_CLOCK_SKEW
+    for record in (*batch.cells, *batch.measurements):
+        for name in ("started_at", "finished_at"):
+            value = getattr(record, name)
+            if value > limit:
+                what = (f"cell {record.cell_id}" if isinstance(record, CellData) else
+                        f"measurement of cell {record.cell_id} on {record.device} under "
+                        f"{record.profile}")
+                raise FutureRecordError(
+                    f"{what}: {name} {value:%Y-%m-%d %H:%M:%S} UTC is in the future (now "
+                    f"{limit - MAX_CLOCK_SKEW:%Y-%m-%d %H:%M:%S} UTC, allowed skew "
+                    f"{MAX_CLOCK_SKEW.seconds // 60} min); check the device's clock")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where records come from into a store: ``source`` in words (a bundle's SHA-256, an
+    upload's id) and its signature: the signing key's fingerprint, the signer's name from a
+    trusted key, and whether the signature was verified against a trusted key."""
+
+    source: str
+    signer_key: str | None = None
+    signer: str | None = None
+    verified: bool = False
+
+
+def record_key(record: CellData | MeasurementData | CellRecord | MeasurementRecord) -> str:
+    """The record's key in words, for the audit table."""
+    if isinstance(record, CellData | CellRecord):
+        return record.cell_id
+    return "/".join(str(part) for part in (record.cell_id, record.profile, record.device,
+                                           record.machine, record.batch_size))
+
+
+def audit_replacement(session: Session, old: CellRecord | MeasurementRecord,
+                      new: CellData | MeasurementData | CellRecord | MeasurementRecord,
+                      new_hash: str, source: str) -> None:
+    """Keep ``old`` (being replaced by ``new``) in the audit table."""
+    session.add(RecordReplacement(
+        kind="cell" if isinstance(old, CellRecord) else "measurement", cell_id=old.cell_id,
+        record_key=record_key(old)[:400], old_hash=old.record_hash, new_hash=new_hash,
+        old_status=old.status, new_status=new.status,
+        old_finished_at=_utc_naive(old.finished_at), new_finished_at=_utc_naive(new.finished_at),
+        replaced_at=utc_now(), source=source[:200]))
+
+
+def _note_origin(session: Session, origins: dict[str, RecordOrigin], digest: str,
+                 record: CellData | MeasurementData, origin: Origin) -> None:
+    """Record where ``record`` came from, unless its origin is known; a verified signature
+    upgrades a known origin that had none. (A record made in this store and received again
+    unchanged keeps having no origin row: it is this store's own.)"""
+    known = origins.get(digest)
+    if known is None:
+        known = RecordOrigin(record_hash=digest, kind=record.kind, device=record.device,
+                             source=origin.source[:200], signer_key=origin.signer_key,
+                             signer=origin.signer, verified=origin.verified,
+                             received_at=utc_now())
+        session.add(known)
+        origins[digest] = known
+    elif origin.verified and not known.verified:
+        known.source, known.signer_key = origin.source[:200], origin.signer_key
+        known.signer, known.verified = origin.signer, True
+
+
+def _stored_origins(session: Session, hashes: list[str]) -> dict[str, RecordOrigin]:
+    found: dict[str, RecordOrigin] = {}
+    for chunk in _chunks(list(dict.fromkeys(hashes))):
+        found.update((row.record_hash, row) for row in session.scalars(
+            select(RecordOrigin).where(RecordOrigin.record_hash.in_(chunk))))
+    return found
+
+
 @dataclass
 class IngestResult:
     """What `ingest` did with each record, by content hash."""
@@ -248,11 +337,18 @@ def _stored_measurements(session: Session, keys: set[MeasurementKey]
     return stored
 
 
-def ingest(session: Session, batch: RecordBatch) -> IngestResult:
+def ingest(session: Session, batch: RecordBatch, origin: Origin | None = None,
+           now: datetime | None = None) -> IngestResult:
     """Write ``batch`` into ``session`` (the caller commits): new records are added, a
-    record whose key is stored replaces it only if better; identical ones change nothing.
-    Stored records are looked up once per batch, not once per record."""
+    record whose key is stored replaces it only if better (the replaced one is kept in the
+    audit table); identical ones change nothing. FutureRecordError, before anything is
+    written, if a record's times lie in the future. Records added or replaced get an
+    ``origin`` row (default: unsigned, from an unnamed source). Stored records are looked up
+    once per batch, not once per record."""
+    check_times(batch, now)
+    origin = origin or Origin("unnamed source")
     result = IngestResult()
+    received: list[tuple[str, CellData | MeasurementData, bool]] = []
     cells = _unique(batch.cells)
     stored_cells = _stored_cells(session, [c.cell_id for c in cells])
     for cell in cells:
@@ -263,7 +359,10 @@ def ingest(session: Session, batch: RecordBatch) -> IngestResult:
             result.added.append(digest)
         elif old.record_hash == digest:
             result.unchanged.append(digest)
+            received.append((digest, cell, False))
+            continue
         elif _better(cell, old):
+            audit_replacement(session, old, cell, digest, origin.source)
             artifacts = old.artifacts
             session.delete(old)
             session.flush()
@@ -273,6 +372,8 @@ def ingest(session: Session, batch: RecordBatch) -> IngestResult:
             result.replaced.append(digest)
         else:
             result.stale.append(digest)
+            continue
+        received.append((digest, cell, True))
     measurements = _unique(batch.measurements)
     stored = _stored_measurements(session, {m.key() for m in measurements})
     for measurement in measurements:
@@ -283,13 +384,22 @@ def ingest(session: Session, batch: RecordBatch) -> IngestResult:
             result.added.append(digest)
         elif old_measurement.record_hash == digest:
             result.unchanged.append(digest)
+            received.append((digest, measurement, False))
+            continue
         elif _better(measurement, old_measurement):
+            audit_replacement(session, old_measurement, measurement, digest, origin.source)
             session.delete(old_measurement)
             session.flush()
             session.add(measurement.to_row(digest))
             result.replaced.append(digest)
         else:
             result.stale.append(digest)
+            continue
+        received.append((digest, measurement, True))
+    origins = _stored_origins(session, [digest for digest, _, _ in received])
+    for digest, record, written in received:
+        if written or digest in origins:
+            _note_origin(session, origins, digest, record, origin)
     session.flush()
     return result
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -78,6 +78,42 @@ class MeasurementRecord(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime] = mapped_column(DateTime)
     record_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class RecordReplacement(Base):
+    """The audit of replaced records: one row each time a stored record gave way to a better
+    one (or was measured or run again), with both hashes, so no replacement is silent."""
+
+    __tablename__ = "record_replacements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    cell_id: Mapped[str] = mapped_column(String(32), index=True)
+    record_key: Mapped[str] = mapped_column(String(400))
+    old_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    new_hash: Mapped[str] = mapped_column(String(64))
+    old_status: Mapped[str] = mapped_column(String(16))
+    new_status: Mapped[str] = mapped_column(String(16))
+    old_finished_at: Mapped[datetime] = mapped_column(DateTime)
+    new_finished_at: Mapped[datetime] = mapped_column(DateTime)
+    replaced_at: Mapped[datetime] = mapped_column(DateTime)
+    source: Mapped[str] = mapped_column(String(200))
+
+
+class RecordOrigin(Base):
+    """Where a record (by content hash) came from into this store: the bundle or upload, and
+    who signed it. Records made in the store itself have no row."""
+
+    __tablename__ = "record_origins"
+
+    record_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(200))
+    signer_key: Mapped[str | None] = mapped_column(String(64))
+    signer: Mapped[str | None] = mapped_column(String(128))
+    verified: Mapped[bool] = mapped_column(Boolean)
+    received_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 RESULT_COLUMNS = ("cell_id", "dataset", "backbone", "method", "w_bits", "a_bits", "seed",

@@ -83,6 +83,11 @@ class Executor(ABC):
     def slots(self) -> int:
         """How many cells may be submitted at once."""
 
+    @property
+    def concurrency(self) -> int:
+        """How many cells it would run at once (for estimates; starts nothing)."""
+        return self.slots
+
     def start(self) -> None:
         """Acquire workers (called once, before the first submit); nothing to do by default."""
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.progress import RunProgress
@@ -38,11 +39,15 @@ class RunSummary:
 
 
 def execute(plan: Plan, store: ResultsStore, executor: Executor, *, fail_fast: bool = False,
-            quiet: bool = False) -> RunSummary:
-    """Run every cell of the plan not yet stored ok; failures are stored and counted."""
-    with store.run_lock(), RunProgress(len(plan.cells), quiet) as progress, executor:
-        log.info("executor %s: %s", executor.name, executor.describe())
-        return _Run(plan, store, executor, progress, fail_fast).run()
+            quiet: bool = False, locked: Callable[[], None] | None = None) -> RunSummary:
+    """Run every cell of the plan not yet stored ok; failures are stored and counted.
+    ``locked`` is called once the store's run lock is held (a refused run writes nothing)."""
+    with store.run_lock():
+        if locked is not None:
+            locked()
+        with RunProgress(len(plan.cells), quiet) as progress, executor:
+            log.info("executor %s: %s", executor.name, executor.describe())
+            return _Run(plan, store, executor, progress, fail_fast).run()
 
 
 class _Run:

@@ -63,6 +63,12 @@ class RayExecutor(Executor):
     def slots(self) -> int:
         return 1 << 30   # Ray queues tasks by their resources
 
+    @property
+    def concurrency(self) -> int:
+        """One cell a CPU of the cluster: --workers, or this machine's cores (a cluster
+        joined by --address is assumed to be this size too)."""
+        return self.workers
+
     def start(self) -> None:
         import ray
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bench.server.auth import Reader
+from bench.server.record_json import items_json, page_json, total
 from bench.store.query import RecordFilter
 from bench.store.records import INT32, CellData, MeasurementData, Sha256, known_hashes
-from bench.store.schema import CellRecord, MeasurementRecord
 
 router = APIRouter(prefix="/api/v1", tags=["records"], dependencies=[Reader])
 
@@ -47,7 +46,7 @@ def known(body: KnownRequest, request: Request) -> KnownResponse:
         return KnownResponse(known=sorted(known_hashes(session, body.hashes)))
 
 
-@router.get("/records")
+@router.get("/records", response_model=RecordPage)
 def records(
     request: Request,
     kind: Literal["cell", "measurement"] = "cell",
@@ -61,7 +60,10 @@ def records(
     status: Annotated[list[Literal["ok", "failed"]] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=INT32)] = 0,
-) -> RecordPage:
+    samples: Annotated[bool, Query(
+        description="Measurements: include the latency samples (`samples_s`); false leaves "
+                    "them out, the summaries stay.")] = True,
+) -> Response:
     """Records of one kind matching every given filter (repeat a filter for any of several
     values), in a stable order; `next_offset` is null on the last page."""
     chosen = RecordFilter(datasets=dataset or [], backbones=backbone or [],
@@ -71,14 +73,6 @@ def records(
     query = chosen.cells() if kind == "cell" else chosen.measurements()
     model = CellData if kind == "cell" else MeasurementData
     with Session(request.app.state.store.engine) as session:
-        total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
-        rows = session.scalars(query.limit(limit).offset(offset)).all()
-        items = [_item(model, row) for row in rows]
-    end = offset + len(items)
-    return RecordPage(items=items, total=total or 0, limit=limit, offset=offset,
-                      next_offset=end if end < (total or 0) else None)
-
-
-def _item(model: type[CellData] | type[MeasurementData],
-          row: CellRecord | MeasurementRecord) -> dict[str, Any]:
-    return {**model.of(row).model_dump(mode="json"), "record_hash": row.record_hash}  # type: ignore[arg-type]
+        count = total(session, query, model)
+        items, n = items_json(session, query, model, limit, offset, samples)
+    return Response(page_json(items, n, count, limit, offset), media_type="application/json")

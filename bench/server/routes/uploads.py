@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
+from bench.exchange.signing import SIGNATURE_HEADER
 from bench.server import db, ingest
 from bench.server.auth import Writer
 
@@ -18,7 +19,8 @@ BODY = {"requestBody": {"required": True, "content": {
     ingest.JSON_TYPE: {"schema": {"$ref": "#/components/schemas/RecordBatch"}},
     "application/gzip": {"schema": {"type": "string", "format": "binary"}}}}}
 ERRORS = {401: {"description": "Missing, wrong or revoked token"},
-          403: {"description": "Records of another device"},
+          403: {"description": "Records of another device, or a missing or wrong signature "
+                               "(a device with a registered public key signs its uploads)"},
           413: {"description": "Body over the server's limit"},
           415: {"description": "Neither JSON nor a gzip bundle"},
           503: {"description": "The database stayed busy; retry"}}
@@ -35,14 +37,16 @@ class UploadResult(BaseModel):
 @router.post("/uploads", openapi_extra=BODY, responses=ERRORS)
 async def upload(request: Request, device: Writer) -> UploadResult:
     """Store records (application/json RecordBatch) or a bundle (application/gzip); every
-    record must be the token's device's. Idempotent: the same records again change nothing."""
+    record must be the token's device's. Signed with the `X-Medq-Signature` header (`ed25519
+    <public key> <signature of the body's SHA-256>`); required once the device has a
+    registered key. Idempotent: the same records again change nothing."""
     body = await request.body()
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     state = request.app.state
     try:
         upload_id, result = await run_in_threadpool(
             ingest.receive, state.store, device, content_type, body,
-            state.settings.max_body_bytes)
+            state.settings.max_body_bytes, request.headers.get(SIGNATURE_HEADER))
     except ValidationError as err:
         errors = err.errors(include_url=False, include_context=False, include_input=False)
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]

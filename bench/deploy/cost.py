@@ -1,0 +1,54 @@
+"""The deploy stage's cost a cell, for `bench run --dry-run`'s estimate.
+
+Its fixed part (export, ONNX checks, kernel count, packing, MACs) is timed by running the stage
+itself on a probe model with a test split of PROBE_IMAGES images; ONNX Runtime's seconds per
+image, timed on the file that run exported, cost each further test image. Export does not
+depend on the method's objective, so one timing serves every method of the same backbone,
+image size and precision (float or quantised).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+
+from bench.data import normalize
+from bench.deploy.stage import ONNX_FILE, DeploySettings
+from bench.runner.estimate.costs import CellShape
+from bench.runner.estimate.stage_costs import ModelProbe, register_stage_cost
+from bench.store.deploy import DEPLOY_STAGE
+
+PROBE_IMAGES = 2
+
+
+def onnx_runner(path: Path) -> Callable[[torch.Tensor], object]:
+    """Run the ONNX file on uint8 images as the stage's onnx_logits does (its session opened
+    on the first call, which a probe's warm-up takes)."""
+    @functools.cache
+    def session() -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(images: torch.Tensor) -> object:
+        name = session().get_inputs()[0].name
+        return session().run(None, {name: normalize(images).numpy()})
+
+    return run
+
+
+@register_stage_cost(DEPLOY_STAGE)
+def deploy_cost(settings: DeploySettings, shape: CellShape, probe: ModelProbe) -> float:
+    def measure() -> tuple[float, float]:
+        fixed, folder = probe.stage_seconds(DEPLOY_STAGE, settings, PROBE_IMAGES)
+        return fixed, probe.per_image_s(onnx_runner(folder / ONNX_FILE),
+                                        settings.eval_batch_size)
+
+    key = (DEPLOY_STAGE, probe.backbone, probe.image_size, probe.quantized,
+           settings.model_dump_json())
+    fixed, per_image = probe.shared(key, measure)
+    return fixed + max(shape.n_test - PROBE_IMAGES, 0) * per_image

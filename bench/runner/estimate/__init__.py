@@ -1,0 +1,157 @@
+"""Estimate a plan's wall time from costs measured on this machine (`bench run --dry-run`).
+
+For each distinct kind of cell (backbone, image size, method and its parameters, batch size
+and optimiser; bit-widths share a kind, as fake quantisation costs the same at any width) a probe
+times the cell's model here, on the device and threads its cells would get (probe.py). Each
+cell's cost is the sum of its terms: setup, training steps, evaluation and one term per stage,
+each stage giving its own (stage_costs.py). The plan's wall time adds the start of a run and
+of its workers to the schedule of the cells on the executor's parallelism (costs.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.runner.estimate.costs import (
+    Assumptions,
+    CellCost,
+    CellShape,
+    Estimate,
+    EstimateRow,
+    cell_terms,
+    makespan,
+)
+from bench.runner.estimate.probe import CellModelProbe
+from bench.runner.estimate.stage_costs import STAGE_COSTS, load_stage_costs
+from bench.runner.executors.base import Executor, local_cores, resolve_device
+from bench.runner.executors.order import waits
+from bench.runner.executors.task import CELL_THREADS, cell_threads
+from bench.runner.plan import Cell, MissingData, Plan
+from bench.runner.stages import STAGES
+from methods import get_method
+
+DEFAULT_CLASSES = 8
+WORKER_MODULE = "bench.runner.executors.task"
+
+__all__ = ["Estimate", "EstimateRow", "cell_shape", "estimate"]
+
+
+def cell_shape(plan: Plan, cell: Cell) -> CellShape:
+    """How many images each part of the cell sees (from the split's fractions when the data
+    set is not prepared here)."""
+    cfg = cell.config
+    data = plan.data[cell.data_key]
+    if isinstance(data, MissingData):
+        n = data.num_images or 0
+        n_val, n_test = round(n * cfg.dataset.split.val), round(n * cfg.dataset.split.test)
+        n_train, classes = max(n - n_val - n_test, 0), data.num_classes or DEFAULT_CLASSES
+    else:
+        split = data.split
+        n_train, n_val, n_test = len(split.train), len(split.val), len(split.test)
+        classes = data.num_classes
+    method = get_method(cfg.method)
+    return CellShape(n_train=n_train, n_val=n_val, n_test=n_test, num_classes=classes,
+                     image_size=cfg.dataset.image_size, epochs=cfg.train.epochs,
+                     batch_size=cfg.train.batch_size,
+                     calibration_batches=cfg.calibration_batches,
+                     trains=method.trains(method.parse_params(cfg.params)),
+                     quantized=method.quantized, method=cfg.method)
+
+
+def _kind(cell: Cell, classes: int) -> Hashable:
+    """What a cell's timings depend on: its model, its method and how it steps."""
+    c = cell.config
+    return (c.backbone.name, c.dataset.image_size, c.method, json.dumps(c.params, sort_keys=True),
+            c.train.batch_size, c.train.optimizer, classes)
+
+
+def assumptions(executor: Executor) -> Assumptions:
+    """Where the cells would run: the executor's device (resolved here), CELL_THREADS a cell,
+    and as many at once as the executor runs, at most one a core (or a GPU)."""
+    device = resolve_device(executor.options.device)
+    planned = executor.concurrency
+    if device.type == "cuda":
+        limit, unit = max(torch.cuda.device_count(), 1), "GPU"
+    else:
+        limit, unit = max(local_cores() // CELL_THREADS, 1), "core"
+    note = ""
+    if planned > limit:
+        note = f"{planned} at once share {limit} {unit}{'s' if limit != 1 else ''}"
+    if executor.options.address is not None:
+        note = "; ".join(filter(None, [note, "a remote Ray cluster: assumed like this machine"]))
+    return Assumptions(device=str(device), threads_per_cell=CELL_THREADS,
+                       concurrency=min(planned, limit), executor=executor.name, note=note)
+
+
+def workers_start_seconds(executor: Executor) -> float:
+    """Starting workers that import the cell code themselves (0 for in-process executors):
+    one import of the worker module in a fresh interpreter, timed."""
+    if executor.in_process:
+        return 0.0
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import {WORKER_MODULE}"], check=True,
+                   capture_output=True)
+    return time.perf_counter() - start
+
+
+def estimate(plan: Plan, cell_ids: set[str] | None, executor: Executor,
+             startup_s: float = 0.0) -> Estimate:
+    """Time every kind of cell to run (all of the plan's when ``cell_ids`` is None) and add
+    the plan's wall time up; ``startup_s`` is what starting a run costs before its first cell
+    (the caller's own start, measured)."""
+    load_stage_costs()
+    chosen = assumptions(executor)
+    todo = [c for c in plan.cells if cell_ids is None or c.cell_id in cell_ids]
+    costs: list[CellCost] = []
+    rows: dict[tuple[str, str, int, int], list[tuple[float, CellCost]]] = {}
+    missing: set[str] = set()
+    memo: dict[Hashable, Any] = {}
+    probes: dict[Hashable, CellModelProbe] = {}
+    device = torch.device(chosen.device)
+    with cell_threads(), tempfile.TemporaryDirectory(prefix="medq-estimate-") as workdir:
+        for cell in todo:
+            shape = cell_shape(plan, cell)
+            kind = _kind(cell, shape.num_classes)
+            if kind not in probes:
+                probes[kind] = CellModelProbe(cell, shape.num_classes, device, memo,
+                                              Path(workdir))
+            probe = probes[kind]
+            stages = {}
+            for name, raw in cell.config.stages.items():
+                if name not in STAGE_COSTS:
+                    missing.add(name)
+                    continue
+                settings = STAGES[name].Settings.model_validate(raw)
+                stages[name] = STAGE_COSTS[name](settings, shape, probe)
+            timings = probe.timings()
+            cost = CellCost(cell.cell_id, cell_terms(shape, timings, stages))
+            costs.append(cost)
+            c = cell.config
+            rows.setdefault((c.backbone.name, c.method, c.dataset.image_size, shape.steps),
+                            []).append((timings.step_s, cost))
+    ids = {c.cell_id for c in todo}
+    schedule = makespan([c.cell_id for c in plan.cells], {c.cell_id: c.seconds for c in costs},
+                        waits(plan), {c.cell_id for c in plan.cells} - ids, chosen.concurrency)
+    return Estimate(rows=[_row(key, members) for key, members in rows.items()], cells=costs,
+                    assumptions=chosen, startup_s=startup_s,
+                    workers_start_s=workers_start_seconds(executor) if todo else 0.0,
+                    schedule_s=schedule, not_estimated=tuple(sorted(missing)))
+
+
+def _row(key: tuple[str, str, int, int], members: list[tuple[float, CellCost]]) -> EstimateRow:
+    backbone, method, size, steps = key
+    n = len(members)
+    terms: dict[str, float] = {}
+    for _, cost in members:
+        for name, value in cost.terms.items():
+            terms[name] = terms.get(name, 0.0) + value / n
+    return EstimateRow(backbone, method, size, n, sum(s for s, _ in members) / n, steps, terms)
