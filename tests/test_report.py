@@ -186,7 +186,7 @@ def label(method: str, w: int, a: int) -> str:
 def ten_seeds(tmp_path_factory: pytest.TempPathFactory) -> Generated:
     return generate(tmp_path_factory.mktemp("ten"), Spec(
         devices=(("host", "m1"), ("raspberry-pi-4", "pi"), ("host", "m2")), overlays=True,
-        flagged=True, failed=1, measure_failed=True))
+        flagged=True, failed=1, measure_failed=True, n_test=80))   # 80: Friedman rejects (CD drawn)
 
 
 @pytest.fixture(scope="module")
