@@ -236,7 +236,8 @@ def results(
         pd.DataFrame(rows, columns=list(columns)).to_csv(sys.stdout, index=False)
     else:
         table = Table()
-        shown = [*RESULT_COLUMNS[:11], *(c for c in ("int_kernels", "latency_ms_p50", "profile")
+        shown = [*RESULT_COLUMNS[:11], *(c for c in ("int_kernels", "int_coverage",
+                                                     "latency_ms_p50", "profile")
                                          if any(r.get(c) is not None for r in rows))]
         for column in shown:
             table.add_column(column)

@@ -1,10 +1,19 @@
 """Brevitas graph-mode quantisation of plain torch classifiers: build, calibrate, inspect.
 
 ``quantize`` turns an FP32 model into a fake-quantised Brevitas graph (input, weights and
-activations quantised; logits left in floating point).  ``calibrate`` sets activation scales from
-data (PTQ) and, for PACT models, initialises the learned clipping values from the same data.
-Training the returned model gives QAT (straight-through estimator, learned activation scales) or
-PACT (learned clip ``alpha`` per activation quantiser, regularised with ``clip_penalty``).
+activations quantised; logits left in floating point) under one of three schemes
+(`bench.quantizers` has their definitions and sources):
+
+- ``stats`` (PTQ, QAT): activation ranges are observed statistics: averaged over the
+  calibration batches by ``calibrate``, then a moving average during fine-tuning, frozen in eval
+  mode; they never receive a gradient. Weight scales are the per-channel max |w|.
+- ``pact``: every ReLU output is quantised unsigned over [0, alpha] with PACT's learned alpha
+  (a symmetric [-alpha, alpha] after SiLU/Hardswish); other activations as ``stats``.
+- ``lsq``: learned step sizes for every weight and activation quantiser (LSQ).
+
+At a residual join each input keeps its own quantiser and the two are added in floating point
+(ONNX Runtime runs it as one integer QLinearAdd, which takes a scale per input), so a ReLU
+output that feeds a skip connection keeps its 2^a unsigned levels and its own range.
 """
 
 from __future__ import annotations
@@ -13,50 +22,64 @@ import copy
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import brevitas.nn as qnn
 import torch
-from brevitas.core.scaling.standalone import ParameterScaling
 from brevitas.graph.calibrate import (
     bias_correction_mode,
     calibration_mode,
     quantization_status_manager,
 )
-from brevitas.graph.quantize import (
-    COMPUTE_LAYER_MAP,
-    QUANT_ACT_MAP,
-    QUANT_IDENTITY_MAP,
-    preprocess_for_quantize,
-)
+from brevitas.graph.quantize import COMPUTE_LAYER_MAP, preprocess_for_quantize
 from brevitas.graph.quantize import quantize as brevitas_quantize
+from brevitas.graph.quantize_impl import ADD_FNS, ADD_METHODS
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
-from brevitas.quant import (
-    Int8ActPerTensorFloat,
-    Int8WeightPerChannelFloat,
-    Int8WeightPerTensorFloat,
-    Int32Bias,
-    Uint8ActPerTensorFloatMaxInit,
-)
+from brevitas.quant import Int8WeightPerChannelFloat, Int8WeightPerTensorFloat, Int32Bias
+from brevitas.quant_tensor import _unpack_quant_tensor
 from torch import nn
+
+from bench.quantizers import (
+    DEFAULT_RANGE_MOMENTUM,
+    MIN_ALPHA,
+    LSQStep,
+    ObservedRangeScaling,
+    PACTClip,
+    QuantHardswish,
+    QuantSiLU,
+    abs_percentile,
+    lsq_act,
+    lsq_weight,
+    observed_range_act,
+    pact_act,
+)
 
 PACT_INIT_ALPHA = 6.0
 """Placeholder alpha at construction; ``quantize`` and ``calibrate`` replace it from data."""
 PACT_INIT_PERCENTILE = 99.99
 """Percentile of the FP activations used to initialise alpha."""
-_MIN_ALPHA = 1e-3
 _WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_RELUS = (nn.ReLU, nn.ReLU6)
+_SIGNED_PACT_ACTS: dict[type[nn.Module], type[nn.Module]] = {nn.SiLU: QuantSiLU,
+                                                             nn.Hardswish: QuantHardswish}
+Scheme = Literal["stats", "pact", "lsq"]
+SCHEMES: tuple[str, ...] = get_args(Scheme)
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """Bit-widths and options of one quantisation configuration."""
+    """Bit-widths and options of one quantisation configuration.
+
+    ``scheme`` picks how ranges are set (module docstring); ``range_momentum`` is the moving
+    average weight of the observed ranges during training (0 freezes them after calibration).
+    """
 
     w_bits: int
     a_bits: int
     per_channel: bool = True
     first_last_bits: int | None = 8
-    learned_clip: bool = False
+    scheme: Scheme = "stats"
+    range_momentum: float = DEFAULT_RANGE_MOMENTUM
 
     def __post_init__(self) -> None:
         bits = {"w_bits": self.w_bits, "a_bits": self.a_bits}
@@ -65,6 +88,21 @@ class QuantSpec:
         for name, value in bits.items():
             if not isinstance(value, int) or not 2 <= value <= 8:
                 raise ValueError(f"{name} must be an int in 2..8, got {value!r}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
+        if not 0.0 <= self.range_momentum <= 1.0:
+            raise ValueError(f"range_momentum must be in [0, 1], got {self.range_momentum!r}")
+
+    def act_quant(self, bits: int, signed: bool) -> Any:
+        """The scheme's quantiser for an activation that is not a ReLU output."""
+        if self.scheme == "lsq":
+            return lsq_act(bits, signed)
+        return observed_range_act(bits, signed, self.range_momentum)
+
+    def relu_quant(self, bits: int) -> Any:
+        """The scheme's quantiser for a ReLU output (unsigned)."""
+        return pact_act(bits, signed=False) if self.scheme == "pact" else \
+            self.act_quant(bits, signed=False)
 
 
 class _FirstConv2d(nn.Conv2d):
@@ -93,9 +131,10 @@ _LAST_MARKERS: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
-def _weight_quant(bits: int, per_channel: bool) -> Any:
-    base = Int8WeightPerChannelFloat if per_channel else Int8WeightPerTensorFloat
-    return base.let(bit_width=bits)
+def _weight_quant(spec: QuantSpec, bits: int) -> Any:
+    base = Int8WeightPerChannelFloat if spec.per_channel else Int8WeightPerTensorFloat
+    base = base.let(bit_width=bits)
+    return lsq_weight(base) if spec.scheme == "lsq" else base
 
 
 def _layer_map(spec: QuantSpec) -> dict:
@@ -103,15 +142,13 @@ def _layer_map(spec: QuantSpec) -> dict:
     for layer_type in _WEIGHT_LAYERS:
         quant_class, kwargs = layer_map[layer_type]
         layer_map[layer_type] = (
-            quant_class,
-            {**kwargs, "weight_quant": _weight_quant(spec.w_bits, spec.per_channel)},
-        )
+            quant_class, {**kwargs, "weight_quant": _weight_quant(spec, spec.w_bits)})
     if spec.first_last_bits is not None:
         bits = spec.first_last_bits
         # The first layer's input is the graph input, already quantised at ``bits``.
-        first = {"weight_quant": _weight_quant(bits, spec.per_channel), "bias_quant": Int32Bias,
+        first = {"weight_quant": _weight_quant(spec, bits), "bias_quant": Int32Bias,
                  "return_quant_tensor": True}
-        last = {**first, "input_quant": Int8ActPerTensorFloat.let(bit_width=bits)}
+        last = {**first, "input_quant": spec.act_quant(bits, signed=True)}
         layer_map[_FirstConv2d] = (qnn.QuantConv2d, first)
         layer_map[_FirstLinear] = (qnn.QuantLinear, first)
         layer_map[_LastConv2d] = (qnn.QuantConv2d, last)
@@ -120,24 +157,77 @@ def _layer_map(spec: QuantSpec) -> dict:
 
 
 def _act_map(spec: QuantSpec) -> dict:
-    act_map = {}
-    for act_type, (quant_class, kwargs) in QUANT_ACT_MAP.items():
-        act_quant = kwargs["act_quant"].let(bit_width=spec.a_bits)
-        act_map[act_type] = (quant_class, {**kwargs, "act_quant": act_quant})
-    if spec.learned_clip:
-        pact = Uint8ActPerTensorFloatMaxInit.let(bit_width=spec.a_bits)
-        act_map[nn.ReLU] = (
-            qnn.QuantReLU,
-            {"act_quant": pact, "max_val": PACT_INIT_ALPHA, "return_quant_tensor": True},
-        )
+    """Activations quantised at their output; the others stay float and are requantised.
+
+    Sigmoid, and PACT's SiLU and Hardswish, also quantise their input (signed, as the scheme
+    sets ranges), as Brevitas does before a float activation: the layer before them then ends
+    in a quantiser and runs on an integer kernel in ONNX Runtime (a ReLU needs none: it
+    commutes with the requantisation, which ONNX Runtime fuses)."""
+    relu = (qnn.QuantReLU, {"act_quant": spec.relu_quant(spec.a_bits),
+                            "return_quant_tensor": True})
+    act_map: dict = {nn.ReLU: relu, nn.ReLU6: relu,
+                     nn.Sigmoid: (qnn.QuantSigmoid, {
+                         "act_quant": spec.act_quant(spec.a_bits, signed=False),
+                         "input_quant": spec.act_quant(spec.a_bits, signed=True),
+                         "return_quant_tensor": True})}
+    if spec.scheme == "pact":
+        for act_type, quant_class in _SIGNED_PACT_ACTS.items():
+            act_map[act_type] = (quant_class, {
+                "act_quant": pact_act(spec.a_bits, signed=True),
+                "input_quant": spec.act_quant(spec.a_bits, signed=True),
+                "return_quant_tensor": True})
     return act_map
 
 
-def _identity_map(bits: int) -> dict:
-    return {
-        sign: (quant_class, {**kwargs, "act_quant": kwargs["act_quant"].let(bit_width=bits)})
-        for sign, (quant_class, kwargs) in QUANT_IDENTITY_MAP.items()
-    }
+def _identity_map(spec: QuantSpec, bits: int) -> dict:
+    return {sign: (qnn.QuantIdentity, {"act_quant": spec.act_quant(bits, signed=sign == "signed"),
+                                       "return_quant_tensor": True})
+            for sign in ("signed", "unsigned")}
+
+
+class ResidualAdd(nn.Module):
+    """A residual join: the sum of two tensors that keep their own quantisers, in float.
+
+    Brevitas would otherwise force both inputs onto one shared scale, which replaces a PACT
+    ReLU's range (and sign) on the skip path; ONNX Runtime's QLinearAdd needs no shared scale.
+    """
+
+    def forward(self, x: Any, y: Any) -> torch.Tensor:
+        return _unpack_quant_tensor(x) + _unpack_quant_tensor(y)
+
+
+def _is_tensor_add(node: Any) -> bool:
+    is_add = (node.op == "call_function" and node.target in ADD_FNS) or (
+        node.op == "call_method" and node.target in ADD_METHODS)
+    return is_add and len(node.args) == 2 and not node.kwargs and all(
+        isinstance(a, type(node)) for a in node.args)
+
+
+def _separate_residual_joins(graph_model: nn.Module, spec: QuantSpec, act_map: dict) -> None:
+    """Replace each tensor + tensor by a ResidualAdd module; requantise its sum (one signed
+    quantiser for all users) unless every user is an activation quantised at its output."""
+    graph = graph_model.graph
+    for node in list(graph.nodes):
+        if not _is_tensor_add(node):
+            continue
+        name = f"{node.name}_join"
+        graph_model.add_module(name, ResidualAdd())
+        with graph.inserting_after(node):
+            join = graph.call_module(name, args=tuple(node.args))
+        node.replace_all_uses_with(join)
+        graph.erase_node(node)
+        users = list(join.users)
+        if users and all(u.op == "call_module" and type(graph_model.get_submodule(u.target))
+                         in act_map for u in users):
+            continue
+        quant_class, kwargs = _identity_map(spec, spec.a_bits)["signed"]
+        quant_name = f"{node.name}_output_quant"
+        graph_model.add_module(quant_name, quant_class(**kwargs))
+        with graph.inserting_after(join):
+            quant = graph.call_module(quant_name, args=(join,))
+        join.replace_all_uses_with(quant, delete_user_cb=lambda user, q=quant: user is not q)
+    graph.lint()
+    graph_model.recompile()
 
 
 def _module_nodes(graph_model: nn.Module, types: tuple[type, ...]) -> list[Any]:
@@ -163,7 +253,7 @@ def _mark_edge_layers(graph_model: nn.Module) -> None:
         module.__class__ = marker
 
 
-def _set_input_quant_bits(graph_model: nn.Module, bits: int) -> None:
+def _set_input_quant_bits(graph_model: nn.Module, spec: QuantSpec, bits: int) -> None:
     """Give ``bits`` to the quantisers on the graph inputs and right before the first layer."""
     targets = set()
     for node in graph_model.graph.nodes:
@@ -172,7 +262,7 @@ def _set_input_quant_bits(graph_model: nn.Module, bits: int) -> None:
     first = _module_nodes(graph_model, (QuantWeightBiasInputOutputLayer,))[:1]
     for node in first:
         targets.update(inp.target for inp in node.all_input_nodes if inp.op == "call_module")
-    quant_class, kwargs = _identity_map(bits)["signed"]
+    quant_class, kwargs = _identity_map(spec, bits)["signed"]
     for target in targets:
         if isinstance(graph_model.get_submodule(target), qnn.QuantIdentity):
             graph_model.add_module(target, quant_class(**kwargs))
@@ -204,68 +294,80 @@ def quantize(model: nn.Module, spec: QuantSpec, example_input: torch.Tensor) -> 
 
     BatchNorm is folded into the preceding layers and ReLU6 becomes a quantised ReLU (so with
     quantisation disabled it acts as a plain ReLU).  The graph input is quantised (signed),
-    weights are narrow-range signed with max-abs scales, ReLU outputs unsigned, other activation
-    functions stay float and are requantised before the next layer; the final layer's output
-    (logits) is not requantised.  The first and last Conv2d/Linear use ``spec.first_last_bits``
-    for their weights and their input.  Activation scales are placeholders until ``calibrate`` or
-    the first training steps; PACT alphas start from the FP activations on ``example_input``.
+    weights are signed (narrow range, max-abs scales; LSQ: full range, learned steps), ReLU
+    outputs unsigned, other activation functions stay float and are requantised before the next
+    layer (PACT: SiLU and Hardswish outputs get a signed learned clip); each residual join adds
+    its inputs on their own scales (``ResidualAdd``); the final layer's output (logits) is not
+    requantised.  The first and last Conv2d/Linear use ``spec.first_last_bits`` for their
+    weights and their input.  Observed ranges are placeholders until ``calibrate``; PACT alphas
+    and LSQ steps start from the FP weights and the FP activations on ``example_input``.
     The result lives on the device of ``model`` and has its train/eval mode.
     """
     graph_model = preprocess_for_quantize(copy.deepcopy(model).eval())
     if spec.first_last_bits is not None:
         _mark_edge_layers(graph_model)
+    act_map = _act_map(spec)
+    _separate_residual_joins(graph_model, spec, act_map)
     qmodel = brevitas_quantize(
         graph_model,
-        quant_identity_map=_identity_map(spec.a_bits),
+        quant_identity_map=_identity_map(spec, spec.a_bits),
         compute_layer_map=_layer_map(spec),
-        quant_act_map=_act_map(spec),
+        quant_act_map=act_map,
     )
     if spec.first_last_bits is not None:
-        _set_input_quant_bits(qmodel, spec.first_last_bits)
+        _set_input_quant_bits(qmodel, spec, spec.first_last_bits)
     _drop_logits_quant(qmodel)
     device = _model_device(model)
     example_input = example_input.to(device)
     qmodel.to(device).eval()
+    if spec.scheme == "pact" and not _pact_quant_modules(qmodel):
+        raise ValueError("PACT needs ReLU, ReLU6, SiLU or Hardswish activations; the model "
+                         "has none")
+    _init_weight_steps(qmodel)
     with torch.no_grad():
         qmodel(example_input)
-    if spec.learned_clip:
-        if not _pact_quant_modules(qmodel):
-            raise ValueError("learned_clip needs nn.ReLU/ReLU6 activations; the model has none")
-        _init_clip_values(qmodel, [example_input])
+    _init_learned_ranges(qmodel, [example_input])
     qmodel.train(model.training)
     return qmodel
 
 
-def _pact_quant_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Activation modules whose quantiser has a learned clip value (PACT alpha)."""
+def _act_scaling_modules(model: nn.Module, kind: type[nn.Module]) -> dict[str, nn.Module]:
+    """Activation modules (by name) whose quantiser's scaling is of type ``kind``."""
     found = {}
     for name, module in model.named_modules():
-        act_quant = getattr(module, "act_quant", None)
-        proxy = getattr(act_quant, "fused_activation_quant_proxy", None)
-        if proxy is not None and isinstance(proxy.tensor_quant.scaling_impl, ParameterScaling):
+        proxy = getattr(getattr(module, "act_quant", None), "fused_activation_quant_proxy", None)
+        tensor_quant = getattr(proxy, "tensor_quant", None)
+        if isinstance(getattr(tensor_quant, "scaling_impl", None), kind):
             found[name] = module
     return found
 
 
-class _ClipStats:
-    """Averages a high percentile of each PACT module's FP activation over batches."""
+def _scaling(module: nn.Module) -> nn.Module:
+    return module.act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl
 
-    def __init__(self, modules: dict[str, nn.Module], percentile: float) -> None:
-        self.percentile = percentile
+
+def _pact_quant_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Activation modules whose quantiser has a learned clip value (PACT alpha)."""
+    return _act_scaling_modules(model, PACTClip)
+
+
+class _ActStats:
+    """Per module, the batch mean of a statistic of its FP activation (the input of its
+    quantiser), recorded by forward hooks while batches run through the model."""
+
+    def __init__(self, modules: dict[str, nn.Module], stat: Any) -> None:
+        self.stat = stat
         self.sums = dict.fromkeys(modules, 0.0)
         self.counts = dict.fromkeys(modules, 0)
         self.handles = [
             module.act_quant.fused_activation_quant_proxy.activation_impl.register_forward_hook(
-                self._hook(name)
-            )
+                self._hook(name))
             for name, module in modules.items()
         ]
 
     def _hook(self, name: str):
         def record(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            flat = output.detach().flatten().float()
-            k = max(1, min(flat.numel(), round(flat.numel() * self.percentile / 100.0)))
-            self.sums[name] += float(flat.kthvalue(k).values)
+            self.sums[name] += float(self.stat(output.detach()))
             self.counts[name] += 1
 
         return record
@@ -278,28 +380,56 @@ class _ClipStats:
         return {name: self.sums[name] / n for name, n in self.counts.items() if n > 0}
 
 
+def _pact_stats(model: nn.Module, percentile: float) -> _ActStats:
+    return _ActStats(_pact_quant_modules(model), lambda x: abs_percentile(x, percentile))
+
+
+def _lsq_stats(model: nn.Module) -> _ActStats:
+    return _ActStats(_act_scaling_modules(model, LSQStep), lambda x: x.abs().mean())
+
+
 def _set_alphas(modules: dict[str, nn.Module], alphas: dict[str, float]) -> None:
     with torch.no_grad():
         for name, alpha in alphas.items():
-            scaling = modules[name].act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl
-            scaling.value.fill_(max(alpha, _MIN_ALPHA))
+            _scaling(modules[name]).alpha.fill_(max(alpha, MIN_ALPHA))
 
 
-def _init_clip_values(
+def _apply_stats(model: nn.Module, pact: _ActStats, lsq: _ActStats) -> None:
+    """PACT alphas = the averaged percentile; LSQ steps = 2 mean|x| / sqrt(Q_P)."""
+    _set_alphas(_pact_quant_modules(model), pact.means())
+    steps = _act_scaling_modules(model, LSQStep)
+    for name, mean_abs in lsq.means().items():
+        _scaling(steps[name]).init_from(mean_abs)
+
+
+def _init_learned_ranges(
     model: nn.Module, batches: Iterable[torch.Tensor], percentile: float = PACT_INIT_PERCENTILE
 ) -> None:
-    """Set PACT alphas from the FP activations of ``batches`` (quantisation disabled)."""
-    modules = _pact_quant_modules(model)
-    if not modules:
+    """Set PACT alphas and LSQ activation steps from the FP activations of ``batches``."""
+    pact, lsq = _pact_stats(model, percentile), _lsq_stats(model)
+    if not (pact.handles or lsq.handles):
         return
-    stats = _ClipStats(modules, percentile)
     try:
         with torch.no_grad(), quantization_disabled(model):
             for batch in batches:
                 model(batch)
     finally:
-        stats.remove()
-    _set_alphas(modules, stats.means())
+        pact.remove()
+        lsq.remove()
+    _apply_stats(model, pact, lsq)
+
+
+def _init_weight_steps(model: nn.Module) -> None:
+    """LSQ weight steps from the (BN-folded) weights: 2 mean|w| / sqrt(Q_P) per step."""
+    for module in model.modules():
+        if not isinstance(module, QuantWeightBiasInputOutputLayer):
+            continue
+        step = getattr(module.weight_quant.tensor_quant, "scaling_impl", None)
+        if isinstance(step, LSQStep):
+            weight = module.weight.detach()
+            dims = tuple(range(1, weight.dim())) if step.step.numel() > 1 else None
+            mean_abs = weight.abs().mean(dim=dims, keepdim=True) if dims else weight.abs().mean()
+            step.init_from(mean_abs.reshape(step.step.shape))
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -315,18 +445,21 @@ def calibrate(
 ) -> None:
     """PTQ calibration of a ``quantize``d model on input ``batches`` (image tensors, no labels).
 
-    Activation scales are set from FP activation statistics (Brevitas ``calibration_mode``);
-    PACT alphas are set to the batch-averaged ``clip_percentile`` of their FP activations.  With
-    ``bias_correction`` a second pass over ``batches`` corrects layer biases for the quantisation
-    error (so the FP forward of the graph no longer equals the original model exactly).
+    One pass with activation quantisation off (Brevitas ``calibration_mode``): observed ranges
+    become the batch mean of their statistic, PACT alphas the batch-averaged
+    ``clip_percentile`` of their FP activations, LSQ activation steps 2 mean|x| / sqrt(Q_P).
+    With ``bias_correction`` a second pass over ``batches`` corrects layer biases for the
+    quantisation error (so the FP forward of the graph no longer equals the original model).
     """
     if bias_correction and isinstance(batches, Iterator):
         batches = list(batches)
     device = _model_device(model)
     was_training = model.training
     model.eval()
-    pact_modules = _pact_quant_modules(model)
-    stats = _ClipStats(pact_modules, clip_percentile)
+    for scaling in model.modules():
+        if isinstance(scaling, ObservedRangeScaling):
+            scaling.observations.zero_()
+    pact, lsq = _pact_stats(model, clip_percentile), _lsq_stats(model)
     seen = 0
     try:
         with torch.no_grad(), calibration_mode(model):
@@ -334,10 +467,11 @@ def calibrate(
                 model(batch.to(device))
                 seen += 1
     finally:
-        stats.remove()
+        pact.remove()
+        lsq.remove()
     if seen == 0:
         raise ValueError("calibrate needs at least one batch")
-    _set_alphas(pact_modules, stats.means())
+    _apply_stats(model, pact, lsq)
     if bias_correction:
         with torch.no_grad(), bias_correction_mode(model):
             for batch in batches:
@@ -347,15 +481,13 @@ def calibrate(
 
 def clip_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """PACT clip parameters (alpha, the largest representable activation) by module name."""
-    return {
-        name: module.act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl.value
-        for name, module in _pact_quant_modules(model).items()
-    }
+    return {name: _scaling(module).alpha for name, module in _pact_quant_modules(model).items()}
 
 
 def clip_values(model: nn.Module) -> dict[str, float]:
-    """Current PACT alphas as plain floats."""
-    return {name: float(param.detach().abs()) for name, param in clip_parameters(model).items()}
+    """Current PACT alphas as plain floats (as the quantiser uses them)."""
+    return {name: max(float(param.detach()), MIN_ALPHA)
+            for name, param in clip_parameters(model).items()}
 
 
 def clip_penalty(model: nn.Module) -> torch.Tensor:
@@ -364,6 +496,18 @@ def clip_penalty(model: nn.Module) -> torch.Tensor:
     if not params:
         return torch.zeros((), device=_model_device(model))
     return torch.stack([p.pow(2).sum() for p in params]).sum()
+
+
+def lsq_steps(model: nn.Module) -> dict[str, nn.Parameter]:
+    """LSQ step sizes (weights and activations) by the name of their scaling module."""
+    return {name: module.step for name, module in model.named_modules()
+            if isinstance(module, LSQStep)}
+
+
+def observed_ranges(model: nn.Module) -> dict[str, ObservedRangeScaling]:
+    """The observed-range scalings (PTQ/QAT activation ranges) by module name."""
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, ObservedRangeScaling)}
 
 
 @contextmanager

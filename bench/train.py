@@ -17,7 +17,28 @@ from bench.objectives import Objective
 EpochHook = Callable[[int, dict[str, float]], None]
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def is_quantiser_parameter(name: str) -> bool:
+    """A quantiser's own parameter (PACT alpha, LSQ step): it lives under a Brevitas
+    ``*_quant`` module (``act_quant``, ``weight_quant``, ``input_quant``, ...)."""
+    return any(part.endswith("_quant") for part in name.split(".")[:-1])
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters in two groups: the model's, with ``weight_decay``, and the
+    quantisers' (clips and step sizes, whose methods regularise them or not), with none."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    quantiser = [p for n, p in named if is_quantiser_parameter(n)]
+    regular = [p for n, p in named if not is_quantiser_parameter(n)]
+    groups = [{"params": regular, "weight_decay": weight_decay}]
+    if quantiser:
+        groups.append({"params": quantiser, "weight_decay": 0.0})
+    return groups
+
+
+def make_optimizer(params: list[nn.Parameter] | list[dict[str, Any]], cfg: TrainConfig
+                   ) -> torch.optim.Optimizer:
+    """The configured optimizer over parameters or parameter groups (a group's own
+    ``weight_decay`` overrides the configured one)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
@@ -41,8 +62,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Train
         on_epoch: EpochHook | None = None) -> dict[str, Any]:
     """Train in place for cfg.epochs; returns the per-epoch history (loss, accuracies, seconds)."""
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg)
+    optimizer = make_optimizer(param_groups(model, cfg.weight_decay), cfg)
     steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
     schedule = make_schedule(optimizer, cfg, cfg.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)

@@ -1,8 +1,13 @@
-"""PACT (Choi et al. 2018): QAT with a learned clipping value alpha per activation quantiser.
+"""PACT (Choi et al., "PACT: Parameterized Clipping Activation for Quantized Neural Networks",
+arXiv:1805.06085, 2018): QAT with a learned clipping value alpha per activation quantiser.
 
-Alphas start from calibration statistics (a high percentile of each activation; with a large
-initial alpha on unclipped data the clipping gradient is almost zero) and are trained with an
-L2 penalty. The learned alphas are stored with the cell.
+Every ReLU output is clip(x, 0, alpha) quantised to 2^a unsigned levels; alpha gets PACT's
+gradient (1 where x >= alpha, 0 elsewhere; straight-through inside the range), an L2 penalty
+``alpha_l2 * alpha^2`` and no weight decay. SiLU and Hardswish outputs get the symmetric form
+clip(x, -alpha, alpha) (an extension: the paper clips ReLUs). Alphas start from calibration
+statistics (a high percentile of each activation; with a large initial alpha on unclipped data
+the clipping gradient is almost zero). Other activations (the input, residual sums) keep
+observed ranges as in QAT. The learned alphas are stored with the cell.
 """
 
 from __future__ import annotations
@@ -14,11 +19,10 @@ from torch import nn
 
 from bench.quant import clip_penalty, clip_values
 from methods.base import MethodParams, Penalty, register
-from methods.ptq import QuantParams
-from methods.qat import QAT
+from methods.qat import QAT, QATParams
 
 
-class PACTParams(QuantParams):
+class PACTParams(QATParams):
     alpha_l2: float = Field(2e-4, ge=0, description="weight of the L2 penalty on the alphas")
 
 
@@ -27,7 +31,7 @@ class PACT(QAT):
     name = "pact"
     description = "PACT: QAT with learned activation clipping (alpha), L2-regularised"
     Params = PACTParams
-    learned_clip = True
+    scheme = "pact"
 
     def penalty(self, params: MethodParams) -> Penalty | None:
         weight = params.alpha_l2

@@ -1,18 +1,19 @@
 """PTQ: Brevitas graph quantisation of the trained FP32 parent, calibrated on training batches.
 
-No weight is trained. Activation scales come from calibration statistics; bias correction is
-optional.
+No weight is trained. Activation ranges are observed statistics of the calibration batches
+(`bench.quant`, scheme "stats"); bias correction is optional.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from bench.quant import QuantSpec, calibrate, integer_weight_levels, quantize
+from bench.quant import QuantSpec, Scheme, calibrate, integer_weight_levels, quantize
+from bench.quantizers import DEFAULT_RANGE_MOMENTUM
 from methods.base import Method, MethodContext, MethodParams, register
 
 
@@ -33,7 +34,7 @@ class PTQ(Method):
     description = "Post-training quantisation of the FP32 parent: calibrate, no training"
     Params = PTQParams
     quantized = True
-    learned_clip = False
+    scheme: ClassVar[Scheme] = "stats"
 
     def starts_from_parent(self, params: MethodParams) -> bool:
         return True
@@ -44,7 +45,9 @@ class PTQ(Method):
     def build_quantized(self, model: nn.Module, w_bits: int, a_bits: int, params: MethodParams,
                         example_input: torch.Tensor) -> nn.Module:
         spec = QuantSpec(w_bits, a_bits, per_channel=params.per_channel,
-                         first_last_bits=params.first_last_bits, learned_clip=self.learned_clip)
+                         first_last_bits=params.first_last_bits, scheme=self.scheme,
+                         range_momentum=getattr(params, "range_momentum",
+                                                DEFAULT_RANGE_MOMENTUM))
         return quantize(model, spec, example_input)
 
     def prepare(self, model: nn.Module, ctx: MethodContext, params: MethodParams) -> nn.Module:

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from bench.deploy.stage import (
+    DEPLOYED_PREDICTIONS,
     LOW_AGREEMENT,
     NO_INTEGER_KERNELS,
     ONNX_FILE,
     PACKED_FILE,
+    PARTIALLY_INTEGER,
     container_note,
     deploy_flags,
 )
@@ -47,8 +49,8 @@ def test_every_cell_reports_the_deploy_columns(deployed):
     assert set(cells) == {("fp32", 32), ("ptq", 8), ("ptq", 4)}
     for row, _ in cells.values():
         assert row["status"] == "ok"
-        for column in ("size_bytes", "packed_size_bytes", "int_kernels", "deployed_accuracy",
-                       "agreement", "params", "macs"):
+        for column in ("size_bytes", "shipped_size_bytes", "packed_size_bytes", "int_kernels",
+                       "int_coverage", "deployed_accuracy", "agreement", "params", "macs"):
             assert row[column] is not None and row[column] >= 0, column
         assert row["agreement"] >= 0.99 and row["deploy_flags"] == ""
 
@@ -56,9 +58,47 @@ def test_every_cell_reports_the_deploy_columns(deployed):
 def test_int_model_runs_integer_kernels_and_fp32_none(deployed):
     _, cells = deployed
     assert cells["fp32", 32][0]["int_kernels"] == 0
-    assert cells["ptq", 8][0]["int_kernels"] > 0
-    assert cells["ptq", 8][1].metrics["deploy"]["integer_model"] is True
+    assert cells["fp32", 32][0]["int_coverage"] == 0.0
+    for bits in (8, 4):
+        row, record = cells["ptq", bits]
+        assert row["int_kernels"] > 0 and row["int_coverage"] == 1.0
+        assert record.metrics["deploy"]["integer_model"] is True
     assert cells["fp32", 32][1].metrics["deploy"]["integer_model"] is False
+
+
+def test_deployed_predictions_are_stored_listed_and_shipped_file_named(deployed):
+    """ONNX Runtime's per-sample test outputs sit beside the torch ones, with the same keys;
+    they are a hashed artifact (exported with `--artifacts all`), not a file a device pulls."""
+    store, cells = deployed
+    for (method, _), (row, record) in cells.items():
+        folder = store.artifact_dir(record.cell_id)
+        deploy = record.metrics["deploy"]
+        assert deploy["deployed_predictions"] == DEPLOYED_PREDICTIONS
+        assert DEPLOYED_PREDICTIONS in record.artifact_hashes
+        with np.load(folder / DEPLOYED_PREDICTIONS) as ort_out, \
+                np.load(folder / "predictions.npz") as torch_out:
+            assert set(ort_out.files) == set(torch_out.files)
+            np.testing.assert_array_equal(ort_out["index"], torch_out["index"])
+            np.testing.assert_array_equal(ort_out["predictions"], ort_out["logits"].argmax(1))
+            accuracy = (ort_out["predictions"] == ort_out["labels"]).mean()
+            assert row["deployed_accuracy"] == pytest.approx(accuracy)
+            agreement = (ort_out["predictions"] == torch_out["predictions"]).mean()
+            assert row["agreement"] == pytest.approx(agreement)
+        assert deploy["shipped_file"] == ONNX_FILE
+        assert row["shipped_size_bytes"] == (folder / ONNX_FILE).stat().st_size
+        assert deploy["session_config"] == {"session.x64quantprecision": "1"}
+        if method != "fp32":
+            assert deploy["int4_weights_integer"] is False
+
+
+def test_results_table_shows_integer_coverage(deployed, cli):
+    """`bench results` shows int_coverage beside int_kernels once a cell has it."""
+    store, _ = deployed
+    lines = cli("results", "--store", store.root).output.splitlines()
+    header = next(line for line in lines if "int_coverage" in line).split("\u2503")
+    column = next(i for i, name in enumerate(header) if name.strip() == "int_coverage")
+    ptq4 = next(line.split("\u2502") for line in lines if " ptq " in line and " 4 " in line)
+    assert ptq4[column].strip() == "1.0000"
 
 
 def test_fp32_deployed_logits_match_torch(deployed):
@@ -100,10 +140,19 @@ def test_sub_8_bit_latency_is_recorded_as_int8_container(deployed):
 
 
 def test_flags():
-    assert deploy_flags(True, 0, 1.0, 0.99) == [NO_INTEGER_KERNELS]
-    assert deploy_flags(False, 0, 0.98, 0.99) == [LOW_AGREEMENT]
-    assert deploy_flags(True, 3, 0.99, 0.99) == []
-    assert container_note(True, 0, 8, 8)["latency_container"].startswith("float32")
+    assert deploy_flags(True, 0.0, 1.0, 0.99) == [NO_INTEGER_KERNELS]
+    assert deploy_flags(True, None, 1.0, 0.99) == [NO_INTEGER_KERNELS]
+    assert deploy_flags(True, 0.35, 1.0, 0.99) == [PARTIALLY_INTEGER]
+    assert deploy_flags(False, 0.0, 0.98, 0.99) == [LOW_AGREEMENT]
+    assert deploy_flags(True, 1.0, 0.99, 0.99) == []
+    assert container_note(True, 0.0, 8, 8)["latency_container"].startswith("float32")
+
+
+def test_partially_integer_latency_is_not_called_int8():
+    note = container_note(True, 0.345, 4, 4)
+    assert note["latency_container"] == "mixed int8/float32"
+    assert "not an integer latency" in note["latency_note"]
+    assert container_note(True, 1.0, 4, 4)["latency_container"] == "int8"
 
 
 def test_bad_deploy_settings_are_a_usage_error(write_grid, cli, tmp_path):

@@ -136,6 +136,7 @@ def test_results_without_measurements_have_empty_columns(write_grid, cli, tmp_pa
                tmp_path / "s", "--quiet").exit_code == 0
     (row,) = _rows(cli, tmp_path / "s")
     assert row["latency_ms_p50"] is None and row["int_kernels"] is None
+    assert row["int_coverage"] is None and row["shipped_size_bytes"] is None
     result = cli("measure", "--profile", "host", "--store", tmp_path / "s")
     assert result.exit_code == 0 and "no deployed cell" in result.output
 

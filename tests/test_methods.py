@@ -18,9 +18,11 @@ from bench.quant import PACT_INIT_ALPHA
 from bench.store import ResultsStore
 from tests.conftest import tiny_grid_dict
 
-ALL = [{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8], [4, 4]]},
-       {"name": "qat", "bits": [[8, 8]]}, {"name": "pact", "bits": [[4, 4]]},
-       {"name": "sgt"}, {"name": "pact_sgt", "bits": [[8, 8]]}]
+ALL = [{"name": "fp32"}, {"name": "fp32_ft"}, {"name": "ptq", "bits": [[8, 8], [4, 4]]},
+       {"name": "qat", "bits": [[8, 8]]}, {"name": "lsq", "bits": [[4, 4]]},
+       {"name": "pact", "bits": [[4, 4]]}, {"name": "sgt"}, {"name": "sgt_ft"},
+       {"name": "pact_sgt", "bits": [[8, 8]]}]
+QUANTISED = {"ptq", "qat", "lsq", "pact", "pact_sgt"}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +48,9 @@ def by_method(store, method, w_bits=None):
 
 def test_every_method_stored_with_bits_and_params(store):
     rows = {(r.method, r.w_bits, r.a_bits) for r in store.records()}
-    assert rows == {("fp32", 32, 32), ("ptq", 8, 8), ("ptq", 4, 4), ("qat", 8, 8),
-                    ("pact", 4, 4), ("sgt", 32, 32), ("pact_sgt", 8, 8)}
+    assert rows == {("fp32", 32, 32), ("fp32_ft", 32, 32), ("ptq", 8, 8), ("ptq", 4, 4),
+                    ("qat", 8, 8), ("lsq", 4, 4), ("pact", 4, 4), ("sgt", 32, 32),
+                    ("sgt_ft", 32, 32), ("pact_sgt", 8, 8)}
     assert all(r.status == "ok" for r in store.records())
     pact_sgt = by_method(store, "pact_sgt")[0]
     params = set(pact_sgt.config["params"])
@@ -57,9 +60,39 @@ def test_every_method_stored_with_bits_and_params(store):
 def test_quantised_cells_reuse_one_fp32_parent(store):
     (fp32,) = by_method(store, "fp32")
     for r in store.records():
-        if r.method in {"ptq", "qat", "pact", "pact_sgt"}:
+        if r.method in QUANTISED | {"fp32_ft", "sgt_ft"}:
             assert r.parent_id == fp32.cell_id
     assert by_method(store, "sgt")[0].parent_id is None  # SGT trains from scratch by default
+
+
+def test_float_controls_get_the_quantised_methods_training_budget(store):
+    """fp32_ft and sgt_ft fine-tune the FP32 parent for the same `finetune` epochs (1 here,
+    against 4 for the parent) as the quantised methods whose control they are."""
+    from methods import get_method
+
+    budget = {r.method: (r.parent_id, r.config["train"]) for r in store.records()}
+    assert get_method("ptq").float_control is None  # no training: FP32 is its control
+    for method in QUANTISED - {"ptq"}:
+        control = get_method(method).float_control
+        assert control in {"fp32_ft", "sgt_ft"}
+        assert budget[control] == budget[method]
+    assert get_method("pact_sgt").float_control == "sgt_ft"
+    for control in ("fp32_ft", "sgt_ft"):
+        (record,) = by_method(store, control)
+        assert len(record.metrics["history"]["epochs"]) == 1
+        assert record.config["train"]["epochs"] == 1
+    assert by_method(store, "sgt_ft")[0].config["params"]["kl_weight"] == 1.0
+
+
+@pytest.mark.parametrize("grid", ["smoke", "paper", "full"])
+def test_shipped_grids_plan_every_float_control(grid):
+    from bench.config import load_grid
+    from methods import get_method
+
+    names = {m.name for m in load_grid(grid).methods}
+    controls = {get_method(n).float_control for n in names} - {None}
+    assert controls == {"fp32_ft", "sgt_ft"} and controls <= names
+    assert "lsq" in names
 
 
 def test_qat_w8a8_keeps_fp32_accuracy(store):
@@ -101,14 +134,16 @@ def test_stored_quantised_model_reloads_exactly(store):
 
 def test_methods_listing_shows_parameters(cli):
     out = cli("methods").output
-    for name in ("ptq", "qat", "pact", "sgt", "pact_sgt", "bias_correction", "alpha_l2"):
+    for name in ("ptq", "qat", "lsq", "pact", "sgt", "pact_sgt", "fp32_ft", "sgt_ft",
+                 "bias_correction", "alpha_l2", "range_momentum"):
         assert name in out
 
 
 def test_paper_grid_dry_run_counts_cells(cli, tmp_path):
     result = cli("run", "--grid", "paper", "--dry-run", "--no-estimate", "--store", tmp_path)
     assert result.exit_code == 0, result.output
-    assert "84 cells" in result.output and "not available here" in result.output
+    # 2 backbones x 3 seeds x (fp32, fp32_ft, sgt, sgt_ft + 5 quantised methods x 3 bits)
+    assert "114 cells" in result.output and "not available here" in result.output
 
 
 def test_dry_run_estimates_compute(cli, write_grid, tmp_path):
@@ -120,4 +155,4 @@ def test_dry_run_estimates_compute(cli, write_grid, tmp_path):
 
 def test_json_results_of_methods(store, cli):
     rows = json.loads(cli("results", "--store", store.root, "--format", "json").output)
-    assert {r["method"] for r in rows} == {"fp32", "ptq", "qat", "pact", "sgt", "pact_sgt"}
+    assert {r["method"] for r in rows} == {m["name"] for m in ALL}

@@ -21,6 +21,7 @@ from bench.quant import (
     quantization_disabled,
     quantize,
 )
+from bench.quantizers import QuantHardswish, QuantSiLU
 
 FIRST, LAST = "features.0", "head"
 MIDDLE = ("features.3", "features.6")
@@ -114,7 +115,8 @@ def _module_outputs(
 @pytest.mark.parametrize("learned_clip", [False, True])
 @pytest.mark.parametrize("a_bits", [2, 4])
 def test_activations_take_at_most_2_pow_a_values(a_bits: int, learned_clip: bool) -> None:
-    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=a_bits, learned_clip=learned_clip))
+    scheme = "pact" if learned_clip else "stats"
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=a_bits, scheme=scheme))
     outputs = _module_outputs(qmodel, (qnn.QuantReLU,), _images(seed=9))
     assert len(outputs) == 3
     low, high = _int_range(a_bits, signed=False)
@@ -155,10 +157,10 @@ def _module_inputs(qmodel: nn.Module, module: nn.Module, batch: torch.Tensor) ->
     return seen[0]
 
 
-def test_learned_clip_without_relu_is_rejected() -> None:
+def test_learned_clip_without_a_clippable_activation_is_rejected() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4, 2)).eval()
-    with pytest.raises(ValueError, match="ReLU"):
-        quantize(model, QuantSpec(w_bits=4, a_bits=4, learned_clip=True), torch.randn(2, 3, 3, 3))
+    with pytest.raises(ValueError, match="ReLU, ReLU6, SiLU or Hardswish"):
+        quantize(model, QuantSpec(w_bits=4, a_bits=4, scheme="pact"), torch.randn(2, 3, 3, 3))
 
 
 def _act_scales(qmodel: nn.Module) -> dict[str, float]:
@@ -211,14 +213,14 @@ def test_qat_gradients_reach_weights_through_fake_quant() -> None:
 
 
 def test_input_gradient_flows_through_input_quantiser() -> None:
-    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=4, learned_clip=True))
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=4, scheme="pact"))
     x = _images(seed=12).requires_grad_(True)
     qmodel(x).logsumexp(dim=1).sum().backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
 
 
 def test_pact_alphas_initialised_from_calibration_statistics() -> None:
-    qmodel = quantize(_model(), QuantSpec(w_bits=4, a_bits=4, learned_clip=True), _images(2))
+    qmodel = quantize(_model(), QuantSpec(w_bits=4, a_bits=4, scheme="pact"), _images(2))
     batch = _images(seed=3) * 3.0
     calibrate(qmodel, [batch])
     alphas = clip_values(qmodel)
@@ -235,7 +237,7 @@ def test_pact_alphas_initialised_from_calibration_statistics() -> None:
 
 
 def test_pact_alphas_get_gradients_and_move() -> None:
-    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=2, learned_clip=True))
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=2, scheme="pact"))
     start = clip_values(qmodel)
     _train(qmodel, steps=1, clip_weight=1e-3)
     for param in clip_parameters(qmodel).values():
@@ -247,7 +249,7 @@ def test_pact_alphas_get_gradients_and_move() -> None:
 
 
 def test_clip_penalty_is_sum_of_squared_alphas() -> None:
-    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=4, learned_clip=True))
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=4, scheme="pact"))
     expected = sum(v**2 for v in clip_values(qmodel).values())
     assert float(clip_penalty(qmodel)) == pytest.approx(expected, rel=1e-5)
     plain = _calibrated(QuantSpec(w_bits=4, a_bits=4))
@@ -272,14 +274,14 @@ def test_quantization_disabled_recovers_fp32_output() -> None:
 def test_quantize_leaves_fp32_model_untouched() -> None:
     model = _model()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    qmodel = quantize(model, QuantSpec(w_bits=4, a_bits=4, learned_clip=True), _images(2))
+    qmodel = quantize(model, QuantSpec(w_bits=4, a_bits=4, scheme="pact"), _images(2))
     assert qmodel is not model
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert not any(isinstance(m, (qnn.QuantConv2d, qnn.QuantReLU)) for m in model.modules())
 
 
 def test_state_dict_round_trip_rebuilds_the_same_model() -> None:
-    spec = QuantSpec(w_bits=2, a_bits=4, learned_clip=True)
+    spec = QuantSpec(w_bits=2, a_bits=4, scheme="pact")
     qmodel = _calibrated(spec)
     _train(qmodel, steps=1, clip_weight=1e-3)
     qmodel.eval()
@@ -333,7 +335,7 @@ def test_qcdq_export_matches_torch_and_quantises_input(tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     from brevitas.export import export_onnx_qcdq
 
-    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=4, learned_clip=True))
+    qmodel = _calibrated(QuantSpec(w_bits=4, a_bits=4, scheme="pact"))
     x = _images(2, seed=11)
     path = tmp_path / "small.onnx"
     export_onnx_qcdq(qmodel, args=x, export_path=str(path), opset_version=17, dynamo=False)
@@ -347,3 +349,71 @@ def test_qcdq_export_matches_torch_and_quantises_input(tmp_path) -> None:
     with torch.no_grad():
         torch_out = qmodel(x).numpy()
     np.testing.assert_allclose(onnx_out, torch_out, atol=1e-5)
+
+
+def _relu_consumers(graph_model: nn.Module, node: object) -> list[object]:
+    """Nodes that read a ReLU's output, looking through max-pooling."""
+    users = []
+    for user in node.users:
+        module = graph_model.get_submodule(user.target) if user.op == "call_module" else None
+        users += _relu_consumers(graph_model, user) if isinstance(module, nn.MaxPool2d) \
+            else [user]
+    return users
+
+
+@pytest.fixture(scope="module")
+def resnet18_input() -> torch.Tensor:
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize(("scheme", "a_bits"), [("pact", 2), ("pact", 4), ("stats", 2)])
+def test_resnet18_relu_outputs_are_unsigned_with_2_pow_a_levels(
+        scheme: str, a_bits: int, resnet18_input: torch.Tensor) -> None:
+    """Every ReLU output, skip connections included, reaches its consumers as the ReLU's own
+    unsigned a-bit tensor (no signed requantiser in between); PACT's range is its alpha."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    qmodel = quantize(model, QuantSpec(w_bits=4, a_bits=a_bits, scheme=scheme),
+                      resnet18_input[:2])
+    calibrate(qmodel, [resnet18_input])
+    qmodel.eval()
+    relus = [n for n in qmodel.graph.nodes if n.op == "call_module"
+             and isinstance(qmodel.get_submodule(n.target), qnn.QuantReLU)]
+    assert len(relus) == 17
+    for node in relus:
+        for user in _relu_consumers(qmodel, node):
+            consumer = qmodel.get_submodule(user.target) if user.op == "call_module" else None
+            assert not isinstance(consumer, qnn.QuantIdentity), (node.target, user.target)
+    outputs = _module_outputs(qmodel, (qnn.QuantReLU,), resnet18_input)
+    alphas = clip_values(qmodel)
+    top = 2**a_bits - 1
+    counts = []
+    for name, out in outputs.items():
+        assert isinstance(out, QuantTensor) and not bool(out.signed)
+        assert int(out.bit_width) == a_bits
+        ints = out.int()
+        assert int(ints.min()) >= 0 and int(ints.max()) <= top
+        counts.append(torch.unique(ints).numel())
+        if scheme == "pact":
+            assert name in alphas, f"{name}'s quantiser is not PACT's learned clip"
+            assert float(out.scale) * top == pytest.approx(alphas[name], rel=1e-5)
+    assert max(counts) == 2**a_bits and min(counts) > 2 ** (a_bits - 1)
+
+
+def test_pact_learns_a_signed_clip_after_silu_and_hardswish() -> None:
+    """EfficientNet-B0 has no ReLU (SiLU) and MobileNetV3 uses Hardswish: PACT clips their
+    outputs to [-alpha, alpha] (stated in the README), so the full grid's PACT cells on them
+    train instead of failing (both backbones deploy: tests/benchmarks/test_bench_deploy_matrix)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.SiLU(), nn.Conv2d(8, 8, 3),
+                          nn.Hardswish(), nn.Flatten(), nn.Linear(8 * 12 * 12, 2)).eval()
+    x = _images(4)
+    qmodel = quantize(model, QuantSpec(w_bits=4, a_bits=4, scheme="pact"), x[:2])
+    calibrate(qmodel, [x])
+    clipped = {name: qmodel.get_submodule(name) for name in clip_values(qmodel)}
+    assert {type(m) for m in clipped.values()} == {QuantSiLU, QuantHardswish}
+    assert all(m.act_quant.is_signed for m in clipped.values())
+    qmodel.train()
+    qmodel(x * 4).logsumexp(1).sum().backward()
+    grads = [p.grad for p in clip_parameters(qmodel).values()]
+    assert all(g is not None for g in grads) and any(float(g.abs()) > 0 for g in grads)

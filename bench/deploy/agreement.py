@@ -10,6 +10,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from bench.deploy.runtime import session_options
+
 
 @dataclass(frozen=True)
 class Agreement:
@@ -29,7 +31,8 @@ class Agreement:
 def _session(session_or_path: ort.InferenceSession | str | Path) -> ort.InferenceSession:
     if isinstance(session_or_path, ort.InferenceSession):
         return session_or_path
-    return ort.InferenceSession(str(session_or_path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(session_or_path), session_options(),
+                                providers=["CPUExecutionProvider"])
 
 
 def _run_onnx(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:

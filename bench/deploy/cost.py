@@ -10,14 +10,13 @@ image size and precision (float or quantised).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
 
 from bench.data import normalize
-from bench.deploy.stage import ONNX_FILE, DeploySettings
+from bench.deploy.stage import ONNX_FILE, DeploySettings, deployed_session
 from bench.runner.estimate.costs import CellShape
 from bench.runner.estimate.stage_costs import ModelProbe, register_stage_cost
 from bench.store.deploy import DEPLOY_STAGE
@@ -25,27 +24,27 @@ from bench.store.deploy import DEPLOY_STAGE
 PROBE_IMAGES = 2
 
 
-def onnx_runner(path: Path) -> Callable[[torch.Tensor], object]:
-    """Run the ONNX file on uint8 images as the stage's onnx_logits does (its session opened
-    on the first call, which a probe's warm-up takes)."""
-    @functools.cache
-    def session() -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+class OnnxRunner:
+    """Runs the ONNX file on uint8 images as the stage's onnx_logits does, with its session
+    settings (the session opens on the first call, which a probe's warm-up takes)."""
 
-    def run(images: torch.Tensor) -> object:
-        name = session().get_inputs()[0].name
-        return session().run(None, {name: normalize(images).numpy()})
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
-    return run
+    @functools.cached_property
+    def session(self) -> ort.InferenceSession:
+        return deployed_session(self.path)
+
+    def __call__(self, images: torch.Tensor) -> object:
+        name = self.session.get_inputs()[0].name
+        return self.session.run(None, {name: normalize(images).numpy()})
 
 
 @register_stage_cost(DEPLOY_STAGE)
 def deploy_cost(settings: DeploySettings, shape: CellShape, probe: ModelProbe) -> float:
     def measure() -> tuple[float, float]:
         fixed, folder = probe.stage_seconds(DEPLOY_STAGE, settings, PROBE_IMAGES)
-        return fixed, probe.per_image_s(onnx_runner(folder / ONNX_FILE),
+        return fixed, probe.per_image_s(OnnxRunner(folder / ONNX_FILE),
                                         settings.eval_batch_size)
 
     key = (DEPLOY_STAGE, probe.backbone, probe.image_size, probe.quantized,

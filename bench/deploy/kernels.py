@@ -7,6 +7,7 @@ Quantize/Dequantize. Counting the optimised graph tells which one happened.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections import Counter
 from collections.abc import Mapping
@@ -14,6 +15,9 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from bench.deploy.runtime import session_options
 
 INTEGER_KERNELS = frozenset(
     {
@@ -40,6 +44,14 @@ INTEGER_KERNELS = frozenset(
     }
 )
 
+INTEGER_COMPUTE = frozenset({"ConvInteger", "DynamicQuantizeMatMul", "MatMulInteger",
+                             "MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearConv",
+                             "QLinearMatMul"})
+"""Integer kernels of the compute ops integer coverage counts (Conv, Gemm, MatMul, Add)."""
+FLOAT_COMPUTE = frozenset({"Add", "Conv", "FusedConv", "FusedGemm", "FusedMatMul", "Gemm",
+                           "MatMul", "NchwcConv"})
+"""The same ops run in floating point, as ONNX Runtime names them after its fusions."""
+
 _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -51,9 +63,11 @@ def optimized_graph(
     onnx_path: str | Path,
     level: str = "extended",
     providers: tuple[str, ...] = ("CPUExecutionProvider",),
+    config: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
-    """Return the graph ONNX Runtime builds for ``onnx_path`` at the given optimisation level."""
-    options = ort.SessionOptions()
+    """Return the graph ONNX Runtime builds for ``onnx_path`` at the given optimisation level
+    (session config entries ``config``, default ``bench.deploy.runtime.SESSION_CONFIG``)."""
+    options = session_options(config)
     options.graph_optimization_level = _LEVELS[level]
     options.intra_op_num_threads = 1
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,12 +76,59 @@ def optimized_graph(
         return onnx.load(options.optimized_model_filepath)
 
 
-def count_kernels(onnx_path: str | Path, level: str = "extended") -> dict[str, int]:
+def count_kernels(onnx_path: str | Path, level: str = "extended",
+                  config: Mapping[str, str] | None = None) -> dict[str, int]:
     """Op-type counts of ONNX Runtime's optimised graph (CPU provider), sorted by name."""
-    graph = optimized_graph(onnx_path, level).graph
+    graph = optimized_graph(onnx_path, level, config=config).graph
     return dict(sorted(Counter(node.op_type for node in graph.node).items()))
 
 
 def integer_kernel_count(counts: Mapping[str, int]) -> int:
     """Number of nodes in ``counts`` that compute in integer arithmetic."""
     return sum(n for op, n in counts.items() if op in INTEGER_KERNELS)
+
+
+def integer_coverage(counts: Mapping[str, int]) -> float | None:
+    """Share of the Conv, Gemm, MatMul and Add nodes in ``counts`` (an optimised graph's
+    op-type counts) that run integer kernels; None when the graph has none of them."""
+    integer = sum(n for op, n in counts.items() if op in INTEGER_COMPUTE)
+    total = integer + sum(n for op, n in counts.items() if op in FLOAT_COMPUTE)
+    return integer / total if total else None
+
+
+def probe_conv(weight_type: int = TensorProto.INT4) -> onnx.ModelProto:
+    """A 1x1 QDQ convolution (opset 21) with weights of ``weight_type`` (INT4 or INT8) and
+    uint8 activations."""
+    weight = helper.make_tensor("w", weight_type, (2, 2, 1, 1), [1, -2, 3, -4])
+    inits = [weight, helper.make_tensor("w_scale", TensorProto.FLOAT, (), [0.1]),
+             helper.make_tensor("w_zp", weight_type, (), [0]),
+             helper.make_tensor("x_scale", TensorProto.FLOAT, (), [0.05]),
+             helper.make_tensor("x_zp", TensorProto.UINT8, (), [0]),
+             helper.make_tensor("y_scale", TensorProto.FLOAT, (), [0.05]),
+             helper.make_tensor("y_zp", TensorProto.UINT8, (), [0])]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zp"], ["wd"]),
+             helper.make_node("Conv", ["xd", "wd"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zp"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zp"], ["out"])]
+    graph = helper.make_graph(
+        nodes, "int4_probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                            (1, 2, 4, 4))],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 2, 4, 4))], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+@functools.cache
+def int4_weights_run_integer(level: str = "extended") -> bool:
+    """Whether this ONNX Runtime runs a convolution with INT4 (opset 21) weights on an integer
+    kernel. (onnxruntime 1.32 does not: it dequantises them and runs a float Conv, so the
+    deploy stage keeps sub-8-bit weights in int8 containers and ships that file.)"""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "int4.onnx"
+        onnx.save(probe_conv(TensorProto.INT4), str(path))
+        try:
+            counts = count_kernels(path, level)
+        except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError):
+            return False
+    return integer_coverage(counts) == 1.0

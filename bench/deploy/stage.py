@@ -1,11 +1,17 @@
 """The `deploy` post-training stage: export to ONNX, check it, evaluate it, size it.
 
-FP32 cells export plain ONNX; quantised cells export Brevitas QCDQ ONNX and a bit-packed
-weight file. ONNX Runtime runs the exported model on the whole test split: its accuracy, its
-top-1 agreement with the torch (fake-quant) model's logits and the largest logit difference are
-stored, with the integer kernels of its optimised graph, the parameter count of the deployed
-model (quantised models have their batch norms folded) and the MACs of one image through the
+FP32 cells export plain ONNX; quantised cells export Brevitas QCDQ ONNX (rewritten so that ONNX
+Runtime fuses it into integer kernels) and a bit-packed weight file. ONNX Runtime runs the
+exported model on the whole test split: its per-sample logits and predictions are stored
+(``deployed_predictions.npz``, the keys of ``predictions.npz``), with its accuracy, its top-1
+agreement with the torch (fake-quant) model and the largest logit difference, the kernels of
+its optimised graph and their integer coverage, the parameter count of the deployed model
+(quantised models have their batch norms folded) and the MACs of one image through the
 backbone's float architecture (quantisation does not change them).
+
+The file a device ships and times is ``shipped_file``: the ONNX model. Sub-8-bit weights stay in
+int8 containers there, because the pinned ONNX Runtime runs INT4 weights in float (probed by
+``kernels.int4_weights_run_integer`` and recorded); the packed file is their storage size.
 """
 
 from __future__ import annotations
@@ -24,16 +30,25 @@ from torch import nn
 from bench.data import normalize
 from bench.deploy.agreement import compare_logits
 from bench.deploy.export import export_fp32, export_quantized
-from bench.deploy.kernels import count_kernels, integer_kernel_count
+from bench.deploy.kernels import (
+    count_kernels,
+    int4_weights_run_integer,
+    integer_coverage,
+    integer_kernel_count,
+)
 from bench.deploy.packing import count_params, count_params_and_macs, pack_quantized
+from bench.deploy.runtime import SESSION_CONFIG, session_options
 from bench.models import get_backbone
 from bench.runner.stages import StageInput, register_stage
 from bench.store.deploy import DEPLOY_STAGE
 
 ONNX_FILE = "model.onnx"
 PACKED_FILE = "model.packed.npz"
+DEPLOYED_PREDICTIONS = "deployed_predictions.npz"
+"""ONNX Runtime's test-split predictions, with the keys of the cell's predictions.npz."""
 FLOAT_BYTES = 4
 NO_INTEGER_KERNELS = "no_integer_kernels"
+PARTIALLY_INTEGER = "partially_integer"
 LOW_AGREEMENT = "low_agreement"
 
 
@@ -47,42 +62,61 @@ class DeploySettings(BaseModel):
     eval_batch_size: int = Field(256, ge=1)
 
 
+def deployed_session(path: Any) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with the deploy stage's settings (``bench.deploy.runtime``),
+    as the stage evaluates a deployed model."""
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+
+
 def onnx_logits(path: Any, images: torch.Tensor, batch_size: int) -> np.ndarray:
     """ONNX Runtime logits for uint8 images, normalised as the harness does, in batches."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = deployed_session(path)
     name = session.get_inputs()[0].name
     return np.concatenate([
         session.run(None, {name: normalize(images[i:i + batch_size]).numpy()})[0]
         for i in range(0, len(images), batch_size)])
 
 
-def deploy_flags(quantized: bool, int_kernels: int, agreement: float, min_agreement: float
-                 ) -> list[str]:
-    """Why a deployed model's figures need care: an int model that runs no integer kernel
-    (it is not reported as int) or outputs that disagree with the torch model."""
+def deploy_flags(quantized: bool, coverage: float | None, agreement: float,
+                 min_agreement: float) -> list[str]:
+    """Why a deployed model's figures need care: a quantised model that runs no integer kernel
+    or runs some of its Conv/Gemm/MatMul/Add nodes in float (it is not reported as integer),
+    or outputs that disagree with the torch model."""
     flags = []
-    if quantized and int_kernels == 0:
+    if quantized and not coverage:
         flags.append(NO_INTEGER_KERNELS)
+    elif quantized and coverage < 1.0:
+        flags.append(PARTIALLY_INTEGER)
     if agreement < min_agreement:
         flags.append(LOW_AGREEMENT)
     return flags
 
 
-def container_note(quantized: bool, int_kernels: int, w_bits: int, a_bits: int
+def container_note(quantized: bool, coverage: float | None, w_bits: int, a_bits: int
                    ) -> dict[str, Any]:
-    """What precision ONNX Runtime really computes in, which is what latency measures."""
+    """What precision ONNX Runtime really computes in, which is what latency measures: int8
+    only when every Conv/Gemm/MatMul/Add runs an integer kernel."""
     if not quantized:
         return {"latency_container": "float32"}
-    if int_kernels == 0:
+    if not coverage:
         return {"latency_container": "float32 (quantise/dequantise around float kernels)"}
+    if coverage < 1.0:
+        return {"latency_container": "mixed int8/float32",
+                "latency_note": f"{coverage:.0%} of the Conv/Gemm/MatMul/Add nodes run integer "
+                                "kernels, the rest float: not an integer latency"}
     note: dict[str, Any] = {"latency_container": "int8"}
     if min(w_bits, a_bits) < 8:
         note["latency_note"] = (f"W{w_bits}A{a_bits} runs on int8 kernels: ONNX Runtime has no "
                                 "sub-8-bit kernels, so latency is that of an int8 container; "
                                 "packed_size_bytes is the real sub-8-bit size")
     return note
+
+
+def save_predictions(path: Any, index: np.ndarray, labels: np.ndarray, logits: np.ndarray
+                     ) -> None:
+    """Per-sample test logits and predictions with the keys of a cell's predictions.npz."""
+    np.savez_compressed(path, index=index, labels=labels, logits=logits,
+                        predictions=logits.argmax(1))
 
 
 @contextmanager
@@ -124,25 +158,33 @@ def _deploy(inp: StageInput) -> dict[str, Any]:
                                     example)
     kernels = count_kernels(onnx_path, settings.optimization_level)
     int_kernels = integer_kernel_count(kernels)
+    coverage = integer_coverage(kernels)
     logits = onnx_logits(onnx_path, images.images[test], settings.eval_batch_size)
-    check = compare_logits(logits, inp.test_logits.numpy(), images.labels[test].numpy())
+    labels = images.labels[test].numpy()
+    check = compare_logits(logits, inp.test_logits.numpy(), labels)
+    save_predictions(inp.folder / DEPLOYED_PREDICTIONS, np.asarray(test), labels, logits)
 
-    details: dict[str, Any] = {"onnx_file": ONNX_FILE, "input_shape": list(example.shape[1:])}
+    details: dict[str, Any] = {
+        "onnx_file": ONNX_FILE, "shipped_file": ONNX_FILE,
+        "deployed_predictions": DEPLOYED_PREDICTIONS, "input_shape": list(example.shape[1:]),
+        "session_config": dict(SESSION_CONFIG)}
     if inp.quantized:
         packed = pack_quantized(model, None, inp.folder / PACKED_FILE)
         packed_size = packed.size_bytes
         details.update(packed_file=PACKED_FILE, packed_size_source="packed file",
-                       packed_bits=packed.bits)
+                       packed_bits=packed.bits,
+                       int4_weights_integer=int4_weights_run_integer(settings.optimization_level))
     else:
         packed_size = params * FLOAT_BYTES
         details.update(packed_size_source="float32 weights (4 bytes x params)")
 
-    flags = deploy_flags(inp.quantized, int_kernels, check.top1_agreement,
-                         settings.min_agreement)
+    flags = deploy_flags(inp.quantized, coverage, check.top1_agreement, settings.min_agreement)
     columns = {
         "size_bytes": onnx_path.stat().st_size,
+        "shipped_size_bytes": (inp.folder / details["shipped_file"]).stat().st_size,
         "packed_size_bytes": packed_size,
         "int_kernels": int_kernels,
+        "int_coverage": coverage,
         "deployed_accuracy": check.accuracy,
         "agreement": check.top1_agreement,
         "params": params,
@@ -151,5 +193,5 @@ def _deploy(inp: StageInput) -> dict[str, Any]:
     }
     return {"columns": columns, **details, "kernels": kernels,
             "max_abs_logit_diff": check.max_abs_logit_diff, "n_test": check.n,
-            "integer_model": inp.quantized and int_kernels > 0,
-            **container_note(inp.quantized, int_kernels, cfg.w_bits, cfg.a_bits)}
+            "integer_model": inp.quantized and coverage == 1.0,
+            **container_note(inp.quantized, coverage, cfg.w_bits, cfg.a_bits)}

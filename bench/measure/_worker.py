@@ -7,7 +7,8 @@ folder by path, so that neither the ``bench`` package's imports nor its memory c
 the limits, and a container needs only this folder mounted.
 
 Spec keys: model, runtime ("onnxruntime" | "torch"), provider, intra_op, inter_op (0: runtime
-default), batch_size, input_shape (per sample), warmup, min_repetitions, min_duration_s, seed.
+default), batch_size, input_shape (per sample), warmup, min_repetitions, min_duration_s, seed,
+and optionally session_config (ONNX Runtime session config entries the cell was deployed with).
 Output: {"ok": true, "samples_s", "load_time_s", "peak_rss_mb", "providers", "affinity",
 "runtime_version"} or {"ok": false, "stage", "error", "memory"}.
 """
@@ -69,6 +70,8 @@ def _onnxruntime_runner(spec: dict) -> tuple[Callable[[], object], list[str], st
     options.intra_op_num_threads = spec["intra_op"]
     options.inter_op_num_threads = spec["inter_op"]
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    for key, value in (spec.get("session_config") or {}).items():
+        options.add_session_config_entry(key, value)
     providers = [provider]
     if provider != "CPUExecutionProvider":
         providers.append("CPUExecutionProvider")

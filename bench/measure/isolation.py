@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,6 +101,7 @@ class Measurement:
     affinity: list[int]
     memory_limit_mb: int | None
     enforced: dict[str, str] = field(default_factory=dict)
+    session_config: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict."""
@@ -108,10 +109,12 @@ class Measurement:
 
 
 def worker_spec(
-    model_path: str | Path, profile: Profile, input_shape: Sequence[int], batch_size: int
+    model_path: str | Path, profile: Profile, input_shape: Sequence[int], batch_size: int,
+    session_config: Mapping[str, str] | None = None,
 ) -> dict:
     """The JSON spec the worker reads."""
     return {
+        "session_config": dict(session_config or {}),
         "model": str(Path(model_path).resolve()),
         "runtime": profile.runtime,
         "provider": profile.execution_provider,
@@ -268,16 +271,18 @@ def measure_isolated(
     batch_size: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     hold_fd: int | None = None,
+    session_config: Mapping[str, str] | None = None,
 ) -> Measurement:
     """Time ``model_path`` under ``profile`` in a fresh worker.
 
     ``input_shape`` is the shape of one sample, without the batch axis; ``batch_size``
     defaults to the profile's first batch size. For the ``torch`` runtime ``model_path`` is
     a whole pickled ``nn.Module`` (``torch.save(model)``; trusted files only). ``hold_fd``: a
-    `worker_guard` descriptor the (process) worker inherits.
+    `worker_guard` descriptor the (process) worker inherits. ``session_config``: ONNX Runtime
+    session config entries (those the cell was deployed with).
     """
     batch = batch_size if batch_size is not None else profile.batch_sizes[0]
-    spec = worker_spec(model_path, profile, input_shape, batch)
+    spec = worker_spec(model_path, profile, input_shape, batch, session_config)
     if profile.isolation == "docker":
         from bench.measure.container import run_in_container
 
@@ -300,6 +305,7 @@ def measure_isolated(
         affinity=result["affinity"],
         memory_limit_mb=profile.memory_limit_mb,
         enforced=enforced,
+        session_config=spec["session_config"],
     )
 
 

@@ -46,6 +46,7 @@ class Target:
     onnx_path: Path
     packed_size_bytes: int | None
     input_shape: tuple[int, ...]
+    session_config: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -83,7 +84,8 @@ class MeasureSummary:
 
 def deployed_targets(store: ResultsStore, backbones: tuple[str, ...] = (),
                      methods: tuple[str, ...] = ()) -> list[Target]:
-    """Successful cells with a deployed ONNX file, filtered by backbone and method names."""
+    """Successful cells with a deployed ONNX file (the one the deploy stage names as shipped),
+    filtered by backbone and method names."""
     records = [r for r in store.records() if r.status == "ok"]
     for flag, names, attr in (("--backbone", backbones, "backbone"),
                               ("--method", methods, "method")):
@@ -99,10 +101,11 @@ def deployed_targets(store: ResultsStore, backbones: tuple[str, ...] = (),
         deploy = (r.metrics or {}).get(DEPLOY_STAGE)
         if not isinstance(deploy, dict) or "onnx_file" not in deploy:
             continue
-        path = store.artifact_dir(r.cell_id) / deploy["onnx_file"]
+        path = store.artifact_dir(r.cell_id) / deploy.get("shipped_file", deploy["onnx_file"])
         if path.is_file():
             targets.append(Target(r, path, deploy["columns"].get("packed_size_bytes"),
-                                  tuple(deploy["input_shape"])))
+                                  tuple(deploy["input_shape"]),
+                                  dict(deploy.get("session_config") or {})))
     return targets
 
 
@@ -189,7 +192,8 @@ def _measure_todo(store: ResultsStore, profile: Profile, backbones: tuple[str, .
             started = datetime.now(UTC)
             try:
                 result: Measurement | MeasurementError = measure_isolated(
-                    target.onnx_path, profile, target.input_shape, batch, hold_fd=hold_fd)
+                    target.onnx_path, profile, target.input_shape, batch, hold_fd=hold_fd,
+                    session_config=target.session_config)
             except MeasurementError as err:
                 result = err
             record = _record(target, profile, device, fingerprint, batch, started, result)

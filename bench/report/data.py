@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,10 +24,36 @@ FP32 = "fp32"
 FLOAT_BITS = 32
 BLOCK = ["dataset", "backbone"]
 CONFIG = ["dataset", "backbone", "method", "w_bits", "a_bits"]
-METHOD_ORDER = ("fp32", "sgt", "ptq", "qat", "pact", "pact_sgt")
+METHOD_ORDER = ("fp32", "fp32_ft", "sgt", "sgt_ft", "ptq", "qat", "lsq", "pact", "pact_sgt")
 DEVICE_KEY = ["profile", "machine", "batch_size"]
-NUMERIC = frozenset({"accuracy", "macro_f1", "train_seconds", "size_bytes", "packed_size_bytes",
-                     "int_kernels", "deployed_accuracy", "agreement", "params", "macs"})
+NUMERIC = frozenset({"accuracy", "torch_accuracy", "macro_f1", "train_seconds", "size_bytes",
+                     "shipped_size_bytes", "packed_size_bytes", "int_kernels", "int_coverage",
+                     "deployed_accuracy", "agreement", "params", "macs"})
+TORCH_PREDICTIONS = "predictions.npz"
+PREDICTION_KEYS = ("index", "labels", "predictions")
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The figures the report leads with for one cell, and where they come from."""
+
+    source: Literal["deployed", "torch"]
+    accuracy: float | None
+    predictions_file: str
+
+
+def headline(record: CellRecord) -> Headline:
+    """A cell's headline: the deployed (ONNX Runtime) model's accuracy and per-sample test
+    predictions when its deploy stage stored them (a device runs that model), else the torch
+    model's (for quantised cells, fake quantisation). The report's accuracy, its intervals and
+    every test on accuracy or predictions use this; the record's own ``accuracy`` is the report
+    frame's ``torch_accuracy``."""
+    deploy = (record.metrics or {}).get("deploy")
+    if isinstance(deploy, dict) and deploy.get("deployed_predictions"):
+        columns = deploy.get("columns") or {}
+        return Headline("deployed", columns.get("deployed_accuracy"),
+                        deploy["deployed_predictions"])
+    return Headline("torch", record.accuracy, TORCH_PREDICTIONS)
 _MEASURED = ("cell_id", "profile", "machine", "batch_size", "status", "error", "latency_ms_p50",
              "latency_ms_p90", "latency_ms_p99", "peak_rss_mb", "fingerprint", "finished_at")
 
@@ -78,9 +105,29 @@ class ReportData:
         folder = self.records[cell_id].artifacts
         return None if not folder else self.root / folder
 
+    def headline_predictions(self, cell_id: str) -> dict[str, np.ndarray] | None:
+        """The per-sample test predictions of the cell's ``headline`` (index, labels,
+        predictions), or None when the file is not in the store."""
+        folder = self.artifact_dir(cell_id)
+        path = None if folder is None else folder / headline(self.records[cell_id]).predictions_file
+        if path is None or not path.is_file():
+            return None
+        with np.load(path) as f:
+            return {k: f[k] for k in PREDICTION_KEYS}
+
+
+def _cell_row(record: CellRecord) -> dict[str, Any]:
+    """Result and stage columns; ``accuracy`` is the headline's, ``torch_accuracy`` the
+    record's own and ``accuracy_source`` says which model the headline is."""
+    row = {**{c: getattr(record, c) for c in RESULT_COLUMNS}, **stage_columns(record)}
+    lead = headline(record)
+    row.update(accuracy=lead.accuracy, torch_accuracy=record.accuracy,
+               accuracy_source=lead.source)
+    return row
+
 
 def _cell_rows(records: list[CellRecord]) -> pd.DataFrame:
-    rows = [{**{c: getattr(r, c) for c in RESULT_COLUMNS}, **stage_columns(r)} for r in records]
+    rows = [_cell_row(r) for r in records]
     frame = pd.DataFrame(rows, columns=list(dict.fromkeys([*RESULT_COLUMNS,
                                                            *(k for r in rows for k in r)])))
     if frame.empty:

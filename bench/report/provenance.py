@@ -16,6 +16,9 @@ FLAG_REASONS = {
                      "(below the deploy stage's min_agreement)",
     "no_integer_kernels": "quantised model runs on float kernels in ONNX Runtime "
                           "(int_kernels={int_kernels}): not an integer model",
+    "partially_integer": "ONNX Runtime runs {int_coverage} of its Conv/Gemm/MatMul/Add nodes "
+                         "as integer kernels, the rest in float: its latency is not an integer "
+                         "model's latency",
 }
 
 
@@ -48,6 +51,7 @@ def flagged(data: ReportData) -> list[Flagged]:
         for r in data.cells[data.cells.deploy_flags.fillna("").astype(bool)].itertuples(
                 index=False):
             values = {"agreement": fmt.num(getattr(r, "agreement", None)),
+                      "int_coverage": fmt.num(getattr(r, "int_coverage", None)),
                       "int_kernels": fmt.DASH if fmt.missing(getattr(r, "int_kernels", None))
                       else int(r.int_kernels)}
             for flag in str(r.deploy_flags).split(","):

@@ -29,7 +29,6 @@ from bench import stats
 from bench.errors import ConfigError
 from bench.report.data import BLOCK, FP32, ReportData, bits_label, config_label, seed_matrix
 
-PREDICTIONS = "predictions.npz"
 TEST: stats.Test = "wilcoxon"
 MAIN_SALIENCY = ("saliency_spearman_fp32", "saliency_topk_iou_fp32", "saliency_max_sensitivity",
                  "saliency_deletion_gain", "saliency_pointing_game")
@@ -182,15 +181,12 @@ def families(ok: pd.DataFrame, metric: str) -> list[Family]:
 def cell_predictions(data: ReportData, cell_id: str) -> dict[str, np.ndarray] | None:
     """A cell's per-image test predictions (`index`, `labels`, `predictions`), or None.
 
-    The one place the significance tests read predictions (McNemar, CMH): the torch model's,
-    stored by the runner in `predictions.npz`.
+    The one place the significance tests read predictions (McNemar, CMH): the cell's headline
+    predictions (bench.report.data.headline: the deployed model's where its deploy stage stored
+    them, else the torch model's), the same model as the headline accuracy the seed-level tests
+    compare.
     """
-    folder = data.artifact_dir(cell_id)
-    path = None if folder is None else folder / PREDICTIONS
-    if path is None or not path.is_file():
-        return None
-    with np.load(path) as f:
-        return {k: f[k] for k in ("index", "labels", "predictions")}
+    return data.headline_predictions(cell_id)
 
 
 PerImage = Callable[[str], tuple[np.ndarray, np.ndarray] | None]

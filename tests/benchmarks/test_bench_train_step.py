@@ -57,13 +57,13 @@ OBJECTIVES: dict[str, Callable[[], Objective]] = {
 }
 
 
-def _fake_quant(learned_clip: bool) -> Scheme:
+def _fake_quant(scheme: str) -> Scheme:
     """W4A4 fake-quant model from bench.quant (imported lazily: Brevitas is slow to import)."""
 
     def build(model: nn.Module, x: torch.Tensor) -> nn.Module:
         from bench.quant import QuantSpec, calibrate, quantize
 
-        qmodel = quantize(model, QuantSpec(w_bits=4, a_bits=4, learned_clip=learned_clip), x)
+        qmodel = quantize(model, QuantSpec(w_bits=4, a_bits=4, scheme=scheme), x)
         calibrate(qmodel, [x])
         return qmodel
 
@@ -71,11 +71,12 @@ def _fake_quant(learned_clip: bool) -> Scheme:
 
 
 def _schemes() -> dict[str, Scheme]:
-    """fp32 always; QAT and PACT (learned clip) fake-quant models if bench.quant exists."""
+    """fp32 always; QAT, PACT and LSQ fake-quant models if bench.quant exists."""
     schemes: dict[str, Scheme] = {"fp32": lambda model, x: model}
     if importlib.util.find_spec("bench.quant") is not None:
-        schemes["qat"] = _fake_quant(learned_clip=False)
-        schemes["pact"] = _fake_quant(learned_clip=True)
+        schemes["qat"] = _fake_quant("stats")
+        schemes["pact"] = _fake_quant("pact")
+        schemes["lsq"] = _fake_quant("lsq")
     return schemes
 
 

@@ -1,0 +1,21 @@
+"""SGT+FT: the FP32 parent fine-tuned in float with the SGT objective for the `finetune` epochs.
+
+The float twin of PACT+SGT: the same parent, epochs and objective, no quantisation.
+"""
+
+from bench.objectives import Objective
+from methods.base import Method, MethodParams, register
+from methods.sgt import SaliencyObjectiveParams, saliency_objective
+
+
+@register
+class SGTFineTuned(Method):
+    name = "sgt_ft"
+    description = "FP32 parent fine-tuned in float with the SGT objective (control of PACT+SGT)"
+    Params = SaliencyObjectiveParams
+
+    def starts_from_parent(self, params: MethodParams) -> bool:
+        return True
+
+    def objective(self, params: MethodParams) -> Objective:
+        return saliency_objective(params)
