@@ -513,8 +513,9 @@ def cmh_paired(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[Sequence
     odds ratio is n10 / n01. (A per-seed table of A's correctness against B's, McNemar's table,
     tests whether the two models err on the same images, not whether one errs more often; a
     per-seed table of model x outcome counts would treat the paired images as independent
-    samples.) statsmodels ``StratifiedTable.test_null_odds`` without continuity correction;
-    ``p_exact`` is the exact conditional test (binomial on the discordant pairs).
+    samples.) statsmodels ``StratifiedTable.test_null_odds`` without continuity correction,
+    its p-value as chi2(1)'s survival function of the statistic (statsmodels' 1 - cdf is 0
+    below ~1e-16); ``p_exact`` is the exact conditional test (binomial on the discordant pairs).
     """
     strata = [np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
               for a, b in zip(correct_a, correct_b, strict=True)]
@@ -537,7 +538,8 @@ def cmh_paired(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[Sequence
     table = StratifiedTable(tables)
     res = table.test_null_odds(correction=False)
     odds = float(n10 / n01) if n01 else math.inf
-    return replace(base, statistic=float(res.statistic), p_value=float(res.pvalue),
+    return replace(base, statistic=float(res.statistic),
+                   p_value=float(stats.chi2.sf(res.statistic, 1)),
                    effect_size=odds, p_exact=float(stats.binomtest(n10, n10 + n01).pvalue))
 
 
