@@ -59,7 +59,7 @@ def paper(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_every_cell_ran_with_saliency(paper: dict[str, Any]) -> None:
-    assert "36 ran, 0 cached, 0 failed" in paper["output"]
+    assert "54 ran, 0 cached, 0 failed" in paper["output"]
     for record in paper["store"].records():
         result = record.metrics["saliency"]
         assert set(result["stats"]) == {"gradient", "integrated_gradients", "smoothgrad",
@@ -75,10 +75,10 @@ def test_saliency_section_on_the_paper_shaped_store(paper: dict[str, Any]) -> No
     assert [b.name for b in table.blocks] == ["synthetic / resnet18", "synthetic / smallcnn"]
     for block in table.blocks:
         configs = {r["config"] for r in block.rows}
-        assert configs == {"fp32", "sgt", "ptq W4A4", "qat W4A4", "pact W4A4",
-                           "pact_sgt W4A4"}
+        assert configs == {"fp32", "fp32_ft", "sgt", "sgt_ft", "ptq W4A4", "qat W4A4",
+                           "lsq W4A4", "pact W4A4", "pact_sgt W4A4"}
         assert all(r["seeds"] == 3 for r in block.rows)
-        assert len(block.rows) == 6 * 4
+        assert len(block.rows) == 9 * 4
         for row in block.rows:
             assert "sanity" in row
             if row["config"].endswith("W4A4"):
@@ -95,14 +95,15 @@ def test_significance_sections_give_per_image_p_values_at_three_seeds(
                    for r in seed_level.results)
         by_title = {f.title: f for f in tests.image_families}
         cmh = by_title["accuracy per image: each configuration vs FP32"]
-        assert len(cmh.results) == 5 and all(r.n_seeds == 3 for r in cmh.results)
+        assert len(cmh.results) == 8 and all(r.n_seeds == 3 for r in cmh.results)
         assert any(r.p_value is not None for r in cmh.results)
         control = by_title["accuracy per image: each quantised configuration vs its "
                            "equal-budget float control"]
-        assert control.results == [] and any("fp32_ft" in s for s in control.skipped)
-        assert any("sgt_ft" in s for s in control.skipped)
+        # qat, lsq and pact vs fp32_ft, pact_sgt vs sgt_ft
+        assert len(control.results) == 4 and not control.skipped
+        assert all(r.p_value is not None for r in control.results)
         flips = by_title["spearman_fp32 per image: pairs at W4A4"]
-        assert len(flips.results) == 6
+        assert len(flips.results) == 10
         assert all(r.p_value is not None and r.n_seeds == 3 for r in flips.results)
         assert tests.cd is None and tests.cd_note
     assert "per image: each configuration vs FP32" in paper["html"]
