@@ -1,9 +1,18 @@
 """The report's saliency and significance sections on a paper-shaped store: the paper grid with
 its two backbones' shape (small CNN and ResNet-18), every method, 3 seeds and the saliency
-stage with all four saliency methods, shrunk to synthetic 16x16 images and one epoch."""
+stage with all four saliency methods, shrunk to synthetic 16x16 images and one epoch.
+
+Its 54 cells take about 10 minutes on a loaded 2-core machine, so it runs only with `make
+test-slow` (MEDQ_SLOW=1). `make test` covers the same code paths on smaller stores: the
+per-image tests at 3 seeds and the refusals of the seed-level ones (`tests/test_report.py`), the
+stage with null control and sanity check on quantised and FP32 cells
+(`tests/test_saliency_stage.py`), the shipped grids' saliency settings and their dry-run
+cost (the one test here that needs no run)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +29,10 @@ from bench.saliency.columns import column_name
 from bench.saliency.cost import saliency_cost, stage_cost
 from bench.saliency.suite import SaliencyConfig
 from bench.store import ResultsStore
+
+paper_run = pytest.mark.skipif(os.environ.get("MEDQ_SLOW") != "1",
+                               reason="reads the 54-cell paper-shaped run: `make test-slow`")
+"""Marks a test that reads the run (only with MEDQ_SLOW=1)."""
 
 SALIENCY = {"n_samples": 3, "ig_steps": 2, "smoothgrad_samples": 2, "sensitivity_samples": 1,
             "deletion_steps": 2, "sanity_images": 2, "sanity_checkpoints": 2, "overlays": 1,
@@ -58,6 +71,7 @@ def paper(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "html": html, "grid": grid}
 
 
+@paper_run
 def test_every_cell_ran_with_saliency(paper: dict[str, Any]) -> None:
     assert "54 ran, 0 cached, 0 failed" in paper["output"]
     for record in paper["store"].records():
@@ -70,6 +84,7 @@ def test_every_cell_ran_with_saliency(paper: dict[str, Any]) -> None:
             assert set(result["sanity"]["methods"]) == set(result["stats"])
 
 
+@paper_run
 def test_saliency_section_on_the_paper_shaped_store(paper: dict[str, Any]) -> None:
     table = paper["context"]["saliency"]["table"]
     assert [b.name for b in table.blocks] == ["synthetic / resnet18", "synthetic / smallcnn"]
@@ -86,6 +101,7 @@ def test_saliency_section_on_the_paper_shaped_store(paper: dict[str, Any]) -> No
     assert 'id="saliency-table"' in paper["html"]
 
 
+@paper_run
 def test_significance_sections_give_per_image_p_values_at_three_seeds(
         paper: dict[str, Any]) -> None:
     for tests in paper["context"]["significance"]:
@@ -110,13 +126,15 @@ def test_significance_sections_give_per_image_p_values_at_three_seeds(
 
 
 def test_paper_and_full_grids_have_the_stage_and_dry_run_counts_its_cost(
-        paper: dict[str, Any]) -> None:
+        tmp_path: Path) -> None:
     """The dry run's saliency term (bench.saliency.cost.saliency_cost) for every cell of the
     paper-shaped plan: the stage's passes, the null control's on quantised cells and the sanity
     check's on FP32 cells, at the probe's gradient and forward cost."""
     full = load_grid("full").model_dump(mode="json")["stages"]["saliency"]
     assert len(full["methods"]) == 4
-    plan = build_plan(load_grid(str(paper["grid"])))
+    grid = tmp_path / "paper-shaped.yaml"
+    grid.write_text(yaml.safe_dump(paper_shaped()))
+    plan = build_plan(load_grid(str(grid)))
     cfg = SaliencyConfig(**plan.cells[0].config.stages["saliency"])
     probe = UnitProbe()
     kinds = set()
@@ -146,6 +164,7 @@ class UnitProbe:
         return 0.25
 
 
+@paper_run
 def test_columns_for_every_method_in_bench_results(paper: dict[str, Any]) -> None:
     rows = paper["store"].rows()
     for row in rows:
