@@ -3,27 +3,38 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from bench.saliency import metrics as M
 from bench.saliency.maps import METHODS, compute_maps
 
+RENAMED = {"noise_std": "sensitivity_radius", "noise_samples": "sensitivity_samples"}
+"""Settings renamed when max-sensitivity moved from Gaussian noise to the uniform L-inf ball."""
+
 
 class SaliencyConfig(BaseModel):
-    """Saliency-stability settings; defaults are sized for a fast smoke run.
+    """Saliency-stability settings.
 
-    n_samples: images evaluated per cell (the suite takes the first n_samples; the `saliency`
-    stage draws them from the test split with `seed`); noise_std/noise_samples: Gaussian input
-    noise (model-input units) and draws for max-sensitivity; smoothgrad_std/smoothgrad_samples:
-    SmoothGrad noise; ig_steps: Integrated-Gradients steps; gradcam_layer: dotted module name,
-    None = last Conv2d; deletion_steps: pixel-flipping steps; overlays: PNG overlays the stage
-    writes (first method, first images); threads: torch intra-op threads while the stage runs
-    (None: unchanged; 1 avoids thread-barrier stalls on small batches on a busy CPU); seed:
-    image subset, SmoothGrad and sensitivity noise.
+    methods: saliency methods, the first is the primary one; n_samples: images evaluated per
+    cell (the suite takes the first n_samples; the `saliency` stage draws them from the test
+    split with `seed`); topk: pixel fraction of the top-k IoUs; sensitivity_radius /
+    sensitivity_samples: radius (model-input units) of the uniform L-infinity ball and number of
+    draws of max-sensitivity (Yeh et al. 2019; Captum draws 10 by default); smoothgrad_std /
+    smoothgrad_samples: SmoothGrad noise; ig_steps: Integrated-Gradients steps; gradcam_layer:
+    dotted module name whose output Grad-CAM reads, None = the input of the final global pooling;
+    deletion_steps: pixel-flipping steps; sanity_images / sanity_checkpoints / sanity_threshold:
+    the cascading-randomisation sanity check on FP32 cells (bench.saliency.sanity), run on the
+    first sanity_images evaluated images (0: not run), maps compared at sanity_checkpoints points
+    of the cascade, a method fails at mean Spearman >= sanity_threshold after full randomisation;
+    batch_size: images (or perturbed copies, curve steps) per forward pass; overlays: PNG
+    overlays the stage writes (first method, first images); threads: torch intra-op threads while
+    the stage runs (None: unchanged); seed: image subset, SmoothGrad and sensitivity noise,
+    random pixel order, randomised weights.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -32,17 +43,31 @@ class SaliencyConfig(BaseModel):
                                                         "smoothgrad", "gradcam"], min_length=1)
     n_samples: int = Field(64, ge=1)
     topk: float = Field(0.1, gt=0.0, le=1.0)
-    noise_std: float = Field(0.05, ge=0.0)
-    noise_samples: int = Field(4, ge=1)
+    sensitivity_radius: float = Field(0.05, ge=0.0)
+    sensitivity_samples: int = Field(10, ge=1)
     ig_steps: int = Field(16, ge=1)
     smoothgrad_samples: int = Field(8, ge=1)
     smoothgrad_std: float = Field(0.15, ge=0.0)
     gradcam_layer: str | None = None
     deletion_steps: int = Field(16, ge=1)
+    sanity_images: int = Field(8, ge=0)
+    sanity_checkpoints: int = Field(4, ge=1)
+    sanity_threshold: float = Field(0.5, ge=-1.0, le=1.0)
     batch_size: int = Field(32, ge=1)
     overlays: int = Field(3, ge=0)
     threads: int | None = Field(None, ge=1)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            old = [k for k in RENAMED if k in raw]
+            if old:
+                raise ValueError("; ".join(
+                    f"'{k}' is now '{RENAMED[k]}' (max-sensitivity draws uniformly from an "
+                    "L-infinity ball, Yeh et al. 2019)" for k in old))
+        return raw
 
     def model_post_init(self, _: object) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -50,17 +75,18 @@ class SaliencyConfig(BaseModel):
             raise ValueError(f"unknown saliency methods {unknown}; known: {list(METHODS)}")
 
 
-def _explainer(model: nn.Module, method: str, cfg: SaliencyConfig) -> M.ExplainFn:
-    return partial(_maps, model=model, method=method, cfg=cfg)
-
-
-def _maps(images: Tensor, targets: Tensor, *, model: nn.Module, method: str,
+def _maps(images: Tensor, targets: Tensor, ids: np.ndarray, *, model: nn.Module, method: str,
           cfg: SaliencyConfig) -> np.ndarray:
     return compute_maps(
         model, images, targets, method, n_samples=cfg.smoothgrad_samples,
         noise_std=cfg.smoothgrad_std, ig_steps=cfg.ig_steps, layer=cfg.gradcam_layer,
-        batch_size=cfg.batch_size, seed=cfg.seed,
+        batch_size=cfg.batch_size, seed=cfg.seed, ids=ids,
     )
+
+
+def maps_for(model: nn.Module, method: str, cfg: SaliencyConfig) -> M.ExplainFn:
+    """The explanation function of one model and saliency method under `cfg`."""
+    return partial(_maps, model=model, method=method, cfg=cfg)
 
 
 def stability_suite(
@@ -74,38 +100,51 @@ def stability_suite(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per method: "maps" (N, H, W) and per-sample (N,) metric arrays.
 
-    Always: max_sensitivity, deletion_auc (zeros baseline), insertion_auc (blur baseline).
-    With fp32_model, or stored FP32 maps of the same images in reference_maps[method]:
-    spearman_fp32, ssim_fp32, topk_iou_fp32 (cell map vs FP32 map; stored maps win).
-    With masks: pointing_game, energy_pointing, topk_iou_mask.
+    Always: max_sensitivity; deletion (zeros baseline) and insertion (blur baseline) scores,
+    raw and normalised by the model's p(target | x) and against a random pixel order (see
+    `metrics.perturbation_scores`; the random-order curves and p(target | x) are computed once
+    per model). With fp32_model, or stored FP32 maps of the same images in
+    reference_maps[method]: spearman_fp32, ssim_fp32, topk_iou_fp32 (cell map vs FP32 map;
+    stored maps win). With masks: pointing_game, energy_pointing, topk_iou_mask.
     """
     n = min(cfg.n_samples, images.shape[0])
     x = images[:n]
     t = torch.as_tensor(np.asarray(targets)[:n], dtype=torch.long)
+    ids = np.arange(n)
     mk = None if masks is None else np.asarray(masks)[:n]
+    steps, batch = cfg.deletion_steps, cfg.batch_size
+    p_clean = M.target_probability(model, x, t, batch)
+    shuffled = M.random_ranks(n, x.shape[-2] * x.shape[-1], cfg.seed)
+    random_curves = {"deletion": M.deletion_curve(model, x, t, shuffled, steps, batch_size=batch),
+                     "insertion": M.insertion_curve(model, x, t, shuffled, steps,
+                                                    batch_size=batch)}
     out: dict[str, dict[str, np.ndarray]] = {}
     for method in cfg.methods:
-        explain = _explainer(model, method, cfg)
-        maps = explain(x, t)
+        explain = maps_for(model, method, cfg)
+        maps = explain(x, t, ids)
         res: dict[str, np.ndarray] = {"maps": maps}
         ref = (reference_maps or {}).get(method)
         if ref is None and fp32_model is not None:
-            ref = _explainer(fp32_model, method, cfg)(x, t)
+            ref = maps_for(fp32_model, method, cfg)(x, t, ids)
         if ref is not None:
             ref = np.asarray(ref)[:n]
             res["spearman_fp32"] = M.spearman(maps, ref)
             res["ssim_fp32"] = M.ssim(maps, ref)
             res["topk_iou_fp32"] = M.topk_iou(maps, ref, cfg.topk)
         res["max_sensitivity"] = M.max_sensitivity(
-            explain, x, t, cfg.noise_std, cfg.noise_samples, seed=cfg.seed)
+            explain, x, t, cfg.sensitivity_radius, cfg.sensitivity_samples, seed=cfg.seed,
+            base_maps=maps, batch_size=batch)
         if mk is not None:
             res["pointing_game"] = M.pointing_game(maps, mk)
             res["energy_pointing"] = M.energy_pointing(maps, mk)
             res["topk_iou_mask"] = M.topk_iou_mask(maps, mk, cfg.topk)
-        res["deletion_auc"] = M.deletion_auc(
-            model, x, t, maps, cfg.deletion_steps, batch_size=cfg.batch_size)
-        res["insertion_auc"] = M.insertion_auc(
-            model, x, t, maps, cfg.deletion_steps, batch_size=cfg.batch_size)
+        ranks = M.saliency_ranks(maps)
+        res.update(M.perturbation_scores(
+            "deletion", M.deletion_curve(model, x, t, ranks, steps, batch_size=batch),
+            random_curves["deletion"], p_clean))
+        res.update(M.perturbation_scores(
+            "insertion", M.insertion_curve(model, x, t, ranks, steps, batch_size=batch),
+            random_curves["insertion"], p_clean))
         out[method] = res
     return out
 
