@@ -9,7 +9,7 @@ STORE ?= results
 REPORT ?= reports/index.html
 GRID ?= smoke
 
-.PHONY: install install-test run test bench lint clean
+.PHONY: install install-test run test test-slow bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ run: install
 
 test: install-test
 	$(BIN)/python -m pytest
+
+test-slow: install-test
+	MEDQ_SLOW=1 $(BIN)/python -m pytest tests/test_paper_shaped.py
 
 bench: install-test
 	MEDQ_BENCH=1 $(BIN)/python -m pytest tests/benchmarks -o addopts="" -s --benchmark-columns=min,median,max,rounds

@@ -1,4 +1,13 @@
-"""Statistics over seeds for the report: paired tests, Holm, McNemar, Friedman, Nemenyi CD.
+"""Statistics for the report: paired tests over seeds, Holm, McNemar, Friedman, Nemenyi CD, and
+per-image paired tests stratified by seed (Cochran-Mantel-Haenszel on correctness, sign-flip
+permutation on per-image differences) with a power line.
+
+The two kinds of test answer different questions. A seed-level test (Wilcoxon over seeds)
+generalises over training runs: would the difference hold for a new training seed? A per-image
+test stratified by seed generalises over test images given these trained models: every cell of
+a data set is evaluated on the same test images, so with 3 seeds it has hundreds of paired
+observations, but it says nothing about re-training. The split is fixed; seeds vary training
+only.
 
 Every result says in ``reason`` why no test was run; then ``p_value`` is None and the report
 prints no p-value. Thresholds (pairs, blocks) are the module constants below:
@@ -26,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import stats
-from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.contingency_tables import StratifiedTable, mcnemar
 from statsmodels.stats.multitest import multipletests
 
 if TYPE_CHECKING:
@@ -36,6 +45,14 @@ MIN_N_WILCOXON = 6
 MIN_N_TTEST = 5
 MIN_N_BOOTSTRAP = 10
 MIN_BLOCKS = 5
+ALPHA = 0.05
+POWER = 0.8
+"""Significance level and power of the power line (smallest detectable difference, seeds)."""
+MAX_EXACT_FLIPS = 16
+"""Up to this many pairs the sign-flip test enumerates all 2**n sign patterns (exact)."""
+WILCOXON_ARE = 3 / math.pi
+"""Asymptotic relative efficiency of the Wilcoxon signed-rank test to the t-test for normal
+differences: the seed-level Wilcoxon needs about n_t / 0.955 seeds."""
 
 Test = Literal["wilcoxon", "ttest"]
 
@@ -375,3 +392,194 @@ def mean_ci(
         return mean, mean, mean
     low, high = stats.t.interval(confidence, x.size - 1, loc=mean, scale=sem)
     return mean, float(low), float(high)
+
+
+@dataclass(frozen=True)
+class ImageLevelResult:
+    """Per-image paired comparison of ``a - b`` stratified by seed.
+
+    ``test``: "cmh" (correctness, Cochran-Mantel-Haenszel) or "sign_flip" (per-image values,
+    permutation). ``diff_mean``: mean over seeds of the per-seed mean difference (accuracy
+    points for "cmh"); ``effect_size``: the Mantel-Haenszel common odds ratio of being right
+    (A over B) for "cmh", mean / SD of the differences (d_z) for "sign_flip". ``n01``/``n10``
+    (cmh): pairs with A wrong and B right / A right and B wrong, over all seeds; ``p_exact``
+    (cmh): the exact conditional (binomial) test of the same hypothesis. ``mde``: smallest
+    |difference| the test detects with ``POWER`` at ``ALPHA`` given the observed variance;
+    ``seeds_needed``: seeds a seed-level Wilcoxon would need for the observed difference at the
+    observed seed-to-seed spread (``seeds_reason`` when it cannot be said).
+    """
+
+    test: Literal["cmh", "sign_flip"]
+    n: int
+    n_seeds: int
+    statistic: float | None
+    p_value: float | None
+    diff_mean: float | None
+    effect_size: float | None
+    mde: float | None
+    seeds_needed: int | None
+    reason: str | None
+    seeds_reason: str | None = None
+    n01: int | None = None
+    n10: int | None = None
+    p_exact: float | None = None
+    n_resamples: int | None = None
+    name_a: str | None = None
+    name_b: str | None = None
+    p_adjusted: float | None = None
+
+
+def _strata(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> list[np.ndarray]:
+    """Per seed, the differences a - b of the images where both values are finite."""
+    if len(a) != len(b):
+        raise ValueError(f"need the same seeds on both sides, got {len(a)} and {len(b)}")
+    return [d for d in (_finite_pairs(x, y) for x, y in zip(a, b, strict=True)) if d.size]
+
+
+def _seed_weights(strata: list[np.ndarray]) -> np.ndarray:
+    """Each pair's weight in the mean over seeds of per-seed means: 1 / (seeds x its seed's n)."""
+    return np.concatenate([np.full(d.size, 1.0 / (len(strata) * d.size)) for d in strata])
+
+
+def _weighted_mean(strata: list[np.ndarray]) -> float:
+    return float(np.mean([d.mean() for d in strata]))
+
+
+def detectable_difference(strata: list[np.ndarray], alpha: float = ALPHA,
+                          power: float = POWER) -> float | None:
+    """(z_{1-alpha/2} + z_power) x the standard error of the mean over seeds of per-seed mean
+    differences, from each seed's observed variance (normal approximation, two-sided)."""
+    if any(d.size < 2 for d in strata) or not strata:
+        return None
+    se = math.sqrt(sum(d.var(ddof=1) / d.size for d in strata)) / len(strata)
+    return float((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * se)
+
+
+def _t_power(effect: float, n: float, alpha: float) -> float:
+    """Power of the two-sided one-sample t-test with n observations at standardised effect
+    `effect` (noncentral t; where scipy's noncentral t returns NaN, far in the tail, the normal
+    approximation, which is then exact to many digits)."""
+    df, nc = n - 1, effect * math.sqrt(n)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    power = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    return power if np.isfinite(power) else float(stats.norm.sf(crit - nc))
+
+
+def t_test_n(effect: float, alpha: float = ALPHA, power: float = POWER,
+             largest: float = 1e9) -> float | None:
+    """Smallest (real) n >= 2 at which the two-sided paired t-test reaches `power` (what
+    statsmodels' TTestPower.solve_power solves), by bisection; None beyond `largest`."""
+    lo, hi = 2.0, 4.0
+    if _t_power(effect, lo, alpha) >= power:
+        return lo
+    while _t_power(effect, hi, alpha) < power:
+        lo, hi = hi, 2 * hi
+        if hi > largest:
+            return None
+    while hi - lo > 1e-9 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _t_power(effect, mid, alpha) >= power else (mid, hi)
+    return hi
+
+
+def seeds_needed(seed_means: Sequence[float], alpha: float = ALPHA, power: float = POWER
+                 ) -> tuple[int | None, str | None]:
+    """Seeds a seed-level Wilcoxon signed-rank test needs to detect the observed mean of
+    ``seed_means`` (one difference per seed) at their observed SD: the paired t-test's n
+    (`t_test_n`) over the Wilcoxon's efficiency, and never fewer than MIN_N_WILCOXON (below it
+    no outcome reaches 0.05). (None, reason) when it cannot be said."""
+    x = np.asarray(seed_means, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return None, f"n={x.size} seeds: no seed-to-seed spread to extrapolate from"
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    if sd <= 1e-12 * max(1.0, abs(mean)) or mean == 0:
+        return None, ("the observed difference is 0" if mean == 0 else "no seed-to-seed spread")
+    n_t = t_test_n(abs(mean) / sd, alpha, power)
+    if n_t is None:
+        return None, "the observed difference is too small for any number of seeds"
+    return max(MIN_N_WILCOXON, math.ceil(n_t / WILCOXON_ARE)), None
+
+
+def cmh_paired(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[Sequence[bool]]
+               ) -> ImageLevelResult:
+    """Cochran-Mantel-Haenszel test that two models are equally accurate on the same images,
+    stratified by seed (``correct_a[s][i]``: model A of seed s right on image i).
+
+    For paired data the strata are the (seed, image) pairs, each with the 2x2 table model (A,
+    B) x outcome (right, wrong); with pairs as strata the CMH statistic is McNemar's
+    (n10 - n01)^2 / (n10 + n01) over the discordant pairs of all seeds (concordant pairs have
+    zero variance and are left out, which changes nothing), and the Mantel-Haenszel common
+    odds ratio is n10 / n01. (A per-seed table of A's correctness against B's, McNemar's table,
+    tests whether the two models err on the same images, not whether one errs more often; a
+    per-seed table of model x outcome counts would treat the paired images as independent
+    samples.) statsmodels ``StratifiedTable.test_null_odds`` without continuity correction,
+    its p-value as chi2(1)'s survival function of the statistic (statsmodels' 1 - cdf is 0
+    below ~1e-16); ``p_exact`` is the exact conditional test (binomial on the discordant pairs).
+    """
+    strata = [np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+              for a, b in zip(correct_a, correct_b, strict=True)]
+    strata = [d for d in strata if d.size]
+    n = int(sum(d.size for d in strata))
+    seed_means = [float(d.mean()) for d in strata]
+    needed, why = seeds_needed(seed_means)
+    base = ImageLevelResult("cmh", n, len(strata), None, None,
+                            _weighted_mean(strata) if strata else None, None,
+                            detectable_difference(strata), needed, None, why)
+    if not strata:
+        return replace(base, reason="no paired images: no test")
+    d = np.concatenate(strata)
+    n10, n01 = int((d > 0).sum()), int((d < 0).sum())
+    base = replace(base, n01=n01, n10=n10)
+    if n10 + n01 == 0:
+        return replace(base, reason="the models are right and wrong on the same images: no test")
+    a_only, b_only = np.array([[1, 0], [0, 1]]), np.array([[0, 1], [1, 0]])
+    tables = np.stack([a_only] * n10 + [b_only] * n01, axis=2)
+    table = StratifiedTable(tables)
+    res = table.test_null_odds(correction=False)
+    odds = float(n10 / n01) if n01 else math.inf
+    return replace(base, statistic=float(res.statistic),
+                   p_value=float(stats.chi2.sf(res.statistic, 1)),
+                   effect_size=odds, p_exact=float(stats.binomtest(n10, n10 + n01).pvalue))
+
+
+def sign_flip_test(values_a: Sequence[Sequence[float]], values_b: Sequence[Sequence[float]], *,
+                   n_resamples: int = 9999, seed: int = 0) -> ImageLevelResult:
+    """Stratified sign-flip permutation test of per-image values of two cells per seed
+    (``values_a[s][i]``: cell A of seed s on image i; pairs with a non-finite value dropped).
+
+    Statistic: the mean over seeds of the per-seed mean difference A - B (seeds weighted
+    equally). Under the null the two cells' values of an image are exchangeable, so each
+    difference's sign is flipped independently (within its seed). Exact (all 2**n patterns) up
+    to MAX_EXACT_FLIPS pairs, else ``n_resamples`` seeded random patterns with p = (1 + hits) /
+    (1 + n_resamples); two-sided, hits where |T*| >= |T| (scipy's tolerance of 100 ulp).
+    """
+    strata = _strata(values_a, values_b)
+    n = int(sum(d.size for d in strata))
+    needed, why = seeds_needed([float(d.mean()) for d in strata])
+    base = ImageLevelResult("sign_flip", n, len(strata), None, None,
+                            _weighted_mean(strata) if strata else None, None,
+                            detectable_difference(strata), needed, None, why)
+    if n == 0:
+        return replace(base, reason="no paired images: no test")
+    d = np.concatenate(strata)
+    w = _seed_weights(strata) * d
+    observed = float(w.sum())
+    sd = float(d.std(ddof=1)) if n > 1 else 0.0
+    base = replace(base, statistic=observed, effect_size=observed / sd if sd > 0 else None)
+    if not np.any(d):
+        return replace(base, reason="every difference is 0: no test")
+    tol = 100 * np.finfo(float).eps * abs(observed)
+    if n <= MAX_EXACT_FLIPS:
+        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+        null = signs @ w
+        p = float(np.mean(np.abs(null) >= abs(observed) - tol))
+        return replace(base, p_value=p)
+    rng = np.random.default_rng(seed)
+    hits, done = 0, 0
+    while done < n_resamples:
+        size = min(2048, n_resamples - done)
+        signs = rng.integers(0, 2, size=(size, n), dtype=np.int8) * 2 - 1
+        hits += int(np.sum(np.abs(signs @ w) >= abs(observed) - tol))
+        done += size
+    return replace(base, p_value=(1 + hits) / (1 + n_resamples), n_resamples=n_resamples)

@@ -70,7 +70,7 @@ def traced_bench(*args: object, env: dict[str, str] | None = None
 GRID = tiny_grid_dict(
     seeds=1, methods=[{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}, {"name": "sgt"}],
     stages={"deploy": {}, "saliency": {"methods": ["gradient"], "n_samples": 4,
-                                       "noise_samples": 1, "deletion_steps": 2, "overlays": 0,
+                                       "sensitivity_samples": 1, "deletion_steps": 2, "overlays": 0,
                                        "threads": 1}})
 
 

@@ -37,7 +37,7 @@ METHODS = [{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}]
 TRAIN = {"epochs": 3, "batch_size": 16, "lr": 0.003}
 CELLS = 4   # fp32 and ptq W8A8, 2 seeds
 # a light saliency stage: it runs in the worker and reads the parent's maps from the store
-STAGES = {"saliency": {"methods": ["gradient"], "n_samples": 4, "noise_samples": 1,
+STAGES = {"saliency": {"methods": ["gradient"], "n_samples": 4, "sensitivity_samples": 1,
                        "deletion_steps": 2, "overlays": 1, "threads": 1}}
 
 

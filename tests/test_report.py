@@ -18,12 +18,14 @@ import pytest
 from scipy import stats as ss
 from statsmodels.stats.multitest import multipletests
 
+from bench import stats
 from bench.report import build_report, report_context
 from bench.report import fmt as F
 from bench.report.plots import pareto_front
 from bench.store import CellRecord, ResultsStore
 from bench.store.measurements import MeasurementRecord, save_measurement
 
+SANITY_REASON = "maps survive model-parameter randomisation: Spearman 0.80 >= 0.5"
 QUANT = [("ptq", 8, 8), ("qat", 8, 8), ("ptq", 4, 4), ("qat", 4, 4), ("pact", 4, 4)]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PNG_1PX = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -66,16 +68,22 @@ def _saliency(rng: np.random.Generator, method: str, quality: float) -> dict[str
         return {"mean": float(values.mean()), "std": float(values.std(ddof=1)),
                 "n": int(values.size), "values": [float(v) for v in values]}
 
-    stats = {}
+    stats, null = {}, {}
     for sal in ("gradient", "gradcam"):
         metrics = {"max_sensitivity": describe(rng.uniform(0.1, 0.3, 8)),
                    "deletion_auc": describe(rng.uniform(0.2, 0.4, 8))}
         if method != "fp32":
             metrics["spearman_fp32"] = describe(np.clip(rng.normal(quality, 0.05, 8), -1, 1))
+            null[sal] = {"spearman_fp32": describe(1.0 - rng.uniform(0, 1e-4, 8))}
         stats[sal] = metrics
     columns = {f"saliency_{m}": stats["gradient"].get(m, {}).get("mean")
                for m in ("spearman_fp32", "max_sensitivity", "deletion_auc")}
-    return {"stats": stats, "primary": "gradient", "columns": columns}
+    sanity = {"methods": {"gradient": {"passed": True, "reason": None, "spearman": [0.3, 0.1]},
+                          "gradcam": {"passed": False, "reason": SANITY_REASON,
+                                      "spearman": [0.9, 0.8]}}} if method == "fp32" else {
+        "skipped": "run on FP32 cells only"}
+    return {"stats": stats, "primary": "gradient", "columns": columns, "images": list(range(8)),
+            "null": {"stats": null} if null else {"skipped": "float cell"}, "sanity": sanity}
 
 
 def generate(root: Path, spec: Spec) -> Generated:
@@ -178,7 +186,7 @@ def label(method: str, w: int, a: int) -> str:
 def ten_seeds(tmp_path_factory: pytest.TempPathFactory) -> Generated:
     return generate(tmp_path_factory.mktemp("ten"), Spec(
         devices=(("host", "m1"), ("raspberry-pi-4", "pi"), ("host", "m2")), overlays=True,
-        flagged=True, failed=1, measure_failed=True))
+        flagged=True, failed=1, measure_failed=True, n_test=80))   # 80: Friedman rejects (CD drawn)
 
 
 @pytest.fixture(scope="module")
@@ -486,3 +494,114 @@ def test_other_formats_of_an_empty_store(cli, tmp_path, fmt):
     out = tmp_path / f"r.{fmt}"
     assert cli("report", "--store", tmp_path / "s", "--out", out, "--format", fmt).exit_code == 0
     assert out.exists()
+
+
+# --- per-image tests, controls, sanity checks ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_seeds(tmp_path_factory: pytest.TempPathFactory) -> Generated:
+    """The paper grid's 3 seeds, with an equal-budget float control for QAT only."""
+    return generate(tmp_path_factory.mktemp("three"), Spec(
+        configs=(("fp32", 32, 32), ("fp32_ft", 32, 32), ("ptq", 4, 4), ("qat", 4, 4),
+                 ("pact_sgt", 4, 4)), seeds=3, devices=(), n_test=200))
+
+
+@pytest.fixture(scope="module")
+def three_context(three_seeds: Generated) -> dict[str, Any]:
+    return report_context(three_seeds.store)
+
+
+def _image_family(context: dict[str, Any], title: str) -> Any:
+    return next(f for t in context["significance"] for f in t.image_families if f.title == title)
+
+
+def _correct(gen: Generated, method: str, w: int, a: int) -> list[np.ndarray]:
+    cells = gen.cells[(gen.cells.method == method) & (gen.cells.w_bits == w)
+                      & (gen.cells.a_bits == a)].sort_values("seed")
+    return [np.equal(*gen.predictions[cid]) for cid in cells.cell_id]
+
+
+def test_three_seeds_give_per_image_p_values_where_seed_level_tests_refuse(three_seeds,
+                                                                           three_context):
+    seed_level = _family(three_context, "accuracy: each configuration vs FP32")
+    assert all(r.p_value is None for r in seed_level.results)
+    family = _image_family(three_context, "accuracy per image: each configuration vs FP32")
+    fp32 = _correct(three_seeds, "fp32", 32, 32)
+    expected = {label(m, w, a): stats.cmh_paired(_correct(three_seeds, m, w, a), fp32)
+                for m, w, a in (("fp32_ft", 32, 32), ("ptq", 4, 4), ("qat", 4, 4),
+                                ("pact_sgt", 4, 4))}
+    holm = multipletests([e.p_value for e in expected.values()], method="holm")[1]
+    assert [r.name_a for r in family.results] == list(expected)
+    for r, e, p in zip(family.results, expected.values(), holm, strict=True):
+        assert (r.n, r.n_seeds, r.n10, r.n01) == (600, 3, e.n10, e.n01)
+        assert r.p_value == pytest.approx(e.p_value) and r.p_adjusted == pytest.approx(p)
+        assert r.mde is not None
+    assert min(r.p_value for r in family.results) < 0.05
+    sal = _image_family(three_context,
+                        "spearman_fp32 per image: each quantised configuration vs its "
+                        "equal-budget float control")
+    (qat,) = sal.results
+    assert (qat.name_a, qat.name_b, qat.test, qat.n) == ("qat W4A4", "fp32_ft", "sign_flip", 24)
+    records = {r.cell_id: r for r in three_seeds.store.records()}
+
+    def values(method: str) -> list[np.ndarray]:
+        cells = three_seeds.cells[three_seeds.cells.method == method].sort_values("seed")
+        return [np.array(records[c].metrics["saliency"]["stats"]["gradient"]["spearman_fp32"][
+            "values"]) for c in cells.cell_id]
+
+    assert qat.p_value == pytest.approx(stats.sign_flip_test(values("qat"),
+                                                             values("fp32_ft")).p_value)
+
+
+def test_float_control_without_cells_is_skipped_with_the_reason(three_context, tmp_path):
+    family = _image_family(three_context, "accuracy per image: each quantised configuration "
+                                          "vs its equal-budget float control")
+    assert [(r.name_a, r.name_b) for r in family.results] == [("qat W4A4", "fp32_ft")]
+    assert family.skipped == ["sgt_ft (the equal-budget float control of pact_sgt W4A4) has no "
+                              "cells here: comparison skipped"]
+    gen = generate(tmp_path / "s", Spec(configs=(("fp32", 32, 32), ("qat", 4, 4)), seeds=3,
+                                        devices=()))
+    html = build_report(gen.store, tmp_path / "r.html").read_text()
+    assert "fp32_ft (the equal-budget float control of qat W4A4) has no cells here" in html
+
+
+def test_report_says_what_each_test_generalises_over(three_seeds, tmp_path):
+    html = build_report(three_seeds.store, tmp_path / "r.html").read_text()
+    assert "seeds vary training only" in html and "fixed by the data set" in html
+    assert "generalises over training seeds" in html
+    assert "generalises over test images, given these trained models" in html
+    assert "a seed-level test would need" in html and "detects |Δ| ≥" in html
+
+
+def test_critical_difference_only_when_friedman_rejects():
+    from bench.report.significance import BlockTests, _friedman_and_cd
+
+    rng = np.random.default_rng(0)
+    flat = {c: list(rng.normal(0.8, 0.01, 6)) for c in ("a", "b", "c")}
+    tests = BlockTests("x", "d", "b", list(range(6)))
+    _friedman_and_cd(tests, flat)
+    assert tests.friedman.p_value > 0.05 and tests.cd is None
+    assert "does not reject" in tests.cd_note
+    apart = {c: list(0.1 * i + rng.normal(0, 0.001, 6)) for i, c in enumerate("abc")}
+    tests = BlockTests("x", "d", "b", list(range(6)))
+    _friedman_and_cd(tests, apart)
+    assert tests.friedman.p_value < 0.05 and tests.cd is not None and tests.cd_note is None
+
+
+def test_null_control_beside_its_statistic_and_failed_sanity_greyed(ten_seeds, ten_context,
+                                                                   ten_html):
+    table = ten_context["saliency"]["table"]
+    keys = [c.key for c in table.columns]
+    assert keys.index("null_spearman_fp32") == keys.index("spearman_fp32") + 1
+    rows = table.blocks[0].rows
+    ptq = next(r for r in rows if r["config"] == "ptq W8A8" and r["saliency_method"] == "gradcam")
+    assert ptq["null_spearman_fp32"] > 0.999
+    for row in rows:
+        if row["saliency_method"] == "gradcam":
+            assert row["muted"].startswith("fails on 10/10 FP32 seeds") and SANITY_REASON in \
+                row["muted"]
+        else:
+            assert "muted" not in row and row["sanity"] == "passed on 10/10 FP32 seeds"
+    assert f'class="muted" title="fails on 10/10 FP32 seeds: {SANITY_REASON.replace(">", "&gt;")}' \
+        in ten_html

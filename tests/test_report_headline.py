@@ -12,7 +12,7 @@ from bench import stats
 from bench.report.build import build_report
 from bench.report.data import headline, load
 from bench.report.provenance import flagged
-from bench.report.significance import mcnemar_vs_fp32
+from bench.report.significance import correctness, image_families, mcnemar_vs_fp32
 from bench.report.tables import main_table
 from bench.store import CellRecord, ResultsStore
 
@@ -110,6 +110,34 @@ def test_mcnemar_compares_deployed_predictions(store):
                                        fp32, labels)
         assert r.result.p_value == pytest.approx(expected.p_value)
     assert {r.config for r in rows} == {"ptq W8A8", "ptq W4A4"}
+
+
+def test_cmh_compares_the_headline_predictions(store):
+    """The per-image CMH test on accuracy reads the same headline predictions as McNemar and
+    the headline accuracy: ONNX Runtime's where a cell has them, torch's otherwise."""
+    s, truth = store
+    data = load(s)
+    configs = ["fp32", "ptq W8A8", "ptq W4A4"]
+    (vs_fp32,) = [f for f in image_families(data.ok, configs, "accuracy", "cmh",
+                                            correctness(data))
+                  if f.title == "accuracy per image: each configuration vs FP32"]
+    labels = truth["labels"]
+
+    def right(cid: str) -> np.ndarray:
+        torch_pred, ort_pred = truth["predictions"][cid]
+        return (ort_pred if ort_pred is not None else torch_pred) == labels
+
+    by_config = {r.name_b if r.name_a == "fp32" else r.name_a: r for r in vs_fp32.results}
+    assert set(by_config) == {"ptq W8A8", "ptq W4A4"}
+    for config, bits in (("ptq W8A8", 8), ("ptq W4A4", 4)):
+        fp32 = [right(f"fp32{32}s{k}") for k in range(SEEDS)]
+        cells = [right(f"ptq{bits}s{k}") for k in range(SEEDS)]
+        expected = stats.cmh_paired(cells, fp32) if by_config[config].name_a != "fp32" else \
+            stats.cmh_paired(fp32, cells)
+        assert by_config[config].p_value == pytest.approx(expected.p_value)
+    torch_only = [truth["predictions"][f"ptq8s{k}"][0] == labels for k in range(SEEDS)]
+    assert by_config["ptq W8A8"].p_value != pytest.approx(stats.cmh_paired(
+        torch_only, [right(f"fp32{32}s{k}") for k in range(SEEDS)]).p_value)
 
 
 def test_partially_integer_cells_show_their_coverage_and_flag_beside_their_latency(store,

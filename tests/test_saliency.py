@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from captum.attr import LayerAttribution
+from captum.metrics import sensitivity_max
+from captum.metrics._core.sensitivity import default_perturb_func as captum_perturb
 from PIL import Image
-from scipy.stats import spearmanr
+from scipy.stats import kstest, spearmanr
 from skimage.metrics import structural_similarity
 from torch import nn
 
@@ -29,7 +32,19 @@ from bench.saliency import (
     topk_iou_mask,
 )
 from bench.saliency.maps import resolve_layer
-from bench.saliency.metrics import normalise01
+from bench.saliency.metrics import (
+    baseline_images,
+    curve_auc,
+    deletion_curve,
+    insertion_curve,
+    linf_ball_noise,
+    normalise01,
+    perturbation_scores,
+    random_ranks,
+    saliency_ranks,
+    sensitivity_noise_seed,
+    target_probability,
+)
 
 # Quantus and our implementations do the same float32 arithmetic on the same noise draws;
 # differences come only from summation order.
@@ -57,6 +72,19 @@ class RegionModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = 0.5 * (x[:, :, :4, :4].sum(dim=(1, 2, 3)) - 40.0)
         return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
+class LessConfident(nn.Module):
+    """Two-class model whose target probability is `k` times the wrapped model's class-1
+    probability: the same explanation, a less confident model."""
+
+    def __init__(self, model: nn.Module, k: float) -> None:
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.k * torch.softmax(self.model(x), dim=1)[:, 1]
+        return torch.stack([torch.log1p(-p), torch.log(p)], dim=1)
 
 
 class ConstantModel(nn.Module):
@@ -119,6 +147,34 @@ def test_topk_iou_counts_overlap() -> None:
     np.testing.assert_allclose(topk_iou(a, b, 0.1), 5 / 15)
 
 
+def test_rounding_noise_of_a_constant_map_decides_nothing() -> None:
+    """A 1x1 Grad-CAM map upsampled to 16x16 is constant up to float32 rounding; its noise
+    used to give arbitrary Spearman, SSIM and top-k sets between two such maps."""
+    one = torch.tensor([[[[0.3896301]]]])
+    a = LayerAttribution.interpolate(one, (16, 16), interpolate_mode="bilinear")[:, 0].numpy()
+    b = a.copy()
+    b[0, 3, 5] = np.nextafter(b[0, 3, 5], np.float32(1.0))
+    b[0, 9, 1] = np.nextafter(b[0, 9, 1], np.float32(0.0))
+    assert np.isnan(spearman(a, b)[0])
+    np.testing.assert_allclose(ssim(a, b), 1.0)
+    assert np.isnan(topk_iou(a, b, 0.1)[0])
+    np.testing.assert_array_equal(saliency_ranks(b), saliency_ranks(np.ones_like(b)))
+
+
+def test_topk_iou_ignores_pixel_order_in_ties() -> None:
+    """Two sparse maps with disjoint supports: index-ordered tie breaking put the same zeros
+    into both top-k sets (IoU 0.6 here); the tie at the cut is left out instead."""
+    a, b = np.zeros((1, 10, 10)), np.zeros((1, 10, 10))
+    a.ravel()[[90, 91]] = 1.0
+    b.ravel()[[95, 96]] = 1.0
+    np.testing.assert_allclose(topk_iou(a, b, 0.1), 0.0)
+    np.testing.assert_allclose(topk_iou(a, a, 0.1), 1.0)
+    assert np.isnan(topk_iou(np.ones((1, 4, 4)), np.ones((1, 4, 4)), 0.25)[0])
+    c = a.copy()
+    c.ravel()[[92, 93]] = 0.5
+    assert topk_iou(a, c, 0.1)[0] == pytest.approx(0.5)
+
+
 def test_pointing_game_inside_and_outside() -> None:
     masks = np.zeros((2, 8, 8), dtype=bool)
     masks[:, 2:5, 2:5] = True
@@ -146,33 +202,52 @@ def test_max_sensitivity_zero_for_constant_explanations() -> None:
     linear = nn.Sequential(nn.Flatten(), nn.Linear(108, 2))
 
     for model in (const, linear):
-        def explain(xx: torch.Tensor, tt: torch.Tensor, m: nn.Module = model) -> np.ndarray:
+        def explain(xx: torch.Tensor, tt: torch.Tensor, ids: object, m: nn.Module = model
+                    ) -> np.ndarray:
             return compute_maps(m, xx, tt, "gradient")
 
         np.testing.assert_array_equal(max_sensitivity(explain, x, t, 0.1, 3), 0.0)
 
     tiny = TinyCNN(2).eval()
 
-    def explain_tiny(xx: torch.Tensor, tt: torch.Tensor) -> np.ndarray:
+    def explain_tiny(xx: torch.Tensor, tt: torch.Tensor, ids: object) -> np.ndarray:
         return compute_maps(tiny, xx, tt, "gradient")
 
     assert np.all(max_sensitivity(explain_tiny, x, t, 0.1, 3) > 0)
 
 
-def test_max_sensitivity_matches_quantus(tiny: tuple) -> None:
+def test_sensitivity_noise_is_the_uniform_linf_ball() -> None:
+    """Yeh et al. 2019, Quantus' batch_uniform_noise and Captum's default_perturb_func draw
+    U(-r, r) per element; the old Gaussian draws fail the bound and the variance check."""
+    r = 0.05
+    draws = torch.stack([linf_ball_noise((3, 16, 16), r, sensitivity_noise_seed(0, s, i))
+                         for s in range(10) for i in range(8)]).numpy().ravel()
+    assert np.abs(draws).max() <= r
+    assert kstest(draws, "uniform", args=(-r, 2 * r)).pvalue > 0.01
+    np.testing.assert_allclose(draws.var(), r * r / 3, rtol=0.02)
+    captum_draw = captum_perturb(torch.zeros(20000), r)[0].numpy()
+    assert kstest(captum_draw, "uniform", args=(-r, 2 * r)).pvalue > 0.01
+    assert SaliencyConfig().sensitivity_samples >= 10
+
+
+def test_max_sensitivity_matches_quantus_and_captum(tiny: tuple) -> None:
+    """Same draws (ours), their norm, normalisation and maximum: the three agree."""
     quantus = pytest.importorskip("quantus")
     model, x, t = tiny
-    n_draws, std, seed = 5, 0.1, 7
+    n_draws, radius, seed = 10, 0.1, 7
+    n = len(x)
 
-    def explain(xx: object, tt: object) -> np.ndarray:
+    def explain(xx: object, tt: object, ids: object = None) -> np.ndarray:
         return compute_maps(model, torch.as_tensor(xx), torch.as_tensor(tt), "gradient")
 
-    ours = max_sensitivity(explain, x, t, std, n_draws, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    draws = iter([std * torch.randn(x.shape, generator=gen) for _ in range(n_draws)])
+    ours = max_sensitivity(explain, x, t, radius, n_draws, seed=seed, batch_size=3)
+    draws = [torch.stack([linf_ball_noise(tuple(x.shape[1:]), radius,
+                                          sensitivity_noise_seed(seed, s, i)) for i in range(n)])
+             for s in range(n_draws)]
+    pending = iter(draws)
 
     def same_noise(arr: np.ndarray, **_: object) -> np.ndarray:
-        return arr + next(draws).numpy().reshape(arr.shape)
+        return arr + next(pending).numpy().reshape(arr.shape)
 
     metric = quantus.MaxSensitivity(nr_samples=n_draws, perturb_func=same_noise,
                                     disable_warnings=True)
@@ -180,8 +255,34 @@ def test_max_sensitivity_matches_quantus(tiny: tuple) -> None:
                     a_batch=explain(x, t)[:, None],
                     explain_func=lambda inputs, targets, **_: explain(inputs, targets)[:, None],
                     device="cpu")
+    # Captum expands the inputs image by image (repeat_interleave): row i * n_draws + s.
+    interleaved = torch.stack([draws[s][i] for i in range(n) for s in range(n_draws)])
+    def captum_explain(inputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor
+                       ) -> tuple[torch.Tensor]:
+        x_in = inputs[0] if isinstance(inputs, tuple) else inputs
+        return (torch.as_tensor(explain(x_in, target)),)
+
+    captum = sensitivity_max(captum_explain,
+                             x, perturb_func=lambda inputs: inputs + interleaved,
+                             n_perturb_samples=n_draws, target=t).numpy()
     assert np.all(ours > 0)
     np.testing.assert_allclose(ours, np.asarray(theirs), rtol=QUANTUS_RTOL)
+    np.testing.assert_allclose(ours, captum, rtol=QUANTUS_RTOL)
+    fewer = max_sensitivity(explain, x, t, radius, 4, seed=seed)
+    assert np.all(fewer <= ours + 1e-12)
+
+
+def test_max_sensitivity_reuses_smoothgrad_noise_and_ignores_batching(tiny: tuple) -> None:
+    model, x, t = tiny
+
+    def explain(xx: torch.Tensor, tt: torch.Tensor, ids: np.ndarray) -> np.ndarray:
+        return compute_maps(model, xx, tt, "smoothgrad", n_samples=3, ids=ids)
+
+    one = max_sensitivity(explain, x, t, 0.0, 2, batch_size=1)
+    np.testing.assert_allclose(one, 0.0, atol=1e-6)
+    a = max_sensitivity(explain, x, t, 0.1, 3, batch_size=1)
+    b = max_sensitivity(explain, x, t, 0.1, 3, batch_size=5)
+    np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
 def test_localisation_matches_quantus() -> None:
@@ -231,6 +332,78 @@ def test_deletion_and_insertion_do_not_depend_on_batch_size(tiny: tuple) -> None
         assert not np.allclose(one, one[0])
 
 
+def test_normalised_deletion_and_insertion_are_comparable_across_models() -> None:
+    """A less confident copy of a model gets a raw deletion AUC k times lower (the report used
+    to call that better); normalised by p(target | x), the two models score the same."""
+    confident = RegionModel()
+    x = torch.zeros(2, 3, 8, 8)
+    x[:, :, :4, :4] = 1.0
+    t = torch.tensor([1, 1])
+    sal = np.zeros((2, 8, 8))
+    sal[:, :4, :4] = 1.0
+    sal += 0.01 * _rand_maps(3, (2, 8, 8))
+    shuffled = random_ranks(2, 64, 0)
+    scores = {}
+    for name, model in (("confident", confident), ("unsure", LessConfident(confident, 0.5))):
+        p = target_probability(model, x, t)
+        scores[name] = {kind: perturbation_scores(
+            kind, curve(model, x, t, saliency_ranks(sal), 16),
+            curve(model, x, t, shuffled, 16), p)
+            for kind, curve in (("deletion", deletion_curve), ("insertion", insertion_curve))}
+    sure, unsure = scores["confident"], scores["unsure"]
+    np.testing.assert_allclose(unsure["deletion"]["deletion_auc"],
+                               0.5 * sure["deletion"]["deletion_auc"], rtol=1e-5)
+    for kind in ("deletion", "insertion"):
+        for key in (f"{kind}_auc_norm", f"{kind}_auc_random", f"{kind}_gain"):
+            np.testing.assert_allclose(unsure[kind][key], sure[kind][key], rtol=1e-4)
+        assert np.all(sure[kind][f"{kind}_gain"] > 0.1)
+    np.testing.assert_allclose(sure["deletion"]["deletion_auc_norm"],
+                               curve_auc(deletion_curve(confident, x, t, saliency_ranks(sal), 16)
+                                         / target_probability(confident, x, t)[:, None]))
+    inverted = perturbation_scores(
+        "deletion", deletion_curve(confident, x, t, saliency_ranks(sal.max() - sal), 16),
+        deletion_curve(confident, x, t, shuffled, 16), target_probability(confident, x, t))
+    assert np.all(inverted["deletion_gain"] < 0)
+
+
+def test_random_order_is_the_same_for_every_cell() -> None:
+    np.testing.assert_array_equal(random_ranks(3, 50, 4), random_ranks(3, 50, 4))
+    np.testing.assert_array_equal(random_ranks(3, 50, 4)[:2], random_ranks(2, 50, 4))
+    assert sorted(random_ranks(1, 50, 4)[0]) == list(range(50))
+
+
+def test_deletion_curve_matches_quantus_pixel_flipping(tiny: tuple) -> None:
+    quantus = pytest.importorskip("quantus")
+    model, x, t = tiny
+    x, steps = x[:, :, :8, :8], 16
+    sal = _rand_maps(11, (4, 8, 8))
+    ours = deletion_curve(model, x, t, saliency_ranks(sal), steps)
+    # Quantus flips channel values (the map broadcast over the 3 channels) 4 at a time: every
+    # third of its steps has flipped whole pixels, 4 more than our previous step.
+    theirs = quantus.PixelFlipping(features_in_step=64 // steps, perturb_baseline=0.0,
+                                   disable_warnings=True)(
+        model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=sal[:, None].astype(
+            np.float32), device="cpu")
+    np.testing.assert_allclose(ours[:, 1:], np.asarray(theirs)[:, 2::3], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ours[:, 0], target_probability(model, x, t), rtol=1e-6)
+
+
+def test_insertion_curve_matches_a_direct_loop(tiny: tuple) -> None:
+    model, x, t = tiny
+    sal = _rand_maps(12, (4, 10, 10))
+    ours = insertion_curve(model, x, t, saliency_ranks(sal), 5, batch_size=3)
+    blurred = baseline_images(x, "blur")
+    for i in range(4):
+        order = np.argsort(-sal[i].ravel(), kind="stable")
+        img = blurred[i].clone()
+        for s in range(6):
+            keep = order[:round(s * 100 / 5)]
+            img.view(3, -1)[:, keep] = x[i].reshape(3, -1)[:, keep]
+            with torch.no_grad():
+                p = torch.softmax(model(img[None]), 1)[0, t[i]]
+            assert ours[i, s] == pytest.approx(float(p), rel=1e-5)
+
+
 def test_seed_consistency() -> None:
     a, b = _rand_maps(0), _rand_maps(1)
     np.testing.assert_allclose(seed_consistency([a, a, a]), 1.0)
@@ -259,21 +432,24 @@ def test_channel_aggregation(tiny: tuple) -> None:
     assert not np.allclose(maxed, summed)
 
 
-def test_gradcam_default_layer_is_last_conv(tiny: tuple) -> None:
+def test_gradcam_reads_the_input_of_the_global_pooling(tiny: tuple) -> None:
     model, x, t = tiny
-    assert resolve_layer(model, None) is model.c2
+    target = resolve_layer(model, None)
+    assert (target.module, target.at) == (model.pool, "input")
     by_name = compute_maps(model, x, t, "gradcam", layer="c1")
     default = compute_maps(model, x, t, "gradcam")
     assert not np.allclose(by_name, default)
+    np.testing.assert_allclose(default, compute_maps(model, x, t, "gradcam", layer="r2"),
+                               rtol=1e-5)
 
 
 def test_maps_on_brevitas_quantised_cnn(tiny: tuple) -> None:
     from brevitas.graph.quantize import preprocess_for_quantize, quantize
-    from brevitas.nn import QuantConv2d
 
     model, x, t = tiny
     qmodel = quantize(preprocess_for_quantize(model))
-    assert isinstance(resolve_layer(qmodel, None), QuantConv2d)
+    target = resolve_layer(qmodel, None)
+    assert isinstance(target.module, nn.AdaptiveAvgPool2d) and target.at == "input"
     for method in METHODS:
         maps = compute_maps(qmodel, x, t, method, n_samples=2, ig_steps=3)
         assert maps.shape == (4, 10, 10)
@@ -285,13 +461,14 @@ def test_stability_suite_and_summary(tiny: tuple) -> None:
     other = TinyCNN().eval()
     masks = np.zeros((4, 10, 10), dtype=bool)
     masks[:, 3:7, 3:7] = True
-    cfg = SaliencyConfig(methods=["gradient", "gradcam"], n_samples=3, noise_samples=2,
+    cfg = SaliencyConfig(methods=["gradient", "gradcam"], n_samples=3, sensitivity_samples=2,
                          deletion_steps=4)
     res = stability_suite(other, model, x, t, masks, cfg)
     assert set(res) == {"gradient", "gradcam"}
     expected = {"maps", "spearman_fp32", "ssim_fp32", "topk_iou_fp32", "max_sensitivity",
                 "pointing_game", "energy_pointing", "topk_iou_mask", "deletion_auc",
-                "insertion_auc"}
+                "deletion_auc_norm", "deletion_auc_random", "deletion_gain", "insertion_auc",
+                "insertion_auc_norm", "insertion_auc_random", "insertion_gain"}
     assert set(res["gradient"]) == expected
     assert res["gradient"]["maps"].shape == (3, 10, 10)
     for name in expected - {"maps"}:
@@ -309,9 +486,11 @@ def test_stability_suite_and_summary(tiny: tuple) -> None:
     assert "saliency_maps/gradient/mean" not in flat
 
 
-def test_config_rejects_unknown_method() -> None:
+def test_config_rejects_unknown_method_and_renamed_settings() -> None:
     with pytest.raises(ValueError, match="unknown saliency methods"):
         SaliencyConfig(methods=["gradient", "lime"])
+    with pytest.raises(ValueError, match="'noise_std' is now 'sensitivity_radius'"):
+        SaliencyConfig.model_validate({"noise_std": 0.1})
 
 
 def test_save_overlay_png(tmp_path: object, tiny: tuple) -> None:
@@ -324,3 +503,22 @@ def test_save_overlay_png(tmp_path: object, tiny: tuple) -> None:
     two = save_overlay_png(x[0], None, _rand_maps(1, (10, 10)), tmp_path / "two.png", panel=32)
     with Image.open(path) as three, Image.open(two) as pair:
         assert three.width == 3 * 96 and pair.width == 2 * 32
+
+
+def test_stage_cost_counts_the_images_through_the_model(tiny: tuple) -> None:
+    """bench.saliency.cost (what a dry run shows) counts exactly the forward passes of the
+    suite, counted with a hook."""
+    from bench.saliency.cost import stage_cost
+
+    model, x, t = tiny
+    cfg = SaliencyConfig(n_samples=3, ig_steps=3, smoothgrad_samples=2, sensitivity_samples=2,
+                         deletion_steps=4, batch_size=5)
+    seen = []
+    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    try:
+        stability_suite(model, None, x, t, None, cfg)
+    finally:
+        handle.remove()
+    cost = stage_cost(cfg, n_test=len(x), quantized=False, fp32=False)
+    assert sum(seen) == cost.images
+    assert cost.forward == 3 * (2 * 5 * 5 + 1)

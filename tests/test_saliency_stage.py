@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from bench.cli import app
 from bench.config import CellConfig, DataConfig
 from bench.data import prepare
-from bench.saliency.columns import METRICS, column_name
+from bench.saliency.columns import METRICS, NULL_METRICS, column_name
 from bench.saliency.consistency import seed_consistency_table, with_seed_consistency
 from bench.saliency.mapfile import MAPS_FILE, load_maps
 from bench.saliency.metrics import seed_consistency, spearman, ssim, topk_iou
@@ -25,8 +25,8 @@ from bench.store import ResultsStore
 from tests.conftest import tiny_grid_dict
 
 METHODS = ["gradient", "gradcam"]
-SALIENCY = {"methods": METHODS, "n_samples": 6, "noise_samples": 1, "deletion_steps": 3,
-            "overlays": 2, "threads": 1}
+SALIENCY = {"methods": METHODS, "n_samples": 6, "sensitivity_samples": 1, "deletion_steps": 3,
+            "sanity_images": 3, "sanity_checkpoints": 2, "overlays": 2, "threads": 1}
 PNG = b"\x89PNG\r\n\x1a\n"
 FP32_PTQ = [{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}]
 
@@ -104,8 +104,47 @@ def test_quantised_cell_is_compared_with_its_parent(ran: dict) -> None:
             assert columns[column_name("ssim_fp32", method)] == pytest.approx(
                 ssim(own[method], parent[method]).mean())
             assert columns[column_name("topk_iou_fp32", method)] == pytest.approx(
-                topk_iou(own[method], parent[method], 0.1).mean())
+                np.nanmean(topk_iou(own[method], parent[method], 0.1)))
         assert result["columns"]["saliency_spearman_fp32"] > 0.5
+
+
+def test_quantised_cell_has_its_null_control_beside_each_statistic(ran: dict) -> None:
+    cells = _by_method(ran["store"])
+    for seed in (0, 1):
+        fp32, ptq = cells["fp32", seed].metrics["saliency"], cells["ptq", seed].metrics["saliency"]
+        assert fp32["null"] == {"skipped": "float cell: no quantisation to disable"}
+        assert fp32["columns"][column_name("null_spearman_fp32")] is None
+        null = ptq["null"]
+        assert null["built_from"] == cells["ptq", seed].parent_id
+        for method in METHODS:
+            for metric in NULL_METRICS:
+                stats = null["stats"][method][metric]
+                assert len(stats["values"]) == 6
+                assert ptq["columns"][column_name("null_" + metric, method)] == stats["mean"]
+            assert null["stats"][method]["spearman_fp32"]["mean"] >= 0.999
+            assert null["stats"][method]["ssim_fp32"]["mean"] >= 0.999
+        assert ptq["columns"]["saliency_null_spearman_fp32"] == null["stats"]["gradient"][
+            "spearman_fp32"]["mean"]
+
+
+def test_fp32_cells_carry_the_sanity_check(ran: dict) -> None:
+    cells = _by_method(ran["store"])
+    for seed in (0, 1):
+        sanity = cells["fp32", seed].metrics["saliency"]["sanity"]
+        assert sanity["threshold"] == 0.5 and sanity["statistic"] == "spearman"
+        assert sanity["images"] == cells["fp32", seed].metrics["saliency"]["images"][:3]
+        assert len(sanity["steps"]) == 2 and sanity["steps"][-1] == sanity["n_layers"]
+        for method in METHODS:
+            result = sanity["methods"][method]
+            assert len(result["spearman"]) == 2
+            assert result["passed"] in (True, False, None)
+            if result["passed"] is False:
+                assert "survive model-parameter randomisation" in result["reason"]
+            column = cells["fp32", seed].metrics["saliency"]["columns"][
+                column_name("sanity_spearman", method)]
+            assert column == result["spearman"][-1]
+        assert cells["ptq", seed].metrics["saliency"]["sanity"] == {
+            "skipped": "run on FP32 cells only"}
 
 
 def test_every_cell_uses_the_same_test_images(ran: dict) -> None:
@@ -174,12 +213,16 @@ def test_sgt_from_scratch_uses_the_same_seed_fp32_cell(ran: dict, tmp_path: Path
     assert alone.maps == {} and "no FP32 cell" in alone.skipped
     other = find_reference(ResultsStore(tmp_path / "s"), config, index[:-1])
     assert other.maps == {} and "other images" in other.skipped
+    retrained = config.model_copy(update={"train": config.train.model_copy(update={"lr": 0.1})})
+    mismatch = find_reference(ResultsStore(tmp_path / "s"), retrained, index)
+    assert mismatch.maps == {} and "training config" in mismatch.skipped
 
 
 def test_trained_model_points_inside_the_lesions(tmp_path: Path) -> None:
     data = [{"name": "synthetic", "image_size": 32,
              "options": {"num_classes": 3, "num_images": 150}}]
-    settings = {"methods": ["gradient"], "n_samples": 32, "noise_samples": 1,
+    settings = {"methods": ["gradient"], "n_samples": 32, "sensitivity_samples": 1,
+                "sanity_images": 0,
                 "deletion_steps": 2, "overlays": 0, "threads": 1}
     grid = {"datasets": data, "seeds": [0], "stages": {"saliency": settings},
             "train": {"epochs": 3, "batch_size": 16, "lr": 0.003}}

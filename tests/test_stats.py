@@ -11,22 +11,28 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from scipy import stats
-from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.contingency_tables import StratifiedTable, mcnemar
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from bench.stats import (
     MIN_BLOCKS,
     MIN_N_BOOTSTRAP,
     MIN_N_TTEST,
     MIN_N_WILCOXON,
+    cmh_paired,
     compare_family,
     critical_difference,
+    detectable_difference,
     friedman,
     holm,
     mcnemar_exact,
     mean_ci,
     paired_test,
     plot_cd,
+    seeds_needed,
+    sign_flip_test,
+    t_test_n,
 )
 
 matplotlib.use("Agg")
@@ -284,3 +290,124 @@ def test_mean_ci_t_interval() -> None:
     assert mean_ci([0.9, np.nan]) == (0.9, None, None)
     with pytest.raises(ValueError):
         mean_ci([])
+
+
+# --- per-image tests stratified by seed ---------------------------------------------------
+
+
+def three_seeds(effect: float = 0.1, n: int = 80, seed: int = 0
+                ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per-seed correctness of two models on the same n test images; A is right more often."""
+    rng = np.random.default_rng(seed)
+    a, b = [], []
+    for _ in range(3):
+        easy = rng.random(n)
+        a.append(easy < 0.75 + effect / 2)
+        b.append(easy + rng.normal(0, 0.15, n) < 0.75 - effect / 2)
+    return a, b
+
+
+def test_cmh_over_pair_strata_is_mcnemar_over_seeds_and_matches_statsmodels() -> None:
+    a, b = three_seeds()
+    res = cmh_paired(a, b)
+    full = np.stack([np.array([[int(x), 1 - int(x)], [int(y), 1 - int(y)]])
+                     for xs, ys in zip(a, b, strict=True) for x, y in zip(xs, ys, strict=True)],
+                    axis=2)
+    oracle = StratifiedTable(full).test_null_odds(correction=False)
+    assert res.statistic == pytest.approx(oracle.statistic)
+    assert res.p_value == pytest.approx(oracle.pvalue)
+    n10 = sum(int((x & ~y).sum()) for x, y in zip(a, b, strict=True))
+    n01 = sum(int((~x & y).sum()) for x, y in zip(a, b, strict=True))
+    assert (res.n10, res.n01) == (n10, n01)
+    pooled = mcnemar([[0, n10], [n01, 0]], exact=False, correction=False)
+    assert res.statistic == pytest.approx(pooled.statistic)
+    assert res.p_exact == pytest.approx(stats.binomtest(n10, n10 + n01).pvalue)
+    assert res.effect_size == pytest.approx(StratifiedTable(full).oddsratio_pooled)
+    assert res.diff_mean == pytest.approx(np.mean([x.mean() - y.mean() for x, y in zip(
+        a, b, strict=True)]))
+    assert res.n == 240 and res.n_seeds == 3
+    assert res.p_value < 0.05, "a 3-seed fixture yields a real p-value"
+    # McNemar's per-seed table (A's correctness x B's) tests whether they err on the same
+    # images: a different, here strongly significant, question.
+    wrong = StratifiedTable([[[int((x & y).sum()), int((x & ~y).sum())],
+                              [int((~x & y).sum()), int((~x & ~y).sum())]]
+                             for x, y in zip(a, b, strict=True)]).test_null_odds()
+    assert wrong.pvalue < 1e-6 and wrong.pvalue != pytest.approx(res.p_value)
+
+
+def test_cmh_p_value_does_not_underflow_to_zero() -> None:
+    """A large difference (a statistic of 139 measured for QAT W4A4 vs a one-epoch FP32 on 120
+    images x 3 seeds, p ~ 5e-32) gets chi2's survival function, not statsmodels' 1 - cdf (0.0)."""
+    a, b = three_seeds(effect=0.9, n=120)
+    res = cmh_paired(a, b)
+    assert res.statistic > 60
+    assert 0.0 < res.p_value == pytest.approx(stats.chi2.sf(res.statistic, 1))
+    assert res.p_exact > 0.0
+
+
+def test_cmh_without_discordant_pairs_gives_the_reason() -> None:
+    same = [np.array([True, False, True])] * 3
+    res = cmh_paired(same, same)
+    assert res.p_value is None and "same images" in res.reason
+    assert cmh_paired([], []).reason == "no paired images: no test"
+
+
+def _scipy_flip_p(strata_a: list[np.ndarray], strata_b: list[np.ndarray], n_resamples: float
+                  ) -> float:
+    sizes = [len(x) for x in strata_a]
+    weights = np.concatenate([np.full(k, 1 / (len(sizes) * k)) for k in sizes])
+
+    def statistic(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+        return np.sum((x - y) * weights, axis=axis)
+
+    return stats.permutation_test((np.concatenate(strata_a), np.concatenate(strata_b)), statistic,
+                               permutation_type="samples", n_resamples=n_resamples,
+                               vectorized=True, rng=np.random.default_rng(1)).pvalue
+
+
+def test_sign_flip_exact_matches_scipy() -> None:
+    rng = np.random.default_rng(3)
+    a = [rng.normal(0.3, 1, 7), rng.normal(0.3, 1, 5)]
+    b = [rng.normal(0, 1, 7), rng.normal(0, 1, 5)]
+    res = sign_flip_test(a, b)
+    assert res.n == 12 and res.n_resamples is None
+    assert res.p_value == pytest.approx(_scipy_flip_p(a, b, np.inf))
+    assert res.statistic == pytest.approx(np.mean([(x - y).mean() for x, y in zip(
+        a, b, strict=True)]))
+
+
+def test_sign_flip_on_three_seeds_yields_real_p_values_like_scipy() -> None:
+    rng = np.random.default_rng(4)
+    base = [rng.normal(0.8, 0.1, 64) for _ in range(3)]
+    a = [x - 0.03 + rng.normal(0, 0.05, 64) for x in base]
+    res = sign_flip_test(a, base, n_resamples=9999)
+    oracle = _scipy_flip_p(a, base, 9999)
+    assert res.n_resamples == 9999 and res.p_value < 0.05 and oracle < 0.05
+    null = sign_flip_test([x + rng.normal(0, 0.05, 64) for x in base], base)
+    oracle = _scipy_flip_p([x + rng.normal(0, 0.05, 64) for x in base], base, 9999)
+    assert null.p_value > 0.05
+    assert abs(res.p_value - _scipy_flip_p(a, base, 9999)) < 0.01
+    assert 0.0 < oracle <= 1.0
+    a[0][0] = np.nan
+    assert sign_flip_test(a, base).n == 191
+
+
+def test_power_line() -> None:
+    rng = np.random.default_rng(5)
+    d = [rng.normal(0.02, 0.1, 50) for _ in range(3)]
+    mde = detectable_difference(d)
+    se = math.sqrt(sum(x.var(ddof=1) / 50 for x in d)) / 3
+    assert mde == pytest.approx((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * se)
+    means = [0.02, 0.05, 0.01]
+    n, why = seeds_needed(means)
+    n_t = TTestPower().solve_power(effect_size=np.mean(means) / np.std(means, ddof=1),
+                                   alpha=0.05, power=0.8)
+    assert why is None and n == max(6, math.ceil(n_t / (3 / math.pi)))
+    assert seeds_needed([0.1, 0.1, 0.1]) == (None, "no seed-to-seed spread")
+    assert seeds_needed([0.1])[0] is None
+    assert seeds_needed([0.5, 0.52, 0.49])[0] == 6
+    assert seeds_needed([-0.1068, -0.1105, -0.1185]) == (6, None)  # d = 18.6: scipy's nct NaN
+    for effect in (0.05, 0.3, 1.0, 2.5):
+        assert t_test_n(effect) == pytest.approx(
+            TTestPower().solve_power(effect_size=effect, alpha=0.05, power=0.8), rel=1e-4)
+    assert t_test_n(1e-6) is None

@@ -32,7 +32,8 @@ def _saliency(data: ReportData) -> dict[str, Any]:
     main = (significance.main_saliency(data.ok) or "").removeprefix("saliency_")
     metric = main if main in present else next(
         (m for m in saliency.METRIC_LABELS if m in present), None)
-    return {"table": saliency.stability_table(frame), "metric": metric,
+    return {"table": saliency.stability_table(frame, saliency.sanity_checks(data)),
+            "metric": metric,
             "samples": saliency.samples(frame, metric) if metric else frame.iloc[:0]}
 
 
@@ -55,6 +56,8 @@ def context(data: ReportData, figures: bool = True) -> dict[str, Any]:
         "saliency": sal,
         "saliency_main": significance.main_saliency(data.ok),
         "significance": tests,
+        "seed_level": significance.SEED_LEVEL,
+        "image_level": significance.IMAGE_LEVEL,
         "rows": data.cells.to_dict("records"),
         "figures": _figures(data, main, sal, tests) if figures else None,
         "gallery": saliency.gallery(data) if figures else [],

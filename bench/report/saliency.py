@@ -1,8 +1,11 @@
-"""Saliency section: stability statistics over seeds, per-sample distributions, overlay gallery."""
+"""Saliency section: stability statistics over seeds with their null control beside them, the
+sanity check's verdict per saliency method (a failing method's rows greyed with the reason),
+per-sample distributions, overlay gallery."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,14 +17,26 @@ from bench.report.data import BLOCK, ReportData, ordered_configs
 from bench.report.tables import Block, Column, Table, mark_best
 
 STAGE = "saliency"
-METRIC_LABELS = {"spearman_fp32": ("ρ vs FP32", "high"), "ssim_fp32": ("SSIM vs FP32", "high"),
+METRIC_LABELS = {"spearman_fp32": ("ρ vs FP32", "high"),
+                 "null_spearman_fp32": ("null ρ", None),
+                 "ssim_fp32": ("SSIM vs FP32", "high"),
+                 "null_ssim_fp32": ("null SSIM", None),
                  "topk_iou_fp32": ("top-k IoU vs FP32", "high"),
+                 "null_topk_iou_fp32": ("null top-k IoU", None),
                  "max_sensitivity": ("max-sensitivity", "low"),
                  "pointing_game": ("pointing game", "high"),
                  "energy_pointing": ("energy pointing", "high"),
                  "topk_iou_mask": ("top-k IoU mask", "high"),
-                 "deletion_auc": ("deletion AUC", "low"),
-                 "insertion_auc": ("insertion AUC", "high")}
+                 "deletion_gain": ("deletion gain vs random", "high"),
+                 "deletion_auc_norm": ("deletion AUC / p(x)", "low"),
+                 "insertion_gain": ("insertion gain vs random", "high"),
+                 "insertion_auc_norm": ("insertion AUC / p(x)", "high"),
+                 "deletion_auc": ("deletion AUC (raw)", None),
+                 "insertion_auc": ("insertion AUC (raw)", None)}
+"""Label and better direction of each statistic, in column order. The null control (quantisation
+disabled, bench.saliency.null) sits right after the statistic it controls and is not ranked; raw
+deletion/insertion AUCs depend on the model's confidence and are not ranked across models."""
+NULL = "null_"
 GALLERY_PER_CONFIG = 2
 GALLERY_MAX = 48
 
@@ -40,27 +55,77 @@ def _stage(data: ReportData, cell_id: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _stats(stage: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(saliency method, metric, describe()) of a cell's statistics and of its null control
+    (metric prefixed `null_`)."""
+    for prefix, source in (("", stage.get("stats")), (NULL, (stage.get("null") or {}).get(
+            "stats"))):
+        for method, metrics in (source or {}).items():
+            for metric, d in metrics.items():
+                yield method, prefix + metric, d
+
+
 def cell_stats(data: ReportData) -> pd.DataFrame:
-    """One row per successful cell, saliency method and metric: the cell's mean and its
-    per-sample values."""
+    """One row per successful cell, saliency method and metric (the null control's as
+    `null_<metric>`): the cell's mean and its per-sample values."""
     rows = []
     for cell in data.ok.itertuples(index=False):
-        for method, metrics in (_stage(data, cell.cell_id).get("stats") or {}).items():
-            for metric, d in metrics.items():
-                if isinstance(d, dict) and d.get("mean") is not None:
-                    rows.append((cell.dataset, cell.backbone, cell.config, cell.method,
-                                 int(cell.w_bits), int(cell.a_bits), int(cell.seed), method,
-                                 metric, float(d["mean"]), d.get("values") or []))
+        for method, metric, d in _stats(_stage(data, cell.cell_id)):
+            if isinstance(d, dict) and d.get("mean") is not None:
+                rows.append((cell.dataset, cell.backbone, cell.config, cell.method,
+                             int(cell.w_bits), int(cell.a_bits), int(cell.seed), method,
+                             metric, float(d["mean"]), d.get("values") or []))
     return pd.DataFrame(rows, columns=[*BLOCK, "config", "method", "w_bits", "a_bits", "seed",
                                        "saliency_method", "metric", "mean", "values"])
 
 
-def stability_table(frame: pd.DataFrame) -> Table:
-    """Mean and 95% CI over seeds of each metric, per configuration and saliency method."""
+@dataclass(frozen=True)
+class Sanity:
+    """The sanity check of one saliency method over a block's FP32 cells."""
+
+    passed: int
+    failed: int
+    undetermined: int
+    reasons: tuple[str, ...]
+
+    @property
+    def fails(self) -> bool:
+        return self.failed > 0
+
+    def text(self) -> str:
+        seeds = self.passed + self.failed + self.undetermined
+        if self.fails:
+            return f"fails on {self.failed}/{seeds} FP32 seeds: {self.reasons[0]}"
+        if self.passed:
+            return f"passed on {self.passed}/{seeds} FP32 seeds"
+        return f"undetermined: {self.reasons[0] if self.reasons else 'no verdict'}"
+
+
+def sanity_checks(data: ReportData) -> dict[tuple[str, str, str], Sanity]:
+    """(data set, backbone, saliency method) -> the verdicts of the block's FP32 cells."""
+    verdicts: dict[tuple[str, str, str], list[tuple[bool | None, str | None]]] = {}
+    for cell in data.ok.itertuples(index=False):
+        sanity = _stage(data, cell.cell_id).get("sanity") or {}
+        for method, result in (sanity.get("methods") or {}).items():
+            verdicts.setdefault((cell.dataset, cell.backbone, method), []).append(
+                (result.get("passed"), result.get("reason")))
+    return {key: Sanity(sum(p is True for p, _ in v), sum(p is False for p, _ in v),
+                        sum(p is None for p, _ in v), tuple(r for p, r in v if r and not p))
+            for key, v in verdicts.items()}
+
+
+def stability_table(frame: pd.DataFrame, sanity: dict[tuple[str, str, str], Sanity] | None = None
+                    ) -> Table:
+    """Mean and 95% CI over seeds of each metric, per configuration and saliency method; the
+    null control beside the statistic it controls; rows of a saliency method that fails the
+    sanity check in that block are greyed (`muted`) with the reason."""
+    sanity = sanity or {}
     metrics = [m for m in METRIC_LABELS if m in set(frame.metric)]
     columns = [Column("config", "configuration", "text"),
                Column("saliency_method", "method", "text"), Column("seeds", "seeds", "int")]
     columns += [Column(m, METRIC_LABELS[m][0], "ci", METRIC_LABELS[m][1]) for m in metrics]
+    if sanity:
+        columns.append(Column("sanity", "sanity check", "text"))
     blocks = []
     for (dataset, backbone), block in frame.groupby(BLOCK, sort=True):
         rows = []
@@ -72,6 +137,11 @@ def stability_table(frame: pd.DataFrame) -> Table:
                 for metric, values in group.groupby("metric")["mean"]:
                     mean, low, high = stats.mean_ci(values.to_numpy(dtype=float))
                     row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = mean, low, high
+                check = sanity.get((dataset, backbone, method))
+                if check is not None:
+                    row["sanity"] = check.text()
+                    if check.fails:
+                        row["muted"] = check.text()
                 rows.append(row)
         table_block = Block(f"{dataset} / {backbone}", dataset, backbone, rows)
         for method in {r["saliency_method"] for r in rows}:

@@ -1,37 +1,64 @@
-"""Significance over seeds with bench.stats: paired families (Holm), McNemar, Friedman + CD.
+"""Significance with bench.stats, per data set x backbone, in two kinds of Holm family.
 
-Per data set x backbone: each configuration vs FP32, and every pair of configurations at the
-same bit-width, on accuracy and on the main saliency statistic; McNemar exact on per-sample test
-predictions of a configuration and FP32 with the same seed and split manifest (Holm over the
-block); Friedman and the Nemenyi critical difference over every configuration, seeds as blocks.
+Seed-level (generalise over training seeds): each configuration vs FP32, each quantised
+configuration vs its equal-budget float control (`Method.float_control`), every pair of
+configurations at the same bit-width, on accuracy and on the main saliency statistic; Wilcoxon
+over seeds (too few seeds: the reason instead of a p-value); McNemar exact per seed vs FP32;
+Friedman over every configuration with seeds as blocks, and the Nemenyi critical difference only
+when Friedman rejects.
+
+Per image, stratified by seed (generalise over test images given these trained models): the
+same comparisons, accuracy by the Cochran-Mantel-Haenszel test on per-image correctness, the
+main saliency statistic by a sign-flip permutation test on per-image differences; each with its
+power line (smallest detectable difference, seeds a seed-level test would need). Pairs are the
+cells of the same seed and split manifest evaluated on the same images.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import cache
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from bench import stats
-from bench.report.data import BLOCK, FP32, ReportData, bits_label, seed_matrix
+from bench.errors import ConfigError
+from bench.report.data import BLOCK, FP32, ReportData, bits_label, config_label, seed_matrix
 
-PREDICTIONS = "predictions.npz"
 TEST: stats.Test = "wilcoxon"
 MAIN_SALIENCY = ("saliency_spearman_fp32", "saliency_topk_iou_fp32", "saliency_max_sensitivity",
-                 "saliency_deletion_auc", "saliency_pointing_game")
+                 "saliency_deletion_gain", "saliency_pointing_game")
 """The main saliency statistic: the first of these the store has values for."""
+SEED_LEVEL = ("training seeds: would the difference hold for a model trained with a new seed? "
+              "(the split and the test images are fixed)")
+IMAGE_LEVEL = ("test images, given these trained models: would the difference hold on new "
+               "images from the same distribution? (not over re-training)")
 
 
 @dataclass(frozen=True)
 class Family:
-    """One Holm family of paired tests, or why it has none (``note``)."""
+    """One Holm family of paired tests over seeds, or why it has none (``note``)."""
 
     title: str
     metric: str
     results: list[stats.PairedResult]
     note: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageFamily:
+    """One Holm family of per-image tests stratified by seed; ``skipped``: comparisons that
+    could not be made, with the reason."""
+
+    title: str
+    metric: str
+    test: Literal["cmh", "sign_flip"]
+    results: list[stats.ImageLevelResult]
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -49,10 +76,12 @@ class BlockTests:
     backbone: str
     seeds: list[int]
     families: list[Family] = field(default_factory=list)
+    image_families: list[ImageFamily] = field(default_factory=list)
     mcnemar: list[McNemarRow] = field(default_factory=list)
     mcnemar_note: str | None = None
     friedman: stats.FriedmanResult | None = None
     cd: stats.CDResult | None = None
+    cd_note: str | None = None
 
 
 def main_saliency(ok: pd.DataFrame) -> str | None:
@@ -63,37 +92,194 @@ def main_saliency(ok: pd.DataFrame) -> str | None:
     return None
 
 
+def float_control(method: str) -> str | None:
+    """The equal-budget float method a method is compared with, besides FP32
+    (`Method.float_control`; imported here only, as it pulls in the training stack)."""
+    from methods import get_method
+
+    try:
+        return get_method(method).float_control
+    except ConfigError:  # a method of another version of medq-bench
+        return None
+
+
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Comparisons:
+    """The comparisons of one block: (A, B) label pairs per family, and float controls that
+    have no cells (``missing``: A -> its control's label)."""
+
+    vs_fp32: list[Pair]
+    vs_control: list[Pair]
+    missing_control: dict[str, str]
+    same_bits: dict[str, list[Pair]]
+
+
+def comparisons(ok: pd.DataFrame, configs: list[str]) -> Comparisons:
+    """Each configuration vs FP32, each quantised one vs its float control, pairs at a bit-width."""
+    rows = ok.drop_duplicates("config").set_index("config")
+    vs_control, missing = [], {}
+    groups: dict[str, list[str]] = {}
+    for config in configs:
+        if config == FP32:
+            continue
+        row = rows.loc[config]
+        groups.setdefault(bits_label(int(row.w_bits), int(row.a_bits)), []).append(config)
+        control = float_control(str(row.method))
+        if control is not None and int(row.w_bits) != 32:
+            label = config_label(control, 32, 32)
+            if label in configs:
+                vs_control.append((config, label))
+            else:
+                missing[config] = label
+    return Comparisons([(c, FP32) for c in configs if c != FP32 and FP32 in configs],
+                       vs_control, missing,
+                       {b: list(itertools.combinations(cs, 2)) for b, cs in groups.items()
+                        if len(cs) > 1})
+
+
+def _missing_note(missing: dict[str, str]) -> str:
+    by_control: dict[str, list[str]] = {}
+    for config, control in missing.items():
+        by_control.setdefault(control, []).append(config)
+    return "; ".join(f"{control} (the equal-budget float control of {', '.join(cs)}) has no "
+                     "cells here: comparison skipped" for control, cs in by_control.items())
+
+
+def _seed_family(title: str, metric: str, values: dict[str, list[float]], pairs: list[Pair],
+                 note: str | None = None) -> Family:
+    results = [stats.paired_test(values[a], values[b], TEST) for a, b in pairs]
+    adjusted = stats.holm([r.p_value for r in results])
+    return Family(title, metric, [replace(r, name_a=a, name_b=b, p_adjusted=p) for r, (a, b), p
+                                  in zip(results, pairs, adjusted, strict=True)], note)
+
+
 def families(ok: pd.DataFrame, metric: str) -> list[Family]:
-    """Each configuration vs FP32, and each pair at the same bits, on the column ``metric``."""
+    """Seed-level families on the column ``metric``: vs FP32, vs float control, same bits."""
     _, values = seed_matrix(ok, metric)
     values = {c: v for c, v in values.items() if np.isfinite(v).any()}
+    plan = comparisons(ok, list(values))
     out = []
     if FP32 in values and len(values) > 1:
-        out.append(Family(f"{metric}: each configuration vs FP32", metric,
-                          stats.compare_family(values, baseline=FP32, test=TEST)))
+        out.append(_seed_family(f"{metric}: each configuration vs FP32", metric, values,
+                                plan.vs_fp32))
     elif len(values) > 1:
         out.append(Family(f"{metric}: each configuration vs FP32", metric, [],
                           f"FP32 has no {metric} values (it is the reference of this "
                           "statistic or was not run): no test"))
-    bits = ok.drop_duplicates("config").set_index("config")
-    groups: dict[str, list[str]] = {}
-    for config in values:
-        if config != FP32:
-            row = bits.loc[config]
-            groups.setdefault(bits_label(int(row.w_bits), int(row.a_bits)), []).append(config)
-    for label, configs in groups.items():
-        if len(configs) > 1:
-            out.append(Family(f"{metric}: pairs at {label}", metric, stats.compare_family(
-                {c: values[c] for c in configs}, baseline=None, test=TEST)))
+    if plan.vs_control or plan.missing_control:
+        title = f"{metric}: each quantised configuration vs its equal-budget float control"
+        out.append(_seed_family(title, metric, values, plan.vs_control,
+                                _missing_note(plan.missing_control) or None))
+    for label, pairs in plan.same_bits.items():
+        out.append(_seed_family(f"{metric}: pairs at {label}", metric, values, pairs))
     return out
 
 
-def _predictions(folder: Path | None) -> dict[str, np.ndarray] | None:
-    path = None if folder is None else folder / PREDICTIONS
-    if path is None or not path.is_file():
-        return None
-    with np.load(path) as f:
-        return {k: f[k] for k in ("index", "labels", "predictions")}
+def cell_predictions(data: ReportData, cell_id: str) -> dict[str, np.ndarray] | None:
+    """A cell's per-image test predictions (`index`, `labels`, `predictions`), or None.
+
+    The one place the significance tests read predictions (McNemar, CMH): the cell's headline
+    predictions (bench.report.data.headline: the deployed model's where its deploy stage stored
+    them, else the torch model's), the same model as the headline accuracy the seed-level tests
+    compare.
+    """
+    return data.headline_predictions(cell_id)
+
+
+PerImage = Callable[[str], tuple[np.ndarray, np.ndarray] | None]
+"""cell id -> (image indices, per-image values), or None when the cell has none."""
+
+
+def correctness(data: ReportData) -> PerImage:
+    """Per-image correctness (predictions == labels) of each cell, read once."""
+    @cache
+    def of(cell_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        p = cell_predictions(data, cell_id)
+        return None if p is None else (p["index"], (p["predictions"] == p["labels"]))
+    return of
+
+
+def saliency_values(data: ReportData, metric: str) -> PerImage:
+    """Per-image values of `metric` (e.g. "spearman_fp32") of each cell's primary method."""
+    @cache
+    def of(cell_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        stage = (data.records[cell_id].metrics or {}).get("saliency") or {}
+        values = ((stage.get("stats") or {}).get(stage.get("primary"), {}).get(metric) or {}
+                  ).get("values")
+        if not values or not stage.get("images"):
+            return None
+        return (np.asarray(stage["images"]),
+                np.array([np.nan if v is None else v for v in values], dtype=float))
+    return of
+
+
+def _paired_by_seed(ok: pd.DataFrame, a: str, b: str, per_image: PerImage
+                    ) -> tuple[list[np.ndarray], list[np.ndarray], str | None]:
+    """Per seed, the values of A and B on the same images; why some seeds were left out."""
+    cells = {c: ok[ok.config == c].set_index("seed") for c in (a, b)}
+    xs, ys, left = [], [], []
+    for seed in sorted(set(cells[a].index) & set(cells[b].index)):
+        ca, cb = cells[a].loc[seed], cells[b].loc[seed]
+        if ca.split_manifest != cb.split_manifest:
+            left.append(f"seed {seed}: other test split")
+            continue
+        va, vb = per_image(ca.cell_id), per_image(cb.cell_id)
+        if va is None or vb is None:
+            left.append(f"seed {seed}: no per-image values")
+            continue
+        if not np.array_equal(va[0], vb[0]):
+            left.append(f"seed {seed}: other images")
+            continue
+        xs.append(va[1])
+        ys.append(vb[1])
+    return xs, ys, "; ".join(left) or None
+
+
+def _image_family(title: str, metric: str, test: Literal["cmh", "sign_flip"], ok: pd.DataFrame,
+                  pairs: list[Pair], per_image: PerImage, skipped: list[str]) -> ImageFamily:
+    results, skipped = [], list(skipped)
+    for a, b in pairs:
+        xs, ys, left = _paired_by_seed(ok, a, b, per_image)
+        if not xs:
+            skipped.append(f"{a} vs {b}: {left or 'no seed in common'}")
+            continue
+        if left:
+            skipped.append(f"{a} vs {b}: {left}")
+        res = stats.cmh_paired(xs, ys) if test == "cmh" else stats.sign_flip_test(xs, ys)
+        results.append(replace(res, name_a=a, name_b=b))
+    adjusted = stats.holm([r.p_value for r in results])
+    return ImageFamily(title, metric, test,
+                       [replace(r, p_adjusted=p) for r, p in zip(results, adjusted, strict=True)],
+                       skipped)
+
+
+def image_families(ok: pd.DataFrame, configs: list[str], metric: str,
+                   test: Literal["cmh", "sign_flip"], per_image: PerImage) -> list[ImageFamily]:
+    """Per-image families of one statistic: vs FP32, vs float control, pairs at a bit-width."""
+    have = [c for c in configs
+            if any(per_image(cid) is not None for cid in ok[ok.config == c].cell_id)]
+    plan = comparisons(ok, have)
+    name = "accuracy" if test == "cmh" else metric
+    out = []
+    if FP32 in have:
+        out.append(_image_family(f"{name} per image: each configuration vs FP32", metric, test,
+                                 ok, plan.vs_fp32, per_image, []))
+    elif len(have) > 1:
+        out.append(ImageFamily(f"{name} per image: each configuration vs FP32", metric, test,
+                               [], [f"FP32 has no per-image {name} values (it is the reference "
+                                    "of this statistic or was not run): no test"]))
+    if plan.vs_control or plan.missing_control:
+        note = [_missing_note(plan.missing_control)] if plan.missing_control else []
+        out.append(_image_family(
+            f"{name} per image: each quantised configuration vs its equal-budget float control",
+            metric, test, ok, plan.vs_control, per_image, note))
+    for label, pairs in plan.same_bits.items():
+        out.append(_image_family(f"{name} per image: pairs at {label}", metric, test, ok, pairs,
+                                 per_image, []))
+    return out
 
 
 def mcnemar_vs_fp32(data: ReportData, ok: pd.DataFrame) -> tuple[list[McNemarRow], str | None]:
@@ -105,7 +291,7 @@ def mcnemar_vs_fp32(data: ReportData, ok: pd.DataFrame) -> tuple[list[McNemarRow
 
     def predictions_of(cell_id: str) -> dict[str, np.ndarray] | None:
         if cell_id not in cache:
-            cache[cell_id] = data.headline_predictions(cell_id)
+            cache[cell_id] = cell_predictions(data, cell_id)
         return cache[cell_id]
 
     pairs, missing, mismatched = [], 0, 0
@@ -134,20 +320,40 @@ def mcnemar_vs_fp32(data: ReportData, ok: pd.DataFrame) -> tuple[list[McNemarRow
     return rows, "; ".join(notes) or None
 
 
+def _friedman_and_cd(tests: BlockTests, matrix: dict[str, list[float]], alpha: float = 0.05
+                     ) -> None:
+    """Friedman over every configuration; the critical difference only when it rejects."""
+    tests.friedman = stats.friedman(matrix)
+    if tests.friedman.reason is not None:
+        tests.cd_note = f"No critical-difference diagram: {tests.friedman.reason}."
+    elif tests.friedman.p_value is not None and tests.friedman.p_value < alpha:
+        tests.cd = stats.critical_difference(matrix, alpha=alpha)
+    else:
+        tests.cd_note = (f"No critical-difference diagram: the Friedman test does not reject "
+                         f"(p = {tests.friedman.p_value:.3g} >= {alpha}), so no pair of "
+                         "configurations is ranked apart.")
+
+
 def block_tests(data: ReportData) -> list[BlockTests]:
     """Every test of every data set x backbone."""
     out = []
     saliency = main_saliency(data.ok)
+    metric = None if saliency is None else saliency.removeprefix("saliency_")
+    correct = correctness(data)
+    values = None if metric is None else saliency_values(data, metric)
     for (dataset, backbone), ok in data.ok.groupby(BLOCK, sort=True):
         seeds, matrix = seed_matrix(ok, "accuracy")
         tests = BlockTests(f"{dataset} / {backbone}", dataset, backbone, seeds)
         tests.families = families(ok, "accuracy")
         if saliency is not None:
             tests.families += families(ok, saliency)
+        configs = list(matrix)
+        tests.image_families = image_families(ok, configs, "accuracy", "cmh", correct)
+        if metric is not None and values is not None:
+            tests.image_families += image_families(ok, configs, metric, "sign_flip", values)
         tests.mcnemar, tests.mcnemar_note = mcnemar_vs_fp32(data, ok)
         matrix = {c: v for c, v in matrix.items() if np.isfinite(v).any()}
         if matrix:
-            tests.friedman = stats.friedman(matrix)
-            tests.cd = stats.critical_difference(matrix)
+            _friedman_and_cd(tests, matrix)
         out.append(tests)
     return out

@@ -17,11 +17,14 @@ Kind = Literal["text", "int", "ci", "float", "kib", "pct", "ms", "mb", "ratio"]
 Better = Literal["high", "low"] | None
 
 SALIENCY_KEY = {"saliency_spearman_fp32": ("saliency ρ vs FP32", "high"),
+                "saliency_null_spearman_fp32": ("null ρ (quant. off)", None),
                 "saliency_topk_iou_fp32": ("saliency top-k IoU vs FP32", "high"),
                 "saliency_max_sensitivity": ("saliency max-sensitivity", "low"),
                 "saliency_pointing_game": ("saliency pointing game", "high"),
-                "saliency_deletion_auc": ("saliency deletion AUC", "low")}
-"""The saliency columns the main table shows when present: label and better direction."""
+                "saliency_deletion_gain": ("saliency deletion gain vs random", "high")}
+"""The saliency columns the main table shows when present: label and better direction (the
+null control is not ranked; deletion as its gain over a random order, comparable across
+models, see bench.saliency.metrics.perturbation_scores)."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 Column names: `saliency_<metric>` for the grid's first (primary) saliency method and
 `saliency_<metric>/<method>` for every method. A metric that was not computed (no reference
-maps, no masks) is None, so every cell of a grid has the same columns.
+maps, no masks) is None, so every cell of a grid has the same columns. Beside the statistics:
+`saliency_null_<metric>` (the null control of each FP32-comparison statistic, quantised cells;
+bench.saliency.null) and `saliency_sanity_spearman` (the cascading-randomisation sanity check,
+FP32 cells; bench.saliency.sanity).
 """
 
 from __future__ import annotations
@@ -12,7 +15,13 @@ from typing import Any
 import numpy as np
 
 METRICS = ("spearman_fp32", "ssim_fp32", "topk_iou_fp32", "max_sensitivity", "pointing_game",
-           "energy_pointing", "topk_iou_mask", "deletion_auc", "insertion_auc")
+           "energy_pointing", "topk_iou_mask", "deletion_auc", "deletion_auc_norm",
+           "deletion_auc_random", "deletion_gain", "insertion_auc", "insertion_auc_norm",
+           "insertion_auc_random", "insertion_gain")
+NULL_PREFIX = "null_"
+NULL_METRICS = ("spearman_fp32", "ssim_fp32", "topk_iou_fp32")
+"""The statistics the null control repeats: those comparing a cell's maps with FP32's."""
+SANITY = "sanity_spearman"
 
 
 def column_name(metric: str, method: str | None = None) -> str:
@@ -41,12 +50,30 @@ def method_stats(results: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[st
             for method, res in results.items()}
 
 
-def result_columns(stats: dict[str, dict[str, Any]], methods: list[str]) -> dict[str, Any]:
-    """Mean of every metric per method; the first method's also without the suffix."""
-    def mean(method: str, metric: str) -> float | None:
-        return stats.get(method, {}).get(metric, {}).get("mean")
-
-    columns = {column_name(metric): mean(methods[0], metric) for metric in METRICS}
+def _columns(means: dict[str, dict[str, float | None]], metrics: tuple[str, ...],
+             methods: list[str], prefix: str = "") -> dict[str, Any]:
+    columns = {column_name(prefix + m): means.get(methods[0], {}).get(m) for m in metrics}
     for method in methods:
-        columns.update({column_name(metric, method): mean(method, metric) for metric in METRICS})
+        columns.update({column_name(prefix + m, method): means.get(method, {}).get(m)
+                        for m in metrics})
+    return columns
+
+
+def _means(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    return {method: {metric: d.get("mean") for metric, d in res.items()}
+            for method, res in stats.items()}
+
+
+def result_columns(stats: dict[str, dict[str, Any]], methods: list[str],
+                   null: dict[str, Any] | None = None, sanity: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """Mean of every metric per method (the first method's also without the suffix), of the
+    null control's statistics (`null`: NullControl.describe()) and the sanity check's final
+    Spearman (`sanity`: SanityResult.describe()); None where not computed."""
+    columns = _columns(_means(stats), METRICS, methods)
+    columns.update(_columns(_means((null or {}).get("stats") or {}), NULL_METRICS, methods,
+                            NULL_PREFIX))
+    final = {m: {SANITY: r["spearman"][-1] if r.get("spearman") else None}
+             for m, r in ((sanity or {}).get("methods") or {}).items()}
+    columns.update(_columns(final, (SANITY,), methods))
     return columns

@@ -1,21 +1,27 @@
 """The saliency stage's cost a cell, for `bench run --dry-run`'s estimate: the model passes its
 settings ask for, each at the cost a probe measures for the cell's model.
 
-Per image evaluated (min(n_samples, test images)) and per method: its map costs `map_passes`
-gradient passes (a forward and a backward to the input); max-sensitivity explains the image
-again and once per noise draw, so a method costs (2 + noise_samples) maps; the deletion and
-insertion curves cost deletion_steps + 1 forward passes each. With the default settings that
-is 156 gradient and 136 forward passes, the 292 images through the model per image evaluated
-that issue 16 counted with a forward hook. Metrics on the maps and the overlays are not
-counted. Whoever changes what the stage computes changes these counts with it.
+Counts follow bench.saliency.suite, .null and .sanity exactly. Per image evaluated
+(min(n_samples, test images)) and per method, one map costs `MAP_PASSES` gradient passes (a
+forward and a backward to the input); max-sensitivity explains `sensitivity_samples` perturbed
+copies (the unperturbed map is the one already computed); the deletion and insertion curves
+cost deletion_steps + 1 forward passes each, for every method and for the random pixel order,
+plus one forward pass for p(target | x). Beside that, the null control of a quantised cell
+explains the evaluated images once more through the quantised graph, and the sanity check of an
+FP32 cell explains its first `sanity_images` images at up to max(sanity_checkpoints, 2) points
+of the randomisation cascade. Metrics on the maps and the overlays are not counted. Whoever
+changes what the stage computes changes these counts with it (tests count them with a hook).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from bench.runner.estimate.costs import CellShape
 from bench.runner.estimate.stage_costs import ModelProbe, register_stage_cost
+from bench.saliency.reference import FP32
 from bench.saliency.settings import SaliencyConfig
 
 STAGE = "saliency"
@@ -31,12 +37,43 @@ MAP_PASSES: dict[str, Callable[[SaliencyConfig], int]] = {
 """Gradient passes of one image's map, by saliency method."""
 
 
+@dataclass(frozen=True)
+class SaliencyCost:
+    """Images through the model for one cell: with a backward to the input, and forward only."""
+
+    gradient: int
+    forward: int
+
+    @property
+    def images(self) -> int:
+        return self.gradient + self.forward
+
+
+def map_passes(cfg: SaliencyConfig) -> int:
+    """Gradient passes of one image's maps, all methods."""
+    return sum(MAP_PASSES[m](cfg) for m in cfg.methods)
+
+
 def passes(cfg: SaliencyConfig) -> tuple[int, int]:
-    """(gradient passes, forward passes) per image evaluated."""
-    maps_per_method = 2 + cfg.noise_samples
-    gradient = sum(MAP_PASSES[m](cfg) for m in cfg.methods) * maps_per_method
-    forward = len(cfg.methods) * 2 * (cfg.deletion_steps + 1)
+    """(gradient passes, forward passes) of the stability suite per image evaluated."""
+    gradient = map_passes(cfg) * (1 + cfg.sensitivity_samples)
+    forward = 2 * (cfg.deletion_steps + 1) * (len(cfg.methods) + 1) + 1
     return gradient, forward
+
+
+def stage_cost(settings: SaliencyConfig | dict[str, Any], *, n_test: int, quantized: bool,
+               fp32: bool) -> SaliencyCost:
+    """The stage's passes for a cell with `n_test` test images (null control when `quantized`,
+    sanity check when `fp32`)."""
+    cfg = settings if isinstance(settings, SaliencyConfig) else SaliencyConfig(**settings)
+    n = min(cfg.n_samples, n_test)
+    gradient, forward = passes(cfg)
+    gradient *= n
+    if quantized:
+        gradient += n * map_passes(cfg)
+    if fp32:
+        gradient += min(cfg.sanity_images, n) * max(cfg.sanity_checkpoints, 2) * map_passes(cfg)
+    return SaliencyCost(gradient, n * forward)
 
 
 @register_stage_cost(STAGE)
@@ -45,6 +82,7 @@ def saliency_cost(cfg: SaliencyConfig, shape: CellShape, probe: ModelProbe) -> f
     if n == 0:
         return 0.0
     batch = min(cfg.batch_size, n)
-    gradient, forward = passes(cfg)
-    return n * (gradient * probe.gradient_image_s(batch, STAGE_DEVICE)
-                + forward * probe.forward_image_s(batch, STAGE_DEVICE))
+    cost = stage_cost(cfg, n_test=shape.n_test, quantized=shape.quantized,
+                      fp32=shape.method == FP32)
+    return (cost.gradient * probe.gradient_image_s(batch, STAGE_DEVICE)
+            + cost.forward * probe.forward_image_s(batch, STAGE_DEVICE))

@@ -2,19 +2,22 @@
 
 Every method attributes the model's *logit* of the target class. Pixel-space attributions
 (N, C, H, W) are reduced over channels with `aggregate`: "abs_sum" (default, sum_c |a_c|) or
-"abs_max" (max_c |a_c|), so every map is non-negative. Grad-CAM is computed on one layer with
-ReLU applied (standard Grad-CAM) and upsampled bilinearly to the input size; the layer's
-output is read through an identity probe so Brevitas QuantTensor outputs work too.
+"abs_max" (max_c |a_c|), so every map is non-negative. Grad-CAM (Selvaraju et al. 2017) is
+computed on the input of the model's final global pooling (see `gradcam_target`: the same tensor
+in the FP32 model and in its Brevitas graph) with ReLU applied, and upsampled bilinearly to the
+input size; the tensor is read through an identity probe so Brevitas QuantTensors work too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from captum.attr import (
     IntegratedGradients,
     LayerAttribution,
@@ -22,26 +25,80 @@ from captum.attr import (
     NoiseTunnel,
     Saliency,
 )
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 Aggregate = Literal["abs_sum", "abs_max"]
 
 
-def last_conv(model: nn.Module) -> nn.Module:
-    """The last `nn.Conv2d` (Brevitas `QuantConv2d` included) in `model.modules()` order."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError("model has no Conv2d module; pass layer= explicitly")
-    return convs[-1]
+_GLOBAL_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_GLOBAL_POOL_FUNCTIONS = (F.adaptive_avg_pool2d, F.adaptive_max_pool2d)
 
 
-def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
-    """A module given directly, by dotted name, or (None) the last conv of the model."""
+def _graph(model: nn.Module) -> Any:
+    """The model's fx graph: its own for a graph module (Brevitas' backport of torch.fx
+    included), else a symbolic trace."""
+    graph = getattr(model, "graph", None)
+    if graph is not None and hasattr(graph, "nodes"):
+        return graph
+    try:
+        return fx.symbolic_trace(model).graph
+    except Exception as err:  # tracing fails on data-dependent control flow
+        raise ValueError(f"cannot trace {type(model).__name__} to find its global pooling "
+                         f"({type(err).__name__}: {err}); set gradcam_layer") from err
+
+
+def _is_global_pool(model: nn.Module, node: Any) -> bool:
+    if node.op == "call_module":
+        return isinstance(model.get_submodule(str(node.target)), _GLOBAL_POOL_MODULES)
+    return node.op == "call_function" and node.target in _GLOBAL_POOL_FUNCTIONS
+
+
+@dataclass(frozen=True)
+class LayerTarget:
+    """Where Grad-CAM reads its feature maps: the input of `module` (`at="input"`) or its
+    output (`at="output"`); `name` is the module's dotted name."""
+
+    module: nn.Module
+    name: str
+    at: Literal["input", "output"]
+
+
+def gradcam_target(model: nn.Module) -> LayerTarget:
+    """The input of the model's final global pooling: the last block's output after its
+    normalisation and activation, the same tensor in the FP32 model and in its Brevitas graph.
+
+    Found in the fx graph (traced for a plain module): the last global-pooling node
+    (`AdaptiveAvg/MaxPool2d` module or function). A pooling module is hooked on its input; a
+    pooling function (torchvision's MobileNetV2) on the output of the module that feeds it,
+    which must run once per forward. Hooking the last Conv2d instead compares different tensors:
+    in the FP32 model its output precedes batch norm, in the quantised graph batch norm is
+    folded into the conv and the hook sits after it.
+    """
+    pools = [n for n in _graph(model).nodes if _is_global_pool(model, n)]
+    if not pools:
+        raise ValueError(f"{type(model).__name__} has no global pooling; set gradcam_layer")
+    pool = pools[-1]
+    if pool.op == "call_module":
+        name = str(pool.target)
+        return LayerTarget(model.get_submodule(name), name, "input")
+    source = pool.args[0]
+    calls = [n for n in pool.graph.nodes
+             if n.op == "call_module" and n.target == getattr(source, "target", None)]
+    if getattr(source, "op", None) != "call_module" or len(calls) != 1:
+        raise ValueError(f"the global pooling of {type(model).__name__} is not fed by a module "
+                         "that runs once; set gradcam_layer")
+    name = str(source.target)
+    return LayerTarget(model.get_submodule(name), name, "output")
+
+
+def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> LayerTarget:
+    """Grad-CAM's feature maps: the output of a module given directly or by dotted name, or
+    (None) the input of the final global pooling (`gradcam_target`)."""
     if layer is None:
-        return last_conv(model)
+        return gradcam_target(model)
     if isinstance(layer, str):
-        return model.get_submodule(layer)
-    return layer
+        return LayerTarget(model.get_submodule(layer), layer, "output")
+    return LayerTarget(layer, type(layer).__name__, "output")
 
 
 @contextmanager
@@ -57,21 +114,27 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             model.train()
 
 
-@contextmanager
-def tensor_probe(layer: nn.Module) -> Iterator[nn.Module]:
-    """An identity module applied to `layer`'s output tensor, for Captum layer hooks.
+def _probed(probe: nn.Module, value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return probe(value)
+    return value.set(value=probe(value.value))
 
-    Brevitas layers return a QuantTensor (a NamedTuple), which Captum's hooks mistake for a
-    tuple of outputs; the probe sees its `.value` instead, and the value it returns is put back.
+
+@contextmanager
+def tensor_probe(target: LayerTarget) -> Iterator[nn.Module]:
+    """An identity module applied to the target tensor (a module's input or output), for
+    Captum layer hooks.
+
+    Brevitas layers pass QuantTensors (NamedTuples), which Captum's hooks mistake for tuples of
+    tensors; the probe sees their `.value` instead, and the value it returns is put back.
     """
     probe = nn.Identity()
-
-    def hook(_: nn.Module, __: Any, out: Any) -> Any:
-        if isinstance(out, Tensor):
-            return probe(out)
-        return out.set(value=probe(out.value))
-
-    handle = layer.register_forward_hook(hook)
+    if target.at == "output":
+        handle = target.module.register_forward_hook(
+            lambda _m, _i, out: _probed(probe, out))
+    else:
+        handle = target.module.register_forward_pre_hook(
+            lambda _m, args: (_probed(probe, args[0]), *args[1:]))
     try:
         yield probe
     finally:
@@ -110,10 +173,9 @@ def _smoothgrad(
     return torch.cat(out)
 
 
-def _gradcam(
-    model: nn.Module, x: Tensor, t: Tensor, *, layer: nn.Module | str | None, **_: object
-) -> Tensor:
-    with tensor_probe(resolve_layer(model, layer)) as probe:
+def _gradcam(model: nn.Module, x: Tensor, t: Tensor, *, layer: LayerTarget, **_: object
+             ) -> Tensor:
+    with tensor_probe(layer) as probe:
         attr = LayerGradCam(model, probe).attribute(x, target=t, relu_attributions=True)
     return LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")
 
@@ -135,6 +197,12 @@ def aggregate_channels(attr: Tensor, how: Aggregate = "abs_sum") -> Tensor:
     raise ValueError(f"unknown aggregate '{how}'")
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def compute_maps(
     model: nn.Module,
     images: Tensor,
@@ -148,27 +216,33 @@ def compute_maps(
     batch_size: int = 32,
     aggregate: Aggregate = "abs_sum",
     seed: int = 0,
+    ids: np.ndarray | None = None,
 ) -> np.ndarray:
     """Saliency maps (N, H, W) float32 for `images` (N, C, H, W) and class `targets` (N,).
 
     `n_samples`/`noise_std`: SmoothGrad samples and noise std (model-input units);
     `ig_steps`: Integrated-Gradients steps from an all-zeros baseline; `layer`: Grad-CAM layer
-    (module, dotted name, or None for the last Conv2d); `seed`: SmoothGrad noise of image i uses
-    seed + i. The model is put in eval mode for the call and its mode is restored afterwards.
+    (module or dotted name: its output; None: the input of the final global pooling, see
+    `gradcam_target`); `seed`, `ids`: SmoothGrad noise of image i uses seed + ids[i] (ids
+    default to 0..N-1, so a perturbed copy of an image can reuse its noise). Images are moved to
+    the model's device; the model is put in eval mode for the call and its mode restored.
     """
     if method not in METHODS:
         raise ValueError(f"unknown saliency method '{method}'; known: {', '.join(METHODS)}")
     fn = METHODS[method]
+    device = model_device(model)
     t_all = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    ids = np.arange(images.shape[0]) if ids is None else np.asarray(ids)
+    target = resolve_layer(model, layer) if method == "gradcam" else None
     maps = []
     with eval_mode(model):
         for start in range(0, images.shape[0], batch_size):
-            x = images[start:start + batch_size].detach().float().clone().requires_grad_()
-            t = t_all[start:start + batch_size]
-            seeds = [seed + start + i for i in range(x.shape[0])]
+            x = images[start:start + batch_size].detach().to(device, torch.float32).clone()
+            t = t_all[start:start + batch_size].to(device)
+            seeds = [seed + int(i) for i in ids[start:start + batch_size]]
             attr = fn(
-                model, x, t, n_samples=n_samples, noise_std=noise_std, ig_steps=ig_steps,
-                layer=layer, batch_size=batch_size, seeds=seeds,
+                model, x.requires_grad_(), t, n_samples=n_samples, noise_std=noise_std,
+                ig_steps=ig_steps, layer=target, batch_size=batch_size, seeds=seeds,
             )
             maps.append(aggregate_channels(attr.detach(), aggregate).cpu().numpy())
     return np.concatenate(maps).astype(np.float32)

@@ -18,17 +18,33 @@ from skimage.metrics import structural_similarity
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from bench.saliency.maps import eval_mode
+from bench.saliency.maps import eval_mode, model_device
 
-ExplainFn = Callable[[Tensor, Tensor], np.ndarray]
+ExplainFn = Callable[[Tensor, Tensor, np.ndarray], np.ndarray]
+"""(images, targets, positions of the images in the evaluated set) -> maps (N, H, W)."""
 Baseline = Literal["zeros", "blur"]
 BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
 
 
+CONSTANT_RTOL = 1e-5
+"""A map whose range is at most this fraction of its largest |value| is constant: upsampling a
+1x1 Grad-CAM map, for one, leaves float32 rounding noise (~1e-7 relative) that would otherwise
+decide ranks, SSIM and top-k sets."""
+
+
 def _flat(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     return a.reshape(a.shape[0], -1)
+
+
+def _flat_maps(maps: np.ndarray) -> np.ndarray:
+    """(N, H*W) float64 maps; a numerically constant map (CONSTANT_RTOL) is set to 0."""
+    flat = _flat(maps).copy()
+    if flat.size:
+        span = np.ptp(flat, axis=1)
+        flat[span <= CONSTANT_RTOL * np.abs(flat).max(axis=1)] = 0.0
+    return flat
 
 
 def _masks(masks: np.ndarray) -> np.ndarray:
@@ -49,12 +65,12 @@ def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman rank correlation of the flattened maps; ties get average ranks (as scipy)."""
-    return _rowwise_pearson(rankdata(_flat(a), axis=1), rankdata(_flat(b), axis=1))
+    return _rowwise_pearson(rankdata(_flat_maps(a), axis=1), rankdata(_flat_maps(b), axis=1))
 
 
 def normalise01(maps: np.ndarray) -> np.ndarray:
-    """Per-sample min-max scaling to [0, 1]; a constant map becomes all zeros."""
-    m = np.asarray(maps, dtype=np.float64)
+    """Per-sample min-max scaling to [0, 1]; a (numerically) constant map becomes all zeros."""
+    m = _flat_maps(maps).reshape(np.shape(maps))
     axes = tuple(range(1, m.ndim))
     lo, hi = m.min(axis=axes, keepdims=True), m.max(axis=axes, keepdims=True)
     span = hi - lo
@@ -69,13 +85,17 @@ def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def topk_mask(maps: np.ndarray, k: float) -> np.ndarray:
-    """Boolean (N, H*W) marking the round(k*H*W) (at least 1) highest pixels; ties by index."""
-    flat = _flat(maps)
+    """Boolean (N, H*W) marking each map's round(k*H*W) (at least 1) highest pixels, without
+    a tie that straddles the cut: the pixels strictly above the value of the first pixel left
+    out, so tied values (the zeros of a sparse map) are either all in or all out and the set
+    never depends on pixel order. A map with such a tie gets fewer than round(k*H*W) pixels;
+    a constant map gets none."""
+    flat = _flat_maps(maps)
     m = max(1, round(k * flat.shape[1]))
-    idx = np.argsort(-flat, axis=1, kind="stable")[:, :m]
-    out = np.zeros(flat.shape, dtype=bool)
-    np.put_along_axis(out, idx, True, axis=1)
-    return out
+    if m >= flat.shape[1]:
+        return np.ones(flat.shape, dtype=bool)
+    cut = -np.partition(-flat, m, axis=1)[:, m:m + 1]
+    return flat > cut
 
 
 def _iou(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -86,7 +106,8 @@ def _iou(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def topk_iou(a: np.ndarray, b: np.ndarray, k: float = 0.1) -> np.ndarray:
-    """IoU of the top-k fraction pixel sets of two maps."""
+    """IoU of the top-k fraction pixel sets of two maps (see `topk_mask`); NaN when both sets
+    are empty."""
     return _iou(topk_mask(a, k), topk_mask(b, k))
 
 
@@ -97,7 +118,7 @@ def topk_iou_mask(maps: np.ndarray, masks: np.ndarray, k: float = 0.1) -> np.nda
 
 def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """1 if any maximal pixel lies in the mask, else 0; NaN for an empty mask (Quantus rule)."""
-    a, m = _flat(maps), _masks(masks)
+    a, m = _flat_maps(maps), _masks(masks)
     hit = np.any(m & (a == a.max(axis=1, keepdims=True)), axis=1).astype(np.float64)
     hit[m.sum(axis=1) == 0] = np.nan
     return hit
@@ -113,33 +134,60 @@ def energy_pointing(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return out
 
 
+def linf_ball_noise(shape: tuple[int, ...], radius: float, seed: int) -> Tensor:
+    """One draw from the uniform distribution on the L-infinity ball of `radius`: i.i.d.
+    U(-radius, radius) per element, from a generator seeded with `seed` (CPU, float32)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=gen) * 2.0 - 1.0) * radius
+
+
+def sensitivity_noise_seed(seed: int, draw: int, image: int) -> int:
+    """Seed of draw `draw` for image position `image`: independent of batching and of which
+    other images are evaluated, the same for every cell."""
+    return int(np.random.SeedSequence([seed, draw, image]).generate_state(1)[0])
+
+
 def max_sensitivity(
     explain_fn: ExplainFn,
     images: Tensor,
     targets: Tensor,
-    noise_std: float,
+    radius: float,
     n_samples: int,
     *,
     seed: int = 0,
+    base_maps: np.ndarray | None = None,
+    batch_size: int = 32,
 ) -> np.ndarray:
-    """Max over n_samples noisy inputs of ||e(x+d) - e(x)||_F / ||e(x)||_F (Yeh et al., 2019).
+    """Max-sensitivity (Yeh et al., NeurIPS 2019): max over n_samples perturbations d drawn
+    uniformly from the L-infinity ball of `radius` of ||e(x+d) - e(x)||_F / ||e(x)||_F.
 
-    d ~ N(0, noise_std^2) i.i.d. per input element; draw s is `noise_std * torch.randn(
-    images.shape, generator=torch.Generator().manual_seed(seed))` continued s times. Norms are
-    Frobenius over the flattened map (Quantus' fro_norm). 0/0 is defined as 0 (an explanation
-    that is zero and stays zero), x/0 with x > 0 as inf.
+    The conventions of Quantus' `MaxSensitivity` (uniform noise, Frobenius norms of the flattened
+    difference and of e(x)) and Captum's `sensitivity_max` (its `default_perturb_func`, 10
+    draws by default); `radius` is in model-input units. Draw s of image i is
+    `linf_ball_noise(x_i.shape, radius, sensitivity_noise_seed(seed, s, i))`. `explain_fn(x, t,
+    ids)` gets the positions `ids` of the images it explains, so a method with its own noise
+    (SmoothGrad) reuses the noise of the unperturbed image. `base_maps` are e(x) when already
+    computed; the (draw, image) pairs are explained `batch_size` at a time. 0/0 is defined as 0
+    (an explanation that is zero and stays zero), x/0 with x > 0 as inf (Captum divides by 1
+    there instead).
     """
-    gen = torch.Generator().manual_seed(seed)
-    base = _flat(explain_fn(images, targets))
+    n = images.shape[0]
+    base = _flat(explain_fn(images, targets, np.arange(n)) if base_maps is None else base_maps)
     den = np.linalg.norm(base, axis=1)
-    worst = np.zeros(base.shape[0])
-    for _ in range(n_samples):
-        noise = noise_std * torch.randn(images.shape, generator=gen, dtype=images.dtype)
-        num = np.linalg.norm(_flat(explain_fn(images + noise, targets)) - base, axis=1)
+    worst = np.zeros(n)
+    pairs = [(s, i) for s in range(n_samples) for i in range(n)]
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        ids = np.array([i for _, i in chunk])
+        noise = torch.stack([linf_ball_noise(tuple(images.shape[1:]), radius,
+                                             sensitivity_noise_seed(seed, s, i))
+                             for s, i in chunk]).to(images.device, images.dtype)
+        maps = _flat(explain_fn(images[ids] + noise, targets[ids], ids))
+        num = np.linalg.norm(maps - base[ids], axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = np.where(den > 0, num / np.where(den > 0, den, 1.0),
+            ratio = np.where(den[ids] > 0, num / np.where(den[ids] > 0, den[ids], 1.0),
                              np.where(num > 0, np.inf, 0.0))
-        worst = np.maximum(worst, ratio)
+        np.maximum.at(worst, ids, ratio)
     return worst
 
 
@@ -153,23 +201,53 @@ def baseline_images(images: Tensor, kind: Baseline) -> Tensor:
     raise ValueError(f"unknown baseline '{kind}'")
 
 
+def saliency_ranks(maps: np.ndarray) -> np.ndarray:
+    """(N, H*W) rank of each pixel in decreasing saliency (0 = most salient; ties, and a
+    numerically constant map, by index)."""
+    flat = _flat_maps(maps)
+    order = np.argsort(-flat, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(flat.shape[1])[None].repeat(len(flat), 0), axis=1)
+    return rank
+
+
+def random_ranks(n: int, pixels: int, seed: int) -> np.ndarray:
+    """(n, pixels) random pixel ranks; image position i uses SeedSequence([seed, i]), so every
+    cell gets the same random order for the same image."""
+    return np.stack([np.random.default_rng([seed, i]).permutation(pixels) for i in range(n)])
+
+
 @torch.no_grad()
-def _flip_curve(
-    model: nn.Module, images: Tensor, targets: Tensor, maps: np.ndarray, steps: int,
+def target_probability(model: nn.Module, images: Tensor, targets: Tensor,
+                       batch_size: int = 64) -> np.ndarray:
+    """softmax(model(x))[target] per image (N,), in eval mode."""
+    device = model_device(model)
+    t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    out = []
+    with eval_mode(model):
+        for b in range(0, images.shape[0], batch_size):
+            p = torch.softmax(model(images[b:b + batch_size].to(device)).float(), dim=1)
+            out.append(p.gather(1, t[b:b + batch_size, None].to(device))[:, 0].cpu().numpy())
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def flip_curve(
+    model: nn.Module, images: Tensor, targets: Tensor, ranks: np.ndarray, steps: int,
     start: Tensor, end: Tensor, batch_size: int,
 ) -> np.ndarray:
-    """Target-class probability as pixels go from `start` to `end` in decreasing saliency.
+    """Target-class probability (N, steps+1) as pixels (all channels) go from `start` to `end`
+    in increasing `ranks`: at step s the round(s*H*W/steps) lowest-ranked pixels come from `end`.
 
     The (step, image) inputs are evaluated `batch_size` at a time across steps, so a small image
-    set costs few forward passes.
+    set costs few forward passes; inputs are built on the model's device.
     """
     n, _, h, w = images.shape
-    order = np.argsort(-_flat(maps), axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(h * w)[None].repeat(n, 0), axis=1)
-    rank_t = torch.from_numpy(rank).reshape(n, 1, h, w)
-    t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
-    flips = torch.tensor([round(s * h * w / steps) for s in range(steps + 1)])
+    device = model_device(model)
+    rank_t = torch.from_numpy(np.asarray(ranks)).reshape(n, 1, h, w).to(device)
+    start, end = start.to(device), end.to(device)
+    t = torch.as_tensor(np.asarray(targets), dtype=torch.long).to(device)
+    flips = torch.tensor([round(s * h * w / steps) for s in range(steps + 1)], device=device)
     step_of = torch.arange(steps + 1).repeat_interleave(n)
     image_of = torch.arange(n).repeat(steps + 1)
     probs = np.zeros((n, steps + 1))
@@ -178,23 +256,47 @@ def _flip_curve(
             s, i = step_of[b:b + batch_size], image_of[b:b + batch_size]
             flipped = rank_t[i] < flips[s].view(-1, 1, 1, 1)
             p = torch.softmax(model(torch.where(flipped, end[i], start[i])).float(), dim=1)
-            probs[i.numpy(), s.numpy()] = p.gather(1, t[i, None])[:, 0].numpy()
+            probs[i.numpy(), s.numpy()] = p.gather(1, t[i, None])[:, 0].cpu().numpy()
     return probs
+
+
+def deletion_curve(model: nn.Module, images: Tensor, targets: Tensor, ranks: np.ndarray,
+                   steps: int, *, baseline: Baseline = "zeros", batch_size: int = 64
+                   ) -> np.ndarray:
+    """RISE deletion curve: pixels replaced by the baseline in increasing `ranks`."""
+    base = baseline_images(images, baseline)
+    return flip_curve(model, images, targets, ranks, steps, images, base, batch_size)
+
+
+def insertion_curve(model: nn.Module, images: Tensor, targets: Tensor, ranks: np.ndarray,
+                    steps: int, *, baseline: Baseline = "blur", batch_size: int = 64
+                    ) -> np.ndarray:
+    """RISE insertion curve: pixels of the image restored into the baseline in increasing
+    `ranks`."""
+    base = baseline_images(images, baseline)
+    return flip_curve(model, images, targets, ranks, steps, base, images, batch_size)
+
+
+def curve_auc(curve: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """Trapezoid area under each curve over s/steps in [0, 1]; with `scale` (N,), of the curve
+    divided by it (NaN where the scale is 0)."""
+    steps = curve.shape[1] - 1
+    if scale is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            curve = np.where(scale[:, None] > 0, curve / scale[:, None], np.nan)
+    return np.trapezoid(curve, dx=1.0 / steps, axis=1)
 
 
 def deletion_auc(
     model: nn.Module, images: Tensor, targets: Tensor, maps: np.ndarray, steps: int = 20,
     *, baseline: Baseline = "zeros", batch_size: int = 64,
 ) -> np.ndarray:
-    """RISE deletion: replace pixels (all channels) by the baseline, most salient first.
-
-    Score = trapezoid area under p(target | x_s) over s/steps in [0, 1] (steps+1 points);
-    lower is better. Default baseline: zeros in model-input space (the mean image when inputs
-    are mean-normalised).
-    """
-    base = baseline_images(images, baseline)
-    curve = _flip_curve(model, images, targets, maps, steps, images, base, batch_size)
-    return np.trapezoid(curve, dx=1.0 / steps, axis=1)
+    """RISE deletion (Petsiuk et al. 2018): replace pixels (all channels) by the baseline, most
+    salient first; trapezoid area under p(target | x_s) over s/steps in [0, 1] (steps+1 points).
+    Lower is better for one model; across models see `perturbation_scores`. Default baseline:
+    zeros in model-input space (the mean image when inputs are mean-normalised)."""
+    return curve_auc(deletion_curve(model, images, targets, saliency_ranks(maps), steps,
+                                    baseline=baseline, batch_size=batch_size))
 
 
 def insertion_auc(
@@ -202,10 +304,27 @@ def insertion_auc(
     *, baseline: Baseline = "blur", batch_size: int = 64,
 ) -> np.ndarray:
     """RISE insertion: start from the baseline (default blurred image), restore the most
-    salient pixels first; trapezoid AUC over [0, 1]; higher is better."""
-    base = baseline_images(images, baseline)
-    curve = _flip_curve(model, images, targets, maps, steps, base, images, batch_size)
-    return np.trapezoid(curve, dx=1.0 / steps, axis=1)
+    salient pixels first; trapezoid AUC over [0, 1]; higher is better for one model."""
+    return curve_auc(insertion_curve(model, images, targets, saliency_ranks(maps), steps,
+                                     baseline=baseline, batch_size=batch_size))
+
+
+def perturbation_scores(kind: Literal["deletion", "insertion"], curve: np.ndarray,
+                        random_curve: np.ndarray, p_clean: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image deletion or insertion scores that can be compared across models.
+
+    `<kind>_auc`: raw AUC of p(target) (depends on how confident the model is);
+    `<kind>_auc_norm`: AUC of p(target | x_s) / p(target | x), the curve as a fraction of the
+    model's own probability on the intact image (deletion: the first point is 1; insertion: the
+    last); `<kind>_auc_random`: the same for a random pixel order (`random_ranks`) on the same
+    model; `<kind>_gain`: how much better the saliency order is than the random one, random -
+    saliency for deletion and saliency - random for insertion, so higher is better for both
+    and 0 is chance. A value is NaN where p(target | x) is 0.
+    """
+    norm, rand = curve_auc(curve, p_clean), curve_auc(random_curve, p_clean)
+    gain = rand - norm if kind == "deletion" else norm - rand
+    return {f"{kind}_auc": curve_auc(curve), f"{kind}_auc_norm": norm,
+            f"{kind}_auc_random": rand, f"{kind}_gain": gain}
 
 
 def seed_consistency(maps_by_seed: list[np.ndarray]) -> np.ndarray:

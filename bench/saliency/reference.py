@@ -1,5 +1,6 @@
 """The FP32 maps a cell's maps are compared with: its parent's, or for a float cell trained from
-scratch (SGT) the FP32 cell of the same data, backbone, seed and saliency settings."""
+scratch (SGT) the FP32 cell of the same data, split, backbone, seed, training config and saliency
+settings (so that the two differ only in the method)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ class Reference:
 
 
 def same_seed_fp32(store: ResultsStore, config: Any) -> str | None:
-    """Id of the latest ok FP32 cell with the same data, backbone, seed and saliency settings."""
+    """Id of the latest ok FP32 cell with the same data, split, backbone, seed, training config
+    and saliency settings."""
     want = config.model_dump(mode="json")
-    keys = ("dataset", "backbone", "seed", "split_manifest")
+    keys = ("dataset", "backbone", "seed", "split_manifest", "train")
     matches = [r for r in store.records()
                if r.status == "ok" and r.method == FP32
                and all(r.config.get(k) == want[k] for k in keys)
@@ -50,7 +52,8 @@ def find_reference(store: ResultsStore, config: Any, index: np.ndarray) -> Refer
         ref_id, relation = same_seed_fp32(store, config), "fp32_same_seed"
         if ref_id is None:
             return Reference(skipped="no parent, and no FP32 cell of the same data, backbone, "
-                                     "seed and saliency settings in the store")
+                                     "seed, training config and saliency settings in the "
+                                     "store")
     stored = load_maps(store.artifact_dir(ref_id))
     if stored is None:
         return Reference(ref_id, relation, skipped=f"reference cell {ref_id} has no saliency maps")

@@ -6,7 +6,9 @@ cell produced (the Brevitas fake-quant model for quantised cells). Stored in the
 `saliency_maps.npz` (see bench.saliency.mapfile) and `saliency_overlays/*.png`; stored in its
 record: per-method mean, std and per-sample values of every metric, and the `saliency_*`
 columns (see bench.saliency.columns). Quantisation stability is measured against the stored
-maps of the FP32 reference cell (see bench.saliency.reference).
+maps of the FP32 reference cell (see bench.saliency.reference); beside it, for quantised cells,
+the same statistics of the null control (bench.saliency.null); FP32 cells get the
+model-parameter-randomisation sanity check of every saliency method (bench.saliency.sanity).
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from bench.data import normalize
 from bench.runner.stages import StageInput
 from bench.saliency.columns import json_float, method_stats, result_columns
 from bench.saliency.mapfile import MAPS_FILE, StoredMaps, save_maps
+from bench.saliency.null import NullControl, null_control, null_graph
 from bench.saliency.overlay import save_overlay_png
-from bench.saliency.reference import Reference, find_reference
-from bench.saliency.suite import SaliencyConfig, stability_suite
+from bench.saliency.reference import FP32, Reference, find_reference
+from bench.saliency.sanity import randomisation_check
+from bench.saliency.suite import SaliencyConfig, maps_for, stability_suite
 
 log = logging.getLogger(__name__)
 OVERLAY_DIR = "saliency_overlays"
@@ -80,6 +84,46 @@ def write_overlays(folder: Path, images: torch.Tensor, index: np.ndarray, method
     return paths
 
 
+def run_null_control(inp: StageInput, cfg: SaliencyConfig, ref: Reference, images: torch.Tensor,
+                     targets: torch.Tensor, device: torch.device) -> NullControl:
+    """The null control of a quantised cell (see bench.saliency.null), or why there is none."""
+    if not inp.quantized:
+        return NullControl(skipped="float cell: no quantisation to disable")
+    if ref.relation != "parent" or not ref.maps:
+        return NullControl(skipped=ref.skipped or "no FP32 parent maps to compare with")
+    from bench.runner.cell import load_fp32_model
+    from methods import get_method
+
+    config, split = inp.cell.config, inp.data.split
+    method = get_method(config.method)
+    parent = load_fp32_model(inp.store, inp.cell, inp.data.num_classes).to(device)
+    example = normalize(inp.data.images.images[split.train[:2]]).to(device)
+    graph = null_graph(method, parent, config.w_bits, config.a_bits,
+                       method.parse_params(config.params), example)
+    return null_control(graph, images, targets, ref.maps, cfg, built_from=ref.cell_id or "")
+
+
+def run_sanity_check(inp: StageInput, cfg: SaliencyConfig, model: nn.Module,
+                     images: torch.Tensor, targets: torch.Tensor, index: np.ndarray,
+                     maps: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The cascading-randomisation check on the first `sanity_images` images of an FP32 cell."""
+    if inp.cell.config.method != FP32:
+        return {"skipped": "run on FP32 cells only"}
+    if cfg.sanity_images == 0:
+        return {"skipped": "sanity_images is 0"}
+    k = min(cfg.sanity_images, len(index))
+    ids = np.arange(k)
+
+    def explain(m: nn.Module, method: str, x: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+        return maps_for(m, method, cfg)(x, t, ids)
+
+    result = randomisation_check(model, cfg.methods, images[:k], targets[:k],
+                                 {m: v[:k] for m, v in maps.items()}, explain,
+                                 checkpoints=cfg.sanity_checkpoints,
+                                 threshold=cfg.sanity_threshold, seed=cfg.seed)
+    return result.describe(index[:k].tolist())
+
+
 def saliency_stage(inp: StageInput) -> dict[str, Any]:
     """Maps, overlays and stability statistics of the cell's model; see the module docstring."""
     cfg: SaliencyConfig = inp.settings  # type: ignore[assignment]
@@ -89,10 +133,15 @@ def saliency_stage(inp: StageInput) -> dict[str, Any]:
     raw, targets = imgs.images[index], imgs.labels[index]
     masks = None if imgs.masks is None else imgs.masks[index].numpy()
     ref = find_reference(inp.store, inp.cell.config, index)
+    model = _on_cpu(inp.model)
+    device = next(model.parameters()).device
+    images = normalize(raw)
     with torch_threads(cfg.threads):
-        results = stability_suite(_on_cpu(inp.model), None, normalize(raw), targets, masks, cfg,
+        results = stability_suite(model, None, images, targets, masks, cfg,
                                   reference_maps=ref.maps)
-    maps = {m: r["maps"] for m, r in results.items()}
+        maps = {m: r["maps"] for m, r in results.items()}
+        null = run_null_control(inp, cfg, ref, images, targets, device).describe()
+        sanity = run_sanity_check(inp, cfg, model, images, targets, index, maps)
     save_maps(inp.folder, StoredMaps(index, targets.numpy(), maps))
     primary = cfg.methods[0]
     overlays = write_overlays(inp.folder, raw, index, primary, maps[primary], ref,
@@ -111,8 +160,10 @@ def saliency_stage(inp: StageInput) -> dict[str, Any]:
         "localisation": ({"skipped": "the data set has no masks"} if masks is None else
                          {"mask_fraction": json_float(masks.mean())}),
         "stats": stats,
+        "null": null,
+        "sanity": sanity,
         "maps_file": MAPS_FILE,
         "overlays": overlays,
         "seconds": seconds,
-        "columns": result_columns(stats, cfg.methods),
+        "columns": result_columns(stats, cfg.methods, null, sanity),
     }

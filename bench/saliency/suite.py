@@ -13,17 +13,18 @@ from bench.saliency.maps import compute_maps
 from bench.saliency.settings import SaliencyConfig
 
 
-def _explainer(model: nn.Module, method: str, cfg: SaliencyConfig) -> M.ExplainFn:
-    return partial(_maps, model=model, method=method, cfg=cfg)
-
-
-def _maps(images: Tensor, targets: Tensor, *, model: nn.Module, method: str,
+def _maps(images: Tensor, targets: Tensor, ids: np.ndarray, *, model: nn.Module, method: str,
           cfg: SaliencyConfig) -> np.ndarray:
     return compute_maps(
         model, images, targets, method, n_samples=cfg.smoothgrad_samples,
         noise_std=cfg.smoothgrad_std, ig_steps=cfg.ig_steps, layer=cfg.gradcam_layer,
-        batch_size=cfg.batch_size, seed=cfg.seed,
+        batch_size=cfg.batch_size, seed=cfg.seed, ids=ids,
     )
+
+
+def maps_for(model: nn.Module, method: str, cfg: SaliencyConfig) -> M.ExplainFn:
+    """The explanation function of one model and saliency method under `cfg`."""
+    return partial(_maps, model=model, method=method, cfg=cfg)
 
 
 def stability_suite(
@@ -37,38 +38,51 @@ def stability_suite(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per method: "maps" (N, H, W) and per-sample (N,) metric arrays.
 
-    Always: max_sensitivity, deletion_auc (zeros baseline), insertion_auc (blur baseline).
-    With fp32_model, or stored FP32 maps of the same images in reference_maps[method]:
-    spearman_fp32, ssim_fp32, topk_iou_fp32 (cell map vs FP32 map; stored maps win).
-    With masks: pointing_game, energy_pointing, topk_iou_mask.
+    Always: max_sensitivity; deletion (zeros baseline) and insertion (blur baseline) scores,
+    raw and normalised by the model's p(target | x) and against a random pixel order (see
+    `metrics.perturbation_scores`; the random-order curves and p(target | x) are computed once
+    per model). With fp32_model, or stored FP32 maps of the same images in
+    reference_maps[method]: spearman_fp32, ssim_fp32, topk_iou_fp32 (cell map vs FP32 map;
+    stored maps win). With masks: pointing_game, energy_pointing, topk_iou_mask.
     """
     n = min(cfg.n_samples, images.shape[0])
     x = images[:n]
     t = torch.as_tensor(np.asarray(targets)[:n], dtype=torch.long)
+    ids = np.arange(n)
     mk = None if masks is None else np.asarray(masks)[:n]
+    steps, batch = cfg.deletion_steps, cfg.batch_size
+    p_clean = M.target_probability(model, x, t, batch)
+    shuffled = M.random_ranks(n, x.shape[-2] * x.shape[-1], cfg.seed)
+    random_curves = {"deletion": M.deletion_curve(model, x, t, shuffled, steps, batch_size=batch),
+                     "insertion": M.insertion_curve(model, x, t, shuffled, steps,
+                                                    batch_size=batch)}
     out: dict[str, dict[str, np.ndarray]] = {}
     for method in cfg.methods:
-        explain = _explainer(model, method, cfg)
-        maps = explain(x, t)
+        explain = maps_for(model, method, cfg)
+        maps = explain(x, t, ids)
         res: dict[str, np.ndarray] = {"maps": maps}
         ref = (reference_maps or {}).get(method)
         if ref is None and fp32_model is not None:
-            ref = _explainer(fp32_model, method, cfg)(x, t)
+            ref = maps_for(fp32_model, method, cfg)(x, t, ids)
         if ref is not None:
             ref = np.asarray(ref)[:n]
             res["spearman_fp32"] = M.spearman(maps, ref)
             res["ssim_fp32"] = M.ssim(maps, ref)
             res["topk_iou_fp32"] = M.topk_iou(maps, ref, cfg.topk)
         res["max_sensitivity"] = M.max_sensitivity(
-            explain, x, t, cfg.noise_std, cfg.noise_samples, seed=cfg.seed)
+            explain, x, t, cfg.sensitivity_radius, cfg.sensitivity_samples, seed=cfg.seed,
+            base_maps=maps, batch_size=batch)
         if mk is not None:
             res["pointing_game"] = M.pointing_game(maps, mk)
             res["energy_pointing"] = M.energy_pointing(maps, mk)
             res["topk_iou_mask"] = M.topk_iou_mask(maps, mk, cfg.topk)
-        res["deletion_auc"] = M.deletion_auc(
-            model, x, t, maps, cfg.deletion_steps, batch_size=cfg.batch_size)
-        res["insertion_auc"] = M.insertion_auc(
-            model, x, t, maps, cfg.deletion_steps, batch_size=cfg.batch_size)
+        ranks = M.saliency_ranks(maps)
+        res.update(M.perturbation_scores(
+            "deletion", M.deletion_curve(model, x, t, ranks, steps, batch_size=batch),
+            random_curves["deletion"], p_clean))
+        res.update(M.perturbation_scores(
+            "insertion", M.insertion_curve(model, x, t, ranks, steps, batch_size=batch),
+            random_curves["insertion"], p_clean))
         out[method] = res
     return out
 

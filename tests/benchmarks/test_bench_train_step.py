@@ -52,8 +52,8 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
 OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "ce": CrossEntropy,
     "sgt": lambda: SaliencyGuided(generator=torch.Generator().manual_seed(0)),
-    "sgt_eval_pass": lambda: SaliencyGuided(saliency_pass="eval",
-                                            generator=torch.Generator().manual_seed(0)),
+    "sgt_shared_pass": lambda: SaliencyGuided(saliency_pass="shared",
+                                              generator=torch.Generator().manual_seed(0)),
 }
 
 

@@ -63,7 +63,7 @@ def cell_shape(plan: Plan, cell: Cell) -> CellShape:
                      batch_size=cfg.train.batch_size,
                      calibration_batches=cfg.calibration_batches,
                      trains=method.trains(method.parse_params(cfg.params)),
-                     quantized=method.quantized)
+                     quantized=method.quantized, method=cfg.method)
 
 
 def _kind(cell: Cell, classes: int) -> Hashable:

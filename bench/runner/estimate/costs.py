@@ -38,6 +38,8 @@ class CellShape:
     calibration_batches: int
     trains: bool
     quantized: bool
+    method: str = ""
+    """The cell's method's name (a stage may do more for some methods)."""
 
     @property
     def steps(self) -> int:
