@@ -306,14 +306,19 @@ def test_localisation_matches_quantus() -> None:
     np.testing.assert_allclose(energy_pointing(maps, masks), loc, rtol=QUANTUS_RTOL)
 
 
-def test_deletion_and_insertion_follow_the_region() -> None:
-    model = RegionModel()
+def _region_case() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Two images whose top-left quadrant is the evidence for class 1, and maps that rank that
+    quadrant first (with a little noise to break ties)."""
     x = torch.zeros(2, 3, 8, 8)
     x[:, :, :4, :4] = 1.0
-    t = torch.tensor([1, 1])
     sal = np.zeros((2, 8, 8))
     sal[:, :4, :4] = 1.0
-    sal += 0.01 * _rand_maps(3, (2, 8, 8))
+    return x, torch.tensor([1, 1]), sal + 0.01 * _rand_maps(3, (2, 8, 8))
+
+
+def test_deletion_and_insertion_follow_the_region() -> None:
+    model = RegionModel()
+    x, t, sal = _region_case()
     inv = sal.max() - sal
     d_sal, d_inv = deletion_auc(model, x, t, sal, 16), deletion_auc(model, x, t, inv, 16)
     i_sal, i_inv = insertion_auc(model, x, t, sal, 16), insertion_auc(model, x, t, inv, 16)
@@ -336,12 +341,7 @@ def test_normalised_deletion_and_insertion_are_comparable_across_models() -> Non
     """A less confident copy of a model gets a raw deletion AUC k times lower (the report used
     to call that better); normalised by p(target | x), the two models score the same."""
     confident = RegionModel()
-    x = torch.zeros(2, 3, 8, 8)
-    x[:, :, :4, :4] = 1.0
-    t = torch.tensor([1, 1])
-    sal = np.zeros((2, 8, 8))
-    sal[:, :4, :4] = 1.0
-    sal += 0.01 * _rand_maps(3, (2, 8, 8))
+    x, t, sal = _region_case()
     shuffled = random_ranks(2, 64, 0)
     scores = {}
     for name, model in (("confident", confident), ("unsure", LessConfident(confident, 0.5))):
