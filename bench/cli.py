@@ -106,8 +106,7 @@ def run(
 ) -> None:
     """Run a grid of cells; cells already in the store are never recomputed."""
     from bench import logs
-    from bench.runner import Overrides, RunOptions, executor_for, plan_grid, run_grid
-    from bench.store import ResultsStore
+    from bench.runner import Overrides, RunOptions, executor_for, plan_grid, run_plan
     from bench.store.identity import local_device
 
     try:
@@ -125,10 +124,9 @@ def run(
         if estimate:
             print_estimate(plan, todo, chosen)
         return
-    results = ResultsStore(store)
     log_paths: list[Path] = []
-    summary = run_grid(plan, results, options,
-                       locked=lambda: log_paths.append(logs.to_file(buffer, results.log_dir)))
+    summary = run_plan(plan, options,
+                       locked=lambda log_dir: log_paths.append(logs.to_file(buffer, log_dir)))
     out.print(f"{len(summary.ran)} ran, {len(summary.cached)} cached, {len(summary.failed)} "
               f"failed, {len(summary.skipped)} skipped; store {store}, log {log_paths[0]}")
     if summary.failed or summary.skipped:
@@ -138,11 +136,10 @@ def run(
 def print_plan(plan: Any, store: Path, executor: Any) -> set[str]:
     """Print each cell with its parent, whether it is cached and where it would run; returns
     the ids to run."""
+    from bench.runner import done_in
     from bench.runner.plan import MissingData
-    from bench.store.database import DB_NAME, ResultsStore
 
-    done = ResultsStore(store, readonly=True).done_ids() if (store / DB_NAME).exists() \
-        else set()
+    done = done_in(store)
     for data in plan.data.values():
         if isinstance(data, MissingData):
             out.print(f"[yellow]data set '{data.config.name}' is not available here[/] "
@@ -166,7 +163,11 @@ def print_plan(plan: Any, store: Path, executor: Any) -> set[str]:
 
 def print_estimate(plan: Any, todo: set[str], executor: Any) -> None:
     """Time each kind of cell here and print the cells' costs, the compute's shares and the
-    wall time on the executor's parallelism."""
+    wall time on the executor's parallelism. With nothing to run there is nothing to time (and
+    the training stack stays unloaded)."""
+    if not todo:
+        out.print("estimated total: 0.00 h (0 s): every cell is cached, nothing to time")
+        return
     import time
 
     import psutil
@@ -175,6 +176,7 @@ def print_estimate(plan: Any, todo: set[str], executor: Any) -> None:
     from bench.runner.estimate.costs import EVALUATION, SETUP, TRAINING
     from bench.runner.estimate.probe import REPEATS
 
+    # after importing the estimate, which loads torch as a run's first cell to train does
     startup = time.time() - psutil.Process().create_time()
     began = time.perf_counter()
     result = estimate(plan, todo, executor, startup)

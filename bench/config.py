@@ -21,6 +21,16 @@ from pydantic import (
 from bench.errors import ConfigError
 
 FP32_BITS = 32
+DEFAULT_RANGE_MOMENTUM = 0.01
+"""EMA weight of each training batch in an observed activation range (PyTorch's
+MovingAverageMinMaxObserver default); here, for methods' parameters, and used by
+bench.quantizers."""
+
+# Options of the SGT objective (bench.objectives) that method parameters declare: here, so that
+# methods import without torch.
+MaskValues = Literal["uniform", "uniform_per_channel"]
+Granularity = Literal["pixel", "feature"]
+SaliencyPass = Literal["shared", "eval"]
 
 
 class Frozen(BaseModel):

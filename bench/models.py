@@ -2,39 +2,22 @@
 
 `pretrained: true` loads torchvision's ImageNet weights from the local torch hub cache only
 (no download at run time); the classifier head is then replaced for the data set's classes.
+The registry imports without torch (grids are planned without it): a builder imports what it
+builds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
-
-import torch
-import torchvision
-from torch import nn
+from typing import TYPE_CHECKING
 
 from bench.config import BackboneConfig
 from bench.errors import ConfigError
 
-
-class SmallCNN(nn.Module):
-    """Four conv-BN-ReLU blocks, global pooling, a linear head (130,851 parameters, 3 classes)."""
-
-    def __init__(self, num_classes: int, width: int = 32) -> None:
-        super().__init__()
-        chans = [3, width, width * 2, width * 2, width * 4]
-        layers: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(pairwise(chans)):
-            layers += [nn.Conv2d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
-                       nn.BatchNorm2d(cout), nn.ReLU()]
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(chans[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -46,12 +29,21 @@ class BackboneInfo:
 
 
 def _tv(name: str) -> Callable[[int], nn.Module]:
-    return lambda num_classes: torchvision.models.get_model(name, weights=None,
-                                                            num_classes=num_classes)
+    def build(num_classes: int) -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    return build
+
+
+def _small_cnn(num_classes: int) -> nn.Module:
+    from bench.smallcnn import SmallCNN
+
+    return SmallCNN(num_classes)
 
 
 BACKBONES: dict[str, BackboneInfo] = {
-    "smallcnn": BackboneInfo("smallcnn", SmallCNN, None,
+    "smallcnn": BackboneInfo("smallcnn", _small_cnn, None,
                              "4-block CNN for fast runs (~131k params)"),
     "resnet18": BackboneInfo("resnet18", _tv("resnet18"), "ResNet18_Weights.IMAGENET1K_V1",
                              "torchvision ResNet-18"),
@@ -87,12 +79,17 @@ def pretrained_path(info: BackboneInfo) -> Path:
     if info.weights is None:
         raise ConfigError(f"backbone '{info.name}' has no pretrained weights; "
                           "set pretrained: false")
+    import torch
+    import torchvision
+
     weights = torchvision.models.get_weight(info.weights)
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
 def load_pretrained(model: nn.Module, info: BackboneInfo) -> None:
     """Load ImageNet weights into every layer except the (re-sized) classifier head."""
+    import torch
+
     path = pretrained_path(info)
     if not path.is_file():
         raise ConfigError(

@@ -13,15 +13,13 @@ as "the reference code".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, get_args
+from typing import Protocol, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MaskValues = Literal["uniform", "uniform_per_channel"]
-Granularity = Literal["pixel", "feature"]
-SaliencyPass = Literal["shared", "eval"]
+from bench.config import Granularity, MaskValues, SaliencyPass
 
 
 class Objective(Protocol):

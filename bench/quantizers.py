@@ -32,10 +32,10 @@ from brevitas.nn.quant_layer import QuantNonLinearActLayer
 from brevitas.quant import Int8ActPerTensorFloat, Uint8ActPerTensorFloat
 from torch import Tensor, nn
 
+from bench.config import DEFAULT_RANGE_MOMENTUM
+
 RANGE_PERCENTILE = 99.999
 """Percentile of |x| a batch contributes to an observed range (Brevitas' activation default)."""
-DEFAULT_RANGE_MOMENTUM = 0.01
-"""EMA weight of each training batch (PyTorch's MovingAverageMinMaxObserver default)."""
 MIN_RANGE = 1e-8
 MIN_ALPHA = 1e-3
 MIN_STEP = 1e-8

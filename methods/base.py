@@ -5,21 +5,30 @@ A method starts from a fresh backbone or from its FP32 parent cell's trained mod
 a small overridable hook, so a method file states only what differs; PACT+SGT is the PACT scheme
 with the SGT objective. Methods never import the runner or the CLI: the runner hands them a
 `MethodContext` with everything they may use.
+
+A method file must import without torch: every grid is planned from the methods' declarations
+(`name`, `Params`, `quantized`, `float_control`, `starts_from_parent`, `trains`), and a run with
+nothing to do must finish without loading the training stack. So import torch, Brevitas,
+`bench.quant` and `bench.objectives` inside the hooks that use them (tests/test_cached_run.py
+checks this).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
-from torch import nn
 
 from bench.config import format_validation_error
 from bench.errors import ConfigError
-from bench.objectives import CrossEntropy, Objective
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from bench.objectives import Objective
 
 
 class MethodParams(BaseModel):
@@ -28,7 +37,7 @@ class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Penalty = Callable[[nn.Module], torch.Tensor]
+Penalty = Callable[["nn.Module"], "torch.Tensor"]
 
 
 @dataclass
@@ -75,6 +84,8 @@ class Method:
         return False
 
     def objective(self, params: MethodParams) -> Objective:
+        from bench.objectives import CrossEntropy
+
         return CrossEntropy()
 
     def prepare(self, model: nn.Module, ctx: MethodContext, params: MethodParams) -> nn.Module:

@@ -9,14 +9,14 @@ The activation steps are stored with the cell.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from bench.quant import lsq_steps
 from methods.base import MethodParams, register
 from methods.ptq import QuantParams
 from methods.qat import QAT
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @register
@@ -27,6 +27,8 @@ class LSQ(QAT):
     scheme = "lsq"
 
     def extras(self, model: nn.Module, params: MethodParams) -> dict[str, Any]:
+        from bench.quant import lsq_steps
+
         steps = {name: float(step.detach()) for name, step in lsq_steps(model).items()
                  if step.numel() == 1 and "act_quant" in name}
         return {**super().extras(model, params), "lsq_activation_steps": steps}

@@ -12,14 +12,15 @@ observed ranges as in QAT. The learned alphas are stored with the cell.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
-from torch import nn
 
-from bench.quant import clip_penalty, clip_values
 from methods.base import MethodParams, Penalty, register
 from methods.qat import QAT, QATParams
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class PACTParams(QATParams):
@@ -34,8 +35,12 @@ class PACT(QAT):
     scheme = "pact"
 
     def penalty(self, params: MethodParams) -> Penalty | None:
+        from bench.quant import clip_penalty
+
         weight = params.alpha_l2
         return lambda model: weight * clip_penalty(model)
 
     def extras(self, model: nn.Module, params: MethodParams) -> dict[str, Any]:
+        from bench.quant import clip_values
+
         return {**super().extras(model, params), "pact_alphas": clip_values(model)}

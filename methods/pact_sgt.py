@@ -1,9 +1,15 @@
 """PACT+SGT: the PACT quantisation scheme trained with the saliency-guided objective."""
 
-from bench.objectives import Objective
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from methods.base import MethodParams, register
 from methods.pact import PACT, PACTParams
 from methods.sgt import SaliencyObjectiveParams, saliency_objective
+
+if TYPE_CHECKING:
+    from bench.objectives import Objective
 
 
 class PACTSGTParams(PACTParams, SaliencyObjectiveParams):

@@ -6,15 +6,18 @@ No weight is trained. Activation ranges are observed statistics of the calibrati
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import Field
-from torch import nn
 
-from bench.quant import QuantSpec, Scheme, calibrate, integer_weight_levels, quantize
-from bench.quantizers import DEFAULT_RANGE_MOMENTUM
+from bench.config import DEFAULT_RANGE_MOMENTUM
 from methods.base import Method, MethodContext, MethodParams, register
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from bench.quant import Scheme
 
 
 class QuantParams(MethodParams):
@@ -44,6 +47,8 @@ class PTQ(Method):
 
     def build_quantized(self, model: nn.Module, w_bits: int, a_bits: int, params: MethodParams,
                         example_input: torch.Tensor) -> nn.Module:
+        from bench.quant import QuantSpec, quantize
+
         spec = QuantSpec(w_bits, a_bits, per_channel=params.per_channel,
                          first_last_bits=params.first_last_bits, scheme=self.scheme,
                          range_momentum=getattr(params, "range_momentum",
@@ -51,10 +56,14 @@ class PTQ(Method):
         return quantize(model, spec, example_input)
 
     def prepare(self, model: nn.Module, ctx: MethodContext, params: MethodParams) -> nn.Module:
+        from bench.quant import calibrate
+
         qmodel = self.build_quantized(model, ctx.w_bits, ctx.a_bits, params, ctx.example_input)
         calibrate(qmodel, ctx.calibration_batches(),
                   bias_correction=getattr(params, "bias_correction", False))
         return qmodel
 
     def extras(self, model: nn.Module, params: MethodParams) -> dict[str, Any]:
+        from bench.quant import integer_weight_levels
+
         return {"weight_levels": integer_weight_levels(model)}

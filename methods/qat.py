@@ -9,7 +9,7 @@ Networks for Efficient Integer-Arithmetic-Only Inference", CVPR 2018, section 3)
 
 from pydantic import Field
 
-from bench.quantizers import DEFAULT_RANGE_MOMENTUM
+from bench.config import DEFAULT_RANGE_MOMENTUM
 from methods.base import MethodParams, register
 from methods.ptq import PTQ, QuantParams
 

@@ -9,12 +9,15 @@ fine-tunes the FP32 parent.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from bench.objectives import MaskValues, Objective, SaliencyGuided, SaliencyPass
+from bench.config import MaskValues, SaliencyPass
 from methods.base import Method, MethodParams, register
+
+if TYPE_CHECKING:
+    from bench.objectives import Objective
 
 
 class SaliencyObjectiveParams(MethodParams):
@@ -33,6 +36,8 @@ class SGTParams(SaliencyObjectiveParams):
 
 
 def saliency_objective(params: SaliencyObjectiveParams) -> Objective:
+    from bench.objectives import SaliencyGuided
+
     return SaliencyGuided(mask_fraction=params.mask_fraction, kl_weight=params.kl_weight,
                           mask_values=params.mask_values, saliency_pass=params.saliency_pass)
 

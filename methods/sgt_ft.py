@@ -3,9 +3,15 @@
 The float twin of PACT+SGT: the same parent, epochs and objective, no quantisation.
 """
 
-from bench.objectives import Objective
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from methods.base import Method, MethodParams, register
 from methods.sgt import SaliencyObjectiveParams, saliency_objective
+
+if TYPE_CHECKING:
+    from bench.objectives import Objective
 
 
 @register

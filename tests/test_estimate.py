@@ -267,7 +267,9 @@ def test_estimate_adds_up_cells_stages_and_the_schedule(tmp_path, fake_timings):
     fp32, ptq = [next(c for c in plan.cells if c.config.method == m) for m in ("fp32", "ptq")]
     for cell in (fp32, ptq):
         shape = cell_shape(plan, cell)
-        assert shape.n_test == len(plan.data[cell.data_key].split.test)
+        split = plan.data[cell.data_key].load().split   # the planned sizes are the split's
+        assert (shape.n_train, shape.n_val, shape.n_test) == (
+            len(split.train), len(split.val), len(split.test))
         # 4 images, default settings: 1 + 10 maps each, 2 x 17 + 2 x 17 + 1 forward passes;
         # the FP32 cell's sanity check 4 images at 4 points, the PTQ cell's null control once
         extra = 4 * 4 if cell is fp32 else 4

@@ -7,13 +7,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bench.config import DataConfig, format_validation_error
 from bench.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class ImageSet:
 
 
 Loader = Callable[[DataConfig, Path], ImageSet]
+Source = Callable[[DataConfig, Path], "str | None"]
+"""A cheap fingerprint of a data set's source that decodes nothing (a generator's options, a
+folder's file names, sizes and mtimes, an archive's hash), given the config and the cache
+folder. The split manifest is cached under it (bench/data/manifests.py), so a grid is planned
+without preparing its images. None: the source cannot be told without preparing it (e.g. an
+archive not yet extracted); DataError: the data is not available here."""
 
 
 class NoOptions(BaseModel):
@@ -55,6 +63,7 @@ class DatasetInfo:
     has_masks: bool
     nominal_images: int | None = None
     options: type[BaseModel] = NoOptions
+    source: Source | None = None
 
     def parse_options(self, options: dict[str, object], where: str = "") -> BaseModel:
         """The grid's `options` of this data set, validated; ConfigError naming the key (and
@@ -72,13 +81,18 @@ DATASETS: dict[str, DatasetInfo] = {}
 
 def register_dataset(name: str, description: str, has_masks: bool = False,
                      nominal_images: int | None = None,
-                     options: type[BaseModel] = NoOptions) -> Callable[[Loader], Loader]:
-    """Register a loader; nominal_images lets a dry run estimate cost without the data, and
+                     options: type[BaseModel] = NoOptions, source: Source | None = None
+                     ) -> Callable[[Loader], Loader]:
+    """Register a loader; nominal_images lets a dry run estimate cost without the data,
     ``options`` is the pydantic model of the grid's `options` for this data set (checked when
-    the grid is planned; extra keys are errors)."""
+    the grid is planned; extra keys are errors) and ``source`` its source fingerprint (without
+    one the data set is prepared whenever a grid that uses it is planned).
+
+    A data set module must import without torch (a grid is planned, and a fully cached run
+    finishes, without the training stack): import torch inside the loader."""
     def add(load: Loader) -> Loader:
         DATASETS[name] = DatasetInfo(name, load, description, has_masks, nominal_images,
-                                     options)
+                                     options, source)
         return load
     return add
 

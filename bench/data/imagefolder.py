@@ -14,15 +14,17 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.config import DataConfig
 from bench.data.base import ImageSet, check_memory, options_of, register_dataset
 from bench.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,8 @@ def to_rgb8(img: Image.Image, path: Path) -> np.ndarray:
 def _own_pixel_check() -> Iterator[None]:
     """PIL's decompression-bomb check off while an image is opened: `decode_image` checks the
     header's size itself, against its own limit, before anything is decoded."""
+    from PIL import Image
+
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
@@ -101,6 +105,8 @@ def _own_pixel_check() -> Iterator[None]:
 def decode_image(path: Path, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """(3, size, size) uint8 array; DataError naming the file when it cannot be decoded or has
     more than ``max_pixels`` pixels (checked from its header, before it is decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
     if path.stat().st_size == 0:
         raise DataError(f"empty (zero-byte) image file: {path}")
     try:
@@ -131,6 +137,8 @@ def _cache_key(root: Path, items: list[tuple[Path, int]], size: int) -> str:
 def load_folder(root: Path, size: int, cache: Path, max_pixels: int = MAX_IMAGE_PIXELS
                 ) -> ImageSet:
     """Decode (or reuse the cached decoding of) every image under root at size x size."""
+    import torch
+
     items = scan_class_folders(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     target = cache / f"imagefolder-{_cache_key(root, items, size)}.pt"
@@ -156,12 +164,26 @@ def load_folder(root: Path, size: int, cache: Path, max_pixels: int = MAX_IMAGE_
     return result
 
 
-@register_dataset("imagefolder", "Any folder with one sub-folder of images per class "
-                  "(--data-root PATH; options: max_image_pixels)", options=FolderOptions)
-def load_imagefolder(cfg: DataConfig, cache: Path) -> ImageSet:
-    opts: FolderOptions = options_of(cfg)
+def folder_source(root: Path, size: int) -> str:
+    """A class folder's fingerprint without decoding: its images' paths, classes, sizes and
+    modification times (the key of its decoded cache)."""
+    return f"folder:{_cache_key(root, scan_class_folders(root), size)}"
+
+
+def _root(cfg: DataConfig) -> Path:
     if cfg.root is None:
         raise DataError("the imagefolder data set needs --data-root PATH "
                         "(one sub-folder per class)")
-    return load_folder(Path(cfg.root).expanduser(), cfg.image_size, cache,
-                       opts.max_image_pixels)
+    return Path(cfg.root).expanduser()
+
+
+def imagefolder_source(cfg: DataConfig, cache: Path) -> str:
+    return folder_source(_root(cfg), cfg.image_size)
+
+
+@register_dataset("imagefolder", "Any folder with one sub-folder of images per class "
+                  "(--data-root PATH; options: max_image_pixels)", options=FolderOptions,
+                  source=imagefolder_source)
+def load_imagefolder(cfg: DataConfig, cache: Path) -> ImageSet:
+    opts: FolderOptions = options_of(cfg)
+    return load_folder(_root(cfg), cfg.image_size, cache, opts.max_image_pixels)

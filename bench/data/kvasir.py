@@ -20,7 +20,7 @@ from pydantic import Field
 
 from bench.config import DataConfig
 from bench.data.base import ImageSet, options_of, register_dataset
-from bench.data.imagefolder import FolderOptions, load_folder
+from bench.data.imagefolder import FolderOptions, folder_source, load_folder
 from bench.errors import DataError
 from bench.store.artifacts import file_sha256
 
@@ -100,21 +100,51 @@ def find_class_root(folder: Path) -> Path:
     raise DataError(f"no Kvasir class folders ({', '.join(KVASIR_CLASSES)}) found in {folder}")
 
 
-@register_dataset("kvasir", "Kvasir v2, 8 GI endoscopy classes, from the official archive "
-                  "(downloaded once, SHA-256 checked) or --data-root (zip or folder)",
-                  nominal_images=8000, options=KvasirOptions)
-def load_kvasir(cfg: DataConfig, cache: Path) -> ImageSet:
-    opts: KvasirOptions = options_of(cfg)
-    url, expected, max_pixels = opts.url, opts.sha256, opts.max_image_pixels
+def _given_root(cfg: DataConfig) -> Path | None:
     root = Path(cfg.root).expanduser() if cfg.root else None
     if root is not None and not root.exists():
         raise DataError(f"data root does not exist: {root}")
+    return root
+
+
+def _sha_record(cache: Path, archive: Path) -> Path:
+    return cache / "downloads" / f"{archive.name}.sha256"
+
+
+def kvasir_source(cfg: DataConfig, cache: Path) -> str | None:
+    """A given folder's file list; for the archive, its size, mtime and pinned (or recorded)
+    SHA-256 plus the extracted folder's file list. Hashing the archive itself takes seconds,
+    so the full check is left to preparing, which runs whenever a cell does."""
+    opts: KvasirOptions = options_of(cfg)
+    root = _given_root(cfg)
+    if root is not None and root.is_dir():
+        return folder_source(find_class_root(root), cfg.image_size)
+    archive = root or cache / "downloads" / Path(opts.url).name
+    if not archive.exists():
+        raise DataError(f"Kvasir is not downloaded yet ({archive} does not exist)")
+    record = _sha_record(cache, archive)
+    digest = opts.sha256 or (record.read_text().strip() if record.exists() else None)
+    extracted = cache / f"kvasir-{digest.lower()[:16]}" if digest else None
+    if extracted is None or not extracted.exists():
+        return None
+    st = archive.stat()
+    return (f"archive:{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}:{digest.lower()}:"
+            + folder_source(find_class_root(extracted), cfg.image_size))
+
+
+@register_dataset("kvasir", "Kvasir v2, 8 GI endoscopy classes, from the official archive "
+                  "(downloaded once, SHA-256 checked) or --data-root (zip or folder)",
+                  nominal_images=8000, options=KvasirOptions, source=kvasir_source)
+def load_kvasir(cfg: DataConfig, cache: Path) -> ImageSet:
+    opts: KvasirOptions = options_of(cfg)
+    url, expected, max_pixels = opts.url, opts.sha256, opts.max_image_pixels
+    root = _given_root(cfg)
     if root is not None and root.is_dir():
         return load_folder(find_class_root(root), cfg.image_size, cache, max_pixels)
     archive = root or cache / "downloads" / Path(url).name
     if root is None and not archive.exists():
         download(url, archive)
-    digest = verify(archive, expected, cache / "downloads" / f"{archive.name}.sha256")
+    digest = verify(archive, expected, _sha_record(cache, archive))
     extracted = cache / f"kvasir-{digest[:16]}"
     if not extracted.exists():
         extract(archive, extracted)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from bench.config import SplitConfig
 from bench.errors import DataError
@@ -59,6 +58,8 @@ def make_split(labels: np.ndarray, ids: list[str], cfg: SplitConfig, data_finger
                classes: Sequence[str] | None = None) -> Split:
     """Stratified split: each class keeps its proportion in train, val and test. ``classes``
     names the classes in errors."""
+    from sklearn.model_selection import train_test_split
+
     check_split_sizes(labels, cfg, classes)
     index = np.arange(len(labels))
     try:

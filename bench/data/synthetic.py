@@ -8,10 +8,10 @@ seed is always the same, whatever the image count or the order of generation.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.config import DataConfig
@@ -99,9 +99,19 @@ def generate_image(seed: int, index: int, label: int, size: int) -> tuple[np.nda
     return (img.clip(0, 1) * 255).round().astype(np.uint8), mask
 
 
+def generator_source(cfg: DataConfig, cache: Path) -> str:
+    """The images are a function of the options (in the config), this generator's code and
+    NumPy's random streams: a hash of this file and NumPy's version."""
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return f"synthetic:{code}:numpy-{np.__version__}"
+
+
 @register_dataset("synthetic", "Deterministic endoscopy-like lesions with masks (options: "
-                  "num_classes, num_images, seed)", has_masks=True, options=SyntheticOptions)
+                  "num_classes, num_images, seed)", has_masks=True, options=SyntheticOptions,
+                  source=generator_source)
 def load_synthetic(cfg: DataConfig, cache: Path) -> ImageSet:
+    import torch
+
     opts: SyntheticOptions = options_of(cfg)
     n, k, seed, size = opts.num_images, opts.num_classes, opts.seed, cfg.image_size
     check_memory(memory_need(n, size), f"data set 'synthetic': options.num_images = {n} at "

@@ -1,35 +1,53 @@
-"""Deployment: ONNX export, integer-kernel checks, output agreement and packed model size."""
+"""Deployment: ONNX export, integer-kernel checks, output agreement and packed model size.
 
-from bench.deploy.agreement import Agreement, agreement, compare_logits
-from bench.deploy.export import ExportError, export_fp32, export_quantized
-from bench.deploy.kernels import INTEGER_KERNELS, count_kernels, integer_kernel_count
-from bench.deploy.packing import (
-    PackedInfo,
-    PackedLayer,
-    count_params,
-    count_params_and_macs,
-    expected_packed_bits,
-    expected_packed_bytes,
-    pack_quantized,
-    unpack,
-)
+The names below are imported from their modules on first use, so that importing the package
+(as grid planning does for bench.deploy.settings) does not load torch, Brevitas or ONNX.
+"""
 
-__all__ = [
-    "INTEGER_KERNELS",
-    "Agreement",
-    "ExportError",
-    "PackedInfo",
-    "PackedLayer",
-    "agreement",
-    "compare_logits",
-    "count_kernels",
-    "count_params",
-    "count_params_and_macs",
-    "expected_packed_bits",
-    "expected_packed_bytes",
-    "export_fp32",
-    "export_quantized",
-    "integer_kernel_count",
-    "pack_quantized",
-    "unpack",
-]
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+_EXPORTS = {
+    "Agreement": "agreement",
+    "agreement": "agreement",
+    "compare_logits": "agreement",
+    "ExportError": "export",
+    "export_fp32": "export",
+    "export_quantized": "export",
+    "INTEGER_KERNELS": "kernels",
+    "count_kernels": "kernels",
+    "integer_kernel_count": "kernels",
+    "PackedInfo": "packing",
+    "PackedLayer": "packing",
+    "count_params": "packing",
+    "count_params_and_macs": "packing",
+    "expected_packed_bits": "packing",
+    "expected_packed_bytes": "packing",
+    "pack_quantized": "packing",
+    "unpack": "packing",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """The package, whose ``agreement`` stays the function: importing the submodule
+    ``bench.deploy.agreement`` (as stage.py does) would otherwise bind the module over it."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -16,7 +16,8 @@ import onnxruntime as ort
 import torch
 
 from bench.data import normalize
-from bench.deploy.stage import ONNX_FILE, DeploySettings, deployed_session
+from bench.deploy.settings import DeploySettings
+from bench.deploy.stage import ONNX_FILE, deployed_session
 from bench.runner.estimate.costs import CellShape
 from bench.runner.estimate.stage_costs import ModelProbe, register_stage_cost
 from bench.store.deploy import DEPLOY_STAGE

@@ -19,12 +19,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from bench.data import normalize
@@ -38,9 +37,9 @@ from bench.deploy.kernels import (
 )
 from bench.deploy.packing import count_params, count_params_and_macs, pack_quantized
 from bench.deploy.runtime import SESSION_CONFIG, session_options
+from bench.deploy.settings import DeploySettings
 from bench.models import get_backbone
-from bench.runner.stages import StageInput, register_stage
-from bench.store.deploy import DEPLOY_STAGE
+from bench.runner.stages import StageInput
 
 ONNX_FILE = "model.onnx"
 PACKED_FILE = "model.packed.npz"
@@ -50,16 +49,6 @@ FLOAT_BYTES = 4
 NO_INTEGER_KERNELS = "no_integer_kernels"
 PARTIALLY_INTEGER = "partially_integer"
 LOW_AGREEMENT = "low_agreement"
-
-
-class DeploySettings(BaseModel):
-    """Grid settings of the deploy stage (part of the cell's identity)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_agreement: float = Field(0.99, ge=0.0, le=1.0)
-    optimization_level: Literal["basic", "extended", "all"] = "extended"
-    eval_batch_size: int = Field(256, ge=1)
 
 
 def deployed_session(path: Any) -> ort.InferenceSession:
@@ -135,7 +124,6 @@ def _cpu_model(model: nn.Module) -> nn.Module:
     return model if on_cpu else copy.deepcopy(model).cpu()
 
 
-@register_stage(DEPLOY_STAGE, DeploySettings)
 def deploy(inp: StageInput) -> dict[str, Any]:
     """Export, check and size the cell's model; see the module docstring."""
     with _one_torch_thread():

@@ -1,14 +1,12 @@
-"""One cell: train or quantise with its method, evaluate on the test split (worker side:
-`compute_cell`), then store it (driver side: `commit_cell`)."""
+"""One cell, worker side: train or quantise with its method, evaluate on the test split, run its
+stages (`compute_cell`); the driver stores it (bench/runner/outcome.py `commit_cell`)."""
 
 from __future__ import annotations
 
 import json
 import random
 import time
-import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,10 +20,10 @@ from bench.data import PreparedData, batches, normalize
 from bench.metrics import classification_metrics
 from bench.models import build_model
 from bench.objectives import Objective
-from bench.provenance import provenance
+from bench.runner.outcome import CellOutcome, describe_error, mark_failed, new_record
 from bench.runner.plan import Cell
 from bench.runner.stages import STAGES, StageInput, load_stages
-from bench.store import CellRecord, ResultsStore
+from bench.store import ResultsStore
 from bench.train import EpochHook, fit, predict
 from methods import MethodContext, get_method
 
@@ -105,35 +103,6 @@ def run_stages(cell: Cell, data: PreparedData, model: nn.Module, quantized: bool
     return results
 
 
-@dataclass
-class CellOutcome:
-    """A computed cell, not yet stored: its record and its staged artifacts (None if failed)."""
-
-    record: CellRecord
-    staged: Path | None = None
-
-
-def new_record(cell: Cell, grid_name: str, device: torch.device,
-               provenance_extra: dict[str, Any] | None = None) -> CellRecord:
-    cfg = cell.config
-    return CellRecord(
-        cell_id=cell.cell_id, parent_id=cfg.parent_id, grid=grid_name, dataset=cfg.dataset.name,
-        backbone=cfg.backbone.name, method=cfg.method, w_bits=cfg.w_bits, a_bits=cfg.a_bits,
-        seed=cfg.seed, split_manifest=cfg.split_manifest, config=cfg.model_dump(mode="json"),
-        provenance={**provenance(), "device": str(device), **(provenance_extra or {})},
-        started_at=datetime.now(UTC), error=None)
-
-
-def mark_failed(record: CellRecord, error: str) -> CellRecord:
-    record.status, record.error = "failed", error
-    record.metrics, record.finished_at = {}, datetime.now(UTC)
-    return record
-
-
-def describe_error(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
-
-
 def compute_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name: str,
                  device: torch.device, on_epoch: EpochHook | None = None,
                  provenance_extra: dict[str, Any] | None = None) -> CellOutcome:
@@ -168,15 +137,3 @@ def compute_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name:
         raise
     except Exception as err:  # a failed cell is a result: return it and go on
         return CellOutcome(mark_failed(record, describe_error(err)))
-
-
-def commit_cell(store: ResultsStore, outcome: CellOutcome) -> CellRecord:
-    """Driver side: store a computed cell (the store's only writer)."""
-    record, staged = outcome.record, outcome.staged
-    if staged is not None and not staged.is_dir():
-        mark_failed(record, f"StagingMissing: the worker's artifacts {staged} are not visible "
-                            "here (the store must be on a file system every worker shares)")
-        staged = None
-    store.commit(record, staged)
-    return record
-

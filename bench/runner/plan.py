@@ -1,7 +1,13 @@
-"""Expand a grid into cells, each FP32 parent before the cells that start from it."""
+"""Expand a grid into cells, each FP32 parent before the cells that start from it.
+
+Planning needs no training stack: method, backbone and stage declarations import without torch,
+and each data set's split manifest comes from the manifest cache when its source is unchanged
+(bench/data/manifests.py). Data is prepared only for cells that will run (`confirm_data`).
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from bench.config import (
@@ -12,11 +18,13 @@ from bench.config import (
     GridConfig,
     MethodEntry,
 )
-from bench.data import PreparedData, get_dataset, prepare
+from bench.data import PlannedData, get_dataset, plan_data
 from bench.errors import ConfigError, DataError
 from bench.models import get_backbone
 from bench.runner.stages import validate_stage_settings
 from methods import get_method
+
+log = logging.getLogger(__name__)
 
 PARENT_METHOD = "fp32"
 
@@ -48,7 +56,7 @@ class MissingData:
 class Plan:
     grid: GridConfig
     cells: list[Cell] = field(default_factory=list)
-    data: dict[str, PreparedData | MissingData] = field(default_factory=dict)
+    data: dict[str, PlannedData | MissingData] = field(default_factory=dict)
 
     def add(self, cell: Cell) -> None:
         if all(c.cell_id != cell.cell_id for c in self.cells):
@@ -114,7 +122,7 @@ def validate_names(grid: GridConfig) -> None:
     validate_stage_settings(grid.stages)
 
 
-def _cell(grid: GridConfig, data: PreparedData | MissingData, data_key: str,
+def _cell(grid: GridConfig, data: PlannedData | MissingData, data_key: str,
           backbone: BackboneConfig,
           entry: MethodEntry, bits: tuple[int, int], seed: int, parent_id: str | None) -> Cell:
     config = CellConfig(
@@ -127,27 +135,31 @@ def _cell(grid: GridConfig, data: PreparedData | MissingData, data_key: str,
     return Cell(config.cell_id(), config, data_key)
 
 
-def _prepare(cfg: DataConfig, allow_missing: bool) -> tuple[str, PreparedData | MissingData]:
+def _plan_data(cfg: DataConfig, allow_missing: bool,
+               known: list[PlannedData]) -> tuple[str, PlannedData | MissingData]:
     try:
-        data = prepare(cfg)
+        data = next((k for k in known if k.config == cfg), None) \
+            or plan_data(cfg, prepare_absent=not allow_missing)
     except DataError as err:
         if not allow_missing:
             raise
         nominal = get_dataset(cfg.name).nominal_images or cfg.options.get("num_images")
         return f"unprepared-{cfg.name}", MissingData(cfg, str(err), nominal)
-    return data.split.manifest_hash, data
+    return data.manifest_hash, data
 
 
-def build_plan(grid: GridConfig, allow_missing_data: bool = False) -> Plan:
-    """All cells of a grid, parents first; prepares (and validates) each data set once.
+def build_plan(grid: GridConfig, allow_missing_data: bool = False,
+               known: list[PlannedData] | None = None) -> Plan:
+    """All cells of a grid, parents first; plans (and validates) each data set once: from its
+    cached split manifest, else by preparing it (``known``: data sets already prepared).
 
-    With allow_missing_data (dry runs), a data set that cannot be prepared here still yields
-    its cells, under a placeholder split manifest.
+    With allow_missing_data (dry runs), a data set that is not available here still yields
+    its cells, under a placeholder split manifest; it is not downloaded.
     """
     validate_names(grid)
     plan = Plan(grid)
     for data_cfg in grid.datasets:
-        key, data = _prepare(data_cfg, allow_missing_data)
+        key, data = _plan_data(data_cfg, allow_missing_data, known or [])
         plan.data[key] = data
         for backbone in grid.backbones:
             for seed in grid.seeds:
@@ -166,3 +178,22 @@ def build_plan(grid: GridConfig, allow_missing_data: bool = False) -> Plan:
                         plan.add(_cell(grid, data, key, backbone, entry, bits, seed,
                                        parent.cell_id if needs_parent else None))
     return plan
+
+
+def confirm_data(plan: Plan, done: set[str]) -> Plan:
+    """The plan with every data set that a cell to run uses prepared. If a cached split
+    manifest turns out stale (a change its source fingerprint missed, e.g. another
+    scikit-learn's split), the plan is rebuilt from the prepared data, so that cell ids are
+    always those of the data the cells train on."""
+    prepared: list[PlannedData] = []
+    stale = False
+    for key, data in plan.data.items():
+        if isinstance(data, PlannedData) and any(c.data_key == key and c.cell_id not in done
+                                                 for c in plan.cells):
+            fresh = PlannedData.of(data.load())
+            prepared.append(fresh)
+            if fresh.manifest_hash != key:
+                stale = True
+                log.warning("the cached split manifest of data set '%s' was stale (%s, now %s);"
+                            " planning again", data.config.name, key, fresh.manifest_hash)
+    return build_plan(plan.grid, known=prepared) if stale else plan

@@ -6,23 +6,32 @@ and failed exactly like the training it follows. A stage returns a JSON-able dic
 `metrics[<stage name>]`; the flat `columns` entry of that dict (if any) becomes columns of
 `bench results`. Settings come from the grid's `stages: {<name>: {...}}` and are part of the
 cell's identity; a stage whose name is absent from the grid's `stages` does not run.
+
+A stage is declared in a light module (pydantic only: grids are planned, and cell ids computed,
+without torch) that holds its settings model and registers it with the place of its run
+function, `"module:function"`; that module may import the training stack and is imported only
+when the stage runs. E.g. bench/deploy/settings.py and bench/deploy/stage.py.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ValidationError
-from torch import nn
 
 from bench.config import format_validation_error
-from bench.data import PreparedData
 from bench.errors import ConfigError
-from bench.store import ResultsStore
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from bench.data import PreparedData
+    from bench.store import ResultsStore
 
 
 @dataclass(frozen=True)
@@ -46,29 +55,33 @@ StageFn = Callable[[StageInput], dict[str, Any]]
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: StageFn
     Settings: type[BaseModel]
+    runs: str      # "module:function" of the StageFn, imported when the stage first runs
+
+    @property
+    def run(self) -> StageFn:
+        module, _, function = self.runs.partition(":")
+        return getattr(importlib.import_module(module), function)
 
 
 STAGES: dict[str, Stage] = {}
 
 
-def register_stage(name: str, settings: type[BaseModel]) -> Callable[[StageFn], StageFn]:
-    def add(fn: StageFn) -> StageFn:
-        STAGES[name] = Stage(name, fn, settings)
-        return fn
-    return add
+def register_stage(name: str, settings: type[BaseModel], runs: str) -> None:
+    """Declare stage ``name``: its settings model and where its run function is
+    (``"module:function"``)."""
+    if name in STAGES and STAGES[name] != Stage(name, settings, runs):
+        raise ValueError(f"stage '{name}' registered twice")
+    STAGES[name] = Stage(name, settings, runs)
 
 
 def load_stages() -> None:
-    """Import the modules that register stages (kept lazy: they pull in heavy libraries)."""
-    import importlib
-
+    """Import the modules that declare stages (light: their run functions load lazily)."""
     for module in STAGE_MODULES:
         importlib.import_module(module)
 
 
-STAGE_MODULES: tuple[str, ...] = ("bench.deploy.stage", "bench.saliency.stage")
+STAGE_MODULES: tuple[str, ...] = ("bench.deploy.settings", "bench.saliency.settings")
 
 
 def validate_stage_settings(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ from typing import Any
 from bench.runner.estimate.costs import CellShape
 from bench.runner.estimate.stage_costs import ModelProbe, register_stage_cost
 from bench.saliency.reference import FP32
-from bench.saliency.suite import SaliencyConfig
+from bench.saliency.settings import SaliencyConfig
 
 STAGE = "saliency"
 STAGE_DEVICE = "cpu"

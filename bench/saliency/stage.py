@@ -27,7 +27,7 @@ from torch import nn
 
 from bench.config import FP32_BITS
 from bench.data import normalize
-from bench.runner.stages import StageInput, register_stage
+from bench.runner.stages import StageInput
 from bench.saliency.columns import json_float, method_stats, result_columns
 from bench.saliency.mapfile import MAPS_FILE, StoredMaps, save_maps
 from bench.saliency.null import NullControl, null_control, null_graph
@@ -124,7 +124,6 @@ def run_sanity_check(inp: StageInput, cfg: SaliencyConfig, model: nn.Module,
     return result.describe(index[:k].tolist())
 
 
-@register_stage("saliency", SaliencyConfig)
 def saliency_stage(inp: StageInput) -> dict[str, Any]:
     """Maps, overlays and stability statistics of the cell's model; see the module docstring."""
     cfg: SaliencyConfig = inp.settings  # type: ignore[assignment]

@@ -3,76 +3,14 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from bench.saliency import metrics as M
-from bench.saliency.maps import METHODS, compute_maps
-
-RENAMED = {"noise_std": "sensitivity_radius", "noise_samples": "sensitivity_samples"}
-"""Settings renamed when max-sensitivity moved from Gaussian noise to the uniform L-inf ball."""
-
-
-class SaliencyConfig(BaseModel):
-    """Saliency-stability settings.
-
-    methods: saliency methods, the first is the primary one; n_samples: images evaluated per
-    cell (the suite takes the first n_samples; the `saliency` stage draws them from the test
-    split with `seed`); topk: pixel fraction of the top-k IoUs; sensitivity_radius /
-    sensitivity_samples: radius (model-input units) of the uniform L-infinity ball and number of
-    draws of max-sensitivity (Yeh et al. 2019; Captum draws 10 by default); smoothgrad_std /
-    smoothgrad_samples: SmoothGrad noise; ig_steps: Integrated-Gradients steps; gradcam_layer:
-    dotted module name whose output Grad-CAM reads, None = the input of the final global pooling;
-    deletion_steps: pixel-flipping steps; sanity_images / sanity_checkpoints / sanity_threshold:
-    the cascading-randomisation sanity check on FP32 cells (bench.saliency.sanity), run on the
-    first sanity_images evaluated images (0: not run), maps compared at sanity_checkpoints points
-    of the cascade, a method fails at mean Spearman >= sanity_threshold after full randomisation;
-    batch_size: images (or perturbed copies, curve steps) per forward pass; overlays: PNG
-    overlays the stage writes (first method, first images); threads: torch intra-op threads while
-    the stage runs (None: unchanged); seed: image subset, SmoothGrad and sensitivity noise,
-    random pixel order, randomised weights.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    methods: list[str] = Field(default_factory=lambda: ["gradient", "integrated_gradients",
-                                                        "smoothgrad", "gradcam"], min_length=1)
-    n_samples: int = Field(64, ge=1)
-    topk: float = Field(0.1, gt=0.0, le=1.0)
-    sensitivity_radius: float = Field(0.05, ge=0.0)
-    sensitivity_samples: int = Field(10, ge=1)
-    ig_steps: int = Field(16, ge=1)
-    smoothgrad_samples: int = Field(8, ge=1)
-    smoothgrad_std: float = Field(0.15, ge=0.0)
-    gradcam_layer: str | None = None
-    deletion_steps: int = Field(16, ge=1)
-    sanity_images: int = Field(8, ge=0)
-    sanity_checkpoints: int = Field(4, ge=1)
-    sanity_threshold: float = Field(0.5, ge=-1.0, le=1.0)
-    batch_size: int = Field(32, ge=1)
-    overlays: int = Field(3, ge=0)
-    threads: int | None = Field(None, ge=1)
-    seed: int = 0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, raw: Any) -> Any:
-        if isinstance(raw, dict):
-            old = [k for k in RENAMED if k in raw]
-            if old:
-                raise ValueError("; ".join(
-                    f"'{k}' is now '{RENAMED[k]}' (max-sensitivity draws uniformly from an "
-                    "L-infinity ball, Yeh et al. 2019)" for k in old))
-        return raw
-
-    def model_post_init(self, _: object) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown saliency methods {unknown}; known: {list(METHODS)}")
+from bench.saliency.maps import compute_maps
+from bench.saliency.settings import SaliencyConfig
 
 
 def _maps(images: Tensor, targets: Tensor, ids: np.ndarray, *, model: nn.Module, method: str,

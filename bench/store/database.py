@@ -12,6 +12,7 @@ its schema needs an upgrade; a store that cannot be written is read without any 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import shutil
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from sqlalchemy import Engine, create_engine, event, exists, select
 from sqlalchemy.orm import Session
 
@@ -29,6 +30,7 @@ from bench.store import migrate
 from bench.store.artifacts import file_sha256, hash_tree
 from bench.store.identity import local_device
 from bench.store.measurements import MeasurementRecord, empty_columns, latest_columns
+from bench.store.peek import DB_NAME, LOG_DIR, StoreBusyError, exclusive
 from bench.store.records import (
     CellData,
     IngestResult,
@@ -48,11 +50,7 @@ from bench.store.sqlite_file import (
     writable,
 )
 
-DB_NAME = "medq.sqlite"
-
-
-class StoreBusyError(RuntimeError):
-    """Another process holds this store's run lock."""
+__all__ = ["DB_NAME", "ResultsStore", "StoreBusyError"]
 
 
 class ResultsStore:
@@ -64,7 +62,7 @@ class ResultsStore:
         self.root = Path(root)
         self.artifact_root = self.root / "artifacts"
         self.staging_root = self.artifact_root / ".staging"
-        self.log_dir = self.root / "logs"
+        self.log_dir = self.root / LOG_DIR
         self.url = db_url or f"sqlite:///{self.root / DB_NAME}"
         database = sqlite_file(self.url)
         if database is not None and database.exists():
@@ -109,18 +107,9 @@ class ResultsStore:
             return any(session.scalar(select(exists().where(table.record_hash.is_(None))))
                        for table in (CellRecord, MeasurementRecord))
 
-    @contextmanager
-    def exclusive(self, verb: str) -> Iterator[None]:
+    def exclusive(self, verb: str) -> contextlib.AbstractContextManager[None]:
         """Hold the store's lock for one `bench <verb>`; StoreBusyError if another holds it."""
-        lock = FileLock(self.root / f".{verb}.lock")
-        try:
-            lock.acquire(timeout=0)
-        except Timeout as err:
-            raise StoreBusyError(f"another bench {verb} is using the store {self.root}") from err
-        try:
-            yield
-        finally:
-            lock.release()
+        return exclusive(self.root, verb)
 
     @contextmanager
     def run_lock(self) -> Iterator[None]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from bench.store.records import CellData
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.store.records import CellData
 
 DEPLOY_STAGE = "deploy"
 """The key of the deploy stage's entry in a cell's `metrics`."""

@@ -1,5 +1,5 @@
 """A store's SQLite file looked at without writing to it: is it damaged, is it read-only, and
-the URL that reads it without creating anything beside it.
+the URL that reads it without creating anything beside it. Light: the standard library only.
 
 SQLite itself would answer a damaged file with an error only once a statement runs, and by then
 opening it in WAL mode has created `-wal`/`-shm` files next to it. `check_database` reads the
@@ -13,8 +13,6 @@ import os
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
-
-from sqlalchemy.engine import make_url
 
 from bench.errors import UsageError
 
@@ -35,6 +33,8 @@ class StoreReadOnly(UsageError):
 
 def sqlite_file(url: str) -> Path | None:
     """The database file of a file-based SQLite URL; None for other databases."""
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
@@ -51,11 +51,16 @@ def wal_file(database: Path) -> Path:
     return database.with_name(database.name + "-wal")
 
 
-def reading_url(database: Path) -> str:
-    """A URL that opens ``database`` read-only and creates nothing beside it: immutable when
-    no `-wal` file exists (the main file is then the whole database), else plain read-only."""
+def reading_uri(database: Path) -> str:
+    """An SQLite URI that opens ``database`` read-only and creates nothing beside it: immutable
+    when no `-wal` file exists (the main file is then the whole database), else read-only."""
     mode = "mode=ro" if wal_file(database).exists() else "immutable=1"
-    return f"sqlite:///file:{quote(str(database.resolve()))}?{mode}&uri=true"
+    return f"file:{quote(str(database.resolve()))}?{mode}"
+
+
+def reading_url(database: Path) -> str:
+    """`reading_uri` as an SQLAlchemy URL."""
+    return f"sqlite:///{reading_uri(database)}&uri=true"
 
 
 def _damaged(path: Path, reason: str) -> StoreDamaged:
@@ -92,9 +97,8 @@ def check_database(path: Path) -> None:
         raise _damaged(path, problem)
     statement = "PRAGMA quick_check(1)" if size <= QUICK_CHECK_BYTES else \
         "SELECT count(*) FROM sqlite_master"
-    uri = reading_url(path).removeprefix("sqlite:///").replace("&uri=true", "")
     try:
-        connection = sqlite3.connect(uri, uri=True)
+        connection = sqlite3.connect(reading_uri(path), uri=True)
         try:
             rows = connection.execute(statement).fetchall()
         finally:

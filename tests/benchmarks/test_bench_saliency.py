@@ -16,8 +16,8 @@ import torch
 import torchvision
 from torch import nn
 
-from bench.models import SmallCNN
 from bench.saliency import SaliencyConfig, stability_suite
+from bench.smallcnn import SmallCNN
 
 N_IMAGES = int(os.environ.get("SALIENCY_BENCH_IMAGES", "64"))
 N_THREADS = int(os.environ.get("SALIENCY_BENCH_THREADS", "1"))

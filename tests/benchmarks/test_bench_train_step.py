@@ -39,7 +39,7 @@ Scheme = Callable[[nn.Module, torch.Tensor], nn.Module]
 
 
 def _small_cnn() -> nn.Module:
-    from bench.models import SmallCNN
+    from bench.smallcnn import SmallCNN
 
     return SmallCNN(NUM_CLASSES)
 

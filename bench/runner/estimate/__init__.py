@@ -34,13 +34,12 @@ from bench.runner.estimate.probe import CellModelProbe
 from bench.runner.estimate.stage_costs import STAGE_COSTS, load_stage_costs
 from bench.runner.executors.base import Executor, local_cores, resolve_device
 from bench.runner.executors.order import waits
-from bench.runner.executors.task import CELL_THREADS, cell_threads
+from bench.runner.executors.task import CELL_THREADS, WORKER_MODULES, cell_threads
 from bench.runner.plan import Cell, MissingData, Plan
 from bench.runner.stages import STAGES
 from methods import get_method
 
 DEFAULT_CLASSES = 8
-WORKER_MODULE = "bench.runner.executors.task"
 
 __all__ = ["Estimate", "EstimateRow", "cell_shape", "estimate"]
 
@@ -55,8 +54,8 @@ def cell_shape(plan: Plan, cell: Cell) -> CellShape:
         n_val, n_test = round(n * cfg.dataset.split.val), round(n * cfg.dataset.split.test)
         n_train, classes = max(n - n_val - n_test, 0), data.num_classes or DEFAULT_CLASSES
     else:
-        split = data.split
-        n_train, n_val, n_test = len(split.train), len(split.val), len(split.test)
+        summary = data.summary
+        n_train, n_val, n_test = summary.n_train, summary.n_val, summary.n_test
         classes = data.num_classes
     method = get_method(cfg.method)
     return CellShape(n_train=n_train, n_val=n_val, n_test=n_test, num_classes=classes,
@@ -94,11 +93,11 @@ def assumptions(executor: Executor) -> Assumptions:
 
 def workers_start_seconds(executor: Executor) -> float:
     """Starting workers that import the cell code themselves (0 for in-process executors):
-    one import of the worker module in a fresh interpreter, timed."""
+    one import of what a worker preloads (WORKER_MODULES) in a fresh interpreter, timed."""
     if executor.in_process:
         return 0.0
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", f"import {WORKER_MODULE}"], check=True,
+    subprocess.run([sys.executable, "-c", f"import {', '.join(WORKER_MODULES)}"], check=True,
                    capture_output=True)
     return time.perf_counter() - start
 

@@ -10,16 +10,18 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
-from bench.data import PreparedData
 from bench.errors import ConfigError
-from bench.runner.cell import CellOutcome
-from bench.runner.executors.task import CellTask
-from bench.runner.plan import Cell
-from bench.train import EpochHook
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.data import PreparedData
+    from bench.runner.executors.task import CellTask
+    from bench.runner.outcome import CellOutcome
+    from bench.runner.plan import Cell
+    from bench.train import EpochHook
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,18 @@ class Finished:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` (auto: CUDA if there is one here); ConfigError for CUDA on a
+    machine without a CUDA device."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: this machine has no CUDA device that torch "
+                          f"{torch.__version__} can use (torch.cuda.is_available() is False); "
+                          "use --device cpu or auto")
+    return device
 
 
 def local_cores() -> int:
@@ -95,6 +106,11 @@ class Executor(ABC):
     def device(self) -> torch.device:
         """The device cells train on (`auto` resolved where they run); valid after start."""
         return resolve_device(self.options.device)
+
+    def check_device(self) -> None:
+        """ConfigError if the cells' device is not to be had where they run; called before the
+        store is opened, starts nothing. Here: the cells run on this machine."""
+        resolve_device(self.options.device)
 
     @abstractmethod
     def submit(self, task: CellTask, data: PreparedData, on_epoch: EpochHook | None) -> None:

@@ -5,7 +5,8 @@ Cells already stored ok are skipped. A cell is submitted once the cells it waits
 retried (at most MAX_RETRIES times; a crash that cannot be pinned on one cell is not counted,
 and the cells it took down are retried one at a time until each is cleared). A cell that fails
 is stored with its error, and the cells that start from it are stored as failed ("parent
-failed") without running; the rest of the grid goes on.
+failed") without running; the rest of the grid goes on. A plan with nothing to run never starts
+the executor (nor loads the training stack).
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from bench.progress import RunProgress
-from bench.runner.cell import commit_cell, mark_failed, new_record
 from bench.runner.executors.base import Executor, Finished
 from bench.runner.executors.order import Waits, waits
 from bench.runner.executors.task import CellTask, StoreRef
+from bench.runner.outcome import commit_cell, mark_failed, new_record
 from bench.runner.plan import Cell, Plan
-from bench.store import CellRecord, ResultsStore
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.store import CellRecord, ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +52,13 @@ def execute(plan: Plan, store: ResultsStore, executor: Executor, *, fail_fast: b
     with store.run_lock():
         if locked is not None:
             locked()
-        with RunProgress(len(plan.cells), quiet) as progress, executor:
+        with RunProgress(len(plan.cells), quiet) as progress:
             log.info("executor %s: %s", executor.name, executor.describe())
-            return _Run(plan, store, executor, progress, fail_fast).run()
+            run = _Run(plan, store, executor, progress, fail_fast)
+            if not run.pending:
+                return run.summary
+            with executor:
+                return run.run()
 
 
 class _Run:
@@ -64,16 +75,20 @@ class _Run:
         self.running: dict[str, Cell] = {}
         self.crashes: Counter[str] = Counter()
         self.suspects: set[str] = set()
-        self.device = executor.device()
         self.store_ref = StoreRef.of(store)
-
-    def run(self) -> RunSummary:
         for cell in self.plan.cells:
             if cell.cell_id in self.done:
                 self.summary.cached.append(cell.cell_id)
                 self.progress.cell_done()
             else:
                 self.pending.append(cell)
+
+    @cached_property
+    def device(self) -> torch.device:
+        """Where cells train (the executor's, once it has started)."""
+        return self.executor.device()
+
+    def run(self) -> RunSummary:
         while self.pending or self.running:
             self._fail_orphans()
             self._submit_ready()
@@ -129,7 +144,7 @@ class _Run:
                 on_epoch = self.progress.epoch_done
             task = CellTask(cell, self.store_ref, self.plan.grid.name, str(self.device),
                             self.executor.name)
-            self.executor.submit(task, self.plan.data[cell.data_key], on_epoch)
+            self.executor.submit(task, self.plan.data[cell.data_key].load(), on_epoch)
         self._show_running()
 
     def _show_running(self) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bench.data import PreparedData
 from bench.errors import ConfigError
 from bench.runner.executors.base import Executor, ExecutorOptions, Finished, register_executor
 from bench.runner.executors.task import CELL_THREADS, CellTask, run_task
-from bench.train import EpochHook
+
+if TYPE_CHECKING:
+    from bench.train import EpochHook
 
 
 @register_executor

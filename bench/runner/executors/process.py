@@ -18,9 +18,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
-
-import psutil
-import torch
+from typing import TYPE_CHECKING
 
 from bench.data import PreparedData
 from bench.runner.executors.base import (
@@ -30,9 +28,13 @@ from bench.runner.executors.base import (
     local_cores,
     register_executor,
 )
-from bench.runner.executors.task import CELL_THREADS, CellTask, run_task
+from bench.runner.executors.task import CELL_THREADS, WORKER_MODULES, CellTask, run_task
 from bench.runner.plan import Cell
-from bench.train import EpochHook
+
+if TYPE_CHECKING:
+    import psutil
+
+    from bench.train import EpochHook
 
 DRIVER_POLL_SECONDS = 1.0
 
@@ -41,11 +43,13 @@ def worker_context() -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([run_task.__module__])
+    context.set_forkserver_preload(list(WORKER_MODULES))
     return context
 
 
 def _exit_with(driver: psutil.Process) -> None:
+    import psutil
+
     while driver.is_running() and driver.status() != psutil.STATUS_ZOMBIE:
         time.sleep(DRIVER_POLL_SECONDS)
     os._exit(1)
@@ -54,6 +58,9 @@ def _exit_with(driver: psutil.Process) -> None:
 def init_worker(driver_pid: int) -> None:
     """Pool initializer: one torch thread, and exit as soon as the driver is gone (a forkserver
     outlives its driver while any worker it forked is alive)."""
+    import psutil
+    import torch
+
     torch.set_num_threads(CELL_THREADS)
     driver = psutil.Process(driver_pid)
     threading.Thread(target=_exit_with, args=(driver,), daemon=True).start()

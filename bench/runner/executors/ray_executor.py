@@ -12,9 +12,7 @@ a task whose worker died are the driver's (max_retries=0 here), like every execu
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from bench.data import PreparedData
 from bench.errors import ConfigError
@@ -27,7 +25,11 @@ from bench.runner.executors.base import (
 )
 from bench.runner.executors.task import CELL_THREADS, CellTask, run_task
 from bench.runner.plan import Cell
-from bench.train import EpochHook
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.train import EpochHook
 
 LOCAL_HOST = "127.0.0.1"
 
@@ -71,6 +73,7 @@ class RayExecutor(Executor):
 
     def start(self) -> None:
         import ray
+        import torch
 
         if not ray.is_initialized():
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -93,7 +96,13 @@ class RayExecutor(Executor):
         assert self._device is not None, "device() before start()"
         return self._device
 
+    def check_device(self) -> None:
+        """The cluster's GPUs are its own: a CUDA cell's task asks for one (see `submit`)."""
+        return None
+
     def submit(self, task: CellTask, data: PreparedData, on_epoch: EpochHook | None) -> None:
+        import torch
+
         gpus = 1 if torch.device(task.device).type == "cuda" else 0
         ref = self._remote.options(num_cpus=CELL_THREADS, num_gpus=gpus, max_retries=0,
                                    name=f"cell {task.cell.label}").remote(task)

@@ -8,25 +8,32 @@ never writes the store: the driver commits.
 Every cell runs on CELL_THREADS torch threads, whatever the executor: the number of intra-op
 threads changes the order of floating-point reductions and so the trained weights, and a cell's
 results must not depend on where it ran. More cores are used by running more cells at once.
+
+This module imports without torch (the driver builds tasks, and a run with nothing to do needs
+no training stack); `run_task` loads it, and `WORKER_MODULES` is what a worker preloads.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from bench.data import PreparedData, prepare
-from bench.runner.cell import CellOutcome, compute_cell, describe_error, mark_failed, new_record
+from bench.runner.outcome import CellOutcome, describe_error, mark_failed, new_record
 from bench.runner.plan import Cell
-from bench.store import ResultsStore
-from bench.store.database import DB_NAME
-from bench.train import EpochHook
+from bench.store.peek import DB_NAME
+
+if TYPE_CHECKING:
+    from bench.store import ResultsStore
+    from bench.train import EpochHook
 
 CELL_THREADS = 1
+WORKER_MODULES = (__name__, "bench.runner.cell")
+"""What a worker process imports to compute cells (the training stack)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,11 @@ class CellTask:
 
 @contextmanager
 def cell_threads() -> Iterator[None]:
-    """Run a cell on CELL_THREADS torch threads with deterministic algorithms."""
+    """Run a cell on CELL_THREADS torch threads with deterministic algorithms (on CUDA too:
+    cuBLAS needs a fixed workspace for that, set before its first use)."""
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     before = torch.get_num_threads()
     torch.set_num_threads(CELL_THREADS)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -68,6 +79,8 @@ _DATA: dict[str, PreparedData] = {}
 
 
 def open_store(ref: StoreRef) -> ResultsStore:
+    from bench.store import ResultsStore
+
     if ref not in _STORES:
         _STORES[ref] = ResultsStore(ref.root, ref.url)
     return _STORES[ref]
@@ -88,6 +101,10 @@ def prepared_data(cell: Cell) -> PreparedData:
 def run_task(task: CellTask, data: PreparedData | None = None,
              on_epoch: EpochHook | None = None) -> CellOutcome:
     """Compute one cell into a staging folder of the store; a failure is returned, not raised."""
+    import torch
+
+    from bench.runner.cell import compute_cell
+
     device = torch.device(task.device)
     extra = {"executor": task.executor, "torch_threads": CELL_THREADS}
     with cell_threads():
