@@ -78,6 +78,8 @@ def _saliency(rng: np.random.Generator, method: str, quality: float) -> dict[str
         stats[sal] = metrics
     columns = {f"saliency_{m}": stats["gradient"].get(m, {}).get("mean")
                for m in ("spearman_fp32", "max_sensitivity", "deletion_auc")}
+    columns["saliency_null_spearman_fp32"] = null.get("gradient", {}).get(
+        "spearman_fp32", {}).get("mean")
     sanity = {"methods": {"gradient": {"passed": True, "reason": None, "spearman": [0.3, 0.1]},
                           "gradcam": {"passed": False, "reason": SANITY_REASON,
                                       "spearman": [0.9, 0.8]}}} if method == "fp32" else {

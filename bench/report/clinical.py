@@ -335,4 +335,8 @@ def describe(block: ClinicalBlock) -> dict[str, Any]:
                       "p_adjusted": r.p_adjusted, "flag": r.flag} for r in block.rows],
             "confusion": None if block.selected is None else {
                 "config": block.selected.config, "rule": block.selected.rule,
-                "matrix": block.selected.matrix, "fp32": block.selected.fp32}}
+                "matrix": _listed(block.selected.matrix), "fp32": _listed(block.selected.fp32)}}
+
+
+def _listed(matrix: np.ndarray | None) -> list[list[int]] | None:
+    return None if matrix is None else matrix.tolist()
