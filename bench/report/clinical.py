@@ -63,7 +63,8 @@ def macro_f1(matrix: np.ndarray) -> float:
 
 def class_names(data: ReportData, cell_ids: list[str]) -> list[str]:
     """The class names a block's records store (`classes`), else `class 0`, `class 1`, ...
-    for as many classes as its confusion matrices or predictions have."""
+    for as many classes as its confusion matrices or predictions have (read once per cell,
+    bench.report.data.ReportData.headline_predictions)."""
     n = 0
     for cid in cell_ids:
         metrics = data.records[cid].metrics or {}
@@ -102,19 +103,22 @@ def block_confusions(data: ReportData, ok: pd.DataFrame, n_classes: int
     return out, predictions
 
 
-def class_pairs(ok: pd.DataFrame, a: str, b: str, predictions: Predictions, n_classes: int
+Seeds = dict[int, tuple[str, str]]
+"""seed -> (cell id, split manifest) of one configuration."""
+
+
+def class_pairs(a: Seeds, b: Seeds, predictions: Predictions, n_classes: int
                 ) -> tuple[list[tuple[list[np.ndarray], list[np.ndarray]]], str | None]:
     """Per class, the per-seed correctness of A and of B on that class's test images, for the
     seeds where both are cells of the same split evaluated on the same images (the pairing of
     bench.report.significance._paired_by_seed); why some seeds were left out."""
-    cells = {c: ok[ok.config == c].set_index("seed") for c in (a, b)}
     per_class: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in
                                                                   range(n_classes)]
     left = []
-    for seed in sorted(set(cells[a].index) & set(cells[b].index)):
-        ca, cb = cells[a].loc[seed], cells[b].loc[seed]
-        pa, pb = predictions.get(ca.cell_id), predictions.get(cb.cell_id)
-        if ca.split_manifest != cb.split_manifest:
+    for seed in sorted(a.keys() & b.keys()):
+        (ca, split_a), (cb, split_b) = a[seed], b[seed]
+        pa, pb = predictions.get(ca), predictions.get(cb)
+        if split_a != split_b:
             left.append(f"seed {seed}: other test split")
         elif pa is None or pb is None:
             left.append(f"seed {seed}: no per-image predictions")
@@ -235,13 +239,17 @@ def _block(data: ReportData, ok: pd.DataFrame, dataset: str, backbone: str, marg
             per_seed.setdefault(cell.config, {})[int(cell.seed)] = recall_specificity(
                 block.matrices[cell.cell_id])
     keys = ok.drop_duplicates("config").set_index("config")
+    seeds_of: dict[str, Seeds] = {}
+    for cell in ok.itertuples(index=False):
+        seeds_of.setdefault(cell.config, {})[int(cell.seed)] = (cell.cell_id,
+                                                                cell.split_manifest)
     base = per_seed.get(FP32, {})
     for config in ordered_configs(ok):
         seeds = per_seed.get(config, {})
         if not seeds:
             continue
         key = keys.loc[config]
-        pairs, left = (class_pairs(ok, config, FP32, predictions, len(classes))
+        pairs, left = (class_pairs(seeds_of[config], seeds_of[FP32], predictions, len(classes))
                        if config != FP32 and base else ([], None))
         for c, cname in enumerate(classes):
             recall = {s: float(r[c]) for s, (r, _) in seeds.items()}
