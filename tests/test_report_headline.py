@@ -314,7 +314,7 @@ def test_sentences_flip_with_the_verdict():
         row["vs_fp32"] = Difference("fp32", -4.2, "CMH", p)
         row["d_fp32"] = -4.2
         said = sentence(row, columns([]), True)
-        assert f"-4.2 points: {word}, Holm-adjusted CMH p = {F.pval(p)}" in said
+        assert f"-4.2 points, {word}, Holm-adjusted CMH p = {F.pval(p)}" in said
     row["vs_fp32"] = Difference("fp32", -4.2, "Wilcoxon", None, "n=3 seeds: Wilcoxon needs >= 6")
     assert "not tested: n=3 seeds" in sentence(row, columns([]), True)
 
@@ -324,7 +324,8 @@ def test_missing_measurements_say_not_measured(store, measured):
     context = report_context(s, figures=False)
     rows = _headline_rows(context)
     w4 = rows["ptq W4A4"]["sentence"]
-    assert "(PyTorch model, not deployed)" in w4 and "integer coverage not measured" in w4
+    assert "(PyTorch model: no deployed predictions stored)" in w4
+    assert "integer coverage not measured" in w4
     for row in rows.values():
         assert "latency not measured" in row["sentence"]
         assert "sanity check not measured" in row["sentence"]

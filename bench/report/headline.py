@@ -302,17 +302,18 @@ def _cell(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
 def _verdict(d: Difference) -> str:
     """"difference not significant, CMH p = 0.41" from the printed p; the reason otherwise."""
     if d.p_adjusted is None:
-        return f"not tested: {d.reason}" if d.reason else "not tested"
+        why = (d.reason or "").removesuffix(": no test").removesuffix(" no test")
+        return f"not tested: {why}" if why else "not tested"
     word = "significant" if d.significant else "not significant"
     return f"difference {word}, Holm-adjusted {d.test} p = {fmt.pval(d.p_adjusted)}"
 
 
 def _delta(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
-    """"-1.8 points: difference not significant, Holm-adjusted CMH p = 0.41"."""
+    """"-1.8 points, difference not significant, Holm-adjusted CMH p = 0.41"."""
     d: Difference = row[f"vs_{key}"]
     if d.points is None:
         return "no seed in common"
-    return f"{_cell(cols, {**row, f'd_{key}_mark': None}, f'd_{key}')} points: {_verdict(d)}"
+    return f"{_cell(cols, {**row, f'd_{key}_mark': None}, f'd_{key}')} points, {_verdict(d)}"
 
 
 def _devices(cols: dict[str, Column], row: dict[str, Any], devices: list[str],
@@ -367,7 +368,8 @@ def sentence(row: dict[str, Any], cols_list: list[Column], has_fp32: bool) -> st
     cols = {c.key: c for c in cols_list}
     devices = [c.group for c in cols_list if c.key.startswith("p50@")]
     config, fp32 = row["config"], row["config"] == FP32
-    model = "" if row["model"] == "deployed" else f" ({row['model']} model, not deployed)"
+    model = {"deployed": "", "PyTorch": " (PyTorch model: no deployed predictions stored)",
+             "mixed": " (deployed model on some seeds, PyTorch model on others)"}[row["model"]]
     accuracy = _cell(cols, row, "accuracy")
     if fmt.missing(row.get("accuracy")):
         head = f"{config}{model}: accuracy {NOT_MEASURED}"
