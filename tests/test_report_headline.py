@@ -3,11 +3,13 @@ tests come from ONNX Runtime's stored predictions; the torch accuracy stays besi
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
 from markupsafe import escape
 from scipy import stats as ss
@@ -401,3 +403,21 @@ def test_headline_json_has_the_table_and_sentences(measured, cli, tmp_path):
     for config, row in _headline_rows(context).items():
         assert by_config[config]["sentence"] == row["sentence"]
         assert by_config[config]["accuracy"] == pytest.approx(row["accuracy"])
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv"])
+def test_table_option_writes_the_headline_table_as_md_and_csv(measured, cli, tmp_path, fmt):
+    gen, context = measured
+    out = tmp_path / f"h.{fmt}"
+    assert cli("report", "--store", gen.store.root, "--out", out, "--format", fmt, "--table",
+               "headline").exit_code == 0
+    written = out.read_text()
+    for row in _headline_rows(context).values():
+        shown = text(next(c for c in context["headline"].columns if c.key == "retained"), row)
+        if fmt == "md":
+            assert f"| {row['config']} |" in written and shown in written
+    if fmt == "csv":
+        frame = pd.read_csv(io.StringIO(written))
+        assert list(frame.config) == list(_headline_rows(context))
+        assert frame.retained.tolist() == pytest.approx(
+            [r["retained"] for r in _headline_rows(context).values()])
