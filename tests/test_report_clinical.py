@@ -211,7 +211,8 @@ def test_heatmap_outlines_the_flagged_classes(view):
     assert [t.get_text() for t in ax.get_xticklabels()] == CLASSES
     outlined = [p for p in ax.patches if not p.get_fill()]
     assert len(outlined) == 1 and outlined[0].get_xy() == (DROP_CLASS, 1)   # qat is row 1
-    assert per_class_heatmap(frame).startswith("<svg")
+    svg = per_class_heatmap(frame)
+    assert svg.startswith("<svg") and all(f">{name}<" in svg for name in CLASSES)  # text
     assert per_class_heatmap(frame.iloc[:0]) is None
 
 

@@ -34,6 +34,7 @@ def per_class_heatmap_figure(frame: pd.DataFrame) -> Figure | None:
         sns.heatmap(values, ax=ax, cmap=CMAP, center=0.0, vmin=-limit, vmax=limit, annot=True,
                     fmt=".1f", annot_kws={"fontsize": 7}, linewidths=0.5, linecolor="white",
                     cbar_kws={"label": "recall change vs FP32 (points)"})
+        ax.collections[-1].colorbar.solids.set_rasterized(True)   # one image, not 256 paths
         for i, j in zip(*np.nonzero(flagged.fillna(False).to_numpy(dtype=bool)), strict=True):
             ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="black", lw=2))
         ax.set_xlabel("class (outlined: flagged)")
@@ -46,6 +47,8 @@ def per_class_heatmap_figure(frame: pd.DataFrame) -> Figure | None:
 
 
 def per_class_heatmap(frame: pd.DataFrame) -> str | None:
-    """per_class_heatmap_figure as an inline <svg> element (None without any value)."""
-    fig = per_class_heatmap_figure(frame)
-    return None if fig is None else to_svg(fig)
+    """per_class_heatmap_figure as an inline <svg> element (None without any value); saved
+    under the same rc settings, so its text stays text."""
+    with matplotlib.rc_context(RC):
+        fig = per_class_heatmap_figure(frame)
+        return None if fig is None else to_svg(fig)
