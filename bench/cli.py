@@ -271,6 +271,11 @@ class ReportFormat(StrEnum):
     latex = "latex"
 
 
+class ReportTable(StrEnum):
+    headline = "headline"
+    main = "main"
+
+
 @app.command()
 @exits_on_usage_error
 def report(
@@ -278,16 +283,33 @@ def report(
     out_path: Annotated[Path | None, typer.Option(
         "--out", help="File to write (default: reports/index.<html|md|csv|json|tex>).")] = None,
     format: Annotated[ReportFormat, typer.Option(
-        "--format", help="html: the full self-contained report; md, csv, json, latex: the main "
-                         "table (json: also summary and significance).")] = ReportFormat.html,
+        "--format", help="html: the full self-contained report; md, csv, latex: one table "
+                         "(latex: the headline table with booktabs, md and csv: the main "
+                         "table, unless --table); json: the tables, summary, significance and "
+                         "per-class view.")] = ReportFormat.html,
+    table: Annotated[ReportTable | None, typer.Option(
+        "--table", help="The table md, csv and latex write: headline (per configuration: "
+                        "accuracy against FP32 and the float control, size, speed-up, integer "
+                        "coverage, saliency) or main (every column).")] = None,
+    recall_margin: Annotated[float, typer.Option(
+        "--recall-margin", min=0.0, help="Flag a class whose recall falls by more than this "
+                                         "many percentage points against FP32.")] = 2.0,
+    confusion: Annotated[str | None, typer.Option(
+        "--confusion", help="Configuration whose confusion matrices are shown beside FP32's, "
+                            "e.g. 'qat W4A4' (default: the quantised configuration with the "
+                            "highest mean accuracy).")] = None,
 ) -> None:
-    """Write a self-contained HTML report of the store (or its main table in another format)."""
+    """Write a self-contained HTML report of the store (or one of its tables in another
+    format)."""
     from bench.report import build_report
+    from bench.report.build import ReportOptions
     from bench.report.render import SUFFIXES
     from bench.store import ResultsStore
 
     target = out_path or Path(f"reports/index.{SUFFIXES[format.value]}")
-    path = build_report(open_store(store, ResultsStore, readonly=True), target, format.value)
+    options = ReportOptions(recall_margin, confusion, table.value if table else None)
+    path = build_report(open_store(store, ResultsStore, readonly=True), target, format.value,
+                        options)
     out.print(f"report written to {path.resolve()}")
 
 

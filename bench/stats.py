@@ -501,8 +501,8 @@ def seeds_needed(seed_means: Sequence[float], alpha: float = ALPHA, power: float
     return max(MIN_N_WILCOXON, math.ceil(n_t / WILCOXON_ARE)), None
 
 
-def cmh_paired(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[Sequence[bool]]
-               ) -> ImageLevelResult:
+def cmh_paired(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[Sequence[bool]], *,
+               power: bool = True) -> ImageLevelResult:
     """Cochran-Mantel-Haenszel test that two models are equally accurate on the same images,
     stratified by seed (``correct_a[s][i]``: model A of seed s right on image i).
 
@@ -516,16 +516,17 @@ def cmh_paired(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[Sequence
     samples.) statsmodels ``StratifiedTable.test_null_odds`` without continuity correction,
     its p-value as chi2(1)'s survival function of the statistic (statsmodels' 1 - cdf is 0
     below ~1e-16); ``p_exact`` is the exact conditional test (binomial on the discordant pairs).
+    ``power=False`` skips the power line (``mde``, ``seeds_needed``), for many small tests.
     """
     strata = [np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
               for a, b in zip(correct_a, correct_b, strict=True)]
     strata = [d for d in strata if d.size]
     n = int(sum(d.size for d in strata))
     seed_means = [float(d.mean()) for d in strata]
-    needed, why = seeds_needed(seed_means)
+    needed, why = seeds_needed(seed_means) if power else (None, "power line not computed")
     base = ImageLevelResult("cmh", n, len(strata), None, None,
                             _weighted_mean(strata) if strata else None, None,
-                            detectable_difference(strata), needed, None, why)
+                            detectable_difference(strata) if power else None, needed, None, why)
     if not strata:
         return replace(base, reason="no paired images: no test")
     d = np.concatenate(strata)

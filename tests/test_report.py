@@ -78,6 +78,8 @@ def _saliency(rng: np.random.Generator, method: str, quality: float) -> dict[str
         stats[sal] = metrics
     columns = {f"saliency_{m}": stats["gradient"].get(m, {}).get("mean")
                for m in ("spearman_fp32", "max_sensitivity", "deletion_auc")}
+    columns["saliency_null_spearman_fp32"] = null.get("gradient", {}).get(
+        "spearman_fp32", {}).get("mean")
     sanity = {"methods": {"gradient": {"passed": True, "reason": None, "spearman": [0.3, 0.1]},
                           "gradcam": {"passed": False, "reason": SANITY_REASON,
                                       "spearman": [0.9, 0.8]}}} if method == "fp32" else {
@@ -460,8 +462,11 @@ def test_pareto_front():
 
 @pytest.mark.parametrize("fmt", ["md", "latex", "csv", "json"])
 def test_other_formats_have_the_main_table(ten_seeds, ten_context, cli, tmp_path, fmt):
+    """LaTeX writes the headline table unless told `--table main` (tests/test_report_clinical)."""
     out = tmp_path / f"main.{fmt}"
-    result = cli("report", "--store", ten_seeds.store.root, "--out", out, "--format", fmt)
+    table = ["--table", "main"] if fmt == "latex" else []
+    result = cli("report", "--store", ten_seeds.store.root, "--out", out, "--format", fmt,
+                 *table)
     assert result.exit_code == 0, result.output
     text = out.read_text()
     rows = _block_rows(ten_context)

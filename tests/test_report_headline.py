@@ -3,18 +3,30 @@ tests come from ONNX Runtime's stored predictions; the torch accuracy stays besi
 
 from __future__ import annotations
 
+import io
+import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
+from markupsafe import escape
+from scipy import stats as ss
+from sklearn.metrics import f1_score
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
 
 from bench import stats
+from bench.report import fmt as F
+from bench.report import report_context
 from bench.report.build import build_report
 from bench.report.data import headline, load
 from bench.report.provenance import flagged
 from bench.report.significance import correctness, image_families, mcnemar_vs_fp32
-from bench.report.tables import main_table
+from bench.report.tables import main_table, text
 from bench.store import CellRecord, ResultsStore
+from tests.test_report import Generated, Spec, generate, label
 
 N = 80
 SEEDS = 3
@@ -156,3 +168,256 @@ def test_partially_integer_cells_show_their_coverage_and_flag_beside_their_laten
     assert f"{PARTIAL:.4f}" in flag.reason and "not an integer model's latency" in flag.reason
     html = build_report(s, tmp_path / "r.html").read_text()
     assert "int. coverage" in html and "partially_integer" in html
+
+
+# --- the headline table and its sentences ---------------------------------------------------
+
+DEVICES = (("host", "m1"), ("raspberry-pi-4", "pi"))
+CONTROL_CONFIGS = (("fp32", 32, 32), ("fp32_ft", 32, 32), ("qat", 4, 4), ("pact_sgt", 4, 4))
+UNMEASURED = "pact_sgt W4A4"
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> tuple[Generated, dict]:
+    """fp32, its equal-budget twin fp32_ft, qat W4A4 (control fp32_ft) and pact_sgt W4A4
+    (control sgt_ft, not run), 3 seeds on two devices; pact_sgt W4A4 has no measurements."""
+    gen = generate(tmp_path_factory.mktemp("measured"), Spec(
+        configs=CONTROL_CONFIGS, seeds=3, devices=DEVICES, n_test=150))
+    unmeasured = gen.cells[(gen.cells.method == "pact_sgt")].cell_id.tolist()
+    with gen.store.engine.begin() as conn:
+        for cid in unmeasured:
+            conn.exec_driver_sql("DELETE FROM measurements WHERE cell_id = ?", (cid,))
+    return gen, report_context(gen.store, figures=False)
+
+
+def _headline_rows(context: dict) -> dict[str, dict]:
+    return {r["config"]: r for b in context["headline"].blocks for r in b.rows}
+
+
+def _accuracy(gen: Generated, method: str, w: int) -> np.ndarray:
+    part = gen.cells[(gen.cells.method == method) & (gen.cells.w_bits == w)]
+    return part.sort_values("seed").accuracy.to_numpy()
+
+
+def _right(gen: Generated, method: str, w: int) -> list[np.ndarray]:
+    part = gen.cells[(gen.cells.method == method) & (gen.cells.w_bits == w)].sort_values("seed")
+    return [np.equal(*gen.predictions[c]) for c in part.cell_id]
+
+
+def _cmh_oracle(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """CMH with (seed, image) pairs as strata = McNemar's chi-square without continuity
+    correction on the discordant pairs pooled over seeds (statsmodels)."""
+    ra, rb = np.concatenate(a), np.concatenate(b)
+    table = [[int((ra & rb).sum()), int((ra & ~rb).sum())],
+             [int((~ra & rb).sum()), int((~ra & ~rb).sum())]]
+    return float(mcnemar(table, exact=False, correction=False).pvalue)
+
+
+def test_headline_numbers_equal_independent_computations(measured):
+    gen, context = measured
+    rows = _headline_rows(context)
+    assert list(rows) == ["fp32", "fp32_ft", "qat W4A4", "pact_sgt W4A4"]
+    fp32 = _accuracy(gen, "fp32", 32)
+    p_vs_fp32 = {c: _cmh_oracle(_right(gen, m, w), _right(gen, "fp32", 32))
+                 for c, (m, w) in {"fp32_ft": ("fp32_ft", 32), "qat W4A4": ("qat", 4),
+                                   "pact_sgt W4A4": ("pact_sgt", 4)}.items()}
+    holm = dict(zip(p_vs_fp32, multipletests(list(p_vs_fp32.values()), method="holm")[1],
+                    strict=True))
+    lat = gen.latency.merge(gen.cells[["cell_id", "method", "w_bits"]])
+    p50 = lat.groupby(["method", "w_bits", "profile"]).p50.mean()
+    for method, w, _ in CONTROL_CONFIGS:
+        row = rows[label(method, w, w)]
+        acc = _accuracy(gen, method, w)
+        low, high = ss.t.interval(0.95, len(acc) - 1, loc=acc.mean(), scale=ss.sem(acc))
+        assert (row["accuracy"], row["accuracy_low"], row["accuracy_high"]) == pytest.approx(
+            (acc.mean(), low, high))
+        assert row["retained"] == pytest.approx(100 * acc.mean() / fp32.mean())
+        part = gen.cells[(gen.cells.method == method) & (gen.cells.w_bits == w)]
+        f1 = [f1_score(*gen.predictions[c], average="macro") for c in part.cell_id]
+        assert row["macro_f1"] == pytest.approx(np.mean(f1))
+        fp32_size = gen.cells[gen.cells.method == "fp32"].size_bytes.mean()
+        assert row["size_pct"] == pytest.approx(100 * part.size_bytes.mean() / fp32_size)
+        sal = part.sort_values("seed").saliency_spearman_fp32.to_numpy(dtype=float)
+        if method == "fp32":
+            assert row["stability"] is None and "vs_fp32" not in row
+        else:
+            s_low, s_high = ss.t.interval(0.95, 2, loc=sal.mean(), scale=ss.sem(sal))
+            assert (row["stability"], row["stability_low"], row["stability_high"]) == \
+                pytest.approx((sal.mean(), s_low, s_high))
+            assert row["null_stability"] == pytest.approx(
+                part.saliency_null_spearman_fp32.mean())
+            d = row["vs_fp32"]
+            assert d.points == pytest.approx(100 * np.mean(acc - fp32))
+            assert d.test == "CMH" and d.p_adjusted == pytest.approx(holm[row["config"]])
+            assert row["d_fp32_mark"] == ("n.s." if d.p_adjusted >= 0.05 else
+                                          "***" if d.p_adjusted < 0.001 else
+                                          "**" if d.p_adjusted < 0.01 else "*")
+        for profile, device in (("host", "host"), ("raspberry-pi-4", "raspberry-pi-4")):
+            if method == "pact_sgt":
+                assert row.get(f"p50@{device}") is None
+                continue
+            assert row[f"p50@{device}"] == pytest.approx(p50[(method, w, profile)])
+            assert row[f"speedup@{device}"] == pytest.approx(
+                p50[("fp32", 32, profile)] / p50[(method, w, profile)])
+    qat = rows["qat W4A4"]["vs_control"]
+    assert qat.reference == "fp32_ft" and qat.test == "CMH"
+    assert qat.p_adjusted == pytest.approx(_cmh_oracle(_right(gen, "qat", 4),
+                                                       _right(gen, "fp32_ft", 32)))
+    assert qat.points == pytest.approx(100 * np.mean(_accuracy(gen, "qat", 4)
+                                                     - _accuracy(gen, "fp32_ft", 32)))
+    assert rows["pact_sgt W4A4"]["control"] == "sgt_ft" and "vs_control" not in \
+        rows["pact_sgt W4A4"]
+    assert rows["fp32"]["sanity"] == "passed on 3/3 FP32 seeds"
+
+
+def _cells_text(context: dict, row: dict) -> list[str]:
+    return [text(c, row) for c in context["headline"].columns]
+
+
+def test_sentences_hold_only_the_rows_numbers_and_say_significance_right(measured):
+    _, context = measured
+    devices = context["devices"]
+    for row in _headline_rows(context).values():
+        sentence = row["sentence"]
+        assert sentence.startswith(row["config"])
+        rest = sentence
+        for name in (row["config"], row.get("control") or "", *devices, "FP32", "fp32_ft",
+                     "p50"):
+            rest = rest.replace(name, " ") if name else rest
+        shown = _cells_text(context, row)
+        for number in NUMBER.findall(rest):
+            assert any(number.lstrip("+") in cell for cell in shown), (number, sentence)
+        for key in ("fp32", "control"):
+            d = row.get(f"vs_{key}")
+            if d is None or d.p_adjusted is None:
+                continue
+            verdict = ("difference significant" if d.p_adjusted < 0.05 else
+                       "difference not significant")
+            assert f"{verdict}, Holm-adjusted CMH p = {F.pval(d.p_adjusted)}" in sentence
+            assert F.pval(d.p_adjusted) in text(
+                next(c for c in context["headline"].columns if c.key == f"p_{key}"), row)
+    qat = _headline_rows(context)["qat W4A4"]
+    assert "keeps " + text(next(c for c in context["headline"].columns
+                                if c.key == "retained"), qat) + " of FP32's accuracy" in \
+        qat["sentence"]
+    assert "against its equal-budget float control fp32_ft" in qat["sentence"]
+    assert "faster than FP32 on host" in qat["sentence"] and "ρ = " in qat["sentence"]
+
+
+def test_sentences_flip_with_the_verdict():
+    """The same row says "significant" below 0.05 and "not significant" above it."""
+    from bench.report.headline import Difference, columns, sentence
+
+    row = {"config": "qat W4A4", "method": "qat", "w_bits": 4, "a_bits": 4, "model": "deployed",
+           "accuracy": 0.8, "accuracy_low": 0.79, "accuracy_high": 0.81, "retained": 95.0,
+           "int_coverage": 1.0, "coverage": "1.00", "size_bytes": 10.0, "size_pct": 25.0}
+    for p, word in ((0.0312, "difference significant"), (0.41, "difference not significant")):
+        row["vs_fp32"] = Difference("fp32", -4.2, "CMH", p)
+        row["d_fp32"] = -4.2
+        said = sentence(row, columns([]), True)
+        assert f"-4.2 points, {word}, Holm-adjusted CMH p = {F.pval(p)}" in said
+    row["vs_fp32"] = Difference("fp32", -4.2, "Wilcoxon", None, "n=3 seeds: Wilcoxon needs >= 6")
+    assert "not tested: n=3 seeds" in sentence(row, columns([]), True)
+
+
+def test_missing_measurements_say_not_measured(store, measured):
+    s, _ = store
+    context = report_context(s, figures=False)
+    rows = _headline_rows(context)
+    w4 = rows["ptq W4A4"]["sentence"]
+    assert "(PyTorch model: no deployed predictions stored)" in w4
+    assert "integer coverage not measured" in w4
+    for row in rows.values():
+        assert "latency not measured" in row["sentence"]
+        assert "sanity check not measured" in row["sentence"]
+        if row["config"] != "fp32":
+            assert "saliency stability against FP32 not measured" in row["sentence"]
+    assert rows["ptq W8A8"]["coverage"] == f"{(PARTIAL + 2) / 3:.2f} (partially_integer 1/3)"
+    assert "integer coverage " + rows["ptq W8A8"]["coverage"] in rows["ptq W8A8"]["sentence"]
+    assert rows["ptq W8A8"]["model"] == "deployed"
+    _, full = measured
+    pact = _headline_rows(full)[UNMEASURED]["sentence"]
+    assert "latency on host not measured" in pact
+    assert "latency on raspberry-pi-4 not measured" in pact
+    assert "its equal-budget float control sgt_ft not measured" in pact
+
+
+def _latex_rows(body: list[str]) -> list[list[str]]:
+    """The cells of each row (``\\`` at the end), split at unescaped ``&``."""
+    return [re.split(r"(?<!\\)&", line.removesuffix("\\\\")) for line in body
+            if line.endswith("\\\\")]
+
+
+def _width(cells: list[str]) -> int:
+    """Columns a row spans, a ``\\multicolumn{n}`` cell counting n."""
+    spans = [re.match(r"\s*\\multicolumn\{(\d+)\}", c) for c in cells]
+    return sum(int(m.group(1)) if m else 1 for m in spans)
+
+
+def test_latex_writes_the_headline_table_with_booktabs(measured, cli, tmp_path):
+    gen, context = measured
+    out = tmp_path / "headline.tex"
+    assert cli("report", "--store", gen.store.root, "--out", out, "--format",
+               "latex").exit_code == 0
+    lines = out.read_text().splitlines()
+    begin = next(i for i, line in enumerate(lines) if line.startswith("\\begin{tabular}{"))
+    spec = lines[begin].removeprefix("\\begin{tabular}{").removesuffix("}")
+    assert set(spec) <= {"l", "r"} and len(spec) == len(context["headline"].columns)
+    top, bottom = lines.index("\\toprule"), lines.index("\\bottomrule")
+    mid = [i for i, line in enumerate(lines) if line == "\\midrule"]
+    assert begin < top < mid[0] < bottom and lines[bottom + 1] == "\\end{tabular}"
+    assert "\\cmidrule(lr)" in lines[top + 2]
+    body = _latex_rows(lines[top + 1:bottom])
+    assert all(_width(cells) == len(spec) for cells in body)
+    configs = list(_headline_rows(context))
+    assert len(body) == 3 + len(configs)   # group and label headers, the block's name
+    for row in _headline_rows(context).values():
+        cells = [c.strip() for c in body[3 + configs.index(row["config"])]]
+        assert cells[0] == row["config"].replace("_", "\\_")
+        assert text(context["headline"].columns[3], row).replace("±", "$\\pm$") in cells
+        assert f"% {context['headline'].blocks[0].name}: {row['sentence']}" in lines
+    main = tmp_path / "main.tex"
+    assert cli("report", "--store", gen.store.root, "--out", main, "--format", "latex",
+               "--table", "main").exit_code == 0
+    assert "% medq-bench main table" in main.read_text()
+
+
+def test_headline_in_html_rows_carry_method_bits_and_devices(measured, tmp_path):
+    gen, context = measured
+    html = build_report(gen.store, tmp_path / "r.html").read_text()
+    assert html.index('id="headline"') < html.index('id="summary"')
+    assert 'data-method="qat" data-bits="W4A4" data-device="host raspberry-pi-4"' in html
+    assert 'data-method="pact_sgt" data-bits="W4A4" data-device=""' in html
+    for row in _headline_rows(context).values():
+        assert str(escape(row["sentence"])) in html
+
+
+def test_headline_json_has_the_table_and_sentences(measured, cli, tmp_path):
+    gen, context = measured
+    out = tmp_path / "r.json"
+    assert cli("report", "--store", gen.store.root, "--out", out, "--format",
+               "json").exit_code == 0
+    doc = json.loads(out.read_text())
+    by_config = {r["config"]: r for r in doc["headline_table"]}
+    for config, row in _headline_rows(context).items():
+        assert by_config[config]["sentence"] == row["sentence"]
+        assert by_config[config]["accuracy"] == pytest.approx(row["accuracy"])
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv"])
+def test_table_option_writes_the_headline_table_as_md_and_csv(measured, cli, tmp_path, fmt):
+    gen, context = measured
+    out = tmp_path / f"h.{fmt}"
+    assert cli("report", "--store", gen.store.root, "--out", out, "--format", fmt, "--table",
+               "headline").exit_code == 0
+    written = out.read_text()
+    for row in _headline_rows(context).values():
+        shown = text(next(c for c in context["headline"].columns if c.key == "retained"), row)
+        if fmt == "md":
+            assert f"| {row['config']} |" in written and shown in written
+    if fmt == "csv":
+        frame = pd.read_csv(io.StringIO(written))
+        assert list(frame.config) == list(_headline_rows(context))
+        assert frame.retained.tolist() == pytest.approx(
+            [r["retained"] for r in _headline_rows(context).values()])

@@ -5,11 +5,12 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.report import plots, provenance, saliency, significance, tables
+from bench.report import clinical, headline, plots, provenance, saliency, significance, tables
 from bench.report.data import BLOCK, ReportData, load
 from bench.store import ResultsStore
 
@@ -37,12 +38,38 @@ def _saliency(data: ReportData) -> dict[str, Any]:
             "samples": saliency.samples(frame, metric) if metric else frame.iloc[:0]}
 
 
-def context(data: ReportData, figures: bool = True) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ReportOptions:
+    """What a reader may choose: the recall margin (points) beyond which a class is flagged,
+    the configuration whose confusion matrices are shown (None: the documented rule in
+    bench.report.clinical) and the table of the one-table formats."""
+
+    recall_margin: float = clinical.MARGIN_POINTS
+    confusion: str | None = None
+    table: str | None = None
+    """The table md, csv and latex write ("headline" or "main"; None: the format's default)."""
+
+
+def _clinical(blocks: list[clinical.ClinicalBlock], figures: bool) -> list[dict[str, Any]]:
+    """Each block with its heatmap (seaborn is imported only when figures are drawn)."""
+    if not figures:
+        return [{"block": b, "heatmap": None} for b in blocks]
+    from bench.report.clinical_plots import per_class_heatmap
+
+    return [{"block": b, "heatmap": per_class_heatmap(b.heatmap_frame())} for b in blocks]
+
+
+def context(data: ReportData, figures: bool = True,
+            options: ReportOptions | None = None) -> dict[str, Any]:
     """Everything the renderers show; ``figures=False`` skips plots and the gallery."""
+    options = options or ReportOptions()
     main = tables.main_table(data)
     tests = significance.block_tests(data)
     sal = _saliency(data)
+    per_class = clinical.clinical_view(data, options.recall_margin, options.confusion)
     return {
+        "headline": headline.headline_table(data, tests, per_class),
+        "clinical": _clinical(per_class, figures),
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "store": str(data.root),
         "n_records": len(data.records),
@@ -75,11 +102,12 @@ def _gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def report_context(store: ResultsStore, figures: bool = True) -> dict[str, Any]:
+def report_context(store: ResultsStore, figures: bool = True,
+                   options: ReportOptions | None = None) -> dict[str, Any]:
     """Read the store once and build the context."""
     data = load(store)
     with _gc_frozen():
-        return context(data, figures)
+        return context(data, figures, options)
 
 
 def write_atomic(out: Path, text: str) -> Path:
@@ -90,9 +118,12 @@ def write_atomic(out: Path, text: str) -> Path:
     return out
 
 
-def build_report(store: ResultsStore, out: Path, format: str = "html") -> Path:
+def build_report(store: ResultsStore, out: Path, format: str = "html",
+                 options: ReportOptions | None = None) -> Path:
     """Write the report of ``store`` to ``out`` in ``format`` (see render.FORMATS)."""
     from bench.report.render import FORMATS
 
     render = FORMATS[format]
-    return write_atomic(out, render(report_context(store, figures=format == "html")))
+    context = report_context(store, figures=format == "html", options=options)
+    context["export_table"] = options.table if options else None
+    return write_atomic(out, render(context))

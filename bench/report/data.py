@@ -100,6 +100,8 @@ class ReportData:
     compared: Comparison | None = None
     signatures: list[str] = field(default_factory=list)
     replacements: int = 0
+    _predictions: dict[str, dict[str, np.ndarray] | None] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def artifact_dir(self, cell_id: str) -> Path | None:
         folder = self.records[cell_id].artifacts
@@ -107,7 +109,13 @@ class ReportData:
 
     def headline_predictions(self, cell_id: str) -> dict[str, np.ndarray] | None:
         """The per-sample test predictions of the cell's ``headline`` (index, labels,
-        predictions), or None when the file is not in the store."""
+        predictions), or None when the file is not in the store; read once per cell (every
+        test and the per-class view share them)."""
+        if cell_id not in self._predictions:
+            self._predictions[cell_id] = self._read_predictions(cell_id)
+        return self._predictions[cell_id]
+
+    def _read_predictions(self, cell_id: str) -> dict[str, np.ndarray] | None:
         folder = self.artifact_dir(cell_id)
         path = None if folder is None else folder / headline(self.records[cell_id]).predictions_file
         if path is None or not path.is_file():

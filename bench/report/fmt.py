@@ -33,6 +33,14 @@ def ratio(value: Any) -> str:
     return DASH if missing(value) else f"{float(value):.2f}x"
 
 
+def points(value: Any, mark: str | None = None) -> str:
+    """A signed difference in percentage points, ``-1.8`` or ``+0.3``, then its mark."""
+    if missing(value):
+        return DASH
+    shown = f"{float(value):+.1f}"
+    return f"{shown} {mark}" if mark else shown
+
+
 def mean_ci(mean: Any, low: Any, high: Any, digits: int = 4) -> str:
     """``0.8123 ± 0.0123`` (half-width of the interval; the mean alone when it has none)."""
     if missing(mean):

@@ -12,13 +12,14 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from bench.report import fmt
+from bench.report import clinical, fmt
 from bench.report.tables import Column, Table, text
 
 EMPTY = "The store has no records yet."
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                  "^": r"\textasciicircum{}", "±": r"$\pm$", "ρ": r"$\rho$"}
+                  "^": r"\textasciicircum{}", "±": r"$\pm$", "ρ": r"$\rho$",
+                  "Δ": r"$\Delta$"}
 
 
 def _environment() -> Environment:
@@ -40,8 +41,20 @@ def full_label(column: Column) -> str:
     return column.label
 
 
+TABLES = ("headline", "main")
+"""The tables the one-table formats (md, csv, latex) can write (`bench report --table`)."""
+DEFAULT_TABLE = {"latex": "headline"}
+"""The table a format writes unless told: LaTeX the headline table, the others the main one."""
+
+
+def export_name(context: dict[str, Any], format: str) -> str:
+    """The table a one-table format writes: ``context["export_table"]`` (`--table`), else the
+    format's default."""
+    return context.get("export_table") or DEFAULT_TABLE.get(format, "main")
+
+
 def markdown(context: dict[str, Any]) -> str:
-    table: Table = context["main"]
+    table: Table = context[export_name(context, "md")]
     lines = ["# medq-bench report", "",
              f"Store `{context['store']}`: {context['n_records']} records, generated "
              f"{context['generated']}. Accuracy: mean ± half-width of the 95% t-interval over "
@@ -66,17 +79,36 @@ def latex_escape(value: str) -> str:
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in value)
 
 
+def _latex_groups(table: Table) -> list[str]:
+    """A header row of the column groups with a \\cmidrule under each named one."""
+    if all(not label for label, _ in table.groups):
+        return []
+    cells, rules, start = [], [], 1
+    for label, span in table.groups:
+        cells.append(f"\\multicolumn{{{span}}}{{c}}{{{latex_escape(label)}}}" if label else
+                     " & ".join([""] * span))
+        if label:
+            rules.append(f"\\cmidrule(lr){{{start}-{start + span - 1}}}")
+        start += span
+    return [" & ".join(cells) + " \\\\", " ".join(rules)]
+
+
 def latex(context: dict[str, Any]) -> str:
-    """The main table as a booktabs tabular (needs \\usepackage{booktabs})."""
-    table: Table = context["main"]
-    head = [f"% medq-bench main table, store {context['store']}, {context['generated']}",
+    """The headline table (or, with ``export_table="main"``, the main one) as a booktabs
+    tabular (needs \\usepackage{booktabs}); the headline's sentences follow as comments."""
+    name = export_name(context, "latex")
+    table: Table = context[name]
+    head = [f"% medq-bench {name} table, store {context['store']}, {context['generated']}",
             "% needs \\usepackage{booktabs}"]
     if not context["n_records"]:
         return "\n".join([*head, f"% {EMPTY}", ""])
     n = len(table.columns)
+    header = (_latex_groups(table) if name == "headline" else [])
     lines = [*head, "\\begin{tabular}{" + "".join("l" if c.kind == "text" else "r"
                                                   for c in table.columns) + "}", "\\toprule",
-             " & ".join(latex_escape(full_label(c)) for c in table.columns) + " \\\\",
+             *header,
+             " & ".join(latex_escape(c.label if name == "headline" else full_label(c))
+                        for c in table.columns) + " \\\\",
              "\\midrule"]
     for b, block in enumerate(table.blocks):
         if b:
@@ -87,8 +119,10 @@ def latex(context: dict[str, Any]) -> str:
             cells = [f"\\textbf{{{v}}}" if (i, c.key) in block.best else v
                      for c, v in zip(table.columns, cells, strict=True)]
             lines.append(" & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", ""]
-    return "\n".join(lines)
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    if name == "headline":
+        lines += [f"% {b.name}: {r['sentence']}" for b in table.blocks for r in b.rows]
+    return "\n".join([*lines, ""])
 
 
 def table_records(table: Table) -> list[dict[str, Any]]:
@@ -102,7 +136,7 @@ def table_records(table: Table) -> list[dict[str, Any]]:
 
 
 def csv(context: dict[str, Any]) -> str:
-    records = table_records(context["main"])
+    records = table_records(context[export_name(context, "csv")])
     buffer = io.StringIO()
     pd.DataFrame(records, columns=list(records[0]) if records else ["dataset", "backbone"]
                  ).to_csv(buffer, index=False)
@@ -133,7 +167,11 @@ def as_json(context: dict[str, Any]) -> str:
            "devices": table_records(context["device_table"]),
            "device_comparison": context["compared"],
            "saliency": table_records(context["saliency"]["table"]),
-           "significance": context["significance"]}
+           "significance": context["significance"],
+           "headline_table": [{**r, "sentence": row["sentence"]} for r, row in zip(
+               table_records(context["headline"]),
+               (row for b in context["headline"].blocks for row in b.rows), strict=True)],
+           "clinical": [clinical.describe(c["block"]) for c in context["clinical"]]}
     return json.dumps(_plain(doc), indent=1, default=str) + "\n"
 
 

@@ -37,6 +37,9 @@ SEED_LEVEL = ("training seeds: would the difference hold for a model trained wit
               "(the split and the test images are fixed)")
 IMAGE_LEVEL = ("test images, given these trained models: would the difference hold on new "
                "images from the same distribution? (not over re-training)")
+Kind = Literal["vs_fp32", "vs_control", "same_bits"]
+"""Which comparisons a family holds: each configuration vs FP32, each quantised one vs its
+equal-budget float control, or the pairs at one bit-width."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Family:
     metric: str
     results: list[stats.PairedResult]
     note: str | None = None
+    comparison: Kind = "vs_fp32"
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class ImageFamily:
     test: Literal["cmh", "sign_flip"]
     results: list[stats.ImageLevelResult]
     skipped: list[str] = field(default_factory=list)
+    comparison: Kind = "vs_fp32"
 
 
 @dataclass(frozen=True)
@@ -149,11 +154,12 @@ def _missing_note(missing: dict[str, str]) -> str:
 
 
 def _seed_family(title: str, metric: str, values: dict[str, list[float]], pairs: list[Pair],
-                 note: str | None = None) -> Family:
+                 note: str | None = None, comparison: Kind = "vs_fp32") -> Family:
     results = [stats.paired_test(values[a], values[b], TEST) for a, b in pairs]
     adjusted = stats.holm([r.p_value for r in results])
     return Family(title, metric, [replace(r, name_a=a, name_b=b, p_adjusted=p) for r, (a, b), p
-                                  in zip(results, pairs, adjusted, strict=True)], note)
+                                  in zip(results, pairs, adjusted, strict=True)], note,
+                  comparison)
 
 
 def families(ok: pd.DataFrame, metric: str) -> list[Family]:
@@ -172,9 +178,10 @@ def families(ok: pd.DataFrame, metric: str) -> list[Family]:
     if plan.vs_control or plan.missing_control:
         title = f"{metric}: each quantised configuration vs its equal-budget float control"
         out.append(_seed_family(title, metric, values, plan.vs_control,
-                                _missing_note(plan.missing_control) or None))
+                                _missing_note(plan.missing_control) or None, "vs_control"))
     for label, pairs in plan.same_bits.items():
-        out.append(_seed_family(f"{metric}: pairs at {label}", metric, values, pairs))
+        out.append(_seed_family(f"{metric}: pairs at {label}", metric, values, pairs,
+                                comparison="same_bits"))
     return out
 
 
@@ -239,7 +246,8 @@ def _paired_by_seed(ok: pd.DataFrame, a: str, b: str, per_image: PerImage
 
 
 def _image_family(title: str, metric: str, test: Literal["cmh", "sign_flip"], ok: pd.DataFrame,
-                  pairs: list[Pair], per_image: PerImage, skipped: list[str]) -> ImageFamily:
+                  pairs: list[Pair], per_image: PerImage, skipped: list[str],
+                  comparison: Kind = "vs_fp32") -> ImageFamily:
     results, skipped = [], list(skipped)
     for a, b in pairs:
         xs, ys, left = _paired_by_seed(ok, a, b, per_image)
@@ -253,7 +261,7 @@ def _image_family(title: str, metric: str, test: Literal["cmh", "sign_flip"], ok
     adjusted = stats.holm([r.p_value for r in results])
     return ImageFamily(title, metric, test,
                        [replace(r, p_adjusted=p) for r, p in zip(results, adjusted, strict=True)],
-                       skipped)
+                       skipped, comparison)
 
 
 def image_families(ok: pd.DataFrame, configs: list[str], metric: str,
@@ -275,10 +283,10 @@ def image_families(ok: pd.DataFrame, configs: list[str], metric: str,
         note = [_missing_note(plan.missing_control)] if plan.missing_control else []
         out.append(_image_family(
             f"{name} per image: each quantised configuration vs its equal-budget float control",
-            metric, test, ok, plan.vs_control, per_image, note))
+            metric, test, ok, plan.vs_control, per_image, note, "vs_control"))
     for label, pairs in plan.same_bits.items():
         out.append(_image_family(f"{name} per image: pairs at {label}", metric, test, ok, pairs,
-                                 per_image, []))
+                                 per_image, [], "same_bits"))
     return out
 
 

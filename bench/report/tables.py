@@ -13,7 +13,7 @@ from bench import stats
 from bench.report import fmt
 from bench.report.data import BLOCK, CONFIG, FP32, ReportData, config_sort_key
 
-Kind = Literal["text", "int", "ci", "float", "kib", "pct", "ms", "mb", "ratio"]
+Kind = Literal["text", "int", "ci", "float", "kib", "pct", "ms", "mb", "ratio", "points", "pval"]
 Better = Literal["high", "low"] | None
 
 SALIENCY_KEY = {"saliency_spearman_fp32": ("saliency ρ vs FP32", "high"),
@@ -29,14 +29,16 @@ models, see bench.saliency.metrics.perturbation_scores)."""
 
 @dataclass(frozen=True)
 class Column:
-    """A table column: row key, header label, how to format it, which way is better, and the
-    header group it sits under (a device, "deployed", "saliency")."""
+    """A table column: row key, header label, how to format it, which way is better, the
+    header group it sits under (a device, "deployed", "saliency") and, for "ci", "float" and
+    "ms", the digits after the point (None: the kind's default)."""
 
     key: str
     label: str
     kind: Kind
     better: Better = None
     group: str = ""
+    digits: int | None = None
 
 
 @dataclass
@@ -74,15 +76,20 @@ def text(column: Column, row: dict[str, Any]) -> str:
     value = row.get(column.key)
     match column.kind:
         case "ci":
-            return fmt.mean_ci(value, row.get(f"{column.key}_low"), row.get(f"{column.key}_high"))
+            return fmt.mean_ci(value, row.get(f"{column.key}_low"), row.get(f"{column.key}_high"),
+                               column.digits or 4)
         case "float":
-            return fmt.num(value)
+            return fmt.num(value, 4 if column.digits is None else column.digits)
         case "kib":
             return fmt.kib(value)
         case "pct":
             return fmt.pct(value)
         case "ms":
-            return fmt.num(value, 3)
+            return fmt.num(value, 3 if column.digits is None else column.digits)
+        case "points":
+            return fmt.points(value, row.get(f"{column.key}_mark"))
+        case "pval":
+            return fmt.pval(value)
         case "mb":
             return fmt.num(value, 1)
         case "ratio":

@@ -1,0 +1,403 @@
+"""The headline table: per data set x backbone, one row per method x bit-width with what a
+deployment decision needs (accuracy and what it costs against FP32 and the equal-budget float
+control, with the tests' verdicts; size, latency and speed-up per device; integer coverage;
+saliency stability with its null control and sanity check), and one plain-language sentence
+per row built only from the row's own printed cells.
+
+Accuracy is each cell's headline accuracy (bench.report.data.headline: the deployed ONNX Runtime
+model's where the cell has a deploy stage), mean and 95% t-interval over seeds. A difference is
+the mean over the seeds both configurations have of the per-seed difference, in percentage
+points. Its mark comes from the existing tests (bench.report.significance), Holm-adjusted
+within their family: the per-image Cochran-Mantel-Haenszel test stratified by seed where both
+configurations have per-image predictions, else the seed-level Wilcoxon test; ``*`` p < 0.05,
+``**`` p < 0.01, ``***`` p < 0.001, ``n.s.`` otherwise. Anything the store does not hold is
+printed as "-" in the table and as "not measured" (or the reason) in the sentence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench import stats
+from bench.report import fmt
+from bench.report.clinical import ClinicalBlock, macro_f1_by_cell
+from bench.report.data import (
+    BLOCK,
+    FLOAT_BITS,
+    FP32,
+    ReportData,
+    bits_label,
+    config_label,
+    ordered_configs,
+)
+from bench.report.saliency import STAGE, sanity_checks
+from bench.report.significance import BlockTests, float_control
+from bench.report.tables import Block, Column, Table, device_table, text
+
+ALPHA = stats.ALPHA
+MARKS = ((0.001, "***"), (0.01, "**"), (ALPHA, "*"))
+NOT_SIGNIFICANT = "n.s."
+NOT_MEASURED = "not measured"
+PARTIALLY_INTEGER = "partially_integer"
+SALIENCY_NAMES = {"gradient": "gradient", "integrated_gradients": "Integrated Gradients",
+                  "smoothgrad": "SmoothGrad", "gradcam": "Grad-CAM"}
+STABILITY = ("spearman_fp32", "ssim_fp32", "topk_iou_fp32")
+"""The stability statistic shown: the first of these the store has for the primary method."""
+STABILITY_SYMBOL = {"spearman_fp32": "ρ", "ssim_fp32": "SSIM", "topk_iou_fp32": "top-k IoU"}
+
+
+def mark(p_adjusted: float | None) -> str:
+    """The significance mark of a Holm-adjusted p-value ("" when there is none)."""
+    if fmt.missing(p_adjusted):
+        return ""
+    return next((m for level, m in MARKS if p_adjusted < level), NOT_SIGNIFICANT)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A configuration's accuracy minus a reference's, and the test that judges it."""
+
+    reference: str
+    points: float | None
+    test: str | None = None
+    p_adjusted: float | None = None
+    reason: str | None = None
+
+    @property
+    def significant(self) -> bool | None:
+        return None if fmt.missing(self.p_adjusted) else bool(self.p_adjusted < ALPHA)
+
+
+def _results(tests: BlockTests) -> dict[tuple[str, str, str], tuple[str, Any]]:
+    """(A, B, comparison) -> (test name, result) of the accuracy tests: CMH first, then the
+    seed-level Wilcoxon where CMH has no p-value."""
+    out: dict[tuple[str, str, str], tuple[str, Any]] = {}
+    for fam in tests.image_families:
+        if fam.metric == "accuracy" and fam.test == "cmh":
+            for r in fam.results:
+                out[(r.name_a, r.name_b, fam.comparison)] = ("CMH", r)
+    for fam in tests.families:
+        if fam.metric != "accuracy":
+            continue
+        for r in fam.results:
+            key = (r.name_a, r.name_b, fam.comparison)
+            if key not in out or (out[key][1].p_value is None and r.p_value is not None):
+                out[key] = ("Wilcoxon", r)
+    return out
+
+
+def _skipped(tests: BlockTests) -> dict[str, str]:
+    """A -> why its per-image comparison was skipped, from the families' notes."""
+    out = {}
+    for fam in tests.image_families:
+        for note in fam.skipped:
+            name, _, why = note.partition(" vs ")
+            out.setdefault(name, why.partition(": ")[2] or note)
+    return out
+
+
+def _paired_points(ok: pd.DataFrame, a: str, b: str) -> float | None:
+    mine = ok[ok.config == a].set_index("seed").accuracy
+    theirs = ok[ok.config == b].set_index("seed").accuracy
+    both = (mine - theirs.reindex(mine.index)).dropna()
+    return None if both.empty else float(100.0 * both.mean())
+
+
+def _difference(ok: pd.DataFrame, a: str, b: str, comparison: str,
+                results: dict[tuple[str, str, str], tuple[str, Any]],
+                skipped: dict[str, str]) -> Difference:
+    points = _paired_points(ok, a, b)
+    found = results.get((a, b, comparison))
+    if found is None:
+        return Difference(b, points, reason=skipped.get(a) or (
+            "no test" if points is not None else "no seed in common"))
+    name, result = found
+    if result.p_value is None:
+        return Difference(b, points, name, reason=result.reason)
+    return Difference(b, points, name, result.p_adjusted)
+
+
+def _mean(values: pd.Series) -> float | None:
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    return None if v.empty else float(v.mean())
+
+
+def _ci(values: pd.Series) -> tuple[float | None, float | None, float | None]:
+    v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    return stats.mean_ci(v) if v.size else (None, None, None)
+
+
+def _size(ok: pd.DataFrame) -> float | None:
+    """Mean over seeds of the shipped artifact's bytes (the ONNX file a device runs)."""
+    for column in ("shipped_size_bytes", "size_bytes"):
+        if column in ok and (value := _mean(ok[column])) is not None:
+            return value
+    return None
+
+
+def _coverage(ok: pd.DataFrame, quantised: bool) -> tuple[float | None, str]:
+    """Mean integer coverage and its cell text, with the partially integer seeds."""
+    value = _mean(ok["int_coverage"]) if "int_coverage" in ok else None
+    if not quantised:
+        return value, "float"
+    if value is None:
+        return None, fmt.DASH
+    flags = ok.deploy_flags.fillna("") if "deploy_flags" in ok else pd.Series([], dtype=str)
+    partial = sum(PARTIALLY_INTEGER in str(f).split(",") for f in flags)
+    shown = fmt.num(value, 2)
+    return value, (f"{shown} ({PARTIALLY_INTEGER} {partial}/{len(ok)})" if partial else shown)
+
+
+def primary_saliency(data: ReportData, ok: pd.DataFrame) -> str | None:
+    """The block's primary saliency method (the grid's first), from its cells' saliency stage."""
+    for cid in ok.cell_id:
+        stage = (data.records[cid].metrics or {}).get(STAGE)
+        if isinstance(stage, dict) and stage.get("primary"):
+            return str(stage["primary"])
+    return None
+
+
+def stability_metric(ok: pd.DataFrame) -> str | None:
+    return next((m for m in STABILITY if f"saliency_{m}" in ok
+                 and pd.to_numeric(ok[f"saliency_{m}"], errors="coerce").notna().any()), None)
+
+
+def columns(devices: list[str]) -> list[Column]:
+    """The headline columns: per device its p50 and speed-up over FP32 on that device."""
+    cols = [Column("config", "configuration", "text"), Column("seeds", "seeds", "int"),
+            Column("model", "model", "text"),
+            Column("accuracy", "accuracy (95% CI)", "ci", "high"),
+            Column("retained", "% of FP32 acc.", "pct", "high"),
+            Column("d_fp32", "Δ FP32 (points)", "points", None, "vs FP32"),
+            Column("p_fp32", "p (Holm)", "text", None, "vs FP32"),
+            Column("control", "float control", "text", None, "vs float control"),
+            Column("d_control", "Δ (points)", "points", None, "vs float control"),
+            Column("p_control", "p (Holm)", "text", None, "vs float control"),
+            Column("macro_f1", "macro-F1", "float", "high"),
+            Column("size_pct", "size % FP32", "pct", "low")]
+    for device in devices:
+        cols += [Column(f"p50@{device}", "p50 ms", "ms", "low", device),
+                 Column(f"speedup@{device}", "speed-up", "ratio", "high", device)]
+    cols += [Column("coverage", "int. coverage", "text"),
+             Column("stability", "saliency vs FP32", "ci", "high", "saliency", 2),
+             Column("null_stability", "null control", "float", None, "saliency", 2),
+             Column("sanity", "sanity check", "text", None, "saliency")]
+    return cols
+
+
+def _p_text(d: Difference) -> str:
+    return f"{fmt.pval(d.p_adjusted)} {d.test}" if d.p_adjusted is not None else fmt.DASH
+
+
+def _row(data: ReportData, ok: pd.DataFrame, config: str, base: dict[str, Any] | None,
+         results: dict[tuple[str, str, str], tuple[str, Any]], skipped: dict[str, str],
+         f1: dict[str, float], devices: dict[str, Any]) -> dict[str, Any]:
+    mine = ok[ok.config == config]
+    first = mine.iloc[0]
+    method, w, a = str(first.method), int(first.w_bits), int(first.a_bits)
+    quantised = w != FLOAT_BITS
+    sources = set(mine.accuracy_source)
+    row: dict[str, Any] = {"config": config, "method": method, "w_bits": w, "a_bits": a,
+                           "bits": bits_label(w, a), "seeds": int(mine.seed.nunique()),
+                           "model": "deployed" if sources == {"deployed"} else
+                           "PyTorch" if sources == {"torch"} else "mixed"}
+    row["accuracy"], row["accuracy_low"], row["accuracy_high"] = _ci(mine.accuracy)
+    row["macro_f1"] = _mean(pd.Series([f1.get(c) for c in mine.cell_id], dtype=float))
+    row["size_bytes"] = _size(mine)
+    row["int_coverage"], row["coverage"] = _coverage(mine, quantised)
+    row["devices"] = []
+    for key, value in devices.get(config, {}).items():
+        row[key] = value
+        if key.startswith("p50@") and not fmt.missing(value):
+            row["devices"].append(key.removeprefix("p50@"))
+    if base is not None and config != FP32:
+        ref = base.get("accuracy")
+        row["retained"] = (None if fmt.missing(ref) or fmt.missing(row["accuracy"]) or not ref
+                           else 100.0 * row["accuracy"] / ref)
+        ref_size = base.get("size_bytes")
+        row["size_pct"] = (None if fmt.missing(ref_size) or fmt.missing(row["size_bytes"])
+                           or not ref_size else 100.0 * row["size_bytes"] / ref_size)
+        row["vs_fp32"] = _difference(ok, config, FP32, "vs_fp32", results, skipped)
+    elif config == FP32:
+        row["retained"] = 100.0 if not fmt.missing(row["accuracy"]) else None
+        row["size_pct"] = 100.0 if row["size_bytes"] is not None else None
+    control = float_control(method) if quantised else None
+    if control is not None:
+        label = config_label(control, FLOAT_BITS, FLOAT_BITS)
+        row["control"] = label
+        if label in set(ok.config):
+            row["vs_control"] = _difference(ok, config, label, "vs_control", results,
+                                            skipped)
+        else:
+            row["control_missing"] = True
+    for key, d in (("fp32", row.get("vs_fp32")), ("control", row.get("vs_control"))):
+        if d is not None:
+            row[f"d_{key}"], row[f"d_{key}_mark"] = d.points, mark(d.p_adjusted)
+            row[f"p_{key}"] = _p_text(d)
+            row[f"p_{key}_why"] = d.reason
+    return row
+
+
+def _add_saliency(data: ReportData, ok: pd.DataFrame, rows: list[dict[str, Any]]) -> None:
+    metric = stability_metric(ok)
+    method = primary_saliency(data, ok)
+    sanity = sanity_checks(data).get((str(ok.dataset.iloc[0]), str(ok.backbone.iloc[0]),
+                                      method or ""))
+    for row in rows:
+        mine = ok[ok.config == row["config"]]
+        row["saliency_method"] = method
+        row["stability_metric"] = metric
+        if metric is not None:
+            row["stability"], row["stability_low"], row["stability_high"] = _ci(
+                mine[f"saliency_{metric}"])
+            null = f"saliency_null_{metric}"
+            row["null_stability"] = _mean(mine[null]) if null in mine else None
+        if sanity is not None:
+            row["sanity"] = sanity.text()
+            row["sanity_fails"] = sanity.fails
+
+
+def headline_table(data: ReportData, tests: list[BlockTests],
+                   clinical: list[ClinicalBlock]) -> Table:
+    """Per data set x backbone (the order of ``tests``), one row per configuration of its
+    successful cells, FP32 first; each row's ``sentence`` says it in words."""
+    cols = columns(data.devices)
+    f1 = macro_f1_by_cell(clinical)
+    by_block = dict(iter(data.ok.groupby(BLOCK, sort=True))) if len(data.ok) else {}
+    speed = {(b.dataset, b.backbone): {r["config"]: {k: v for k, v in r.items()
+                                                      if k != "config"} for r in b.rows}
+             for b in device_table(data).blocks}
+    blocks = []
+    for t in tests:
+        ok = by_block[(t.dataset, t.backbone)]
+        results, skipped = _results(t), _skipped(t)
+        devices = speed.get((t.dataset, t.backbone), {})
+        rows: list[dict[str, Any]] = []
+        configs = ordered_configs(ok)
+        base = None
+        if FP32 in configs:
+            base = _row(data, ok, FP32, None, results, skipped, f1, devices)
+        for config in configs:
+            rows.append(base if config == FP32 and base is not None else
+                        _row(data, ok, config, base, results, skipped, f1, devices))
+        _add_saliency(data, ok, rows)
+        for row in rows:
+            row["sentence"] = sentence(row, cols, base is not None)
+        blocks.append(Block(t.name, t.dataset, t.backbone, rows))
+    return Table(cols, blocks)
+
+
+# --- sentences -----------------------------------------------------------------------------
+
+
+def _cell(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
+    return text(cols[key], row)
+
+
+def _verdict(d: Difference) -> str:
+    """"difference not significant, CMH p = 0.41" from the printed p; the reason otherwise."""
+    if d.p_adjusted is None:
+        why = (d.reason or "").removesuffix(": no test").removesuffix(" no test")
+        return f"not tested: {why}" if why else "not tested"
+    word = "significant" if d.significant else "not significant"
+    return f"difference {word}, Holm-adjusted {d.test} p = {fmt.pval(d.p_adjusted)}"
+
+
+def _delta(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
+    """"-1.8 points, difference not significant, Holm-adjusted CMH p = 0.41"."""
+    d: Difference = row[f"vs_{key}"]
+    if d.points is None:
+        return "no seed in common"
+    return f"{_cell(cols, {**row, f'd_{key}_mark': None}, f'd_{key}')} points, {_verdict(d)}"
+
+
+def _devices(cols: dict[str, Column], row: dict[str, Any], devices: list[str],
+             reference: bool) -> str:
+    parts = []
+    for device in devices:
+        p50 = row.get(f"p50@{device}")
+        if fmt.missing(p50):
+            parts.append(f"latency on {device} {NOT_MEASURED}")
+            continue
+        speedup = row.get(f"speedup@{device}")
+        shown = _cell(cols, row, f"p50@{device}")
+        if reference:
+            parts.append(f"p50 {shown} ms on {device}")
+        elif fmt.missing(speedup):
+            parts.append(f"p50 {shown} ms on {device} (speed-up {NOT_MEASURED})")
+        else:
+            ratio = _cell(cols, row, f"speedup@{device}")
+            how = "faster than FP32" if float(ratio.rstrip("x")) > 1 else "FP32's speed"
+            parts.append(f"{ratio} {how} on {device} (p50 {shown} ms)")
+    return ", ".join(parts) if parts else f"latency {NOT_MEASURED}"
+
+
+def _saliency_clause(cols: dict[str, Column], row: dict[str, Any], fp32: bool) -> str:
+    method = SALIENCY_NAMES.get(row.get("saliency_method") or "", row.get("saliency_method"))
+    metric = row.get("stability_metric")
+    parts = []
+    if not fp32:
+        if method is None or metric is None or fmt.missing(row.get("stability")):
+            parts.append(f"saliency stability against FP32 {NOT_MEASURED}")
+        else:
+            symbol = STABILITY_SYMBOL[metric]
+            null = ("its null control is " + NOT_MEASURED if fmt.missing(row.get(
+                "null_stability")) else f"null control {symbol} = "
+                f"{_cell(cols, row, 'null_stability')}")
+            parts.append(f"its {method} maps agree with FP32 at {symbol} = "
+                         f"{fmt.num(row['stability'], cols['stability'].digits or 2)} ({null})")
+    sanity = row.get("sanity")
+    if sanity is None:
+        parts.append(f"sanity check {NOT_MEASURED}")
+    else:
+        verdict = f"the sanity check of its {method or 'primary saliency'} maps: {sanity}"
+        if row.get("sanity_fails"):
+            verdict += " (the maps do not describe the model)"
+        parts.append(verdict)
+    return "; ".join(parts)
+
+
+def sentence(row: dict[str, Any], cols_list: list[Column], has_fp32: bool) -> str:
+    """The row in words, every number copied from the row's printed cells; whatever is
+    missing is said to be "not measured" or why it was not tested."""
+    cols = {c.key: c for c in cols_list}
+    devices = [c.group for c in cols_list if c.key.startswith("p50@")]
+    config, fp32 = row["config"], row["config"] == FP32
+    model = {"deployed": "", "PyTorch": " (PyTorch model: no deployed predictions stored)",
+             "mixed": " (deployed model on some seeds, PyTorch model on others)"}[row["model"]]
+    accuracy = _cell(cols, row, "accuracy")
+    if fmt.missing(row.get("accuracy")):
+        head = f"{config}{model}: accuracy {NOT_MEASURED}"
+    elif fp32:
+        head = f"{config}{model} is the reference: accuracy {accuracy}"
+    elif not has_fp32:
+        head = f"{config}{model} has accuracy {accuracy} (no FP32 here to compare with)"
+    else:
+        retained = row.get("retained")
+        head = (f"{config}{model} keeps {_cell(cols, row, 'retained')} of FP32's accuracy"
+                if not fmt.missing(retained) else f"{config}{model} has accuracy {accuracy}")
+        head += f" ({accuracy}, {_delta(cols, row, 'fp32')})"
+    if "vs_control" in row:
+        head += (f"; against its equal-budget float control {row['control']} "
+                 f"{_delta(cols, row, 'control')}")
+    elif row.get("control_missing"):
+        head += f"; its equal-budget float control {row['control']} {NOT_MEASURED}"
+    f1 = _cell(cols, row, "macro_f1")
+    head += f"; macro-F1 {f1 if not fmt.missing(row.get('macro_f1')) else NOT_MEASURED}"
+    if not fp32 and has_fp32:
+        size = (f"at {_cell(cols, row, 'size_pct')} of FP32's size"
+                if not fmt.missing(row.get("size_pct")) else f"size {NOT_MEASURED}")
+    else:
+        size = "" if not fmt.missing(row.get("size_bytes")) else f"size {NOT_MEASURED}"
+    speed = _devices(cols, row, devices, reference=fp32)
+    parts = [head, ", ".join(p for p in (size, speed) if p)]
+    if row["w_bits"] != FLOAT_BITS:
+        parts.append(f"integer coverage {row['coverage']}" if row.get("int_coverage") is not None
+                     else f"integer coverage {NOT_MEASURED}")
+    parts.append(_saliency_clause(cols, row, fp32))
+    return "; ".join(p for p in parts if p) + "."
