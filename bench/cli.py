@@ -196,6 +196,9 @@ def print_estimate(plan: Any, todo: set[str], executor: Any) -> None:
     shares = ", ".join(f"{name} {result.share(name):.0%}" for name in terms)
     out.print(f"compute: {result.compute_s / 3600:.2f} h ({result.compute_s:.0f} s) of cells: "
               f"{shares or 'nothing to run'}", highlight=False)
+    for stage in stages:
+        out.print(f"{stage} stage: {result.share(stage):.1%} of the compute "
+                  f"({terms.get(stage, 0.0) / 3600:.2f} h)", highlight=False)
     chosen = result.assumptions
     how = "sequentially" if chosen.concurrency == 1 else f"{chosen.concurrency} cells at a time"
     out.print(f"estimated total: {result.total_s / 3600:.2f} h ({result.total_s:.0f} s) for "

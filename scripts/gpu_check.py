@@ -4,8 +4,9 @@
     python scripts/gpu_check.py check STORE --device cpu|cuda
     python scripts/gpu_check.py compare CUDA_STORE CPU_STORE
 
-`check`: every cell is ok, ran on the device (its record's provenance), and has the deploy
-stage's deployed accuracy and the saliency stage's statistics (deletion AUC of every method;
+`check`: every cell is ok, ran on the device (its record's provenance; the saliency stage's
+own record says where it ran), and has the deploy stage's deployed accuracy and the saliency
+stage's statistics (deletion AUC of every method;
 against FP32 for the cells that have an FP32 reference). `compare`: both stores pass `check`,
 hold the same cells (ids: a cell's id does not depend on the device), and each cell's accuracy
 and deployed accuracy agree within MAX_ACCURACY_GAP. Every mismatch is printed; exit 1 if any.
@@ -70,6 +71,8 @@ def cell_problems(cell: Cell, device: str) -> list[str]:
     stats = saliency.get("stats") or {}
     if not stats:
         problems.append(f"{where}: no saliency statistics")
+    elif str(saliency.get("device", "?")).partition(":")[0] != device:
+        problems.append(f"{where}: saliency ran on {saliency.get('device', '?')}, not {device}")
     skipped = (saliency.get("reference") or {}).get("skipped")
     if cell.method != FP32 and skipped:
         problems.append(f"{where}: no FP32 reference maps ({skipped})")

@@ -149,27 +149,34 @@ class FakeProbe:
 def test_saliency_cost_counts_the_passes_its_settings_ask_for():
     defaults = SaliencyConfig()
     # per image: 26 maps' gradient passes (1 + 16 + 8 + 1) for the image and its 10
-    # max-sensitivity draws; 2 curves of 17 points for the 4 methods and the random order, and
-    # p(target | x)
-    assert passes(defaults) == (26 * 11, 2 * 17 * 5 + 1)
+    # max-sensitivity draws; the curves' 3 shared end points, then 2 curves of 15 inner steps
+    # for the 4 methods and the random order
+    assert passes(defaults) == (26 * 11, 3 + 2 * 15 * 5)
     cfg = SaliencyConfig(methods=["gradient", "integrated_gradients"], n_samples=64,
                          sensitivity_samples=2, ig_steps=5, deletion_steps=8, batch_size=16)
-    assert passes(cfg) == ((1 + 5) * 3, 2 * 9 * 3 + 1)
+    assert passes(cfg) == ((1 + 5) * 3, 3 + 2 * 7 * 3)
     probe = FakeProbe()
-    # 30 test images: all 30 evaluated, at batch 16, on the CPU where the stage runs them; a
-    # quantised cell explains them once more for its null control
+    # 30 test images: all 30 evaluated, at batch 16, on the cell's device (device None: the
+    # probe's); a quantised cell explains them once more for its null control
     assert saliency_cost(cfg, SHAPE, probe) == pytest.approx(
-        (30 * 18 + 30 * 6) * 0.03 + 30 * 55 * 0.01)
-    assert ("gradient", 16, "cpu") in probe.calls and ("forward", 16, "cpu") in probe.calls
+        (30 * 18 + 30 * 6) * 0.03 + 30 * 45 * 0.01)
+    assert ("gradient", 16, None) in probe.calls and ("forward", 16, None) in probe.calls
     # an FP32 cell: no null control, the sanity check's 8 images at 4 points of the cascade
     fp32 = CellShape(**{**SHAPE.__dict__, "quantized": False, "method": "fp32"})
     assert saliency_cost(cfg, fp32, probe) == pytest.approx(
-        (30 * 18 + 8 * 4 * 6) * 0.03 + 30 * 55 * 0.01)
+        (30 * 18 + 8 * 4 * 6) * 0.03 + 30 * 45 * 0.01)
     empty = CellShape(**{**SHAPE.__dict__, "n_test": 0})
     assert saliency_cost(cfg, empty, probe) == 0.0
+    # Integrated Gradients' max-sensitivity on 4 of the 30 images: its 2 draws of 5 passes
+    # each on 4 images instead of 30
+    subset = cfg.model_copy(update={"sensitivity_images": {"integrated_gradients": 4}})
+    assert passes(subset, 30) == (30 * 6 + 30 * 2 * 1 + 4 * 2 * 5, 30 * 45)
+    assert saliency_cost(subset, SHAPE, probe) == pytest.approx(
+        (30 * 6 + 30 * 2 + 4 * 10 + 30 * 6) * 0.03 + 30 * 45 * 0.01)
 
 
-def test_saliency_pass_count_matches_the_images_the_suite_sends_through_the_model():
+@pytest.mark.parametrize("subset", [{}, {"integrated_gradients": 1, "smoothgrad": 2}])
+def test_saliency_pass_count_matches_the_images_the_suite_sends_through_the_model(subset):
     """Cross-check passes() against the stability suite itself: every image through the
     model, counted by a forward hook."""
     torch.manual_seed(0)
@@ -178,12 +185,12 @@ def test_saliency_pass_count_matches_the_images_the_suite_sends_through_the_mode
     model.register_forward_hook(lambda _m, inputs, _o: seen.__setitem__(
         0, seen[0] + inputs[0].shape[0]))
     cfg = SaliencyConfig(methods=["gradient", "integrated_gradients", "smoothgrad", "gradcam"],
-                         n_samples=2, sensitivity_samples=1, ig_steps=3, smoothgrad_samples=2,
-                         deletion_steps=2, batch_size=2)
+                         n_samples=3, sensitivity_samples=1, ig_steps=3, smoothgrad_samples=2,
+                         deletion_steps=3, batch_size=2, sensitivity_images=subset)
     with cell_threads():   # one thread, as in a cell (tiny convolutions stall on more)
-        stability_suite(model, None, torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), None,
+        stability_suite(model, None, torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2]), None,
                         cfg)
-    assert seen[0] == 2 * sum(passes(cfg))
+    assert seen[0] == sum(passes(cfg, 3))
 
 
 def test_deploy_cost_is_its_fixed_run_plus_onnx_runtime_per_further_image():
@@ -270,11 +277,11 @@ def test_estimate_adds_up_cells_stages_and_the_schedule(tmp_path, fake_timings):
         split = plan.data[cell.data_key].load().split   # the planned sizes are the split's
         assert (shape.n_train, shape.n_val, shape.n_test) == (
             len(split.train), len(split.val), len(split.test))
-        # 4 images, default settings: 1 + 10 maps each, 2 x 17 + 2 x 17 + 1 forward passes;
+        # 4 images, default settings: 1 + 10 maps each, 3 + 2 x 15 + 2 x 15 forward passes;
         # the FP32 cell's sanity check 4 images at 4 points, the PTQ cell's null control once
         extra = 4 * 4 if cell is fp32 else 4
         stages = {"deploy": 1.5 + (shape.n_test - PROBE_IMAGES) * 0.002,
-                  "saliency": (4 * 11 + extra) * 0.03 + 4 * 69 * 0.01}
+                  "saliency": (4 * 11 + extra) * 0.03 + 4 * 63 * 0.01}
         assert by_id[cell.cell_id].terms == pytest.approx(cell_terms(shape, TIMINGS, stages))
     # two workers: both fp32 parents at once, then both ptq children
     expected = by_id[fp32.cell_id].seconds + by_id[ptq.cell_id].seconds

@@ -17,7 +17,7 @@ from torch import nn
 
 from bench.data import normalize
 from bench.deploy.stage import _cpu_model
-from bench.saliency.stage import _on_cpu
+from bench.saliency.stage import on_device
 from tests.device_venv import ROOT
 
 
@@ -62,8 +62,14 @@ def parameters_report(device: str) -> Iterator[None]:
         yield
 
 
-@pytest.mark.parametrize("to_cpu", [_cpu_model, _on_cpu], ids=["deploy", "saliency"])
+def _saliency_to_cpu(model: nn.Module) -> nn.Module:
+    return on_device(model, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("to_cpu", [_cpu_model, _saliency_to_cpu], ids=["deploy", "saliency"])
 def test_stages_work_on_a_cpu_copy_of_a_model_on_another_device(to_cpu):
+    """Deploy exports a CPU copy; the saliency stage runs on the cell's device (StageInput
+    .device) and copies a model that is elsewhere (here: asked for the CPU)."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     assert to_cpu(model) is model                   # on the CPU already: no copy
     with parameters_report("cuda"):
@@ -77,7 +83,8 @@ def cell(cell_id: str = "c1", method: str = "ptq", device: str = "cuda",
          accuracy: float = 0.95, **changes) -> object:
     saliency = {"stats": {"gradient": {"deletion_auc": {"mean": 0.3},
                                        "spearman_fp32": {"mean": 0.9}}},
-                "reference": {"cell_id": "p", "relation": "parent", "skipped": None}}
+                "reference": {"cell_id": "p", "relation": "parent", "skipped": None},
+                "device": device}
     fields = dict(cell_id=cell_id, label=f"resnet18/{method}/seed 0", method=method,
                   status="ok", device=device, accuracy=accuracy, deployed_accuracy=accuracy,
                   saliency=saliency)
@@ -97,8 +104,11 @@ def test_matching_stores_pass_the_gpu_comparison():
     (cell(device="cpu", deployed_accuracy=None), "no deployed accuracy"),
     (cell(device="cpu", saliency=None), "no saliency statistics"),
     (cell(device="cpu", saliency={"stats": {"gradient": {"deletion_auc": {"mean": 0.3}}},
-                                  "reference": {"skipped": "no parent"}}),
+                                  "reference": {"skipped": "no parent"}, "device": "cpu"}),
      "no FP32 reference maps (no parent)"),
+    (cell(device="cpu", saliency={"stats": {"gradient": {"deletion_auc": {"mean": 0.3}}},
+                                  "reference": {"skipped": None}, "device": "cuda:0"}),
+     "saliency ran on cuda:0, not cpu"),
     (cell("c9", device="cpu"), "is in the cpu store only"),
 ])
 def test_each_difference_is_a_named_mismatch(cpu_cell, message):

@@ -84,8 +84,12 @@ def _saliency(rng: np.random.Generator, method: str, quality: float) -> dict[str
                           "gradcam": {"passed": False, "reason": SANITY_REASON,
                                       "spearman": [0.9, 0.8]}}} if method == "fp32" else {
         "skipped": "run on FP32 cells only"}
+    subsets = {"max_sensitivity": {"gradient": {"n": 8, "of": 8, "images": list(range(8))},
+                                   "gradcam": {"n": 2, "of": 8, "images": [1, 6]}},
+               "sanity": {"n": 3, "of": 8, "images": [1, 4, 6]}}
     return {"stats": stats, "primary": "gradient", "columns": columns, "images": list(range(8)),
-            "null": {"stats": null} if null else {"skipped": "float cell"}, "sanity": sanity}
+            "null": {"stats": null} if null else {"skipped": "float cell"}, "sanity": sanity,
+            "subsets": subsets}
 
 
 def generate(root: Path, spec: Spec) -> Generated:
@@ -439,6 +443,15 @@ def test_saliency_stability_table_matches_numpy(ten_seeds, ten_context, ten_html
     assert (row["spearman_fp32_low"], row["spearman_fp32_high"]) == pytest.approx((low, high))
     assert F.mean_ci(x.mean(), low, high) in ten_html
     assert 'id="gallery"' in ten_html
+
+
+def test_the_saliency_section_states_the_subsets(ten_context, ten_html):
+    """Metrics computed on a subset of the evaluated images say so (the records' subsets)."""
+    assert ten_context["saliency"]["subsets"] == [
+        "max-sensitivity of gradcam on 2 of 8 images",
+        "the sanity check (FP32 cells) on 3 of 8 images"]
+    assert ("max-sensitivity of gradcam on 2 of 8 images; the sanity check (FP32 cells) on 3 "
+            "of 8 images") in ten_html
 
 
 def test_too_few_seeds_print_the_reason_not_a_p_value(tmp_path):

@@ -521,4 +521,60 @@ def test_stage_cost_counts_the_images_through_the_model(tiny: tuple) -> None:
         handle.remove()
     cost = stage_cost(cfg, n_test=len(x), quantized=False, fp32=False)
     assert sum(seen) == cost.images
-    assert cost.forward == 3 * (2 * 5 * 5 + 1)
+    assert cost.forward == 3 * (3 + 2 * 3 * 5)   # shared end points, 3 inner steps, 5 orders
+
+
+def test_smoothgrad_matches_captums_noise_tunnel_in_batches_of_several_images(tiny: tuple
+                                                                              ) -> None:
+    """The batched SmoothGrad (noisy copies of several images through the model together) is
+    Captum's NoiseTunnel(Saliency) of each image alone after torch.manual_seed(seed + id)."""
+    from captum.attr import NoiseTunnel, Saliency
+
+    model, x, t = tiny
+    ids, seed = np.array([3, 0, 7, 1]), 11
+    expected = []
+    for i, image_id in enumerate(ids):
+        torch.manual_seed(seed + int(image_id))
+        attr = NoiseTunnel(Saliency(model)).attribute(
+            x[i:i + 1].clone().requires_grad_(), nt_type="smoothgrad", nt_samples=3,
+            stdevs=0.2, target=t[i:i + 1], abs=False)
+        expected.append(attr.abs().sum(dim=1).detach().numpy())
+    for batch_size in (1, 5, 32):
+        ours = compute_maps(model, x, t, "smoothgrad", n_samples=3, noise_std=0.2, seed=seed,
+                            ids=ids, batch_size=batch_size)
+        np.testing.assert_allclose(ours, np.concatenate(expected), rtol=1e-5, atol=1e-7)
+
+
+def test_max_sensitivity_of_a_subset_is_its_value_among_all_images(tiny: tuple) -> None:
+    """Noise is seeded by the image's position in the evaluated set (`ids`), so max-sensitivity
+    computed on a subset gives each of its images the value it gets among all of them."""
+    model, x, t = tiny
+
+    def explain(xx: torch.Tensor, tt: torch.Tensor, ids: np.ndarray) -> np.ndarray:
+        return compute_maps(model, xx, tt, "smoothgrad", n_samples=2, ids=ids)
+
+    every = max_sensitivity(explain, x, t, 0.1, 3, seed=4, batch_size=3)
+    pos = np.array([1, 3])
+    part = max_sensitivity(explain, x[pos], t[pos], 0.1, 3, seed=4, batch_size=2, ids=pos)
+    np.testing.assert_allclose(part, every[pos], rtol=1e-5)
+    assert not np.allclose(max_sensitivity(explain, x[pos], t[pos], 0.1, 3, seed=4), every[pos])
+
+
+def test_shared_curve_end_points_give_the_full_curves(tiny: tuple) -> None:
+    """PerturbationCurves evaluates p(x), p(zeros) and p(blur) once and only the inner steps of
+    each order, and gets the curves deletion_curve and insertion_curve evaluate step by step."""
+    from bench.saliency.metrics import PerturbationCurves
+
+    model, x, t = tiny
+    seen = []
+    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    try:
+        curves = PerturbationCurves(model, x, t, steps=5, batch_size=7)
+        ranks = [saliency_ranks(_rand_maps(s, (4, 10, 10))) for s in range(3)]
+        shared = [(curves.deletion(r), curves.insertion(r)) for r in ranks]
+    finally:
+        handle.remove()
+    assert sum(seen) == 4 * (3 + 3 * 2 * 4)
+    for r, (deletion, insertion) in zip(ranks, shared, strict=True):
+        np.testing.assert_allclose(deletion, deletion_curve(model, x, t, r, 5), rtol=1e-5)
+        np.testing.assert_allclose(insertion, insertion_curve(model, x, t, r, 5), rtol=1e-5)

@@ -26,7 +26,8 @@ from tests.conftest import tiny_grid_dict
 
 METHODS = ["gradient", "gradcam"]
 SALIENCY = {"methods": METHODS, "n_samples": 6, "sensitivity_samples": 1, "deletion_steps": 3,
-            "sanity_images": 3, "sanity_checkpoints": 2, "overlays": 2, "threads": 1}
+            "sensitivity_images": {"gradcam": 2}, "sanity_images": 3, "sanity_checkpoints": 2,
+            "overlays": 2, "threads": 1}
 PNG = b"\x89PNG\r\n\x1a\n"
 FP32_PTQ = [{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}]
 
@@ -132,7 +133,8 @@ def test_fp32_cells_carry_the_sanity_check(ran: dict) -> None:
     for seed in (0, 1):
         sanity = cells["fp32", seed].metrics["saliency"]["sanity"]
         assert sanity["threshold"] == 0.5 and sanity["statistic"] == "spearman"
-        assert sanity["images"] == cells["fp32", seed].metrics["saliency"]["images"][:3]
+        subsets = cells["fp32", seed].metrics["saliency"]["subsets"]
+        assert sanity["images"] == subsets["sanity"]["images"]
         assert len(sanity["steps"]) == 2 and sanity["steps"][-1] == sanity["n_layers"]
         for method in METHODS:
             result = sanity["methods"][method]
@@ -152,11 +154,33 @@ def test_every_cell_uses_the_same_test_images(ran: dict) -> None:
     data = prepare(DataConfig.model_validate(tiny_grid_dict()["datasets"][0]))
     expected = evaluation_subset(data.split.test, 6, 0)
     assert set(expected) <= set(data.split.test.tolist())
+    subsets = []
     for record in store.records():
         stored = load_maps(store.artifact_dir(record.cell_id))
         np.testing.assert_array_equal(stored.index, expected)
         np.testing.assert_array_equal(stored.targets, data.images.labels[expected].numpy())
         assert record.metrics["saliency"]["images"] == expected.tolist()
+        subsets.append(record.metrics["saliency"]["subsets"])
+    assert all(s == subsets[0] for s in subsets)
+
+
+def test_max_sensitivity_on_the_stated_subset(ran: dict) -> None:
+    """sensitivity_images {gradcam: 2}: Grad-CAM's max-sensitivity on 2 of the 6 images, a
+    seeded subset stated in the record, nested in the sanity check's 3; gradient's on all 6."""
+    for record in ran["store"].records():
+        result = record.metrics["saliency"]
+        images, subsets = result["images"], result["subsets"]
+        assert subsets["max_sensitivity"]["gradient"] == {"n": 6, "of": 6, "images": images}
+        part = subsets["max_sensitivity"]["gradcam"]
+        assert part["n"] == 2 and part["of"] == 6 and set(part["images"]) <= set(images)
+        assert set(part["images"]) <= set(subsets["sanity"]["images"])
+        assert part["images"] != images[:2] or subsets["sanity"]["images"] != images[:3]
+        values = result["stats"]["gradcam"]["max_sensitivity"]["values"]
+        kept = [v for v, i in zip(values, images, strict=True) if i in part["images"]]
+        assert result["stats"]["gradcam"]["max_sensitivity"]["n"] == 2
+        assert all(v is not None for v in kept) and values.count(None) == 4
+        assert result["stats"]["gradient"]["max_sensitivity"]["n"] == 6
+        assert result["device"] == "cpu"
 
 
 def test_evaluation_subset_depends_only_on_its_seed() -> None:
@@ -249,11 +273,66 @@ def test_torch_threads_is_restored() -> None:
     assert torch.get_num_threads() == before
 
 
-def test_bad_settings_are_a_usage_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"methods": ["lime"]}, "unknown saliency methods"),
+    ({"methods": ["gradient"], "sensitivity_images": {"smoothgrad": 4}},
+     "sensitivity_images names ['smoothgrad']"),
+    ({"sensitivity_images": {"smoothgrad": 0}}, "sensitivity_images.smoothgrad"),
+])
+def test_bad_settings_are_a_usage_error(tmp_path: Path, settings: dict, message: str) -> None:
     grid = tmp_path / "bad.yaml"
-    grid.write_text(yaml.safe_dump(tiny_grid_dict(stages={"saliency": {"methods": ["lime"]}})))
+    grid.write_text(yaml.safe_dump(tiny_grid_dict(stages={"saliency": settings})))
     result = CliRunner().invoke(app, ["run", "--grid", str(grid), "--store",
                                       str(tmp_path / "s"), "--quiet"])
     assert result.exit_code == 2
-    assert "unknown saliency methods" in result.output
+    assert message in result.output
     assert not (tmp_path / "s" / "medq.sqlite").exists()
+
+
+def test_the_stage_runs_on_the_cells_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    """The model and images reach the suite, the sanity check and the overlays' maps on
+    StageInput.device: here `meta` (no CUDA on this machine), where no pass can run, so the
+    passes are replaced by recorders; the passes themselves follow their model's device."""
+    import bench.saliency.stage as stage_module
+    from bench.config import load_grid
+    from bench.runner.plan import build_plan
+    from bench.runner.stages import StageInput
+    from bench.saliency.settings import SaliencyConfig
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid_dict(seeds=1, stages={"saliency": SALIENCY})))
+    plan = build_plan(load_grid(str(grid)))
+    cell = plan.cells[0]
+    data = plan.data[cell.data_key].load()
+    cfg = SaliencyConfig(**SALIENCY)
+    seen: dict[str, set[str]] = {}
+
+    def where(name: str, *tensors: object) -> None:
+        seen.setdefault(name, set()).update(
+            str(t.device) for t in tensors if isinstance(t, torch.Tensor))
+
+    def suite(model, _fp32, images, targets, *_args, **_kw):
+        where("suite", images, targets, *model.parameters())
+        n = len(images)
+        return {m: {"maps": np.zeros((n, 16, 16), np.float32), "deletion_auc": np.zeros(n)}
+                for m in cfg.methods}
+
+    def sanity(_inp, _cfg, model, images, targets, index, maps):
+        where("sanity", images, targets, *model.parameters())
+        return {"skipped": "recorded"}
+
+    monkeypatch.setattr(stage_module, "stability_suite", suite)
+    monkeypatch.setattr(stage_module, "run_sanity_check", sanity)
+    from bench.models import build_model
+
+    model = build_model(cell.config.backbone, data.num_classes).eval()
+    folder = tmp_path / "cell"
+    folder.mkdir()
+    meta = torch.device("meta")
+    result = stage_module.saliency_stage(StageInput(
+        cell, data, model, False, torch.zeros(0), folder, None, meta, cfg))
+    assert seen == {"suite": {"meta"}, "sanity": {"meta"}}
+    assert result["device"] == "meta"
+    assert all(p.device.type == "cpu" for p in model.parameters())   # the cell's model is kept
+

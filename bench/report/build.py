@@ -34,7 +34,7 @@ def _saliency(data: ReportData) -> dict[str, Any]:
     metric = main if main in present else next(
         (m for m in saliency.METRIC_LABELS if m in present), None)
     return {"table": saliency.stability_table(frame, saliency.sanity_checks(data)),
-            "metric": metric,
+            "metric": metric, "subsets": saliency.subset_notes(data),
             "samples": saliency.samples(frame, metric) if metric else frame.iloc[:0]}
 
 

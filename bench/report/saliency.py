@@ -101,6 +101,30 @@ class Sanity:
         return f"undetermined: {self.reasons[0] if self.reasons else 'no verdict'}"
 
 
+def subset_notes(data: ReportData) -> list[str]:
+    """What the cells computed on a subset of their evaluated images (the records' `subsets`),
+    one sentence per distinct statement, e.g. "max-sensitivity of smoothgrad on 8 of 64
+    images"."""
+    notes: list[str] = []
+    for cell in data.ok.itertuples(index=False):
+        stage = _stage(data, cell.cell_id)
+        subsets = stage.get("subsets") or {}
+        partial: dict[tuple[int, int], list[str]] = {}
+        for method, part in (subsets.get("max_sensitivity") or {}).items():
+            if part["n"] < part["of"]:
+                partial.setdefault((part["n"], part["of"]), []).append(method)
+        for (n, of), methods in partial.items():
+            note = f"max-sensitivity of {', '.join(methods)} on {n} of {of} images"
+            if note not in notes:
+                notes.append(note)
+        sanity = subsets.get("sanity")
+        if sanity and "methods" in (stage.get("sanity") or {}):
+            note = f"the sanity check (FP32 cells) on {sanity['n']} of {sanity['of']} images"
+            if note not in notes:
+                notes.append(note)
+    return notes
+
+
 def sanity_checks(data: ReportData) -> dict[tuple[str, str, str], Sanity]:
     """(data set, backbone, saliency method) -> the verdicts of the block's FP32 cells."""
     verdicts: dict[tuple[str, str, str], list[tuple[bool | None, str | None]]] = {}

@@ -1,16 +1,19 @@
 """The saliency stage's cost a cell, for `bench run --dry-run`'s estimate: the model passes its
-settings ask for, each at the cost a probe measures for the cell's model.
+settings ask for, each at the cost a probe measures for the cell's model on the cell's device
+(where the stage runs it).
 
 Counts follow bench.saliency.suite, .null and .sanity exactly. Per image evaluated
-(min(n_samples, test images)) and per method, one map costs `MAP_PASSES` gradient passes (a
+(n = min(n_samples, test images)) and per method, one map costs `MAP_PASSES` gradient passes (a
 forward and a backward to the input); max-sensitivity explains `sensitivity_samples` perturbed
-copies (the unperturbed map is the one already computed); the deletion and insertion curves
-cost deletion_steps + 1 forward passes each, for every method and for the random pixel order,
-plus one forward pass for p(target | x). Beside that, the null control of a quantised cell
-explains the evaluated images once more through the quantised graph, and the sanity check of an
-FP32 cell explains its first `sanity_images` images at up to max(sanity_checkpoints, 2) points
-of the randomisation cascade. Metrics on the maps and the overlays are not counted. Whoever
-changes what the stage computes changes these counts with it (tests count them with a hook).
+copies (the unperturbed map is the one already computed) of the images `sensitivity_images`
+gives the method (all n by default). The deletion and insertion curves share their end points:
+p(target | x), p(target | zeros) and p(target | blurred x), 3 forward passes an image, then
+2 * (deletion_steps - 1) forward passes an image for every method and for the random pixel
+order. Beside that, the null control of a quantised cell explains the evaluated images once more
+through the quantised graph, and the sanity check of an FP32 cell explains `sanity_images`
+images at up to max(sanity_checkpoints, 2) points of the randomisation cascade. Metrics on the
+maps and the overlays are not counted. Whoever changes what the stage computes changes these
+counts with it (tests count them with a hook).
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ from bench.saliency.reference import FP32
 from bench.saliency.settings import SaliencyConfig
 
 STAGE = "saliency"
-STAGE_DEVICE = "cpu"
-"""Where the stage runs the model (stage.py moves it to the CPU)."""
 
 MAP_PASSES: dict[str, Callable[[SaliencyConfig], int]] = {
     "gradient": lambda cfg: 1,
@@ -54,11 +55,21 @@ def map_passes(cfg: SaliencyConfig) -> int:
     return sum(MAP_PASSES[m](cfg) for m in cfg.methods)
 
 
-def passes(cfg: SaliencyConfig) -> tuple[int, int]:
-    """(gradient passes, forward passes) of the stability suite per image evaluated."""
-    gradient = map_passes(cfg) * (1 + cfg.sensitivity_samples)
-    forward = 2 * (cfg.deletion_steps + 1) * (len(cfg.methods) + 1) + 1
-    return gradient, forward
+def curve_passes(cfg: SaliencyConfig) -> int:
+    """Forward passes of one image's deletion and insertion curves, every method and the
+    random order: 3 shared end points, then the steps between for each order."""
+    return 3 + 2 * (cfg.deletion_steps - 1) * (len(cfg.methods) + 1)
+
+
+def sensitivity_passes(cfg: SaliencyConfig, n: int) -> int:
+    """Gradient passes of max-sensitivity on n evaluated images, every method on its images."""
+    return sum(cfg.sensitivity_count(m, n) * MAP_PASSES[m](cfg) * cfg.sensitivity_samples
+               for m in cfg.methods)
+
+
+def passes(cfg: SaliencyConfig, n: int = 1) -> tuple[int, int]:
+    """(gradient passes, forward passes) of the stability suite on n evaluated images."""
+    return n * map_passes(cfg) + sensitivity_passes(cfg, n), n * curve_passes(cfg)
 
 
 def stage_cost(settings: SaliencyConfig | dict[str, Any], *, n_test: int, quantized: bool,
@@ -67,13 +78,12 @@ def stage_cost(settings: SaliencyConfig | dict[str, Any], *, n_test: int, quanti
     sanity check when `fp32`)."""
     cfg = settings if isinstance(settings, SaliencyConfig) else SaliencyConfig(**settings)
     n = min(cfg.n_samples, n_test)
-    gradient, forward = passes(cfg)
-    gradient *= n
+    gradient, forward = passes(cfg, n)
     if quantized:
         gradient += n * map_passes(cfg)
     if fp32:
         gradient += min(cfg.sanity_images, n) * max(cfg.sanity_checkpoints, 2) * map_passes(cfg)
-    return SaliencyCost(gradient, n * forward)
+    return SaliencyCost(gradient, forward)
 
 
 @register_stage_cost(STAGE)
@@ -84,5 +94,5 @@ def saliency_cost(cfg: SaliencyConfig, shape: CellShape, probe: ModelProbe) -> f
     batch = min(cfg.batch_size, n)
     cost = stage_cost(cfg, n_test=shape.n_test, quantized=shape.quantized,
                       fp32=shape.method == FP32)
-    return (cost.gradient * probe.gradient_image_s(batch, STAGE_DEVICE)
-            + cost.forward * probe.forward_image_s(batch, STAGE_DEVICE))
+    return (cost.gradient * probe.gradient_image_s(batch)
+            + cost.forward * probe.forward_image_s(batch))

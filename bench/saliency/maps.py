@@ -22,7 +22,6 @@ from captum.attr import (
     IntegratedGradients,
     LayerAttribution,
     LayerGradCam,
-    NoiseTunnel,
     Saliency,
 )
 from torch import Tensor, fx, nn
@@ -155,22 +154,34 @@ def _integrated_gradients(
     )
 
 
+def smoothgrad_noise(shape: tuple[int, ...], n_samples: int, noise_std: float, seed: int
+                     ) -> Tensor:
+    """(n_samples, *shape) N(0, noise_std^2) noise of one image: the draw of Captum's
+    NoiseTunnel after `torch.manual_seed(seed)`, from a CPU generator of its own (so the noise is
+    the same on every device and leaves the global random state alone)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.normal(0.0, noise_std, size=(n_samples, *shape), generator=gen)
+
+
 def _smoothgrad(
     model: nn.Module, x: Tensor, t: Tensor, *, n_samples: int, noise_std: float,
-    seeds: list[int], **_: object,
+    seeds: list[int], batch_size: int, **_: object,
 ) -> Tensor:
-    """NoiseTunnel per image, seeded per image, all its noise samples in one forward pass,
-    so the result does not depend on batch_size."""
-    tunnel = NoiseTunnel(Saliency(model))
-    out = []
-    for i, seed in enumerate(seeds):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            out.append(tunnel.attribute(
-                x[i:i + 1], nt_type="smoothgrad", nt_samples=n_samples, stdevs=noise_std,
-                target=t[i:i + 1], abs=False,
-            ))
-    return torch.cat(out)
+    """SmoothGrad (Smilkov et al. 2017), as Captum's NoiseTunnel(Saliency) with
+    nt_type="smoothgrad": the mean gradient over `n_samples` noisy copies of each image, image
+    i's noise seeded with seeds[i] (`smoothgrad_noise`). The copies of several images go through
+    the model together, `batch_size` at a time, so the result does not depend on batch_size."""
+    saliency = Saliency(model)
+    copies = torch.cat([
+        x[i:i + 1].detach() + smoothgrad_noise(tuple(x.shape[1:]), n_samples, noise_std,
+                                               seed).to(x.device, x.dtype)
+        for i, seed in enumerate(seeds)])
+    targets = t.repeat_interleave(n_samples)
+    grads = torch.cat([
+        saliency.attribute(copies[b:b + batch_size].requires_grad_(),
+                           target=targets[b:b + batch_size], abs=False)
+        for b in range(0, len(copies), batch_size)])
+    return grads.view(len(seeds), n_samples, *x.shape[1:]).mean(dim=1)
 
 
 def _gradcam(model: nn.Module, x: Tensor, t: Tensor, *, layer: LayerTarget, **_: object
@@ -203,6 +214,13 @@ def model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def as_targets(targets: Tensor | np.ndarray | list[int], device: torch.device) -> Tensor:
+    """Class targets as a long tensor on `device` (from a tensor on any device, or an array)."""
+    if isinstance(targets, Tensor):
+        return targets.to(device, torch.long)
+    return torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device)
+
+
 def compute_maps(
     model: nn.Module,
     images: Tensor,
@@ -231,14 +249,14 @@ def compute_maps(
         raise ValueError(f"unknown saliency method '{method}'; known: {', '.join(METHODS)}")
     fn = METHODS[method]
     device = model_device(model)
-    t_all = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    t_all = as_targets(targets, device)
     ids = np.arange(images.shape[0]) if ids is None else np.asarray(ids)
     target = resolve_layer(model, layer) if method == "gradcam" else None
     maps = []
     with eval_mode(model):
         for start in range(0, images.shape[0], batch_size):
             x = images[start:start + batch_size].detach().to(device, torch.float32).clone()
-            t = t_all[start:start + batch_size].to(device)
+            t = t_all[start:start + batch_size]
             seeds = [seed + int(i) for i in ids[start:start + batch_size]]
             attr = fn(
                 model, x.requires_grad_(), t, n_samples=n_samples, noise_std=noise_std,

@@ -3,6 +3,12 @@
 Maps are (N, H, W) arrays; masks are boolean (N, H, W) (a singleton channel axis is dropped).
 Undefined values are NaN: Spearman of a constant map, pointing/energy with an empty mask or an
 all-zero map. Summaries should use nan-aware reductions and report the NaN count.
+
+Forward-only passes (p(target | x), the deletion and insertion curves) run under
+`forward_only()`, i.e. `torch.inference_mode()`: Brevitas issue 1245 reports inference mode
+breaking quantised inference, so tests/test_inference_mode.py checks, for every quantisation
+scheme of bench.quant and the FP32 backbones, that outputs equal those under `torch.no_grad()`
+and that gradient passes after it are unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from skimage.metrics import structural_similarity
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from bench.saliency.maps import eval_mode, model_device
+from bench.saliency.maps import as_targets, eval_mode, model_device
 
 ExplainFn = Callable[[Tensor, Tensor, np.ndarray], np.ndarray]
 """(images, targets, positions of the images in the evaluated set) -> maps (N, H, W)."""
@@ -134,6 +140,13 @@ def energy_pointing(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return out
 
 
+def forward_only() -> torch.inference_mode:
+    """The context of the passes that need no gradient: inference mode (no autograd or version
+    counter bookkeeping), which Brevitas' fake-quant graphs of this project run unchanged (see
+    the module docstring)."""
+    return torch.inference_mode()
+
+
 def linf_ball_noise(shape: tuple[int, ...], radius: float, seed: int) -> Tensor:
     """One draw from the uniform distribution on the L-infinity ball of `radius`: i.i.d.
     U(-radius, radius) per element, from a generator seeded with `seed` (CPU, float32)."""
@@ -157,37 +170,43 @@ def max_sensitivity(
     seed: int = 0,
     base_maps: np.ndarray | None = None,
     batch_size: int = 32,
+    ids: np.ndarray | None = None,
 ) -> np.ndarray:
     """Max-sensitivity (Yeh et al., NeurIPS 2019): max over n_samples perturbations d drawn
     uniformly from the L-infinity ball of `radius` of ||e(x+d) - e(x)||_F / ||e(x)||_F.
 
     The conventions of Quantus' `MaxSensitivity` (uniform noise, Frobenius norms of the flattened
     difference and of e(x)) and Captum's `sensitivity_max` (its `default_perturb_func`, 10
-    draws by default); `radius` is in model-input units. Draw s of image i is
-    `linf_ball_noise(x_i.shape, radius, sensitivity_noise_seed(seed, s, i))`. `explain_fn(x, t,
-    ids)` gets the positions `ids` of the images it explains, so a method with its own noise
-    (SmoothGrad) reuses the noise of the unperturbed image. `base_maps` are e(x) when already
-    computed; the (draw, image) pairs are explained `batch_size` at a time. 0/0 is defined as 0
-    (an explanation that is zero and stays zero), x/0 with x > 0 as inf (Captum divides by 1
-    there instead).
+    draws by default); `radius` is in model-input units. `ids` are the images' positions in
+    the evaluated set (default 0..N-1): draw s of the image at position i is
+    `linf_ball_noise(x_i.shape, radius, sensitivity_noise_seed(seed, s, i))`, so a subset of the
+    images gets the values it would get among all of them. `explain_fn(x, t, ids)` gets those
+    positions, so a method with its own noise (SmoothGrad) reuses the noise of the unperturbed
+    image. `base_maps` are e(x) when already computed; the (draw, image) pairs are explained
+    `batch_size` at a time, perturbed on the images' device. 0/0 is defined as 0 (an
+    explanation that is zero and stays zero), x/0 with x > 0 as inf (Captum divides by 1 there
+    instead).
     """
     n = images.shape[0]
-    base = _flat(explain_fn(images, targets, np.arange(n)) if base_maps is None else base_maps)
+    ids = np.arange(n) if ids is None else np.asarray(ids)
+    targets = as_targets(targets, images.device)
+    base = _flat(explain_fn(images, targets, ids) if base_maps is None else base_maps)
     den = np.linalg.norm(base, axis=1)
     worst = np.zeros(n)
     pairs = [(s, i) for s in range(n_samples) for i in range(n)]
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        ids = np.array([i for _, i in chunk])
+        rows = np.array([i for _, i in chunk])
         noise = torch.stack([linf_ball_noise(tuple(images.shape[1:]), radius,
-                                             sensitivity_noise_seed(seed, s, i))
+                                             sensitivity_noise_seed(seed, s, int(ids[i])))
                              for s, i in chunk]).to(images.device, images.dtype)
-        maps = _flat(explain_fn(images[ids] + noise, targets[ids], ids))
-        num = np.linalg.norm(maps - base[ids], axis=1)
+        rows_t = torch.from_numpy(rows).to(images.device)
+        maps = _flat(explain_fn(images[rows_t] + noise, targets[rows_t], ids[rows]))
+        num = np.linalg.norm(maps - base[rows], axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = np.where(den[ids] > 0, num / np.where(den[ids] > 0, den[ids], 1.0),
+            ratio = np.where(den[rows] > 0, num / np.where(den[rows] > 0, den[rows], 1.0),
                              np.where(num > 0, np.inf, 0.0))
-        np.maximum.at(worst, ids, ratio)
+        np.maximum.at(worst, rows, ratio)
     return worst
 
 
@@ -217,28 +236,29 @@ def random_ranks(n: int, pixels: int, seed: int) -> np.ndarray:
     return np.stack([np.random.default_rng([seed, i]).permutation(pixels) for i in range(n)])
 
 
-@torch.no_grad()
 def target_probability(model: nn.Module, images: Tensor, targets: Tensor,
                        batch_size: int = 64) -> np.ndarray:
-    """softmax(model(x))[target] per image (N,), in eval mode."""
+    """softmax(model(x))[target] per image (N,), in eval mode, on the model's device."""
     device = model_device(model)
-    t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    t = as_targets(targets, device)
     out = []
-    with eval_mode(model):
+    with eval_mode(model), forward_only():
         for b in range(0, images.shape[0], batch_size):
             p = torch.softmax(model(images[b:b + batch_size].to(device)).float(), dim=1)
-            out.append(p.gather(1, t[b:b + batch_size, None].to(device))[:, 0].cpu().numpy())
-    return np.concatenate(out)
+            out.append(p.gather(1, t[b:b + batch_size, None])[:, 0])
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0)
 
 
-@torch.no_grad()
 def flip_curve(
     model: nn.Module, images: Tensor, targets: Tensor, ranks: np.ndarray, steps: int,
     start: Tensor, end: Tensor, batch_size: int,
+    ends: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Target-class probability (N, steps+1) as pixels (all channels) go from `start` to `end`
     in increasing `ranks`: at step s the round(s*H*W/steps) lowest-ranked pixels come from `end`.
 
+    Step 0 is `start` and step `steps` is `end` whatever the order: `ends` = (p(target | start),
+    p(target | end)), when already known, fill them and only the steps between are evaluated.
     The (step, image) inputs are evaluated `batch_size` at a time across steps, so a small image
     set costs few forward passes; inputs are built on the model's device.
     """
@@ -246,35 +266,65 @@ def flip_curve(
     device = model_device(model)
     rank_t = torch.from_numpy(np.asarray(ranks)).reshape(n, 1, h, w).to(device)
     start, end = start.to(device), end.to(device)
-    t = torch.as_tensor(np.asarray(targets), dtype=torch.long).to(device)
+    t = as_targets(targets, device)
     flips = torch.tensor([round(s * h * w / steps) for s in range(steps + 1)], device=device)
-    step_of = torch.arange(steps + 1).repeat_interleave(n)
-    image_of = torch.arange(n).repeat(steps + 1)
-    probs = np.zeros((n, steps + 1))
-    with eval_mode(model):
+    first, last = (0, steps) if ends is None else (1, steps - 1)
+    step_of = torch.arange(first, last + 1).repeat_interleave(n).to(device)
+    image_of = torch.arange(n).repeat(last - first + 1).to(device)
+    probs = torch.zeros((n, steps + 1), dtype=torch.float64, device=device)
+    if ends is not None:
+        probs[:, 0] = torch.as_tensor(ends[0], dtype=torch.float64, device=device)
+        probs[:, steps] = torch.as_tensor(ends[1], dtype=torch.float64, device=device)
+    with eval_mode(model), forward_only():
         for b in range(0, len(step_of), batch_size):
             s, i = step_of[b:b + batch_size], image_of[b:b + batch_size]
             flipped = rank_t[i] < flips[s].view(-1, 1, 1, 1)
             p = torch.softmax(model(torch.where(flipped, end[i], start[i])).float(), dim=1)
-            probs[i.numpy(), s.numpy()] = p.gather(1, t[i, None])[:, 0].cpu().numpy()
-    return probs
+            probs[i, s] = p.gather(1, t[i, None])[:, 0].double()
+    return probs.cpu().numpy()
 
 
 def deletion_curve(model: nn.Module, images: Tensor, targets: Tensor, ranks: np.ndarray,
-                   steps: int, *, baseline: Baseline = "zeros", batch_size: int = 64
-                   ) -> np.ndarray:
-    """RISE deletion curve: pixels replaced by the baseline in increasing `ranks`."""
+                   steps: int, *, baseline: Baseline = "zeros", batch_size: int = 64,
+                   ends: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """RISE deletion curve: pixels replaced by the baseline in increasing `ranks`; `ends`:
+    (p(target | image), p(target | baseline)) when known (see `flip_curve`)."""
     base = baseline_images(images, baseline)
-    return flip_curve(model, images, targets, ranks, steps, images, base, batch_size)
+    return flip_curve(model, images, targets, ranks, steps, images, base, batch_size, ends)
 
 
 def insertion_curve(model: nn.Module, images: Tensor, targets: Tensor, ranks: np.ndarray,
-                    steps: int, *, baseline: Baseline = "blur", batch_size: int = 64
-                    ) -> np.ndarray:
+                    steps: int, *, baseline: Baseline = "blur", batch_size: int = 64,
+                    ends: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """RISE insertion curve: pixels of the image restored into the baseline in increasing
-    `ranks`."""
+    `ranks`; `ends`: (p(target | baseline), p(target | image)) when known."""
     base = baseline_images(images, baseline)
-    return flip_curve(model, images, targets, ranks, steps, base, images, batch_size)
+    return flip_curve(model, images, targets, ranks, steps, base, images, batch_size, ends)
+
+
+class PerturbationCurves:
+    """Deletion (zeros baseline) and insertion (blur baseline) curves of one model on fixed
+    images for any number of pixel orders, without evaluating anything twice: p(target | x),
+    p(target | zeros) and p(target | blurred x) are computed once (3 forward passes an image)
+    and are every order's end points; each order then costs 2 * (steps - 1) passes an image."""
+
+    def __init__(self, model: nn.Module, images: Tensor, targets: Tensor, steps: int,
+                 batch_size: int) -> None:
+        self.model, self.images, self.steps, self.batch_size = model, images, steps, batch_size
+        self.targets = as_targets(targets, model_device(model))
+        self.zeros = baseline_images(images, "zeros")
+        self.blur = baseline_images(images, "blur")
+        self.p_clean = target_probability(model, images, self.targets, batch_size)
+        self.p_zeros = target_probability(model, self.zeros, self.targets, batch_size)
+        self.p_blur = target_probability(model, self.blur, self.targets, batch_size)
+
+    def deletion(self, ranks: np.ndarray) -> np.ndarray:
+        return flip_curve(self.model, self.images, self.targets, ranks, self.steps, self.images,
+                          self.zeros, self.batch_size, (self.p_clean, self.p_zeros))
+
+    def insertion(self, ranks: np.ndarray) -> np.ndarray:
+        return flip_curve(self.model, self.images, self.targets, ranks, self.steps, self.blur,
+                          self.images, self.batch_size, (self.p_blur, self.p_clean))
 
 
 def curve_auc(curve: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:

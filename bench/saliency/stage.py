@@ -9,6 +9,12 @@ columns (see bench.saliency.columns). Quantisation stability is measured against
 maps of the FP32 reference cell (see bench.saliency.reference); beside it, for quantised cells,
 the same statistics of the null control (bench.saliency.null); FP32 cells get the
 model-parameter-randomisation sanity check of every saliency method (bench.saliency.sanity).
+
+The stage runs on the cell's device (`StageInput.device`: CUDA when the cell trained there): the
+model stays where the cell left it, the images are moved there once, and only maps and
+probabilities come back as CPU arrays for the statistics. Metrics computed on a subset of the
+images (max-sensitivity under `sensitivity_images`, the sanity check) name theirs in the
+record's `subsets`.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from bench.saliency.null import NullControl, null_control, null_graph
 from bench.saliency.overlay import save_overlay_png
 from bench.saliency.reference import FP32, Reference, find_reference
 from bench.saliency.sanity import randomisation_check
-from bench.saliency.suite import SaliencyConfig, maps_for, stability_suite
+from bench.saliency.settings import detail_positions
+from bench.saliency.suite import SaliencyConfig, maps_for, stability_suite, subsets
 
 log = logging.getLogger(__name__)
 OVERLAY_DIR = "saliency_overlays"
@@ -59,11 +66,12 @@ def torch_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _on_cpu(model: nn.Module) -> nn.Module:
-    """The model itself when it is on the CPU, else a CPU copy (the metrics work on the CPU)."""
-    if all(p.device.type == "cpu" for p in model.parameters()):
+def on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model itself when its parameters are on `device`, else a copy moved there (the cell's
+    model is left as it is)."""
+    if all(p.device == device for p in model.parameters()):
         return model
-    return copy.deepcopy(model).cpu()
+    return copy.deepcopy(model).to(device)
 
 
 def _cell_title(config: Any) -> str:
@@ -106,22 +114,24 @@ def run_null_control(inp: StageInput, cfg: SaliencyConfig, ref: Reference, image
 def run_sanity_check(inp: StageInput, cfg: SaliencyConfig, model: nn.Module,
                      images: torch.Tensor, targets: torch.Tensor, index: np.ndarray,
                      maps: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The cascading-randomisation check on the first `sanity_images` images of an FP32 cell."""
+    """The cascading-randomisation check of an FP32 cell on the first `sanity_images` images of
+    the evaluated images' seeded permutation (`detail_positions`)."""
     if inp.cell.config.method != FP32:
         return {"skipped": "run on FP32 cells only"}
     if cfg.sanity_images == 0:
         return {"skipped": "sanity_images is 0"}
     k = min(cfg.sanity_images, len(index))
-    ids = np.arange(k)
+    ids = np.sort(np.asarray(detail_positions(len(index), cfg.seed)[:k], dtype=np.int64))
+    rows = torch.from_numpy(ids).to(images.device)
 
     def explain(m: nn.Module, method: str, x: torch.Tensor, t: torch.Tensor) -> np.ndarray:
         return maps_for(m, method, cfg)(x, t, ids)
 
-    result = randomisation_check(model, cfg.methods, images[:k], targets[:k],
-                                 {m: v[:k] for m, v in maps.items()}, explain,
+    result = randomisation_check(model, cfg.methods, images[rows], targets[rows],
+                                 {m: v[ids] for m, v in maps.items()}, explain,
                                  checkpoints=cfg.sanity_checkpoints,
                                  threshold=cfg.sanity_threshold, seed=cfg.seed)
-    return result.describe(index[:k].tolist())
+    return result.describe(index[ids].tolist())
 
 
 def saliency_stage(inp: StageInput) -> dict[str, Any]:
@@ -130,19 +140,20 @@ def saliency_stage(inp: StageInput) -> dict[str, Any]:
     start = time.perf_counter()
     imgs = inp.data.images
     index = evaluation_subset(inp.data.split.test, cfg.n_samples, cfg.seed)
-    raw, targets = imgs.images[index], imgs.labels[index]
+    raw, labels = imgs.images[index], imgs.labels[index]
     masks = None if imgs.masks is None else imgs.masks[index].numpy()
     ref = find_reference(inp.store, inp.cell.config, index)
-    model = _on_cpu(inp.model)
-    device = next(model.parameters()).device
-    images = normalize(raw)
+    device = torch.device(inp.device)
+    model = on_device(inp.model, device)
+    images = normalize(raw.to(device))
+    targets = labels.to(device)
     with torch_threads(cfg.threads):
         results = stability_suite(model, None, images, targets, masks, cfg,
                                   reference_maps=ref.maps)
         maps = {m: r["maps"] for m, r in results.items()}
         null = run_null_control(inp, cfg, ref, images, targets, device).describe()
         sanity = run_sanity_check(inp, cfg, model, images, targets, index, maps)
-    save_maps(inp.folder, StoredMaps(index, targets.numpy(), maps))
+    save_maps(inp.folder, StoredMaps(index, labels.numpy(), maps))
     primary = cfg.methods[0]
     overlays = write_overlays(inp.folder, raw, index, primary, maps[primary], ref,
                               _cell_title(inp.cell.config), cfg.overlays)
@@ -155,7 +166,9 @@ def saliency_stage(inp: StageInput) -> dict[str, Any]:
         "target": "label",
         "methods": cfg.methods,
         "primary": primary,
+        "device": str(device),
         "images": index.tolist(),
+        "subsets": subsets(cfg, index),
         "reference": ref.describe(),
         "localisation": ({"skipped": "the data set has no masks"} if masks is None else
                          {"mask_fraction": json_float(masks.mean())}),
