@@ -196,19 +196,20 @@ def test_deploy_cost_is_its_fixed_run_plus_onnx_runtime_per_further_image():
 
 
 def test_deploy_cost_times_onnx_runtime_with_the_deploy_stages_session_settings(tmp_path):
-    """The stage evaluates with x64 precision mode (slower U8U8 kernels for 8-bit layers on x86
-    without VNNI), so the estimate's per-image ONNX Runtime time is taken with it too."""
+    """The stage evaluates with exact kernels (x64 precision mode, slower U8U8 kernels for 8-bit
+    layers, on x86 without VNNI), so the estimate's per-image time is taken with them too."""
     from bench.deploy import export_fp32
     from bench.deploy.cost import OnnxRunner
-    from bench.deploy.runtime import SESSION_CONFIG
+    from bench.deploy.runtime import session_config
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten()).eval()
     runner = OnnxRunner(export_fp32(model, torch.zeros(1, 3, 8, 8), tmp_path / "m.onnx"))
     (out,) = runner(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
     assert out.shape == (2, 72)
     options = runner.session.get_session_options()
-    assert SESSION_CONFIG and all(options.get_session_config_entry(key) == value
-                                  for key, value in SESSION_CONFIG.items())
+    expected = session_config()
+    assert expected and all(options.get_session_config_entry(key) == value
+                            for key, value in expected.items())
 
 
 def test_a_probe_times_the_largest_batch_that_fits(monkeypatch):
