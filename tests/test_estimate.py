@@ -186,10 +186,17 @@ def test_saliency_pass_count_matches_the_images_the_suite_sends_through_the_mode
     assert seen[0] == 2 * sum(passes(cfg))
 
 
-def test_deploy_cost_is_its_fixed_run_plus_onnx_runtime_per_further_image():
+@pytest.mark.parametrize("saturates", [False, True])
+def test_deploy_cost_is_its_fixed_run_plus_onnx_runtime_per_further_image(saturates,
+                                                                          monkeypatch):
+    """Where U8S8 saturates, the stage also evaluates a quantised model with fast kernels."""
+    import bench.deploy.cost as cost
+
+    monkeypatch.setattr(cost, "u8s8_saturates", lambda: saturates)
     probe, settings = FakeProbe(), DeploySettings(eval_batch_size=64)
+    evaluations = 2 if saturates else 1
     assert deploy_cost(settings, SHAPE, probe) == pytest.approx(1.5 + (30 - PROBE_IMAGES)
-                                                                * 0.002)
+                                                                * 0.002 * evaluations)
     deploy_cost(settings, SHAPE, probe)   # one timing serves every cell of the same graph
     assert [c for c in probe.calls if c[0] == "stage"] == [("stage", "deploy", PROBE_IMAGES)]
     assert ("per_image", 64) in probe.calls
