@@ -36,6 +36,7 @@ Environment: MEDQ_BENCH_ROUNDS (30) timed calls per latency figure.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -158,6 +159,36 @@ def _call(path: Path, config: dict[str, str] | None = None) -> Callable[[], obje
     return lambda: session.run(None, feed)
 
 
+def op_times_ms(paths: dict[str, Path], config: dict[str, str], runs: int
+                ) -> dict[str, dict[str, float]]:
+    """Per variant, ONNX Runtime's profiled kernel time per op type (ms): the sum over nodes of
+    each node's median over ``runs`` interleaved calls, which load bursts hardly move."""
+    sessions = {}
+    for variant, path in paths.items():
+        options = session_options(config)
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.enable_profiling = True
+        options.profile_file_prefix = str(path.with_name(f"profile_{variant}"))
+        sessions[variant] = ort.InferenceSession(str(path), options,
+                                                 providers=["CPUExecutionProvider"])
+    feed = {"input": random_images(1, SIZE, 31).numpy()}
+    for _ in range(runs + 3):
+        for session in sessions.values():
+            session.run(None, feed)
+    times = {}
+    for variant, session in sessions.items():
+        per_node: dict[tuple[str, str], list[float]] = {}
+        for event in json.loads(Path(session.end_profiling()).read_text()):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                per_node.setdefault((event["name"], event["args"]["op_name"]), []).append(
+                    event["dur"] / 1e3)
+        by_op: dict[str, float] = {}
+        for (_, op), durations in per_node.items():
+            by_op[op] = by_op.get(op, 0.0) + float(np.median(durations[3:]))
+        times[variant] = by_op
+    return times
+
+
 def _logits(path: Path, config: dict[str, str]) -> np.ndarray:
     session = ort.InferenceSession(str(path), session_options(config),
                                    providers=["CPUExecutionProvider"])
@@ -236,6 +267,14 @@ def test_latency_targets(artefacts):
                               f"W8A8 {r['speedup']:.2f}x")
             print(f"    {unreachable[k]}")
         print(f"    unmet: {unmet[k] or 'none'}")
+    same = "fast" if saturates else "exact"
+    ops = op_times_ms({v: artefacts[v] for v in ("w8a8", "w4a4", "w4a2", "w4a4_noclip")},
+                      session_config(same), ROUNDS)
+    for v, by_op in ops.items():
+        print(f"  kernels={same} profiled {v} (sums of per-node medians): total "
+              f"{sum(by_op.values()):.2f} ms, QLinearConv {by_op.get('QLinearConv', 0.0):.2f}, "
+              f"Clip {by_op.get('Clip', 0.0):.2f} ({count_kernels(artefacts[v]).get('Clip', 0)} "
+              "Clip nodes)")
     print(f"  integer coverage {coverage}")
     assert all(coverage[v] == 1.0 for v in (*PTQ_BITS, "ort_static")), coverage
     assert not any(unmet.values()), unmet
