@@ -91,6 +91,7 @@ def test_each_measurement_records_its_kernel_policy_as_resolved_here(measured):
         assert m.profile_config["kernels"] == m.details["kernel_policy"] == policy
         assert m.details["session_config"] == session_config(policy)
         assert m.details["u8s8_saturates"] is u8s8_saturates()
+        assert m.details["exact_kernels"] is (policy == "exact" or not u8s8_saturates())
 
 
 def test_second_measure_measures_nothing_new(measured):

@@ -146,7 +146,10 @@ def _record(target: Target, profile: Profile, device: str, fingerprint: dict[str
     for key in ("samples_s", "profile", "isolation", "batch_size", "load_time_s",
                 "peak_rss_mb"):
         details.pop(key)
-    details.update(kernel_policy=profile.kernels, u8s8_saturates=u8s8_saturates())
+    saturates = u8s8_saturates()
+    # exact_kernels: the timed kernels compute what the deployed accuracy was evaluated with.
+    details.update(kernel_policy=profile.kernels, u8s8_saturates=saturates,
+                   exact_kernels=profile.kernels == "exact" or not saturates)
     record.details = details
     return record
 
