@@ -269,7 +269,7 @@ def test_latency_targets(artefacts):
         unmet[k] = check_targets(r, target, same_kernels)
         row = ", ".join(f"{v} {t[v] * 1e3:.2f}" for v in timed)
         print(f"  kernels={k} {config}\n    p50 ms: {row}\n    paired ratios: "
-              f"    W8A8 {r['speedup']:.2f}x FP32 (target {target}x), quantize_static "
+              f"W8A8 {r['speedup']:.2f}x FP32 (target {target}x), quantize_static "
               f"{r['static_speedup']:.2f}x, reduce_range quantize_static "
               f"{r['rr_speedup']:.2f}x; W8A8 / quantize_static "
               f"{r['vs_static']:.3f}; W4A4 / W8A8 {r['w4a4']:.3f} (without its activation "
