@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from bench.deploy.runtime import session_config, u8s8_saturates
 from bench.deploy.stage import (
     DEPLOYED_PREDICTIONS,
     LOW_AGREEMENT,
@@ -86,9 +87,17 @@ def test_deployed_predictions_are_stored_listed_and_shipped_file_named(deployed)
             assert row["agreement"] == pytest.approx(agreement)
         assert deploy["shipped_file"] == ONNX_FILE
         assert row["shipped_size_bytes"] == (folder / ONNX_FILE).stat().st_size
-        assert deploy["session_config"] == {"session.x64quantprecision": "1"}
+        assert deploy["kernel_policy"] == "exact"
+        assert deploy["u8s8_saturates"] is u8s8_saturates()
+        assert deploy["session_config"] == session_config("exact")
         if method != "fp32":
             assert deploy["int4_weights_integer"] is False
+        if method != "fp32" and deploy["u8s8_saturates"]:
+            # The accuracy cost of fast (saturating) kernels on this CPU is recorded beside.
+            assert 0.0 <= deploy["fast_kernels_agreement"] <= 1.0
+            assert deploy["fast_kernels_max_abs_logit_diff"] >= 0.0
+        else:
+            assert "fast_kernels_agreement" not in deploy
 
 
 def test_results_table_shows_integer_coverage(deployed, cli):

@@ -193,29 +193,37 @@ def test_saliency_pass_count_matches_the_images_the_suite_sends_through_the_mode
     assert seen[0] == sum(passes(cfg, 3))
 
 
-def test_deploy_cost_is_its_fixed_run_plus_onnx_runtime_per_further_image():
+@pytest.mark.parametrize("saturates", [False, True])
+def test_deploy_cost_is_its_fixed_run_plus_onnx_runtime_per_further_image(saturates,
+                                                                          monkeypatch):
+    """Where U8S8 saturates, the stage also evaluates a quantised model with fast kernels."""
+    import bench.deploy.cost as cost
+
+    monkeypatch.setattr(cost, "u8s8_saturates", lambda: saturates)
     probe, settings = FakeProbe(), DeploySettings(eval_batch_size=64)
+    evaluations = 2 if saturates else 1
     assert deploy_cost(settings, SHAPE, probe) == pytest.approx(1.5 + (30 - PROBE_IMAGES)
-                                                                * 0.002)
+                                                                * 0.002 * evaluations)
     deploy_cost(settings, SHAPE, probe)   # one timing serves every cell of the same graph
     assert [c for c in probe.calls if c[0] == "stage"] == [("stage", "deploy", PROBE_IMAGES)]
     assert ("per_image", 64) in probe.calls
 
 
 def test_deploy_cost_times_onnx_runtime_with_the_deploy_stages_session_settings(tmp_path):
-    """The stage evaluates with x64 precision mode (slower U8U8 kernels for 8-bit layers on x86
-    without VNNI), so the estimate's per-image ONNX Runtime time is taken with it too."""
+    """The stage evaluates with exact kernels (x64 precision mode, slower U8U8 kernels for 8-bit
+    layers, on x86 without VNNI), so the estimate's per-image time is taken with them too."""
     from bench.deploy import export_fp32
     from bench.deploy.cost import OnnxRunner
-    from bench.deploy.runtime import SESSION_CONFIG
+    from bench.deploy.runtime import session_config
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten()).eval()
     runner = OnnxRunner(export_fp32(model, torch.zeros(1, 3, 8, 8), tmp_path / "m.onnx"))
     (out,) = runner(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
     assert out.shape == (2, 72)
     options = runner.session.get_session_options()
-    assert SESSION_CONFIG and all(options.get_session_config_entry(key) == value
-                                  for key, value in SESSION_CONFIG.items())
+    expected = session_config()
+    assert expected and all(options.get_session_config_entry(key) == value
+                            for key, value in expected.items())
 
 
 def test_a_probe_times_the_largest_batch_that_fits(monkeypatch):

@@ -31,6 +31,7 @@ def measured(tmp_path_factory):
                                                                  stages={"deploy": {}})))
     (tmp / "quick.toml").write_text(QUICK)
     (tmp / "tinymem.toml").write_text(TINY_MEMORY)
+    (tmp / "fast.toml").write_text(QUICK + 'kernels = "fast"\n')
     runner = CliRunner()
 
     def bench(*args: object):
@@ -41,6 +42,7 @@ def measured(tmp_path_factory):
     steps = {
         "host": bench("measure", "--profile", "host", "--store", store),
         "again": bench("measure", "--profile", "host", "--store", store),
+        "fast": bench("measure", "--profile", tmp / "fast.toml", "--store", store),
         "quick": bench("measure", "--profile", tmp / "quick.toml", "--store", store),
         "tinymem": bench("measure", "--profile", tmp / "tinymem.toml", "--store", store),
     }
@@ -74,6 +76,22 @@ def test_measurement_keeps_samples_summary_and_fingerprint(measured):
     assert m.load_time_s > 0 and m.size_bytes > 0 and m.packed_size_bytes > 0
     assert m.fingerprint["hash"] == m.machine and m.fingerprint["cpu_model"]
     assert m.details["providers"] == ["CPUExecutionProvider"]
+
+
+def test_each_measurement_records_its_kernel_policy_as_resolved_here(measured):
+    """The profile's kernels (default exact) are resolved on the measuring machine and stored
+    with the measurement: the policy, the session config it gave and whether U8S8 saturates."""
+    from bench.deploy.runtime import session_config, u8s8_saturates
+
+    _, store, steps = measured
+    assert steps["fast"].exit_code == 0, steps["fast"].output
+    by_profile = {m.profile: m for m in measurements(store.engine)}
+    for profile, policy in (("host", "exact"), ("fast", "fast")):
+        m = by_profile[profile]
+        assert m.profile_config["kernels"] == m.details["kernel_policy"] == policy
+        assert m.details["session_config"] == session_config(policy)
+        assert m.details["u8s8_saturates"] is u8s8_saturates()
+        assert m.details["exact_kernels"] is (policy == "exact" or not u8s8_saturates())
 
 
 def test_second_measure_measures_nothing_new(measured):

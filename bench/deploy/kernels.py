@@ -66,7 +66,7 @@ def optimized_graph(
     config: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
     """Return the graph ONNX Runtime builds for ``onnx_path`` at the given optimisation level
-    (session config entries ``config``, default ``bench.deploy.runtime.SESSION_CONFIG``)."""
+    (session config entries ``config``, default: ``bench.deploy.runtime``'s exact kernels)."""
     options = session_options(config)
     options.graph_optimization_level = _LEVELS[level]
     options.intra_op_num_threads = 1

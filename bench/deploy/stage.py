@@ -36,7 +36,12 @@ from bench.deploy.kernels import (
     integer_kernel_count,
 )
 from bench.deploy.packing import count_params, count_params_and_macs, pack_quantized
-from bench.deploy.runtime import SESSION_CONFIG, session_options
+from bench.deploy.runtime import (
+    DEFAULT_KERNELS,
+    session_config,
+    session_options,
+    u8s8_saturates,
+)
 from bench.deploy.settings import DeploySettings
 from bench.models import get_backbone
 from bench.runner.stages import StageInput
@@ -51,15 +56,17 @@ PARTIALLY_INTEGER = "partially_integer"
 LOW_AGREEMENT = "low_agreement"
 
 
-def deployed_session(path: Any) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with the deploy stage's settings (``bench.deploy.runtime``),
-    as the stage evaluates a deployed model."""
-    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+def deployed_session(path: Any, config: dict[str, str] | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with the deploy stage's settings (``bench.deploy.runtime``;
+    default: exact kernels), as the stage evaluates a deployed model."""
+    return ort.InferenceSession(str(path), session_options(config),
+                                providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(path: Any, images: torch.Tensor, batch_size: int) -> np.ndarray:
+def onnx_logits(path: Any, images: torch.Tensor, batch_size: int,
+                config: dict[str, str] | None = None) -> np.ndarray:
     """ONNX Runtime logits for uint8 images, normalised as the harness does, in batches."""
-    session = deployed_session(path)
+    session = deployed_session(path, config)
     name = session.get_inputs()[0].name
     return np.concatenate([
         session.run(None, {name: normalize(images[i:i + batch_size]).numpy()})[0]
@@ -155,7 +162,14 @@ def _deploy(inp: StageInput) -> dict[str, Any]:
     details: dict[str, Any] = {
         "onnx_file": ONNX_FILE, "shipped_file": ONNX_FILE,
         "deployed_predictions": DEPLOYED_PREDICTIONS, "input_shape": list(example.shape[1:]),
-        "session_config": dict(SESSION_CONFIG)}
+        "kernel_policy": DEFAULT_KERNELS, "session_config": session_config(DEFAULT_KERNELS),
+        "u8s8_saturates": u8s8_saturates()}
+    if inp.quantized and details["u8s8_saturates"]:
+        fast = onnx_logits(onnx_path, images.images[test], settings.eval_batch_size,
+                           session_config("fast"))
+        fast_check = compare_logits(fast, inp.test_logits.numpy(), labels)
+        details.update(fast_kernels_agreement=fast_check.top1_agreement,
+                       fast_kernels_max_abs_logit_diff=fast_check.max_abs_logit_diff)
     if inp.quantized:
         packed = pack_quantized(model, None, inp.folder / PACKED_FILE)
         packed_size = packed.size_bytes

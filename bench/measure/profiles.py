@@ -51,6 +51,10 @@ class Profile(_Strict):
     min_duration_s: float = Field(1.0, ge=0)
     percentiles: list[float] = Field([50.0, 90.0, 99.0], min_length=1)
     isolation: Literal["process", "docker"] = "process"
+    kernels: Literal["exact", "fast"] = "exact"
+    """ONNX Runtime integer kernels (``bench.deploy.runtime.KERNELS``), resolved on the
+    measuring machine: ``exact`` gives the deployed accuracy's results on every CPU; ``fast``
+    is ONNX Runtime's default, whose U8S8 kernels saturate on x86 without VNNI."""
 
     @model_validator(mode="after")
     def _check_lists(self) -> Profile:

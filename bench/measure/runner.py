@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bench.deploy.runtime import session_config, u8s8_saturates
 from bench.errors import UsageError
 from bench.measure.fingerprint import HASH_KEY, machine_fingerprint
 from bench.measure.isolation import (
@@ -47,6 +48,7 @@ class Target:
     packed_size_bytes: int | None
     input_shape: tuple[int, ...]
     session_config: dict[str, str] = field(default_factory=dict)
+    """The session config the cell was deployed (evaluated) with."""
 
     @property
     def label(self) -> str:
@@ -109,6 +111,12 @@ def deployed_targets(store: ResultsStore, backbones: tuple[str, ...] = (),
     return targets
 
 
+def measured_session_config(target: Target, profile: Profile) -> dict[str, str]:
+    """The cell's deployed session config with the profile's ``kernels`` resolved on this
+    machine in place of its kernel entry (the deploying machine's CPU may differ)."""
+    return {**target.session_config, **session_config(profile.kernels)}
+
+
 def _latency_columns(samples_s: list[float]) -> dict[str, float]:
     s = summarize([v * MS for v in samples_s], (50, 90, 99))
     return {"latency_ms_mean": s["mean"], "latency_ms_std": s["std"], "latency_cv": s["cv"],
@@ -138,6 +146,10 @@ def _record(target: Target, profile: Profile, device: str, fingerprint: dict[str
     for key in ("samples_s", "profile", "isolation", "batch_size", "load_time_s",
                 "peak_rss_mb"):
         details.pop(key)
+    saturates = u8s8_saturates()
+    # exact_kernels: the timed kernels compute what the deployed accuracy was evaluated with.
+    details.update(kernel_policy=profile.kernels, u8s8_saturates=saturates,
+                   exact_kernels=profile.kernels == "exact" or not saturates)
     record.details = details
     return record
 
@@ -193,7 +205,7 @@ def _measure_todo(store: ResultsStore, profile: Profile, backbones: tuple[str, .
             try:
                 result: Measurement | MeasurementError = measure_isolated(
                     target.onnx_path, profile, target.input_shape, batch, hold_fd=hold_fd,
-                    session_config=target.session_config)
+                    session_config=measured_session_config(target, profile))
             except MeasurementError as err:
                 result = err
             record = _record(target, profile, device, fingerprint, batch, started, result)
