@@ -262,8 +262,11 @@ def fake_timings(monkeypatch) -> None:
         def timings(self) -> Timings:
             return TIMINGS
 
+    import bench.deploy.cost as cost
+
     monkeypatch.setattr(estimate_module, "CellModelProbe", Probe)
     monkeypatch.setattr(estimate_module, "workers_start_seconds", lambda executor: 2.5)
+    monkeypatch.setattr(cost, "u8s8_saturates", lambda: True)   # the same sums on every CPU
 
 
 STAGED = tiny_grid_dict(methods=[{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}],
@@ -287,8 +290,10 @@ def test_estimate_adds_up_cells_stages_and_the_schedule(tmp_path, fake_timings):
             len(split.train), len(split.val), len(split.test))
         # 4 images, default settings: 1 + 10 maps each, 3 + 2 x 15 + 2 x 15 forward passes;
         # the FP32 cell's sanity check 4 images at 4 points, the PTQ cell's null control once
+        # where U8S8 saturates, the PTQ cell is evaluated again with fast kernels
         extra = 4 * 4 if cell is fp32 else 4
-        stages = {"deploy": 1.5 + (shape.n_test - PROBE_IMAGES) * 0.002,
+        evaluations = 1 if cell is fp32 else 2
+        stages = {"deploy": 1.5 + (shape.n_test - PROBE_IMAGES) * 0.002 * evaluations,
                   "saliency": (4 * 11 + extra) * 0.03 + 4 * 63 * 0.01}
         assert by_id[cell.cell_id].terms == pytest.approx(cell_terms(shape, TIMINGS, stages))
     # two workers: both fp32 parents at once, then both ptq children
