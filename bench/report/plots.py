@@ -124,12 +124,15 @@ def _tradeoff_panel(ax: Any, rows: list[dict[str, Any]], seeds: pd.DataFrame, ke
         ax.scatter(mine.x, mine.accuracy, s=14, alpha=0.35, linewidths=0, marker=markers[bits],
                    color=colors[method], rasterized=True, zorder=2)
     means = [r for r in rows if not fmt.missing(r.get(key)) and not fmt.missing(r["accuracy"])]
-    for r in means:
-        low, high = r.get("accuracy_low"), r.get("accuracy_high")
-        err = None if fmt.missing(low) else [[r["accuracy"] - low], [high - r["accuracy"]]]
-        ax.errorbar([r[key]], [r["accuracy"]], yerr=err, capsize=2, lw=1, ms=6,
-                    marker=markers[bits_label(r["w_bits"], r["a_bits"])],
-                    color=colors[r["method"]], mec="white", mew=0.5, zorder=3)
+    bars = [r for r in means if not fmt.missing(r.get("accuracy_low"))]
+    ax.vlines([r[key] for r in bars], [r["accuracy_low"] for r in bars],
+              [r["accuracy_high"] for r in bars], colors=[colors[r["method"]] for r in bars],
+              lw=1, zorder=3)
+    for bits, marker in markers.items():
+        mine = [r for r in means if bits_label(r["w_bits"], r["a_bits"]) == bits]
+        ax.scatter([r[key] for r in mine], [r["accuracy"] for r in mine], s=36, marker=marker,
+                   c=[colors[r["method"]] for r in mine], edgecolors="white", linewidths=0.5,
+                   zorder=3)
     front = [means[i] for i in pareto_front([r[key] for r in means],
                                             [r["accuracy"] for r in means])]
     ax.step([r[key] for r in front], [r["accuracy"] for r in front], where="post",
