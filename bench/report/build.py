@@ -3,26 +3,43 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from bench.report import clinical, headline, plots, provenance, saliency, significance, tables
 from bench.report.data import BLOCK, ReportData, load
 from bench.store import ResultsStore
 
 
-def _figures(data: ReportData, main: tables.Table, sal: dict[str, Any],
-             tests: list[significance.BlockTests]) -> dict[str, Any]:
-    blocks = [{"name": b.name, "tradeoff": plots.tradeoff(b, data.devices),
-               "bits": plots.bits_accuracy(b)} for b in main.blocks]
+def draw_figures(data: ReportData, main: tables.Table, sal: dict[str, Any],
+                 tests: list[significance.BlockTests],
+                 draw: Callable[[Figure], Any] = plots.to_svg) -> dict[str, Any]:
+    """Every figure of the report, each passed through ``draw`` (inline SVG; None stays None)."""
+    def out(fig: Figure | None) -> Any:
+        return None if fig is None else draw(fig)
+
+    by_block = dict(iter(data.ok.groupby(BLOCK, sort=True))) if len(data.ok) else {}
+    by_name = {t.name: t for t in tests}
+    blocks = []
+    for b in main.blocks:
+        cells = by_block.get((b.dataset, b.backbone), data.ok.iloc[:0])
+        block_tests = by_name.get(b.name)
+        blocks.append({
+            "name": b.name,
+            "tradeoff": out(plots.tradeoff(b, cells, data.measured, data.devices)),
+            "bits": out(plots.bits_accuracy(b)),
+            "latency": out(plots.latency_spread(cells, data.measured)),
+            "pvalues": out(plots.pvalue_heatmap(block_tests)) if block_tests else None})
     distributions = [{"name": f"{dataset} / {backbone}",
-                      "svg": plots.saliency_distribution(part, sal["metric"])}
+                      "svg": out(plots.saliency_distribution(part, sal["metric"]))}
                      for (dataset, backbone), part in sal["samples"].groupby(BLOCK, sort=True)]
-    cd = {t.name: plots.cd_diagram(t.cd) for t in tests if t.cd is not None}
+    cd = {t.name: out(plots.cd_diagram(t.cd)) for t in tests if t.cd is not None}
     return {"blocks": blocks, "saliency": distributions, "cd": cd}
 
 
@@ -86,7 +103,7 @@ def context(data: ReportData, figures: bool = True,
         "seed_level": significance.SEED_LEVEL,
         "image_level": significance.IMAGE_LEVEL,
         "rows": data.cells.to_dict("records"),
-        "figures": _figures(data, main, sal, tests) if figures else None,
+        "figures": draw_figures(data, main, sal, tests) if figures else None,
         "gallery": saliency.gallery(data) if figures else [],
     }
 

@@ -55,7 +55,8 @@ def headline(record: CellRecord) -> Headline:
                         deploy["deployed_predictions"])
     return Headline("torch", record.accuracy, TORCH_PREDICTIONS)
 _MEASURED = ("cell_id", "profile", "machine", "batch_size", "status", "error", "latency_ms_p50",
-             "latency_ms_p90", "latency_ms_p99", "peak_rss_mb", "fingerprint", "finished_at")
+             "latency_ms_p90", "latency_ms_p99", "peak_rss_mb", "samples_s", "fingerprint",
+             "finished_at")
 
 
 def config_label(method: str, w_bits: int, a_bits: int) -> str:

@@ -1,12 +1,22 @@
-"""Figures as inline SVG (text kept as text, no external fonts): trade-offs with their Pareto
-front, bit-width vs accuracy, saliency distributions, critical-difference diagrams.
+"""The report's figures, drawn with seaborn on matplotlib and inlined as SVG (text kept as text,
+no external fonts): accuracy vs size and vs latency per device with per-seed points, 95% CI bars
+and the Pareto front; accuracy against bit-width; per-device latency with the spread of its
+samples; Holm-adjusted p-values as a heatmap; per-image saliency distributions (box with
+points); critical-difference diagrams.
 
-Each function returns None when its data is missing; the template then says so in words.
+Every function returns a matplotlib Figure, or None when its data is missing (the template then
+says so in words); ``to_svg`` turns a figure into inline SVG. No figure places free text next
+to data points: configurations are told apart by colour (method) and marker (bit-width) with a
+legend outside the axes, and category labels sit on a horizontal-text axis, so no two labels
+can be drawn over each other (tests/test_report_figures.py checks every figure's text boxes).
+Dense point clouds are subsampled to ``MAX_POINTS`` per box and rasterised, which keeps an
+84-cell report's SVG small.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -14,9 +24,9 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from bench import stats
@@ -26,10 +36,16 @@ from bench.report.tables import Block
 
 RC = {"svg.fonttype": "none", "svg.hashsalt": "medq-bench", "font.size": 8,
       "font.family": "sans-serif", "axes.spines.top": False, "axes.spines.right": False,
-      "axes.grid": True, "grid.alpha": 0.3}
+      "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 7, "legend.frameon": False}
 LAYOUT = "constrained"
 MARKERS = "os^DvP*Xph"
-PALETTE = matplotlib.colormaps["tab10"].colors
+PALETTE = sns.color_palette("tab10")
+MAX_POINTS = 120
+"""Per-sample points drawn per box at most (a fixed-seed subsample; the box uses them all)."""
+RASTER_DPI = 110
+ROW_IN = 0.26
+"""Height per category row of the horizontal box plots, inches (8 pt labels need ~0.15)."""
+P_FLOOR = 1e-4
 _PROLOG = re.compile(r"^.*?(?=<svg)", re.DOTALL)
 _METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
 _XMLNS = re.compile(r'\s+xmlns(:\w+)?="[^"]*"')
@@ -39,7 +55,9 @@ def to_svg(fig: Figure) -> str:
     """The figure as an inline <svg> element: no XML prolog, metadata or namespace URIs (HTML
     gives inline SVG its namespace), `href` instead of `xlink:href`."""
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    with matplotlib.rc_context(RC):
+        fig.savefig(buffer, format="svg", dpi=RASTER_DPI,
+                    metadata={"Date": None, "Creator": None})
     svg = _METADATA.sub("", _PROLOG.sub("", buffer.getvalue(), count=1), count=1)
     return _XMLNS.sub("", svg).replace("xlink:href=", "href=")
 
@@ -67,58 +85,105 @@ def _markers(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
     return {bits_label(w, a): MARKERS[i % len(MARKERS)] for i, (w, a) in enumerate(bits)}
 
 
-def _scatter(ax: Any, rows: list[dict[str, Any]], xkey: str, xlabel: str, log: bool) -> None:
-    colors, markers = _colors([r["method"] for r in rows]), _markers(rows)
-    pts = [r for r in rows if not fmt.missing(r.get(xkey)) and not fmt.missing(r["accuracy"])]
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in pts:
-        groups.setdefault((r["method"], bits_label(r["w_bits"], r["a_bits"])), []).append(r)
-    for (method, bits), mine in groups.items():
-        ax.scatter([r[xkey] for r in mine], [r["accuracy"] for r in mine], s=30,
-                   marker=markers[bits], color=colors[method], zorder=2)
-    front = [pts[i] for i in pareto_front([r[xkey] for r in pts], [r["accuracy"] for r in pts])]
-    ax.step([r[xkey] for r in front], [r["accuracy"] for r in front], where="post",
+def _log_x(ax: Any) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _thin(frame: pd.DataFrame, keys: list[str], n: int = MAX_POINTS) -> pd.DataFrame:
+    """At most ``n`` rows per group of ``keys`` (a fixed-seed sample), for the drawn points."""
+    return frame.sample(frac=1.0, random_state=0).groupby(keys, sort=False).head(n)
+
+
+def _category_height(n_rows: int) -> float:
+    return max(2.2, 0.9 + ROW_IN * n_rows)
+
+
+# --- trade-offs ---------------------------------------------------------------------------
+
+
+def _seed_points(cells: pd.DataFrame, measured: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Per-seed (x, accuracy) of a block's cells: x is the packed size, or the p50 latency on a
+    device (``p50@device``)."""
+    if key.startswith("p50@"):
+        on = measured[measured.device == key.removeprefix("p50@")]
+        frame = cells.merge(on[["cell_id", "latency_ms_p50"]], on="cell_id")
+        frame = frame.rename(columns={"latency_ms_p50": "x"})
+    else:
+        frame = cells.assign(x=cells.get(key))
+    frame = frame.assign(bits=[bits_label(w, a) for w, a in
+                               zip(frame.w_bits, frame.a_bits, strict=True)])
+    return frame.dropna(subset=["x", "accuracy"])
+
+
+def _tradeoff_panel(ax: Any, rows: list[dict[str, Any]], seeds: pd.DataFrame, key: str,
+                    xlabel: str, colors: dict[str, Any], markers: dict[str, str]) -> None:
+    for (method, bits), mine in seeds.groupby(["method", "bits"], sort=False):
+        ax.scatter(mine.x, mine.accuracy, s=14, alpha=0.35, linewidths=0, marker=markers[bits],
+                   color=colors[method], rasterized=True, zorder=2)
+    means = [r for r in rows if not fmt.missing(r.get(key)) and not fmt.missing(r["accuracy"])]
+    bars = [r for r in means if not fmt.missing(r.get("accuracy_low"))]
+    ax.vlines([r[key] for r in bars], [r["accuracy_low"] for r in bars],
+              [r["accuracy_high"] for r in bars], colors=[colors[r["method"]] for r in bars],
+              lw=1, zorder=3)
+    for bits, marker in markers.items():
+        mine = [r for r in means if bits_label(r["w_bits"], r["a_bits"]) == bits]
+        ax.scatter([r[key] for r in mine], [r["accuracy"] for r in mine], s=36, marker=marker,
+                   c=[colors[r["method"]] for r in mine], edgecolors="white", linewidths=0.5,
+                   zorder=3)
+    front = [means[i] for i in pareto_front([r[key] for r in means],
+                                            [r["accuracy"] for r in means])]
+    ax.step([r[key] for r in front], [r["accuracy"] for r in front], where="post",
             color="black", lw=1, ls="--", zorder=1)
-    for r in front:
-        ax.annotate(r["config"], (r[xkey], r["accuracy"]), xytext=(4, 4),
-                    textcoords="offset points", fontsize=7)
-    if log:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_locator(NullLocator())
+    ax.scatter([r[key] for r in front], [r["accuracy"] for r in front], s=110,
+               facecolors="none", edgecolors="black", linewidths=0.8, zorder=4)
+    _log_x(ax)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (mean over seeds)")
+    ax.set_ylabel("accuracy")
 
 
-def _legend(fig: Figure, rows: Sequence[dict[str, Any]]) -> None:
-    colors, markers = _colors([r["method"] for r in rows]), _markers(rows)
+def _tradeoff_legend(fig: Figure, colors: dict[str, Any], markers: dict[str, str]) -> None:
     handles = [Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in colors.items()]
     handles += [Line2D([], [], color="grey", marker=k, ls="", label=b)
                 for b, k in markers.items()]
-    handles.append(Line2D([], [], color="black", ls="--", label="Pareto front"))
-    fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False)
+    handles += [Line2D([], [], color="grey", marker="o", ls="", alpha=0.35, ms=4,
+                       label="one seed"),
+                Line2D([], [], color="grey", marker="o", ls="-", label="mean, 95% CI"),
+                Line2D([], [], color="black", marker="o", ms=9, mfc="none", ls="--",
+                       label="Pareto front")]
+    fig.legend(handles=handles, loc="outside right upper")
 
 
-def tradeoff(block: Block, devices: Sequence[str]) -> str | None:
-    """Accuracy vs packed size and vs p50 latency on each device, Pareto front dashed."""
+def tradeoff(block: Block, cells: pd.DataFrame, measured: pd.DataFrame,
+             devices: Sequence[str]) -> Figure | None:
+    """Accuracy vs packed size and vs p50 latency on each device: one faint point per seed,
+    the mean with its 95% CI bar per configuration, the Pareto front dashed and ringed.
+    ``cells``: the block's successful cells, ``measured``: the report's measurements."""
     panels = []
     if any(not fmt.missing(r.get("packed_size_bytes")) for r in block.rows):
-        panels.append(("packed_size_bytes", "packed model size (bytes, log)", True))
-    panels += [(f"p50@{d}", f"p50 latency on {d} (ms, log)", True) for d in devices
+        panels.append(("packed_size_bytes", "packed model size (bytes, log)"))
+    panels += [(f"p50@{d}", f"p50 latency on {d} (ms, log)") for d in devices
                if any(not fmt.missing(r.get(f"p50@{d}")) for r in block.rows)]
     if not panels:
         return None
+    colors, markers = _colors([r["method"] for r in block.rows]), _markers(block.rows)
+    ncols = min(2, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(3.4 * len(panels) + 1.4, 3.2), layout=LAYOUT)
-        axes = fig.subplots(1, len(panels), squeeze=False)[0]
-        for ax, (key, label, log) in zip(axes, panels, strict=True):
-            _scatter(ax, block.rows, key, label, log)
-        _legend(fig, block.rows)
-        return to_svg(fig)
+        fig = Figure(figsize=(3.5 * ncols + 1.5, 2.9 * nrows), layout=LAYOUT)
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax, (key, label) in zip(axes, panels, strict=False):
+            _tradeoff_panel(ax, block.rows, _seed_points(cells, measured, key), key, label,
+                            colors, markers)
+        for ax in axes[len(panels):]:
+            fig.delaxes(ax)
+        _tradeoff_legend(fig, colors, markers)
+    return fig
 
 
-def bits_accuracy(block: Block) -> str | None:
+def bits_accuracy(block: Block) -> Figure | None:
     """Accuracy (mean, 95% CI) against bit-width per quantised method; float methods as lines."""
     quant = [r for r in block.rows if r["w_bits"] != FLOAT_BITS and not fmt.missing(r["accuracy"])]
     if not quant:
@@ -127,7 +192,7 @@ def bits_accuracy(block: Block) -> str | None:
     position = {bits_label(w, a): i for i, (w, a) in enumerate(order)}
     colors = _colors([r["method"] for r in block.rows])
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(5.8, 3.2), layout=LAYOUT)
+        fig = Figure(figsize=(5.8, 3.0), layout=LAYOUT)
         ax = fig.subplots()
         for method in colors:
             mine = sorted((r for r in quant if r["method"] == method),
@@ -142,9 +207,10 @@ def bits_accuracy(block: Block) -> str | None:
                     for r in mine]]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=2, color=colors[method],
                         label=method, lw=1)
-        for style, r in zip(("-", ":", "-."), (r for r in block.rows
-                                                if r["w_bits"] == FLOAT_BITS
-                                                and not fmt.missing(r["accuracy"])), strict=False):
+        for style, r in zip(("-", ":", "-.", "--"), (r for r in block.rows
+                                                      if r["w_bits"] == FLOAT_BITS
+                                                      and not fmt.missing(r["accuracy"])),
+                            strict=False):
             ax.axhline(r["accuracy"], color=colors[r["method"]], ls=style, lw=1,
                        label=f"{r['config']} (float)")
             if not fmt.missing(r["accuracy_low"]):
@@ -154,48 +220,133 @@ def bits_accuracy(block: Block) -> str | None:
         ax.set_xlim(-0.5, len(order) - 0.5)
         ax.set_xlabel("bit-width (weights, activations)")
         ax.set_ylabel("accuracy (mean, 95% CI)")
-        fig.legend(loc="outside right upper", fontsize=7, frameon=False)
-        return to_svg(fig)
+        fig.legend(loc="outside right upper")
+    return fig
 
 
-def saliency_distribution(values: pd.DataFrame, label: str) -> str | None:
-    """Box plots of per-sample values of one saliency metric per configuration and method."""
+# --- distributions ------------------------------------------------------------------------
+
+
+def _strip(ax: Any, frame: pd.DataFrame, value: str, hue: str, order: list[str],
+           hue_order: list[str], palette: dict[str, Any]) -> None:
+    """Jittered points at seaborn's dodged box positions (what sns.stripplot(dodge=True)
+    draws, at a fraction of its cost), one rasterised collection per ``hue``."""
+    rows = {c: i for i, c in enumerate(order)}
+    width = 0.8 / len(hue_order)
+    rng = np.random.default_rng(0)
+    for j, h in enumerate(hue_order):
+        mine = frame[frame[hue] == h]
+        centre = np.array([rows[c] for c in mine.config], dtype=float) - 0.4 + width * (j + 0.5)
+        jitter = rng.uniform(-0.3 * width, 0.3 * width, len(mine))
+        ax.scatter(mine[value], centre + jitter, s=3, alpha=0.45, linewidths=0,
+                   color=palette[h], rasterized=True, zorder=3)
+
+
+def _box_with_points(frame: pd.DataFrame, value: str, hue: str, order: list[str],
+                     hue_order: list[str], xlabel: str, log: bool = False) -> Figure:
+    """Horizontal boxes per configuration (rows) and ``hue``, with a thinned strip of points."""
+    palette = dict(zip(hue_order, PALETTE, strict=False))
+    fig = Figure(figsize=(6.4, _category_height(len(order))), layout=LAYOUT)
+    ax = fig.subplots()
+    sns.boxplot(data=frame, x=value, y="config", hue=hue, order=order, hue_order=hue_order,
+                palette=palette, orient="h", showfliers=False, linewidth=0.7, fill=False,
+                legend=False, ax=ax)
+    _strip(ax, _thin(frame, ["config", hue]), value, hue, order, hue_order, palette)
+    if log:
+        _log_x(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("")
+    ax.grid(axis="y", visible=False)
+    fig.legend(handles=[Line2D([], [], color=palette[h], marker="o", ls="-", label=h)
+                        for h in hue_order], loc="outside right upper")
+    return fig
+
+
+def saliency_distribution(values: pd.DataFrame, label: str) -> Figure | None:
+    """Per-image values of one saliency statistic (pooled over seeds) per configuration and
+    saliency method: box (quartiles, whiskers at 1.5 IQR) over the points."""
     if values.empty:
         return None
-    configs = ordered_configs(values)
-    methods = list(dict.fromkeys(values.saliency_method))
-    width = 0.8 / len(methods)
-    palette = [PALETTE[i % len(PALETTE)] for i in range(len(methods))]
-    groups = dict(iter(values.groupby(["config", "saliency_method"])))
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(max(4.0, 0.7 * len(configs) + 2.0), 3.2), layout=LAYOUT)
+        return _box_with_points(values, "value", "saliency_method", ordered_configs(values),
+                                list(dict.fromkeys(values.saliency_method)), label)
+
+
+def latency_spread(cells: pd.DataFrame, measured: pd.DataFrame) -> Figure | None:
+    """Per configuration and device, the spread of the latency samples (ms per batch, every
+    timed batch of every seed; each seed's p50 where a measurement stored no samples)."""
+    on = measured.merge(cells[["cell_id", "config", "method", "w_bits", "a_bits"]],
+                        on="cell_id")
+    if on.empty:
+        return None
+    samples = on.get("samples_s", pd.Series([[]] * len(on), index=on.index))
+    rows = []
+    for m, kept in zip(on.itertuples(index=False), samples, strict=True):
+        values = [1000.0 * s for s in kept or []] or [m.latency_ms_p50]
+        rows += [(m.config, m.device, v) for v in values if not fmt.missing(v)]
+    frame = pd.DataFrame(rows, columns=["config", "device", "latency_ms"])
+    if frame.empty:
+        return None
+    with matplotlib.rc_context(RC):
+        return _box_with_points(frame, "latency_ms", "device", ordered_configs(on),
+                                sorted(frame.device.unique()),
+                                "latency per batch (ms, log)", log=True)
+
+
+# --- significance -------------------------------------------------------------------------
+
+P_COLUMNS = {("seeds", "accuracy"): "accuracy,\nover seeds", ("images", "accuracy"):
+             "accuracy,\nper image", ("seeds", "saliency"): "saliency,\nover seeds",
+             ("images", "saliency"): "saliency,\nper image"}
+
+
+def holm_matrix(tests: Any) -> pd.DataFrame:
+    """Holm-adjusted p per comparison (rows "A vs B", in the families' order) and test (columns
+    of ``P_COLUMNS``) of one data set and backbone; NaN where not tested."""
+    cells: dict[str, dict[str, float]] = {}
+    kinds = [("seeds", f) for f in tests.families] + [("images", f) for f in
+                                                        tests.image_families]
+    for level, family in kinds:
+        column = P_COLUMNS[(level, "accuracy" if family.metric == "accuracy" else "saliency")]
+        for r in family.results:
+            if not fmt.missing(r.p_adjusted):
+                cells.setdefault(f"{r.name_a} vs {r.name_b}", {})[column] = float(r.p_adjusted)
+    columns = [c for c in P_COLUMNS.values() if any(c in v for v in cells.values())]
+    return pd.DataFrame.from_dict(cells, orient="index").reindex(columns=columns)
+
+
+def pvalue_heatmap(tests: Any) -> Figure | None:
+    """Holm-adjusted p-values of one data set and backbone: colour -log10(p), the value in the
+    cell, blank where the test did not run."""
+    matrix = holm_matrix(tests)
+    if matrix.empty or matrix.notna().sum().sum() == 0:
+        return None
+    shown = -np.log10(matrix.clip(lower=P_FLOOR))
+    notes = matrix.map(lambda p: "" if fmt.missing(p) else fmt.pval(p))
+    with matplotlib.rc_context(RC | {"axes.grid": False}):
+        fig = Figure(figsize=(1.0 * len(matrix.columns) + 3.4,
+                              0.9 + 0.22 * len(matrix)), layout=LAYOUT)
         ax = fig.subplots()
-        for m, (method, color) in enumerate(zip(methods, palette, strict=True)):
-            present = [(i, groups[(c, method)].value.to_numpy()) for i, c in enumerate(configs)
-                       if (c, method) in groups]
-            if not present:
-                continue
-            ax.boxplot([v for _, v in present],
-                       positions=[i - 0.4 + width * (m + 0.5) for i, _ in present],
-                       widths=width * 0.9, patch_artist=True, manage_ticks=False,
-                       boxprops={"facecolor": color, "linewidth": 0.8},
-                       medianprops={"color": "black", "linewidth": 0.8},
-                       flierprops={"markersize": 1.5}, whiskerprops={"linewidth": 0.8},
-                       capprops={"linewidth": 0.8})
-        ax.set_xticks(range(len(configs)), configs, rotation=30, ha="right")
-        ax.set_xlim(-0.6, len(configs) - 0.4)
-        ax.set_ylabel(label)
-        ax.legend(handles=[Patch(facecolor=c, label=m) for m, c in zip(methods, palette,
-                                                                      strict=True)],
-                  fontsize=7, frameon=False, loc="best")
-        return to_svg(fig)
+        sns.heatmap(shown, annot=notes.to_numpy(), fmt="", cmap="rocket_r", vmin=0,
+                    vmax=-math.log10(P_FLOOR), linewidths=0.5, linecolor="white",
+                    annot_kws={"fontsize": 6.5}, ax=ax,
+                    cbar_kws={"label": "-log10 p (Holm)", "shrink": 0.8})
+        ax.collections[0].set_rasterized(True)
+        ax.xaxis.tick_top()
+        ax.tick_params(axis="x", rotation=0, length=0)
+        ax.tick_params(axis="y", rotation=0, length=0)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+    return fig
 
 
-def cd_diagram(result: stats.CDResult) -> str | None:
-    """The critical-difference diagram of bench.stats.plot_cd."""
+def cd_diagram(result: stats.CDResult) -> Figure | None:
+    """The critical-difference diagram of bench.stats.plot_cd, wide enough for its labels."""
     if result.n_blocks == 0 or result.k < 2:
         return None
+    longest = max((len(str(n)) for n in result.avg_ranks), default=8)
     with matplotlib.rc_context(RC | {"axes.grid": False}):
-        fig = Figure(figsize=(6.4, 1.2 + 0.2 * (result.k + 1)), layout=LAYOUT)
+        fig = Figure(figsize=(max(6.4, 0.3 * (result.k + 2.6) + 0.14 * longest),
+                              1.2 + 0.2 * (result.k + 1)), layout=LAYOUT)
         stats.plot_cd(result, fig.subplots())
-        return to_svg(fig)
+    return fig

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -13,6 +15,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from bench.report import clinical, fmt
+from bench.report.data import bits_label
 from bench.report.tables import Column, Table, text
 
 EMPTY = "The store has no records yet."
@@ -26,12 +29,32 @@ def _environment() -> Environment:
     env = Environment(loader=PackageLoader("bench.report", "templates"),
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True,
                       lstrip_blocks=True)
-    env.globals.update(text=text, fmt=fmt)
+    env.globals.update(text=text, fmt=fmt, bits_label=bits_label)
     return env
 
 
+SCRIPT = "_table.js"
+"""The report's one inline script: table sorting and filtering (no network, no eval)."""
+
+
+def script_text() -> str:
+    return _environment().get_template(SCRIPT).render()
+
+
+def content_security_policy(script: str | None = None) -> str:
+    """The report's CSP: nothing may be fetched (default-src 'none'; images only as data: URIs);
+    the inline script runs by its sha256, any other script is blocked. Styles stay
+    'unsafe-inline': matplotlib's SVG draws with style attributes, which a hash cannot allow
+    one by one, and CSS cannot reach the network under default-src 'none'."""
+    digest = hashlib.sha256((script_text() if script is None else script).encode()).digest()
+    return (f"default-src 'none'; script-src 'sha256-{base64.b64encode(digest).decode()}'; "
+            "style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'")
+
+
 def html(context: dict[str, Any]) -> str:
-    return _environment().get_template("report.html.j2").render(**context)
+    script = script_text()
+    return _environment().get_template("report.html.j2").render(
+        **context, script=script, csp=content_security_policy(script))
 
 
 def full_label(column: Column) -> str:

@@ -5,8 +5,10 @@ per-sample distributions, overlay gallery."""
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,10 @@ deletion/insertion AUCs depend on the model's confidence and are not ranked acro
 NULL = "null_"
 GALLERY_PER_CONFIG = 2
 GALLERY_MAX = 48
+OVERLAY_MAX_BYTES = 24_000
+"""An overlay PNG larger than this is downscaled (by 3/4 steps, at least 96 px wide) and stored
+as a 128-colour palette PNG, so that 48 overlays stay under ~1.5 MB of the report."""
+_MIN_WIDTH = 96
 
 
 @dataclass(frozen=True)
@@ -200,9 +206,31 @@ def gallery(data: ReportData) -> list[Overlay]:
                 for png in pngs[:GALLERY_PER_CONFIG]:
                     if len(out) >= GALLERY_MAX:
                         return out
-                    uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+                    uri = "data:image/png;base64," + base64.b64encode(small_png(png)).decode()
                     out.append(Overlay(f"{dataset} / {backbone}", config, int(cell.seed),
                                        png.stem, uri))
                 if pngs:
                     break
     return out
+
+
+def small_png(path: Path, max_bytes: int = OVERLAY_MAX_BYTES) -> bytes:
+    """The PNG's bytes, downscaled until they fit ``max_bytes`` (or the image is _MIN_WIDTH
+    wide): a larger overlay is re-encoded as a palette PNG at 3/4 of the size, repeatedly."""
+    raw = path.read_bytes()
+    if len(raw) <= max_bytes:
+        return raw
+    from PIL import Image
+
+    with Image.open(io.BytesIO(raw)) as opened:
+        image = opened.convert("RGB")
+    best = raw
+    while True:
+        buffer = io.BytesIO()
+        image.quantize(128).save(buffer, format="PNG", optimize=True)
+        if buffer.tell() < len(best):
+            best = buffer.getvalue()
+        if len(best) <= max_bytes or image.width * 3 // 4 < _MIN_WIDTH:
+            return best
+        image = image.resize((image.width * 3 // 4, max(1, image.height * 3 // 4)),
+                             Image.Resampling.LANCZOS)

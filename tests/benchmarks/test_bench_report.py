@@ -9,6 +9,8 @@ The store: 2 data sets x 2 backbones x 10 configurations (FP32, SGT, four quanti
 W8A8 and W4A4) x 25 seeds, each cell with deploy and saliency columns, 200 stored test
 predictions and an overlay PNG, measured on two device profiles. 25 seeds means every test
 runs (Wilcoxon, bootstrap CI, Friedman/CD). Target: <= 10 s on 2 cores.
+The paper grid's shape (84 cells: 14 configurations x 2 backbones x 3 seeds), each cell with two
+0.2 MB overlay sheets: the report stays under 5 MB.
 Environment: MEDQ_BENCH_ROUNDS (3).
 """
 
@@ -17,9 +19,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.report import build_report
+from bench.saliency.overlay import save_overlay_png
 from tests.test_report import QUANT, Generated, Spec, generate
 
 ROUNDS = int(os.environ.get("MEDQ_BENCH_ROUNDS", "3"))
@@ -41,3 +45,32 @@ def test_report_time(benchmark: object, thousand: Generated, tmp_path: Path) -> 
     benchmark.pedantic(build_report, args=(thousand.store, out), rounds=ROUNDS, iterations=1)
     benchmark.extra_info.update(records=len(thousand.cells), html_bytes=out.stat().st_size)
     assert 'id="main-table"' in out.read_text()
+
+
+MAX_HTML_BYTES = 5 * 1024 * 1024
+PAPER_84 = Spec(datasets=("kvasir",), backbones=("resnet18", "mobilenet_v2"),
+                configs=(("fp32", 32, 32), ("fp32_ft", 32, 32),
+                         *((m, w, a) for m in ("ptq", "qat", "lsq", "pact")
+                           for w, a in ((8, 8), (4, 4), (4, 2)))),
+                seeds=3, devices=(("host", "m1"), ("raspberry-pi-4", "pi")), n_test=64,
+                overlays=True)
+"""14 configurations x 2 backbones x 3 seeds = 84 cells, the paper grid's shape."""
+
+
+def test_84_cells_with_overlays_stay_under_5_mb(benchmark: object, tmp_path: Path) -> None:
+    gen = generate(tmp_path / "s", PAPER_84)
+    rng = np.random.default_rng(0)
+    sheet = save_overlay_png(rng.random((3, 224, 224)), rng.random((224, 224)),
+                             rng.random((224, 224)), tmp_path / "sheet.png", panel=224)
+    for cell in gen.cells.cell_id:   # noise at 224 px panels: the worst case for PNG
+        folder = gen.store.root / gen.store.get(cell).artifacts / "saliency_overlays"
+        for i in range(2):
+            (folder / f"gradient-{i:05d}.png").write_bytes(sheet.read_bytes())
+    assert len(gen.cells) == 84
+    stored = sum(p.stat().st_size for p in gen.store.root.rglob("*.png"))
+    out = tmp_path / "index.html"
+    benchmark.pedantic(build_report, args=(gen.store, out), rounds=1, iterations=1)
+    html = out.read_text()
+    benchmark.extra_info.update(cells=84, overlay_bytes=stored, html_bytes=len(html.encode()))
+    assert stored > MAX_HTML_BYTES and html.count('<img src="data:image/png') >= 28
+    assert len(html.encode()) < MAX_HTML_BYTES, len(html.encode())

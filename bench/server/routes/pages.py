@@ -32,9 +32,11 @@ class Health(BaseModel):
             responses={503: {"description": "This install cannot render reports, or "
                                             "another report is being built (see Retry-After)"}})
 def report(request: Request) -> HTMLResponse:
-    """The self-contained HTML report of the server's records (the `bench report` code)."""
+    """The self-contained HTML report of the server's records (the `bench report` code), with
+    the report's Content-Security-Policy also as a header."""
     try:
         from bench.report import build_report
+        from bench.report.render import content_security_policy
     except ModuleNotFoundError as err:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             f"the report needs pip install '{DISTRIBUTION}[full]' "
@@ -46,7 +48,8 @@ def report(request: Request) -> HTMLResponse:
     try:
         with tempfile.TemporaryDirectory(prefix="medq-report-") as folder:
             path = build_report(request.app.state.store, Path(folder) / "index.html", "html")
-            return HTMLResponse(path.read_text(encoding="utf-8"))
+            return HTMLResponse(path.read_text(encoding="utf-8"), headers={
+                "Content-Security-Policy": content_security_policy()})
     finally:
         _report_lock.release()
 
