@@ -624,3 +624,31 @@ def test_null_control_beside_its_statistic_and_failed_sanity_greyed(ten_seeds, t
             assert "muted" not in row and row["sanity"] == "passed on 10/10 FP32 seeds"
     assert f'class="muted" title="fails on 10/10 FP32 seeds: {SANITY_REASON.replace(">", "&gt;")}' \
         in ten_html
+
+
+def test_device_table_says_which_kernels_each_latency_timed(tmp_path):
+    """A latency timed with fast kernels on a CPU where U8S8 saturates is marked `fast*`: it is
+    not the arithmetic the deployed accuracy was evaluated with (bench.deploy.runtime)."""
+    from sqlalchemy import select, update
+    from sqlalchemy.orm import Session
+
+    from bench.report import tables
+    from bench.report.data import load
+
+    gen = generate(tmp_path, Spec(configs=(("fp32", 32, 32), QUANT[0]), seeds=2,
+                                  saliency=False))
+    policies = {"fp32": {"kernel_policy": "exact", "exact_kernels": True},
+                label(*QUANT[0]): {"kernel_policy": "fast", "exact_kernels": False}}
+    cells = gen.cells.assign(config=[label(m, w, a) for m, w, a in zip(
+        gen.cells.method, gen.cells.w_bits, gen.cells.a_bits, strict=True)])
+    with Session(gen.store.engine) as session:
+        for cell_id, config in zip(cells.cell_id, cells.config, strict=True):
+            session.execute(update(MeasurementRecord).where(
+                MeasurementRecord.cell_id == cell_id).values(details=policies[config]))
+        session.commit()
+        assert session.scalar(select(MeasurementRecord.details).limit(1))
+    rows = {r["config"]: r for b in tables.device_table(load(gen.store)).blocks for r in b.rows}
+    assert rows["fp32"]["kernels@host"] == "exact"
+    assert rows[label(*QUANT[0])]["kernels@host"] == "fast*"
+    html = build_report(gen.store, tmp_path / "index.html").read_text()
+    assert "fast*" in html

@@ -56,7 +56,17 @@ def headline(record: CellRecord) -> Headline:
     return Headline("torch", record.accuracy, TORCH_PREDICTIONS)
 _MEASURED = ("cell_id", "profile", "machine", "batch_size", "status", "error", "latency_ms_p50",
              "latency_ms_p90", "latency_ms_p99", "peak_rss_mb", "samples_s", "fingerprint",
-             "finished_at")
+             "details", "finished_at")
+
+
+def kernels_label(details: dict[str, Any] | None) -> str | None:
+    """The ONNX Runtime kernel policy a measurement timed (`bench.deploy.runtime`), with `*` where
+    its kernels are not the exact ones the deployed accuracy was evaluated with."""
+    details = details or {}
+    policy = details.get("kernel_policy")
+    if policy is None:
+        return None
+    return policy if details.get("exact_kernels", True) else f"{policy}*"
 
 
 def config_label(method: str, w_bits: int, a_bits: int) -> str:
@@ -163,7 +173,8 @@ def _measurements(store: ResultsStore) -> pd.DataFrame:
         rows = [dict(zip(_MEASURED, values, strict=True)) for values in session.execute(query)]
     frame = pd.DataFrame(rows, columns=list(_MEASURED))
     frame["cpu"] = [(f or {}).get("cpu_model") for f in frame.fingerprint]
-    return frame.drop(columns="fingerprint")
+    frame["kernels"] = [kernels_label(d) for d in frame.details]
+    return frame.drop(columns=["fingerprint", "details"])
 
 
 def device_labels(keys: pd.DataFrame) -> dict[tuple[str, str, int], str]:

@@ -120,8 +120,14 @@ def _device_means(data: ReportData) -> pd.DataFrame:
         return pd.DataFrame(columns=[*CONFIG, "config", "device", "latency_ms_p50",
                                      "latency_ms_p90", "peak_rss_mb"])
     joined = data.measured.merge(data.ok[["cell_id", *CONFIG, "config"]], on="cell_id")
-    return joined.groupby([*CONFIG, "config", "device"], as_index=False)[
+    keys = [*CONFIG, "config", "device"]
+    means = joined.groupby(keys, as_index=False)[
         ["latency_ms_p50", "latency_ms_p90", "peak_rss_mb"]].mean()
+    if "kernels" not in joined:
+        return means
+    kernels = joined.groupby(keys, as_index=False)["kernels"].agg(
+        lambda k: " / ".join(sorted(set(k.dropna()))) or None)
+    return means.merge(kernels, on=keys)
 
 
 def main_columns(data: ReportData) -> list[Column]:
@@ -231,7 +237,8 @@ def device_table(data: ReportData) -> Table:
     columns = [Column("config", "configuration", "text")]
     for device in data.devices:
         columns += [Column(f"p50@{device}", "p50 ms", "ms", "low", device),
-                    Column(f"speedup@{device}", "vs FP32", "ratio", "high", device)]
+                    Column(f"speedup@{device}", "vs FP32", "ratio", "high", device),
+                    Column(f"kernels@{device}", "kernels", "text", None, device)]
     means = _device_means(data)
     blocks = []
     for (dataset, backbone), group in means.groupby(BLOCK, sort=True):
@@ -240,6 +247,7 @@ def device_table(data: ReportData) -> Table:
                         key=lambda m: config_sort_key(m.method, m.w_bits, m.a_bits)):
             row = rows.setdefault(m.config, {"config": m.config})
             row[f"p50@{m.device}"] = m.latency_ms_p50
+            row[f"kernels@{m.device}"] = getattr(m, "kernels", None)
         base = rows.get(FP32, {})
         for row in rows.values():
             for device in data.devices:
