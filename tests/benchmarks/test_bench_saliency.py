@@ -96,7 +96,7 @@ def test_paper_settings_resnet18_throughput(benchmark: object) -> None:
     from tests.test_paper_shaped import RESNET18_224
 
     torch.set_num_threads(1)
-    cpu, flags = cpu_info()
+    cpu, flags, vnni = cpu_info()
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=8).eval()
     cfg = _paper_settings(PAPER_IMAGES)
@@ -143,7 +143,7 @@ def test_paper_settings_resnet18_throughput(benchmark: object) -> None:
               "forward": _per_image_s(forward, STEP_BATCH) / step_s,
               "sgt_step": _per_image_s(lambda: step(sgt), STEP_BATCH) / step_s}
     model.eval()
-    info = {"cpu": cpu, "flags": flags, "threads": 1, "images": PAPER_IMAGES,
+    info = {"cpu": cpu, "flags": flags, "vnni": vnni, "threads": 1, "images": PAPER_IMAGES,
             "sensitivity_images": cfg.sensitivity_images,
             "seconds_per_image": seconds / PAPER_IMAGES,
             "model_images_per_image": seen[0] / PAPER_IMAGES,
@@ -152,7 +152,8 @@ def test_paper_settings_resnet18_throughput(benchmark: object) -> None:
             **{f"{k}_per_step_image": v for k, v in ratios.items()}}
     benchmark.extra_info.update(info)
     print(f"\nsaliency, paper settings, ResNet-18 224, 1 thread, CPU {cpu} (flags "
-          f"{', '.join(flags) or 'no VNNI'}): {info['seconds_per_image']:.1f} s/image, "
+          f"{', '.join(flags)}; VNNI: {', '.join(vnni) or 'none'}): "
+          f"{info['seconds_per_image']:.1f} s/image, "
           f"{info['model_images_per_image']:.0f} images through the model per image, "
           f"{stage_rate:.2f} img/s vs {1 / step_s:.2f} img/s for a training step "
           f"(ratio {info['throughput_ratio']:.2f}); per training-step image: gradient "
