@@ -6,10 +6,11 @@ The names below are imported from their modules on first use, so that importing 
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from bench.lazy import lazy_exports
 
 _EXPORTS = {
     "Agreement": "agreement",
@@ -34,10 +35,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 class _Package(types.ModuleType):

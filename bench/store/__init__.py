@@ -6,8 +6,7 @@ The names below are imported from their modules on first use, so that the store'
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bench.lazy import lazy_exports
 
 _EXPORTS = {
     "ResultsStore": "database",
@@ -19,7 +18,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
