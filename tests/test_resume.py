@@ -13,14 +13,26 @@ import yaml
 from tests.conftest import tiny_grid_dict
 
 
-def ok_count(db) -> int:
+def ok_count(db, timeout: float = 1) -> int | None:
+    """Cells stored ok; 0 before the store exists, None while it cannot be read (not yet
+    created, or locked by the run)."""
     if not db.exists():
         return 0
     try:
-        with sqlite3.connect(db, timeout=1) as con:
+        with sqlite3.connect(db, timeout=timeout) as con:
             return con.execute("select count(*) from cells where status='ok'").fetchone()[0]
     except sqlite3.OperationalError:
-        return 0
+        return None
+
+
+def settled_ok_count(db) -> int:
+    """ok_count after the run is dead, retried until the store can be read (the next reader
+    recovers the killed writer's WAL)."""
+    deadline = time.monotonic() + 60
+    while (count := ok_count(db, timeout=10)) is None:
+        assert time.monotonic() < deadline, f"{db} stayed unreadable after the kill"
+        time.sleep(0.2)
+    return count
 
 
 def test_sigkill_then_resume(tmp_path):
@@ -32,12 +44,13 @@ def test_sigkill_then_resume(tmp_path):
            "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
-    while ok_count(store / "medq.sqlite") < 1 and proc.poll() is None:
+    while (ok_count(store / "medq.sqlite") or 0) < 1 and proc.poll() is None:
         assert time.monotonic() < deadline, "first cell never finished"
         time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()!r}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = ok_count(store / "medq.sqlite")
+    killed_at = settled_ok_count(store / "medq.sqlite")
     assert 1 <= killed_at < 4, "the kill must land mid-grid"
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
