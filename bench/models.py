@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from bench.config import BackboneConfig
 from bench.errors import ConfigError
+from bench.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,28 +43,28 @@ def _small_cnn(num_classes: int) -> nn.Module:
     return SmallCNN(num_classes)
 
 
-BACKBONES: dict[str, BackboneInfo] = {
-    "smallcnn": BackboneInfo("smallcnn", _small_cnn, None,
-                             "4-block CNN for fast runs (~131k params)"),
-    "resnet18": BackboneInfo("resnet18", _tv("resnet18"), "ResNet18_Weights.IMAGENET1K_V1",
-                             "torchvision ResNet-18"),
-    "mobilenet_v2": BackboneInfo("mobilenet_v2", _tv("mobilenet_v2"),
-                                 "MobileNet_V2_Weights.IMAGENET1K_V1", "torchvision MobileNetV2"),
-    "mobilenet_v3_small": BackboneInfo("mobilenet_v3_small", _tv("mobilenet_v3_small"),
-                                       "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
-                                       "torchvision MobileNetV3-Small"),
-    "efficientnet_b0": BackboneInfo("efficientnet_b0", _tv("efficientnet_b0"),
-                                    "EfficientNet_B0_Weights.IMAGENET1K_V1",
-                                    "torchvision EfficientNet-B0"),
-}
+BACKBONES: Registry[BackboneInfo] = Registry("backbone", "backbones")
+"""Backbones by name: the ones below and plugins' (entry points `medq_bench.backbones`)."""
+
+
+def register_backbone(name: str, build: Callable[[int], nn.Module], weights: str | None,
+                      description: str) -> BackboneInfo:
+    """Make a backbone available to grids: ``build(num_classes)`` returns a fresh model (import
+    torch inside it), ``weights`` is the torchvision weights enum for `pretrained: true`."""
+    return BACKBONES.register(name, BackboneInfo(name, build, weights, description))
+
+
+register_backbone("smallcnn", _small_cnn, None, "4-block CNN for fast runs (~131k params)")
+for _name, _weights, _description in (
+        ("resnet18", "ResNet18_Weights", "torchvision ResNet-18"),
+        ("mobilenet_v2", "MobileNet_V2_Weights", "torchvision MobileNetV2"),
+        ("mobilenet_v3_small", "MobileNet_V3_Small_Weights", "torchvision MobileNetV3-Small"),
+        ("efficientnet_b0", "EfficientNet_B0_Weights", "torchvision EfficientNet-B0")):
+    register_backbone(_name, _tv(_name), f"{_weights}.IMAGENET1K_V1", _description)
 
 
 def get_backbone(name: str) -> BackboneInfo:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ConfigError(f"unknown backbone '{name}'; known: {', '.join(sorted(BACKBONES))}"
-                          ) from None
+    return BACKBONES.get(name)
 
 
 def build_model(cfg: BackboneConfig, num_classes: int) -> nn.Module:

@@ -15,6 +15,7 @@ checks this).
 
 from __future__ import annotations
 
+import pkgutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bench.config import format_validation_error
 from bench.errors import ConfigError
+from bench.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -120,20 +122,24 @@ class Method:
         return MethodResult(model, self.quantized, extras)
 
 
-METHODS: dict[str, Method] = {}
+def _method_modules() -> list[str]:
+    """The modules of the `methods` package besides this one: one method each."""
+    import methods
+
+    return [f"methods.{m.name}" for m in pkgutil.iter_modules(methods.__path__)
+            if m.name != "base"]
+
+
+METHODS: Registry[Method] = Registry("method", "methods", _method_modules)
+"""Methods by name: every module of this package, and plugins' (entry points
+`medq_bench.methods`)."""
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method available to grids by its `name`."""
-    if cls.name in METHODS:
-        raise ValueError(f"method '{cls.name}' registered twice")
-    METHODS[cls.name] = cls()
+    METHODS.register(cls.name, cls())
     return cls
 
 
 def get_method(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ConfigError(f"unknown method '{name}'; known: {', '.join(sorted(METHODS))}"
-                          ) from None
+    return METHODS.get(name)

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bench.config import DataConfig
-from bench.data import imagefolder, kvasir, synthetic  # noqa: F401  (register data sets)
 from bench.data.base import DATASETS, ImageSet, cache_dir, get_dataset
 from bench.data.manifests import DataSummary, cached_summary, remember, source_fingerprint
 from bench.data.splits import Split, make_split

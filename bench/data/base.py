@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bench.config import DataConfig, format_validation_error
 from bench.errors import ConfigError
+from bench.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -76,7 +77,9 @@ class DatasetInfo:
             raise ConfigError(f"{place}data set '{self.name}': options.{problems}") from err
 
 
-DATASETS: dict[str, DatasetInfo] = {}
+DATASETS: Registry[DatasetInfo] = Registry(
+    "data set", "datasets", ("bench.data.imagefolder", "bench.data.kvasir", "bench.data.synthetic"))
+"""Data sets by name: the built-in ones and plugins' (entry points `medq_bench.datasets`)."""
 
 
 def register_dataset(name: str, description: str, has_masks: bool = False,
@@ -91,8 +94,8 @@ def register_dataset(name: str, description: str, has_masks: bool = False,
     A data set module must import without torch (a grid is planned, and a fully cached run
     finishes, without the training stack): import torch inside the loader."""
     def add(load: Loader) -> Loader:
-        DATASETS[name] = DatasetInfo(name, load, description, has_masks, nominal_images,
-                                     options, source)
+        DATASETS.register(name, DatasetInfo(name, load, description, has_masks, nominal_images,
+                                            options, source))
         return load
     return add
 
@@ -128,11 +131,7 @@ def check_memory(need_bytes: int, what: str) -> None:
 
 
 def get_dataset(name: str) -> DatasetInfo:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown data set '{name}'; known: {', '.join(sorted(DATASETS))}"
-                          ) from None
+    return DATASETS.get(name)
 
 
 def cache_dir() -> Path:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.runner.stages import register_stage
-from bench.store.deploy import DEPLOY_STAGE
+from bench.store.deploy import DEPLOY_COLUMNS, DEPLOY_STAGE
 
 
 class DeploySettings(BaseModel):
@@ -21,4 +21,5 @@ class DeploySettings(BaseModel):
     eval_batch_size: int = Field(256, ge=1)
 
 
-register_stage(DEPLOY_STAGE, DeploySettings, runs="bench.deploy.stage:deploy")
+register_stage(DEPLOY_STAGE, DeploySettings, runs="bench.deploy.stage:deploy",
+               columns=DEPLOY_COLUMNS)

@@ -1,6 +1,7 @@
 """Named hardware profiles: the resource limits and timing protocol of one measurement setup.
 
-Profiles are TOML files. Shipped ones live in the ``hardware_profiles`` package; any other
+Profiles are TOML files. Shipped ones live in the ``hardware_profiles`` package, plugins add
+theirs with `register_profile` (entry points `medq_bench.hardware_profiles`), and any other
 file can be given by path.
 """
 
@@ -14,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.errors import ConfigError
+from bench.registry import Registry, UnknownNameError
 
 PROFILE_PACKAGE = "hardware_profiles"
 SUFFIX = ".toml"
@@ -21,6 +23,10 @@ SUFFIX = ".toml"
 
 class ProfileError(ConfigError):
     """A hardware profile cannot be found or is invalid; the message names file and field."""
+
+
+class UnknownProfileError(UnknownNameError, ProfileError):
+    """No hardware profile is registered under the name."""
 
 
 class _Strict(BaseModel):
@@ -106,23 +112,38 @@ def _shipped_dir() -> Path:
     return next(Path(p) for p in package.__path__ if Path(p).is_dir())
 
 
+def register_profile(path: Path, name: str | None = None) -> Path:
+    """Make the profile file ``path`` available by name (default: its file name without
+    ``.toml``); it is read and validated when loaded."""
+    return PROFILES.register(name or path.name[: -len(SUFFIX)], path)
+
+
+def _register_shipped() -> list[str]:
+    for path in sorted(_shipped_dir().iterdir()):
+        if path.name.endswith(SUFFIX):
+            register_profile(path)
+    return []
+
+
+PROFILES: Registry[Path] = Registry("hardware profile", "hardware_profiles", _register_shipped,
+                                    unknown=UnknownProfileError)
+"""Profile files by name: the shipped ones and plugins'."""
+
+
 def list_profiles() -> list[str]:
-    """Names of the shipped profiles, sorted."""
-    return sorted(p.name[: -len(SUFFIX)] for p in _shipped_dir().iterdir()
-                  if p.name.endswith(SUFFIX))
+    """Names of the registered profiles (shipped and plugins'), sorted."""
+    return PROFILES.names()
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
-    """Load a shipped profile by name (``edge-1core-1g``) or any profile file by path."""
+    """Load a registered profile by name (``edge-1core-1g``) or any profile file by path."""
     text = str(name_or_path)
     if text.endswith(SUFFIX) or Path(text).exists():
         path = Path(text)
         if not path.is_file():
             raise ProfileError(f"{path}: profile file not found")
         return parse_profile(path.read_text(), str(path), path.stem)
-    resource = _shipped_dir() / f"{text}{SUFFIX}"
-    if not resource.is_file():
-        raise ProfileError(
-            f"unknown hardware profile {text!r}; shipped: {', '.join(list_profiles())}"
-        )
-    return parse_profile(resource.read_text(), f"{PROFILE_PACKAGE}/{text}{SUFFIX}", text)
+    path = PROFILES.get(text)
+    shipped = path.parent == _shipped_dir()
+    source = f"{PROFILE_PACKAGE}/{path.name}" if shipped else str(path)
+    return parse_profile(path.read_text(), source, text)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from bench.compare import Comparison, by_config, compare
 from bench.store import RESULT_COLUMNS, CellRecord, ResultsStore
 from bench.store.database import stage_columns
+from bench.store.deploy import DEPLOY_COLUMNS, DEPLOY_TEXT_COLUMNS
 from bench.store.measurements import MeasurementRecord
 from bench.store.origins import replacement_count, signatures_by_device
 from bench.store.query import RecordFilter
@@ -26,9 +27,8 @@ BLOCK = ["dataset", "backbone"]
 CONFIG = ["dataset", "backbone", "method", "w_bits", "a_bits"]
 METHOD_ORDER = ("fp32", "fp32_ft", "sgt", "sgt_ft", "ptq", "qat", "lsq", "pact", "pact_sgt")
 DEVICE_KEY = ["profile", "machine", "batch_size"]
-NUMERIC = frozenset({"accuracy", "torch_accuracy", "macro_f1", "train_seconds", "size_bytes",
-                     "shipped_size_bytes", "packed_size_bytes", "int_kernels", "int_coverage",
-                     "deployed_accuracy", "agreement", "params", "macs"})
+NUMERIC = frozenset({"accuracy", "torch_accuracy", "macro_f1", "train_seconds",
+                     *(c for c in DEPLOY_COLUMNS if c not in DEPLOY_TEXT_COLUMNS)})
 TORCH_PREDICTIONS = "predictions.npz"
 PREDICTION_KEYS = ("index", "labels", "predictions")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.config import (
     FP32_BITS,
@@ -20,9 +21,10 @@ from bench.config import (
 )
 from bench.data import PlannedData, get_dataset, plan_data
 from bench.errors import ConfigError, DataError
-from bench.models import get_backbone
+from bench.models import BACKBONES, get_backbone
+from bench.registry import Registry, matching
 from bench.runner.stages import validate_stage_settings
-from methods import get_method
+from methods import METHODS, get_method
 
 log = logging.getLogger(__name__)
 
@@ -86,29 +88,30 @@ def apply_overrides(grid: GridConfig, o: Overrides) -> GridConfig:
         datasets = [d.model_copy(update={"root": o.data_root}) for d in datasets]
     changes["datasets"] = datasets
     if o.backbones:
-        for name in o.backbones:
-            get_backbone(name)
-        known = [b.name for b in grid.backbones]
-        missing = [n for n in o.backbones if n not in known]
-        if missing:
-            raise ConfigError(f"backbone {', '.join(missing)} is not in grid '{grid.name}' "
-                              f"(its backbones: {', '.join(known)})")
-        changes["backbones"] = [b for b in grid.backbones if b.name in o.backbones]
+        changes["backbones"] = _chosen("backbone", BACKBONES, o.backbones, grid.backbones,
+                                       grid.name)
     if o.methods:
-        for name in o.methods:
-            get_method(name)
-        known = [m.name for m in grid.methods]
-        missing = [n for n in o.methods if n not in known]
-        if missing:
-            raise ConfigError(f"method {', '.join(missing)} is not in grid '{grid.name}' "
-                              f"(its methods: {', '.join(known)})")
-        changes["methods"] = [m for m in grid.methods if m.name in o.methods]
+        changes["methods"] = _chosen("method", METHODS, o.methods, grid.methods, grid.name)
     if o.seeds is not None:
         changes["seeds"] = list(range(o.seeds))
     if o.epochs is not None:
         changes["train"] = grid.train.model_copy(update={"epochs": o.epochs})
         changes["finetune"] = grid.finetune.model_copy(update={"epochs": o.epochs})
     return grid.model_copy(update=changes)
+
+
+def _chosen(kind: str, registry: Registry[Any], patterns: tuple[str, ...],
+            entries: list[Any], grid: str) -> list[Any]:
+    """The grid's entries whose name matches a pattern (`--backbone 'mobilenet*'`): each pattern
+    must name something registered and match something in the grid."""
+    registry.select(patterns)
+    known = [e.name for e in entries]
+    missing = [p for p in patterns if not matching([p], known)]
+    if missing:
+        raise ConfigError(f"{kind} {', '.join(missing)} is not in grid '{grid}' "
+                          f"(its {kind}s: {', '.join(known)})")
+    chosen = set(matching(patterns, known))
+    return [e for e in entries if e.name in chosen]
 
 
 def validate_names(grid: GridConfig) -> None:

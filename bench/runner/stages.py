@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from bench.config import format_validation_error
 from bench.errors import ConfigError
+from bench.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -52,47 +53,57 @@ class StageInput:
 StageFn = Callable[[StageInput], dict[str, Any]]
 
 
+def _load(place: str) -> Any:
+    module, _, name = place.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 @dataclass(frozen=True)
 class Stage:
+    """A stage's declaration. runs: "module:function" of its StageFn, imported when the stage
+    first runs; columns: the `columns` its result holds, as names or as the "module:function"
+    of ``(settings) -> list[str]`` when they depend on the settings."""
+
     name: str
     Settings: type[BaseModel]
-    runs: str      # "module:function" of the StageFn, imported when the stage first runs
+    runs: str
+    columns: tuple[str, ...] | str = ()
 
     @property
     def run(self) -> StageFn:
-        module, _, function = self.runs.partition(":")
-        return getattr(importlib.import_module(module), function)
+        return _load(self.runs)
 
-
-STAGES: dict[str, Stage] = {}
-
-
-def register_stage(name: str, settings: type[BaseModel], runs: str) -> None:
-    """Declare stage ``name``: its settings model and where its run function is
-    (``"module:function"``)."""
-    if name in STAGES and STAGES[name] != Stage(name, settings, runs):
-        raise ValueError(f"stage '{name}' registered twice")
-    STAGES[name] = Stage(name, settings, runs)
-
-
-def load_stages() -> None:
-    """Import the modules that declare stages (light: their run functions load lazily)."""
-    for module in STAGE_MODULES:
-        importlib.import_module(module)
+    def declared_columns(self, settings: BaseModel) -> list[str]:
+        if isinstance(self.columns, str):
+            return list(_load(self.columns)(settings))
+        return list(self.columns)
 
 
 STAGE_MODULES: tuple[str, ...] = ("bench.deploy.settings", "bench.saliency.settings")
 
+STAGES: Registry[Stage] = Registry("stage", "stages", STAGE_MODULES)
+"""Stages by name: the built-in ones and plugins' (entry points `medq_bench.stages`)."""
+
+
+def register_stage(name: str, settings: type[BaseModel], runs: str,
+                   columns: tuple[str, ...] | str = ()) -> Stage:
+    """Declare stage ``name``: its settings model, where its run function is
+    (``"module:function"``) and the result columns it returns (see `Stage`)."""
+    return STAGES.register(name, Stage(name, settings, runs, columns))
+
+
+def load_stages() -> None:
+    """Import the modules that declare stages (light: their run functions load lazily)."""
+    STAGES.load()
+
 
 def validate_stage_settings(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Validate a grid's `stages` block; returns the settings with defaults filled in."""
-    load_stages()
     resolved = {}
     for name, settings in raw.items():
-        if name not in STAGES:
-            raise ConfigError(f"unknown stage '{name}'; known: {', '.join(sorted(STAGES))}")
+        stage = STAGES.get(name)
         try:
-            model = STAGES[name].Settings.model_validate(settings or {})
+            model = stage.Settings.model_validate(settings or {})
         except ValidationError as err:
             raise ConfigError(f"stage '{name}': {format_validation_error(err)}") from err
         resolved[name] = model.model_dump(mode="json")

@@ -77,3 +77,8 @@ def result_columns(stats: dict[str, dict[str, Any]], methods: list[str],
              for m, r in ((sanity or {}).get("methods") or {}).items()}
     columns.update(_columns(final, (SANITY,), methods))
     return columns
+
+
+def declared_columns(settings: Any) -> list[str]:
+    """The `saliency_*` columns a stage with these settings (SaliencyConfig) returns."""
+    return list(result_columns({}, settings.methods))

@@ -3,7 +3,8 @@ settings ask for, each at the cost a probe measures for the cell's model on the 
 (where the stage runs it).
 
 Counts follow bench.saliency.suite, .null and .sanity exactly. Per image evaluated
-(n = min(n_samples, test images)) and per method, one map costs `MAP_PASSES` gradient passes (a
+(n = min(n_samples, test images)) and per method, one map costs the method's declared `passes`
+(bench/saliency/methods.py) gradient passes (a
 forward and a backward to the input); max-sensitivity explains `sensitivity_samples` perturbed
 copies (the unperturbed map is the one already computed) of the images `sensitivity_images`
 gives the method (all n by default). The deletion and insertion curves share their end points:
@@ -18,25 +19,16 @@ counts with it (tests count them with a hook).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bench.runner.estimate.costs import CellShape
 from bench.runner.estimate.stage_costs import ModelProbe, register_stage_cost
+from bench.saliency.methods import SALIENCY_METHODS
 from bench.saliency.reference import FP32
 from bench.saliency.settings import SaliencyConfig
 
 STAGE = "saliency"
-
-MAP_PASSES: dict[str, Callable[[SaliencyConfig], int]] = {
-    "gradient": lambda cfg: 1,
-    "integrated_gradients": lambda cfg: cfg.ig_steps,
-    "smoothgrad": lambda cfg: cfg.smoothgrad_samples,
-    "gradcam": lambda cfg: 1,
-}
-"""Gradient passes of one image's map, by saliency method."""
-
 
 @dataclass(frozen=True)
 class SaliencyCost:
@@ -52,7 +44,7 @@ class SaliencyCost:
 
 def map_passes(cfg: SaliencyConfig) -> int:
     """Gradient passes of one image's maps, all methods."""
-    return sum(MAP_PASSES[m](cfg) for m in cfg.methods)
+    return sum(SALIENCY_METHODS.get(m).passes(cfg) for m in cfg.methods)
 
 
 def curve_passes(cfg: SaliencyConfig) -> int:
@@ -63,8 +55,8 @@ def curve_passes(cfg: SaliencyConfig) -> int:
 
 def sensitivity_passes(cfg: SaliencyConfig, n: int) -> int:
     """Gradient passes of max-sensitivity on n evaluated images, every method on its images."""
-    return sum(cfg.sensitivity_count(m, n) * MAP_PASSES[m](cfg) * cfg.sensitivity_samples
-               for m in cfg.methods)
+    return sum(cfg.sensitivity_count(m, n) * SALIENCY_METHODS.get(m).passes(cfg)
+               * cfg.sensitivity_samples for m in cfg.methods)
 
 
 def passes(cfg: SaliencyConfig, n: int = 1) -> tuple[int, int]:

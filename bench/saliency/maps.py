@@ -10,7 +10,7 @@ input size; the tensor is read through an identity probe so Brevitas QuantTensor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +25,8 @@ from captum.attr import (
     Saliency,
 )
 from torch import Tensor, fx, nn
+
+from bench.saliency.methods import SALIENCY_METHODS
 
 Aggregate = Literal["abs_sum", "abs_max"]
 
@@ -140,11 +142,11 @@ def tensor_probe(target: LayerTarget) -> Iterator[nn.Module]:
         handle.remove()
 
 
-def _gradient(model: nn.Module, x: Tensor, t: Tensor, **_: object) -> Tensor:
+def gradient(model: nn.Module, x: Tensor, t: Tensor, **_: object) -> Tensor:
     return Saliency(model).attribute(x, target=t, abs=False)
 
 
-def _integrated_gradients(
+def integrated_gradients(
     model: nn.Module, x: Tensor, t: Tensor, *, ig_steps: int, batch_size: int, **_: object
 ) -> Tensor:
     ig = IntegratedGradients(model)
@@ -163,7 +165,7 @@ def smoothgrad_noise(shape: tuple[int, ...], n_samples: int, noise_std: float, s
     return torch.normal(0.0, noise_std, size=(n_samples, *shape), generator=gen)
 
 
-def _smoothgrad(
+def smoothgrad(
     model: nn.Module, x: Tensor, t: Tensor, *, n_samples: int, noise_std: float,
     seeds: list[int], batch_size: int, **_: object,
 ) -> Tensor:
@@ -184,19 +186,15 @@ def _smoothgrad(
     return grads.view(len(seeds), n_samples, *x.shape[1:]).mean(dim=1)
 
 
-def _gradcam(model: nn.Module, x: Tensor, t: Tensor, *, layer: LayerTarget, **_: object
+def gradcam(model: nn.Module, x: Tensor, t: Tensor, *, layer: LayerTarget, **_: object
              ) -> Tensor:
     with tensor_probe(layer) as probe:
         attr = LayerGradCam(model, probe).attribute(x, target=t, relu_attributions=True)
     return LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")
 
 
-METHODS: dict[str, Callable[..., Tensor]] = {
-    "gradient": _gradient,
-    "integrated_gradients": _integrated_gradients,
-    "smoothgrad": _smoothgrad,
-    "gradcam": _gradcam,
-}
+METHODS = SALIENCY_METHODS
+"""The saliency methods by name (bench/saliency/methods.py declares the four above)."""
 
 
 def aggregate_channels(attr: Tensor, how: Aggregate = "abs_sum") -> Tensor:
@@ -245,13 +243,12 @@ def compute_maps(
     default to 0..N-1, so a perturbed copy of an image can reuse its noise). Images are moved to
     the model's device; the model is put in eval mode for the call and its mode restored.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown saliency method '{method}'; known: {', '.join(METHODS)}")
-    fn = METHODS[method]
+    info = SALIENCY_METHODS.get(method)
+    fn = info.function
     device = model_device(model)
     t_all = as_targets(targets, device)
     ids = np.arange(images.shape[0]) if ids is None else np.asarray(ids)
-    target = resolve_layer(model, layer) if method == "gradcam" else None
+    target = resolve_layer(model, layer) if info.reads_layer else None
     maps = []
     with eval_mode(model):
         for start in range(0, images.shape[0], batch_size):

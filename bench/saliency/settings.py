@@ -9,11 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bench.runner.stages import register_stage
-
-SALIENCY_METHODS = ("gradient", "integrated_gradients", "smoothgrad", "gradcam")
-"""The saliency methods a grid may name: the keys of bench/saliency/maps.py's METHODS (a test
-checks that they agree)."""
-
+from bench.saliency.methods import SALIENCY_METHODS
 
 RENAMED = {"noise_std": "sensitivity_radius", "noise_samples": "sensitivity_samples"}
 """Settings renamed when max-sensitivity moved from Gaussian noise to the uniform L-inf ball."""
@@ -80,7 +76,8 @@ class SaliencyConfig(BaseModel):
     def model_post_init(self, _: object) -> None:
         unknown = [m for m in self.methods if m not in SALIENCY_METHODS]
         if unknown:
-            raise ValueError(f"unknown saliency methods {unknown}; known: {list(SALIENCY_METHODS)}")
+            raise ValueError(f"unknown saliency methods {unknown}; known: "
+                             f"{SALIENCY_METHODS.names()}")
         stray = [m for m in self.sensitivity_images if m not in self.methods]
         if stray:
             raise ValueError(f"sensitivity_images names {stray}, which are not among methods "
@@ -106,4 +103,5 @@ DETAIL_STREAM = 16
 """Second word of the permutation's seed, so it is not the evaluation draw's stream."""
 
 
-register_stage("saliency", SaliencyConfig, runs="bench.saliency.stage:saliency_stage")
+register_stage("saliency", SaliencyConfig, runs="bench.saliency.stage:saliency_stage",
+               columns="bench.saliency.columns:declared_columns")

@@ -10,6 +10,14 @@ if TYPE_CHECKING:
 DEPLOY_STAGE = "deploy"
 """The key of the deploy stage's entry in a cell's `metrics`."""
 
+DEPLOY_COLUMNS = ("size_bytes", "shipped_size_bytes", "packed_size_bytes", "int_kernels",
+                  "int_coverage", "deployed_accuracy", "agreement", "params", "macs",
+                  "deploy_flags")
+"""The result columns of the deploy stage (bench/deploy/stage.py), the one list of them:
+the store fills them with None for cells it did not run on, the report reads them."""
+DEPLOY_TEXT_COLUMNS = frozenset({"deploy_flags"})
+"""The deploy columns that are not numbers."""
+
 
 def deploy_files(cell: CellData) -> list[str]:
     """The artifact files a device needs to measure the cell: every `*_file` its deploy stage

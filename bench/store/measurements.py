@@ -12,13 +12,11 @@ from typing import Any
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
+from bench.store.deploy import DEPLOY_COLUMNS
 from bench.store.identity import local_device
 from bench.store.records import MeasurementData, audit_replacement
 from bench.store.schema import MeasurementRecord
 
-DEPLOY_COLUMNS = ("size_bytes", "shipped_size_bytes", "packed_size_bytes", "int_kernels",
-                  "int_coverage", "deployed_accuracy", "agreement")
-"""Result columns the deploy stage reports (None for cells it did not run on)."""
 MEASUREMENT_COLUMNS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "peak_rss_mb",
                        "latency_batch_size", "profile", "device", "machine")
 """Result columns taken from a cell's chosen measurement (None when it has none)."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Select, select
+from sqlalchemy import Select, or_, select
 
+from bench.registry import has_wildcards, matching, pattern_regex
 from bench.store.records import CellData
 from bench.store.schema import CellRecord, MeasurementRecord
 
@@ -14,7 +15,8 @@ from bench.store.schema import CellRecord, MeasurementRecord
 class RecordFilter(BaseModel):
     """Which records to take; an empty list means any. Cell fields filter measurements
     through their cell; `device` and `profile` filter measurements (and cells by `device`
-    only when `cells_by_device`)."""
+    only when `cells_by_device`). Data sets, backbones and methods may be shell-wildcard
+    patterns (`mobilenet*`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,20 +38,23 @@ class RecordFilter(BaseModel):
         return [] if value is None else value
 
     def _cell_conditions(self) -> list[Any]:
-        pairs = ((CellRecord.dataset, self.datasets), (CellRecord.backbone, self.backbones),
-                 (CellRecord.method, self.methods), (CellRecord.w_bits, self.w_bits),
-                 (CellRecord.a_bits, self.a_bits), (CellRecord.cell_id, self.cell_ids))
-        return [column.in_(values) for column, values in pairs if values]
+        names = ((CellRecord.dataset, self.datasets), (CellRecord.backbone, self.backbones),
+                 (CellRecord.method, self.methods))
+        pairs = ((CellRecord.w_bits, self.w_bits), (CellRecord.a_bits, self.a_bits),
+                 (CellRecord.cell_id, self.cell_ids))
+        return [*(_name_condition(column, patterns) for column, patterns in names if patterns),
+                *(column.in_(values) for column, values in pairs if values)]
 
     def matches(self, cell: CellData) -> bool:
         """Whether ``cell`` passes the cell fields and `status` (as `cells()` selects)."""
-        pairs = ((cell.dataset, self.datasets), (cell.backbone, self.backbones),
-                 (cell.method, self.methods), (cell.w_bits, self.w_bits),
-                 (cell.a_bits, self.a_bits), (cell.cell_id, self.cell_ids),
-                 (cell.status, self.status))
+        names = ((cell.dataset, self.datasets), (cell.backbone, self.backbones),
+                 (cell.method, self.methods))
+        pairs = ((cell.w_bits, self.w_bits), (cell.a_bits, self.a_bits),
+                 (cell.cell_id, self.cell_ids), (cell.status, self.status))
         if self.cells_by_device and self.devices:
             pairs += ((cell.device, self.devices),)
-        return all(not values or value in values for value, values in pairs)
+        return (all(not patterns or matching(patterns, [name]) for name, patterns in names)
+                and all(not values or value in values for value, values in pairs))
 
     def cells(self) -> Select[tuple[CellRecord]]:
         """Cells matching the cell fields (and `status`; and `devices` if cells_by_device)."""
@@ -71,3 +76,11 @@ class RecordFilter(BaseModel):
             conditions.append(MeasurementRecord.cell_id.in_(
                 select(CellRecord.cell_id).where(*cell_conditions)))
         return select(MeasurementRecord).where(*conditions).order_by(MeasurementRecord.id)
+
+
+def _name_condition(column: Any, patterns: list[str]) -> Any:
+    """SQL for "column matches one of the shell-wildcard patterns" (case-sensitive on every
+    backend, as `matching` is)."""
+    plain = [p for p in patterns if not has_wildcards(p)]
+    wild = [column.regexp_match(pattern_regex(p)) for p in patterns if has_wildcards(p)]
+    return or_(*([column.in_(plain)] if plain else []), *wild)

@@ -1,6 +1,5 @@
 """Executors by name (`bench run --executor`), and the driver that runs a plan with one."""
 
-from bench.runner.executors import local, process, ray_executor  # noqa: F401  (register them)
 from bench.runner.executors.base import (
     EXECUTORS,
     Executor,

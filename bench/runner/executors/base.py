@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar
 
 from bench.errors import ConfigError
+from bench.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -134,19 +135,20 @@ class Executor(ABC):
         self.close()
 
 
-EXECUTORS: dict[str, type[Executor]] = {}
+EXECUTORS: Registry[type[Executor]] = Registry(
+    "executor", "executors", ("bench.runner.executors.local", "bench.runner.executors.process",
+                              "bench.runner.executors.ray_executor"))
+"""Executors by name (`bench run --executor`): the built-in ones and plugins' (entry points
+`medq_bench.executors`)."""
 
 
 def register_executor(cls: type[Executor]) -> type[Executor]:
-    EXECUTORS[cls.name] = cls
-    return cls
+    """Class decorator: make an executor available to `bench run --executor` by its `name`."""
+    return EXECUTORS.register(cls.name, cls)
 
 
 def get_executor(name: str) -> type[Executor]:
-    try:
-        return EXECUTORS[name]
-    except KeyError:
-        raise ConfigError(f"unknown executor '{name}'; known: {', '.join(EXECUTORS)}") from None
+    return EXECUTORS.get(name)
 
 
 def make_executor(name: str, options: ExecutorOptions) -> Executor:
