@@ -94,3 +94,16 @@ def db_url(request: pytest.FixtureRequest) -> str | None:
     if request.param == "sqlite":
         return None
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Quantising and exporting run many tiny ops: one torch thread, as the deploy stage does
+    (several threads also split a batch's convolutions differently, which moves fake-quantised
+    values across rounding boundaries)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -31,13 +31,7 @@ from tests.backbones import quantised_backbone
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Quantising and exporting run many tiny ops: one thread, as the deploy stage does."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inputs(n: int, seed: int) -> torch.Tensor:

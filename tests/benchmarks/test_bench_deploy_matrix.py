@@ -34,12 +34,7 @@ CASES = [(b, w, a, "stats") for b in BACKBONES for w, a in BITS]
 CASES += [(b, w, a, "pact") for b in ("efficientnet_b0", "mobilenet_v3_small") for w, a in BITS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("size", [32, 224])
