@@ -3,7 +3,7 @@
 A UsageError (bad usage, configuration or input data) prints ``error: <message>``; a missing
 module that only an extra installs names the verb and the extra, e.g. ``bench device pull needs
 the device install: pip install 'medq-bench[device]' (missing: psutil)``. Both exit with 2; any
-other error propagates. The verb is the command path as typed, recorded while click resolves
+other error propagates. The verb is the command path as typed, recorded while Typer resolves
 it, so sub-app verbs and errors raised in a group's callback are named too.
 """
 
@@ -13,7 +13,6 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import click
 import typer
 from rich.markup import escape
 from typer.core import TyperGroup
@@ -45,8 +44,8 @@ class Verbs(TyperGroup):
     """A group of `bench` verbs (the app, or a sub-app such as `bench serve token`): records
     the verb it resolves, so that an error names the whole command."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]
-                        ) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(self, ctx: typer.Context, args: list[str]
+                        ) -> tuple[str | None, Any, list[str]]:
         name, command, rest = super().resolve_command(ctx, args)
         if command is not None:
             ctx.meta[VERB] = [*ctx.meta.get(VERB, ()), name]
@@ -56,7 +55,7 @@ class Verbs(TyperGroup):
 class Bench(Verbs):
     """The `bench` app: turns what any of its verbs raises into an exit with `usage_exit`."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (UsageError, ModuleNotFoundError) as error:
