@@ -19,6 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from bench.errors import UsageError
 from bench.store.sqlite_file import check_database, reading_uri
 
 DB_NAME = "medq.sqlite"
@@ -27,8 +28,9 @@ VERSIONS = Path(__file__).with_name("migrations") / "versions"
 _REVISION = re.compile(r"""^(down_)?revision\s*=\s*["']([^"']+)["']""", re.MULTILINE)
 
 
-class StoreBusyError(RuntimeError):
-    """Another process holds this store's run lock."""
+class StoreBusyError(UsageError):
+    """Another process holds this store's lock for the verb: a usage error (exit 2), the
+    message names the verb and the store."""
 
 
 @contextmanager
