@@ -17,7 +17,7 @@ def test_wheel_contents(tmp_path):
                    capture_output=True)
     (wheel,) = tmp_path.glob("medq_bench-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ("bench/cli.py", "bench/grids/smoke.yaml", "bench/grids/paper.yaml",
+    for required in ("bench/cli/__init__.py", "bench/grids/smoke.yaml", "bench/grids/paper.yaml",
                      "bench/grids/full.yaml", "bench/report/templates/report.html.j2",
                      "methods/base.py", "methods/pact_sgt.py", "hardware_profiles/host.toml",
                      "hardware_profiles/raspberry-pi-4.toml",

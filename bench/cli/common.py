@@ -16,9 +16,12 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="Results store folder.")]
-DatasetsOpt = Annotated[list[str] | None, typer.Option(help="Only this data set (repeatable).")]
-BackbonesOpt = Annotated[list[str] | None, typer.Option(help="Only this backbone (repeatable).")]
-MethodsOpt = Annotated[list[str] | None, typer.Option(help="Only this method (repeatable).")]
+DatasetsOpt = Annotated[list[str] | None, typer.Option(
+    help="Only this data set (repeatable; shell wildcards, e.g. 'kvasir*').")]
+BackbonesOpt = Annotated[list[str] | None, typer.Option(
+    help="Only this backbone (repeatable; shell wildcards, e.g. 'mobilenet*').")]
+MethodsOpt = Annotated[list[str] | None, typer.Option(
+    help="Only this method (repeatable; shell wildcards, e.g. 'pact*').")]
 WBitsOpt = Annotated[list[int] | None, typer.Option(help="Only these weight bits.")]
 ABitsOpt = Annotated[list[int] | None, typer.Option(help="Only these activation bits.")]
 TokenOpt = Annotated[str | None, typer.Option(
