@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from methods.base import FP32
+
 MAX_ACCURACY_GAP = 0.02
-FP32 = "fp32"
 NO_CUDA = 3
 
 

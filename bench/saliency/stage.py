@@ -38,10 +38,11 @@ from bench.saliency.columns import json_float, method_stats, result_columns
 from bench.saliency.mapfile import MAPS_FILE, StoredMaps, save_maps
 from bench.saliency.null import NullControl, null_control, null_graph
 from bench.saliency.overlay import save_overlay_png
-from bench.saliency.reference import FP32, Reference, find_reference
+from bench.saliency.reference import Reference, find_reference
 from bench.saliency.sanity import randomisation_check
 from bench.saliency.settings import detail_positions
 from bench.saliency.suite import SaliencyConfig, maps_for, stability_suite, subsets
+from methods.base import FP32
 
 log = logging.getLogger(__name__)
 OVERLAY_DIR = "saliency_overlays"
