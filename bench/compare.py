@@ -23,8 +23,8 @@ from typing import Any
 from bench.errors import UsageError
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, MeasurementData
+from methods.base import FP32
 
-FP32 = "fp32"
 METRICS = {"p50_ms": "latency_ms_p50", "p99_ms": "latency_ms_p99", "peak_mb": "peak_rss_mb"}
 """Compared quantities: column prefix -> measurement field."""
 VS_FP32 = {"p50_vs_fp32": "p50_ms", "mem_vs_fp32": "peak_mb"}

@@ -301,7 +301,7 @@ def quantize(model: nn.Module, spec: QuantSpec, example_input: torch.Tensor) -> 
     requantised.  The first and last Conv2d/Linear use ``spec.first_last_bits`` for their
     weights and their input.  Observed ranges are placeholders until ``calibrate``; PACT alphas
     and LSQ steps start from the FP weights and the FP activations on ``example_input``.
-    The result lives on the device of ``model`` and has its train/eval mode.
+    The result lives on the torch device of ``model`` and has its train/eval mode.
     """
     graph_model = preprocess_for_quantize(copy.deepcopy(model).eval())
     if spec.first_last_bits is not None:
@@ -317,9 +317,9 @@ def quantize(model: nn.Module, spec: QuantSpec, example_input: torch.Tensor) -> 
     if spec.first_last_bits is not None:
         _set_input_quant_bits(qmodel, spec, spec.first_last_bits)
     _drop_logits_quant(qmodel)
-    device = _model_device(model)
-    example_input = example_input.to(device)
-    qmodel.to(device).eval()
+    torch_device = _model_torch_device(model)
+    example_input = example_input.to(torch_device)
+    qmodel.to(torch_device).eval()
     if spec.scheme == "pact" and not _pact_quant_modules(qmodel):
         raise ValueError("PACT needs ReLU, ReLU6, SiLU or Hardswish activations; the model "
                          "has none")
@@ -432,7 +432,7 @@ def _init_weight_steps(model: nn.Module) -> None:
             step.init_from(mean_abs.reshape(step.step.shape))
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def _model_torch_device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -453,7 +453,7 @@ def calibrate(
     """
     if bias_correction and isinstance(batches, Iterator):
         batches = list(batches)
-    device = _model_device(model)
+    torch_device = _model_torch_device(model)
     was_training = model.training
     model.eval()
     for scaling in model.modules():
@@ -464,7 +464,7 @@ def calibrate(
     try:
         with torch.no_grad(), calibration_mode(model):
             for batch in batches:
-                model(batch.to(device))
+                model(batch.to(torch_device))
                 seen += 1
     finally:
         pact.remove()
@@ -475,7 +475,7 @@ def calibrate(
     if bias_correction:
         with torch.no_grad(), bias_correction_mode(model):
             for batch in batches:
-                model(batch.to(device))
+                model(batch.to(torch_device))
     model.train(was_training)
 
 
@@ -494,7 +494,7 @@ def clip_penalty(model: nn.Module) -> torch.Tensor:
     """Sum of squared PACT alphas (zero tensor if the model has none)."""
     params = list(clip_parameters(model).values())
     if not params:
-        return torch.zeros((), device=_model_device(model))
+        return torch.zeros((), device=_model_torch_device(model))
     return torch.stack([p.pow(2).sum() for p in params]).sum()
 
 

@@ -56,12 +56,12 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int
 
 
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-        objective: Objective, *, seed: int, device: torch.device,
+        objective: Objective, *, seed: int, torch_device: torch.device,
         penalty: Callable[[nn.Module], torch.Tensor] | None = None,
         val: tuple[torch.Tensor, torch.Tensor] | None = None,
         on_epoch: EpochHook | None = None) -> dict[str, Any]:
     """Train in place for cfg.epochs; returns the per-epoch history (loss, accuracies, seconds)."""
-    model.to(device)
+    model.to(torch_device)
     optimizer = make_optimizer(param_groups(model, cfg.weight_decay), cfg)
     steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
     schedule = make_schedule(optimizer, cfg, cfg.epochs * steps_per_epoch)
@@ -71,7 +71,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Train
         model.train()
         start, total_loss, correct, seen = time.perf_counter(), 0.0, 0, 0
         for x, y in batches(images, labels, cfg.batch_size, generator):
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(torch_device), y.to(torch_device)
             loss, logits = objective.loss(model, x, y)
             if penalty is not None:
                 loss = loss + penalty(model)
@@ -87,7 +87,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Train
         row = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
                "seconds": time.perf_counter() - start}
         if val is not None and len(val[1]):
-            row["val_accuracy"] = float((predict(model, val[0], device).argmax(1) == val[1])
+            row["val_accuracy"] = float((predict(model, val[0], torch_device).argmax(1) == val[1])
                                         .float().mean())
         history.append(row)
         if on_epoch is not None:
@@ -96,10 +96,10 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Train
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, device: torch.device,
+def predict(model: nn.Module, images: torch.Tensor, torch_device: torch.device,
             batch_size: int = 256) -> torch.Tensor:
     """Logits (on the CPU) for uint8 images, in eval mode."""
     model.eval()
-    outputs = [model(normalize(images[i:i + batch_size]).to(device)).float().cpu()
+    outputs = [model(normalize(images[i:i + batch_size]).to(torch_device)).float().cpu()
                for i in range(0, len(images), batch_size)]
     return torch.cat(outputs)

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
     from bench.objectives import Objective
 
+FP32 = "fp32"
+"""The float baseline's method name (methods/fp32.py): every quantised cell's parent and what
+every figure is compared against; the one definition the runner, the stages and the report use."""
+
 
 class MethodParams(BaseModel):
     """Parameters a method declares; grid files override them per method."""

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from methods.base import FP32
+
 MAX_ACCURACY_GAP = 0.02
-FP32 = "fp32"
 NO_CUDA = 3
 
 
@@ -34,7 +35,7 @@ class Cell:
     label: str
     method: str
     status: str
-    device: str
+    torch_device: str               # where it trained: its provenance's `device`
     accuracy: float | None
     deployed_accuracy: float | None
     saliency: dict[str, Any] | None
@@ -57,22 +58,23 @@ def read_cells(store: Path) -> dict[str, Cell]:
     return {r.cell_id: Cell.of(r) for r in ResultsStore(store, readonly=True).records()}
 
 
-def cell_problems(cell: Cell, device: str) -> list[str]:
-    """What is wrong with one cell of a store run on ``device``."""
-    where = f"{cell.label} [{cell.cell_id}] on {device}"
+def cell_problems(cell: Cell, torch_device: str) -> list[str]:
+    """What is wrong with one cell of a store run on ``torch_device`` (cpu or cuda)."""
+    where = f"{cell.label} [{cell.cell_id}] on {torch_device}"
     if cell.status != "ok":
         return [f"{where}: status {cell.status}"]
     problems = []
-    if cell.device.partition(":")[0] != device:
-        problems.append(f"{where}: ran on {cell.device}, not {device}")
+    if cell.torch_device.partition(":")[0] != torch_device:
+        problems.append(f"{where}: ran on {cell.torch_device}, not {torch_device}")
     if cell.deployed_accuracy is None:
         problems.append(f"{where}: no deployed accuracy (deploy stage missing)")
     saliency = cell.saliency or {}
     stats = saliency.get("stats") or {}
     if not stats:
         problems.append(f"{where}: no saliency statistics")
-    elif str(saliency.get("device", "?")).partition(":")[0] != device:
-        problems.append(f"{where}: saliency ran on {saliency.get('device', '?')}, not {device}")
+    elif str(saliency.get("device", "?")).partition(":")[0] != torch_device:
+        problems.append(f"{where}: saliency ran on {saliency.get('device', '?')}, "
+                        f"not {torch_device}")
     skipped = (saliency.get("reference") or {}).get("skipped")
     if cell.method != FP32 and skipped:
         problems.append(f"{where}: no FP32 reference maps ({skipped})")
@@ -84,10 +86,10 @@ def cell_problems(cell: Cell, device: str) -> list[str]:
     return problems
 
 
-def check(cells: dict[str, Cell], device: str) -> list[str]:
+def check(cells: dict[str, Cell], torch_device: str) -> list[str]:
     if not cells:
-        return [f"no cells in the {device} store"]
-    return [p for c in cells.values() for p in cell_problems(c, device)]
+        return [f"no cells in the {torch_device} store"]
+    return [p for c in cells.values() for p in cell_problems(c, torch_device)]
 
 
 def _gap(a: float | None, b: float | None) -> float | None:

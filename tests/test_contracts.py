@@ -49,7 +49,7 @@ def every_method_and_stage(tmp_path_factory: pytest.TempPathFactory) -> ResultsS
     grid.write_text(yaml.safe_dump(tiny_grid_dict(
         methods=[method_entry(name) for name in METHODS.names()], seeds=1, stages=stages)))
     store = ResultsStore(root / "store")
-    options = RunOptions(grid=str(grid), store=store.root, device="cpu", quiet=True)
+    options = RunOptions(grid=str(grid), store=store.root, torch_device="cpu", quiet=True)
     summary = run_grid(plan_grid(options), store, options)
     assert not summary.failed, summary
     return store

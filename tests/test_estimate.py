@@ -109,8 +109,8 @@ def test_parallelism_assumed(monkeypatch, executor, workers, cores, concurrency,
     monkeypatch.setattr(estimate_module, "local_cores", lambda: cores)
     monkeypatch.setattr(process_executor, "local_cores", lambda: cores)   # its default workers
     chosen = estimate_module.assumptions(
-        make_executor(executor, ExecutorOptions(workers=workers, device="cpu")))
-    assert (chosen.device, chosen.threads_per_cell, chosen.concurrency, chosen.note) == \
+        make_executor(executor, ExecutorOptions(workers=workers, torch_device="cpu")))
+    assert (chosen.torch_device, chosen.threads_per_cell, chosen.concurrency, chosen.note) == \
         ("cpu", 1, concurrency, note)
     assert chosen.describe().startswith("device cpu, 1 torch thread a cell, ")
 
@@ -118,18 +118,18 @@ def test_parallelism_assumed(monkeypatch, executor, workers, cores, concurrency,
 class FakeProbe:
     """Stage-cost inputs with fixed timings."""
 
-    backbone, image_size, quantized, device = "smallcnn", 16, True, "cpu"
+    backbone, image_size, quantized, torch_device = "smallcnn", 16, True, "cpu"
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.memo: dict[Any, Any] = {}
 
-    def forward_image_s(self, batch: int, device: str | None = None) -> float:
-        self.calls.append(("forward", batch, device))
+    def forward_image_s(self, batch: int, torch_device: str | None = None) -> float:
+        self.calls.append(("forward", batch, torch_device))
         return 0.01
 
-    def gradient_image_s(self, batch: int, device: str | None = None) -> float:
-        self.calls.append(("gradient", batch, device))
+    def gradient_image_s(self, batch: int, torch_device: str | None = None) -> float:
+        self.calls.append(("gradient", batch, torch_device))
         return 0.03
 
     def per_image_s(self, fn: Callable[[Any], object], batch: int) -> float:
@@ -277,7 +277,7 @@ STAGED = tiny_grid_dict(methods=[{"name": "fp32"}, {"name": "ptq", "bits": [[8, 
 def test_estimate_adds_up_cells_stages_and_the_schedule(tmp_path, fake_timings):
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump(STAGED))
-    options = RunOptions(grid=str(grid), executor="process", workers=2, device="cpu")
+    options = RunOptions(grid=str(grid), executor="process", workers=2, torch_device="cpu")
     plan = plan_grid(options)
     result = estimate(plan, None, executor_for(options), startup_s=4.0)
     by_id = {c.cell_id: c for c in result.cells}
@@ -326,7 +326,7 @@ def test_real_probes_time_every_term_of_a_staged_grid(tmp_path):
     """The probes themselves, on a tiny grid: every term measured, positive and finite."""
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({**STAGED, "seeds": 1}))
-    options = RunOptions(grid=str(grid), device="cpu")
+    options = RunOptions(grid=str(grid), torch_device="cpu")
     result = estimate(plan_grid(options), None, executor_for(options))
     ptq = next(r for r in result.rows if r.method == "ptq")
     fp32 = next(r for r in result.rows if r.method == "fp32")

@@ -62,7 +62,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run(grid: Path, store: ResultsStore, executor: str, workers: int | None = None
         ) -> RunSummary:
-    options = RunOptions(grid=str(grid), store=store.root, device="cpu", quiet=True,
+    options = RunOptions(grid=str(grid), store=store.root, torch_device="cpu", quiet=True,
                          executor=executor, workers=workers)
     return run_grid(plan_grid(options), store, options)
 
@@ -213,7 +213,7 @@ class CrashingExecutor(LocalExecutor):
     flight (as a process pool breaks): pinned on a cell only when it was alone."""
 
     def __init__(self, victim: tuple[str, int]) -> None:
-        super().__init__(ExecutorOptions(device="cpu"))
+        super().__init__(ExecutorOptions(torch_device="cpu"))
         self.victim = victim
         self.queue: list[tuple[CellTask, PreparedData]] = []
         self.attempts: dict[str, int] = {}
@@ -240,7 +240,7 @@ class CrashingExecutor(LocalExecutor):
 
 def test_cell_that_keeps_killing_its_worker_is_stored_failed(grid: Path, tmp_path: Path
                                                              ) -> None:
-    options = RunOptions(grid=str(grid), device="cpu", quiet=True)
+    options = RunOptions(grid=str(grid), torch_device="cpu", quiet=True)
     plan = plan_grid(options)
     store = ResultsStore(tmp_path / "s")
     executor = CrashingExecutor(victim=("fp32", 0))

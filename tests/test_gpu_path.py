@@ -17,7 +17,7 @@ from torch import nn
 
 from bench.data import normalize
 from bench.deploy.stage import _cpu_model
-from bench.saliency.stage import on_device
+from bench.saliency.stage import on_torch_device
 from tests.device_venv import ROOT
 
 
@@ -63,13 +63,13 @@ def parameters_report(device: str) -> Iterator[None]:
 
 
 def _saliency_to_cpu(model: nn.Module) -> nn.Module:
-    return on_device(model, torch.device("cpu"))
+    return on_torch_device(model, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("to_cpu", [_cpu_model, _saliency_to_cpu], ids=["deploy", "saliency"])
 def test_stages_work_on_a_cpu_copy_of_a_model_on_another_device(to_cpu):
-    """Deploy exports a CPU copy; the saliency stage runs on the cell's device (StageInput
-    .device) and copies a model that is elsewhere (here: asked for the CPU)."""
+    """Deploy exports a CPU copy; the saliency stage runs on the cell's torch device
+    (StageInput.torch_device) and copies a model that is elsewhere (here: asked for the CPU)."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     assert to_cpu(model) is model                   # on the CPU already: no copy
     with parameters_report("cuda"):
@@ -79,37 +79,37 @@ def test_stages_work_on_a_cpu_copy_of_a_model_on_another_device(to_cpu):
         assert copied.data_ptr() != own.data_ptr() and torch.equal(copied, own)
 
 
-def cell(cell_id: str = "c1", method: str = "ptq", device: str = "cuda",
+def cell(cell_id: str = "c1", method: str = "ptq", torch_device: str = "cuda",
          accuracy: float = 0.95, **changes) -> object:
     saliency = {"stats": {"gradient": {"deletion_auc": {"mean": 0.3},
                                        "spearman_fp32": {"mean": 0.9}}},
                 "reference": {"cell_id": "p", "relation": "parent", "skipped": None},
-                "device": device}
+                "device": torch_device}
     fields = dict(cell_id=cell_id, label=f"resnet18/{method}/seed 0", method=method,
-                  status="ok", device=device, accuracy=accuracy, deployed_accuracy=accuracy,
-                  saliency=saliency)
+                  status="ok", torch_device=torch_device, accuracy=accuracy,
+                  deployed_accuracy=accuracy, saliency=saliency)
     return gpu_check.Cell(**{**fields, **changes})
 
 
 def test_matching_stores_pass_the_gpu_comparison():
     cuda = {"c1": cell(), "c2": cell("c2", "fp32")}
-    cpu = {"c1": cell(device="cpu", accuracy=0.94), "c2": cell("c2", "fp32", "cpu")}
+    cpu = {"c1": cell(torch_device="cpu", accuracy=0.94), "c2": cell("c2", "fp32", "cpu")}
     assert gpu_check.compare(cuda, cpu) == []
 
 
 @pytest.mark.parametrize(("cpu_cell", "message"), [
-    (cell(device="cpu", accuracy=0.92), "accuracy 0.9500 on cuda, 0.9200 on cpu: 3.0 points"),
-    (cell(device="cuda"), "ran on cuda, not cpu"),
-    (cell(device="cpu", status="failed"), "status failed"),
-    (cell(device="cpu", deployed_accuracy=None), "no deployed accuracy"),
-    (cell(device="cpu", saliency=None), "no saliency statistics"),
-    (cell(device="cpu", saliency={"stats": {"gradient": {"deletion_auc": {"mean": 0.3}}},
+    (cell(torch_device="cpu", accuracy=0.92), "accuracy 0.9500 on cuda, 0.9200 on cpu: 3.0 points"),
+    (cell(torch_device="cuda"), "ran on cuda, not cpu"),
+    (cell(torch_device="cpu", status="failed"), "status failed"),
+    (cell(torch_device="cpu", deployed_accuracy=None), "no deployed accuracy"),
+    (cell(torch_device="cpu", saliency=None), "no saliency statistics"),
+    (cell(torch_device="cpu", saliency={"stats": {"gradient": {"deletion_auc": {"mean": 0.3}}},
                                   "reference": {"skipped": "no parent"}, "device": "cpu"}),
      "no FP32 reference maps (no parent)"),
-    (cell(device="cpu", saliency={"stats": {"gradient": {"deletion_auc": {"mean": 0.3}}},
+    (cell(torch_device="cpu", saliency={"stats": {"gradient": {"deletion_auc": {"mean": 0.3}}},
                                   "reference": {"skipped": None}, "device": "cuda:0"}),
      "saliency ran on cuda:0, not cpu"),
-    (cell("c9", device="cpu"), "is in the cpu store only"),
+    (cell("c9", torch_device="cpu"), "is in the cpu store only"),
 ])
 def test_each_difference_is_a_named_mismatch(cpu_cell, message):
     problems = gpu_check.compare({"c1": cell()}, {cpu_cell.cell_id: cpu_cell})

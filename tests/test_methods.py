@@ -156,3 +156,18 @@ def test_dry_run_estimates_compute(cli, write_grid, tmp_path):
 def test_json_results_of_methods(store, cli):
     rows = json.loads(cli("results", "--store", store.root, "--format", "json").output)
     assert {r["method"] for r in rows} == {m["name"] for m in ALL}
+
+
+def test_the_baseline_method_name_is_defined_once():
+    """methods.base.FP32 is the only definition of "fp32" as a name; everything imports it."""
+    import re
+
+    from methods import get_method
+    from methods.base import FP32
+    from tests.device_venv import ROOT
+
+    assert get_method(FP32).name == FP32 == "fp32"
+    defined = sorted(str(p.relative_to(ROOT)) for folder in ("bench", "methods", "scripts")
+                     for p in (ROOT / folder).rglob("*.py")
+                     if re.search(r'^\s*\w+ = "fp32"$', p.read_text(), re.MULTILINE))
+    assert defined == ["methods/base.py"]

@@ -261,6 +261,6 @@ def test_no_quantiser_parameter_is_in_a_weight_decay_group(scheme: str, monkeypa
     images = (torch.rand(8, 3, 12, 12) * 255).to(torch.uint8)
     fit(qmodel, images, torch.arange(8) % 3,
         TrainConfig(epochs=1, batch_size=8, optimizer="sgd", weight_decay=0.01),
-        objective=CrossEntropy(), seed=0, device=torch.device("cpu"))
+        objective=CrossEntropy(), seed=0, torch_device=torch.device("cpu"))
     in_fit = {id(p) for g in seen["groups"] if g["weight_decay"] > 0 for p in g["params"]}
     assert not in_fit & {id(p) for p in learned}

@@ -16,7 +16,14 @@ from sqlalchemy.orm import Session
 from bench.store import CellRecord, ResultsStore, migrate
 from bench.store.artifacts import file_sha256
 from bench.store.measurements import MeasurementRecord, save_measurement
-from bench.store.records import CellData, MeasurementData, RecordBatch, known_hashes
+from bench.store.records import (
+    STORE_ONLY,
+    CellData,
+    MeasurementData,
+    RecordBatch,
+    exchange_fields,
+    known_hashes,
+)
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -114,6 +121,45 @@ def test_nul_inside_json_is_refused():
     data["config"] = {"note": "a\x00b"}
     with pytest.raises(ValidationError):
         CellData.model_validate(data)
+
+
+@pytest.mark.parametrize(("model", "table"), [(CellData, CellRecord),
+                                              (MeasurementData, MeasurementRecord)])
+def test_an_exchange_model_has_every_column_of_its_table_but_the_store_only_ones(model, table):
+    columns = [c.name for c in table.__table__.columns]
+    assert STORE_ONLY[table.__tablename__] < set(columns)
+    assert list(model.model_fields) == ["kind", *(c for c in columns
+                                                  if c not in STORE_ONLY[table.__tablename__])]
+    assert model.row is table
+
+
+def test_a_stricter_field_must_name_an_exchanged_column():
+    with pytest.raises(TypeError, match="no exchanged column artifacts, colour"):
+        exchange_fields(CellRecord, {"colour": (str, ...), "artifacts": (str, None)})
+
+
+@pytest.mark.parametrize(("model", "row", "field", "value"), [
+    (CellData, cell, "split_manifest", "m" * 33),          # String(32)
+    (CellData, cell, "train_seconds", "soon"),             # Float
+    (CellData, cell, "started_at", "yesterday"),           # DateTime
+    (MeasurementData, measurement, "isolation", "i" * 17),  # String(16)
+    (MeasurementData, measurement, "size_bytes", -1),       # Integer: a count
+    (MeasurementData, measurement, "error", "nul\x00"),     # Text
+    (MeasurementData, measurement, "details", ["not", "a", "dict"])])  # JSON
+def test_a_field_typed_from_its_column_refuses_what_the_column_cannot_hold(model, row, field,
+                                                                           value):
+    data = model.of(row()).model_dump()
+    data[field] = value
+    with pytest.raises(ValidationError):
+        model.model_validate(data)
+
+
+def test_column_defaults_are_fresh_for_each_record():
+    first, second = (MeasurementData.model_validate(
+        {k: v for k, v in MeasurementData.of(measurement()).model_dump().items()
+         if k not in ("samples_s", "details")}) for _ in range(2))
+    assert first.details == {} and first.samples_s == []
+    assert first.details is not second.details
 
 
 def test_a_store_made_before_migrations_is_upgraded(tmp_path, monkeypatch):

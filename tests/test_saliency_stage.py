@@ -292,7 +292,7 @@ def test_bad_settings_are_a_usage_error(tmp_path: Path, settings: dict, message:
 def test_the_stage_runs_on_the_cells_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                             ) -> None:
     """The model and images reach the suite, the sanity check and the overlays' maps on
-    StageInput.device: here `meta` (no CUDA on this machine), where no pass can run, so the
+    StageInput.torch_device: here `meta` (no CUDA on this machine), where no pass can run, so the
     passes are replaced by recorders; the passes themselves follow their model's device."""
     import bench.saliency.stage as stage_module
     from bench.config import load_grid

@@ -58,11 +58,11 @@ def agreement(
         raise ValueError("agreement needs at least one input")
     onnx_logits = _run_onnx(_session(session_or_path), x.numpy())
     training = torch_model.training
-    device = next((p.device for p in torch_model.parameters()), x.device)
+    torch_device = next((p.device for p in torch_model.parameters()), x.device)
     torch_model.eval()
     try:
         with torch.no_grad():
-            ref_logits = torch_model(x.to(device)).detach().float().cpu().numpy()
+            ref_logits = torch_model(x.to(torch_device)).detach().float().cpu().numpy()
     finally:
         torch_model.train(training)
     return compare_logits(onnx_logits, ref_logits, labels)

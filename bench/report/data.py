@@ -20,12 +20,12 @@ from bench.store.measurements import MeasurementRecord
 from bench.store.origins import replacement_count, signatures_by_device
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, MeasurementData
+from methods.base import FP32
 
-FP32 = "fp32"
 FLOAT_BITS = 32
 BLOCK = ["dataset", "backbone"]
 CONFIG = ["dataset", "backbone", "method", "w_bits", "a_bits"]
-METHOD_ORDER = ("fp32", "fp32_ft", "sgt", "sgt_ft", "ptq", "qat", "lsq", "pact", "pact_sgt")
+METHOD_ORDER = (FP32, "fp32_ft", "sgt", "sgt_ft", "ptq", "qat", "lsq", "pact", "pact_sgt")
 DEVICE_KEY = ["profile", "machine", "batch_size"]
 NUMERIC = frozenset({"accuracy", "torch_accuracy", "macro_f1", "train_seconds",
                      *(c for c in DEPLOY_COLUMNS if c not in DEPLOY_TEXT_COLUMNS)})

@@ -33,7 +33,7 @@ class RunOptions:
     grid: str = "smoke"
     store: Path = Path("results")
     overrides: Overrides = field(default_factory=Overrides)
-    device: str = "auto"
+    torch_device: str = "auto"     # `--device`: cpu, cuda or auto
     fail_fast: bool = False
     quiet: bool = False
     executor: str = "local"
@@ -49,7 +49,7 @@ def plan_grid(options: RunOptions, allow_missing_data: bool = False) -> Plan:
 def executor_for(options: RunOptions) -> Executor:
     """The executor the options name; checks its flags, starts nothing."""
     return make_executor(options.executor,
-                         ExecutorOptions(options.workers, options.address, options.device))
+                         ExecutorOptions(options.workers, options.address, options.torch_device))
 
 
 def run_grid(plan: Plan, store: ResultsStore, options: RunOptions,
@@ -106,7 +106,7 @@ def run_plan(plan: Plan, options: RunOptions,
                                locked=locked and (lambda: locked(store / LOG_DIR)))
     if summary is not None:
         return summary
-    executor_for(options).check_device()
+    executor_for(options).check_torch_device()
     from bench.store import ResultsStore
 
     results = ResultsStore(store)

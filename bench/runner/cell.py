@@ -50,14 +50,14 @@ def load_fp32_model(store: ResultsStore, cell: Cell, num_classes: int) -> nn.Mod
     return model
 
 
-def _context(cell: Cell, data: PreparedData, store: ResultsStore, device: torch.device,
+def _context(cell: Cell, data: PreparedData, store: ResultsStore, torch_device: torch.device,
              on_epoch: EpochHook | None) -> MethodContext:
     cfg, split, imgs = cell.config, data.split, data.images
 
     def train(model: nn.Module, objective: Objective,
               penalty: Callable[[nn.Module], torch.Tensor] | None) -> dict[str, Any]:
         return fit(model, imgs.images[split.train], imgs.labels[split.train], cfg.train, objective,
-                   seed=cfg.seed, device=device, penalty=penalty,
+                   seed=cfg.seed, torch_device=torch_device, penalty=penalty,
                    val=(imgs.images[split.val], imgs.labels[split.val]), on_epoch=on_epoch)
 
     def calibration() -> Iterator[torch.Tensor]:
@@ -65,15 +65,15 @@ def _context(cell: Cell, data: PreparedData, store: ResultsStore, device: torch.
         stream = batches(imgs.images[split.train], imgs.labels[split.train],
                          cfg.train.batch_size, generator)
         for _, (x, _y) in zip(range(cfg.calibration_batches), stream, strict=False):
-            yield x.to(device)
+            yield x.to(torch_device)
 
     def build() -> nn.Module:
         return build_model(cfg.backbone, data.num_classes)
 
-    example = normalize(imgs.images[split.train[:2]]).to(device)
+    example = normalize(imgs.images[split.train[:2]]).to(torch_device)
     return MethodContext(
         w_bits=cfg.w_bits, a_bits=cfg.a_bits, build_backbone=build,
-        load_parent=(lambda: load_fp32_model(store, cell, data.num_classes).to(device))
+        load_parent=(lambda: load_fp32_model(store, cell, data.num_classes).to(torch_device))
         if cfg.parent_id else None,
         fit=train, calibration_batches=calibration, example_input=example)
 
@@ -90,7 +90,7 @@ def _write_artifacts(folder: Path, result_model: nn.Module, data: PreparedData,
 
 
 def run_stages(cell: Cell, data: PreparedData, model: nn.Module, quantized: bool,
-               logits: torch.Tensor, folder: Path, store: ResultsStore, device: torch.device
+               logits: torch.Tensor, folder: Path, store: ResultsStore, torch_device: torch.device
                ) -> dict[str, Any]:
     """Run the cell's post-training stages in the order the grid lists them."""
     load_stages()
@@ -98,13 +98,13 @@ def run_stages(cell: Cell, data: PreparedData, model: nn.Module, quantized: bool
     for name, settings in cell.config.stages.items():
         stage = STAGES[name]
         results[name] = stage.run(StageInput(
-            cell, data, model.eval(), quantized, logits, folder, store, device,
+            cell, data, model.eval(), quantized, logits, folder, store, torch_device,
             stage.Settings.model_validate(settings)))
     return results
 
 
 def compute_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name: str,
-                 device: torch.device, on_epoch: EpochHook | None = None,
+                 torch_device: torch.device, on_epoch: EpochHook | None = None,
                  provenance_extra: dict[str, Any] | None = None) -> CellOutcome:
     """Worker side: train and evaluate one cell into a staging folder; never writes the store.
 
@@ -112,21 +112,21 @@ def compute_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name:
     parent's model, stage references).
     """
     cfg = cell.config
-    record = new_record(cell, grid_name, device, provenance_extra)
+    record = new_record(cell, grid_name, torch_device, provenance_extra)
     try:
         with store.staging(cell.cell_id) as staged:
             seed_everything(cfg.seed)
             method = get_method(cfg.method)
-            ctx = _context(cell, data, store, device, on_epoch)
+            ctx = _context(cell, data, store, torch_device, on_epoch)
             start = time.perf_counter()
             result = method.run(ctx, method.parse_params(cfg.params))
             train_seconds = time.perf_counter() - start
-            logits = predict(result.model, data.images.images[data.split.test], device)
+            logits = predict(result.model, data.images.images[data.split.test], torch_device)
             metrics = classification_metrics(data.images.labels[data.split.test].numpy(),
                                              logits.argmax(1).numpy(), data.num_classes)
             metrics.update(classes=data.images.classes, **result.extras)
             metrics.update(run_stages(cell, data, result.model, result.quantized, logits,
-                                      staged, store, device))
+                                      staged, store, torch_device))
             record.status, record.accuracy, record.macro_f1 = "ok", metrics["accuracy"], \
                 metrics["macro_f1"]
             record.train_seconds, record.metrics = train_seconds, metrics

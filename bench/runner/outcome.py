@@ -24,7 +24,7 @@ class CellOutcome:
     staged: Path | None = None
 
 
-def new_record(cell: Cell, grid_name: str, device: torch.device | str,
+def new_record(cell: Cell, grid_name: str, torch_device: torch.device | str,
                provenance_extra: dict[str, Any] | None = None) -> CellRecord:
     from bench.provenance import provenance  # psutil, package metadata: not for a cached run
     from bench.store import CellRecord
@@ -34,7 +34,7 @@ def new_record(cell: Cell, grid_name: str, device: torch.device | str,
         cell_id=cell.cell_id, parent_id=cfg.parent_id, grid=grid_name, dataset=cfg.dataset.name,
         backbone=cfg.backbone.name, method=cfg.method, w_bits=cfg.w_bits, a_bits=cfg.a_bits,
         seed=cfg.seed, split_manifest=cfg.split_manifest, config=cfg.model_dump(mode="json"),
-        provenance={**provenance(), "device": str(device), **(provenance_extra or {})},
+        provenance={**provenance(), "device": str(torch_device), **(provenance_extra or {})},
         started_at=datetime.now(UTC), error=None)
 
 

@@ -25,10 +25,10 @@ from bench.models import BACKBONES, get_backbone
 from bench.registry import Registry, matching
 from bench.runner.stages import validate_stage_settings
 from methods import METHODS, get_method
+from methods.base import FP32
 
 log = logging.getLogger(__name__)
 
-PARENT_METHOD = "fp32"
 
 
 @dataclass(frozen=True)
@@ -166,8 +166,8 @@ def build_plan(grid: GridConfig, allow_missing_data: bool = False,
         plan.data[key] = data
         for backbone in grid.backbones:
             for seed in grid.seeds:
-                parent_entry = next((m for m in grid.methods if m.name == PARENT_METHOD),
-                                    MethodEntry(name=PARENT_METHOD))
+                parent_entry = next((m for m in grid.methods if m.name == FP32),
+                                    MethodEntry(name=FP32))
                 parent = _cell(grid, data, key, backbone, parent_entry, (FP32_BITS, FP32_BITS),
                                seed, None)
                 for entry in grid.methods:

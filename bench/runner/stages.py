@@ -41,12 +41,12 @@ class StageInput:
 
     cell: Any                      # bench.runner.plan.Cell
     data: PreparedData
-    model: nn.Module               # trained model, eval mode, on `device` (fake-quant if quantised)
+    model: nn.Module               # trained, eval mode, on `torch_device` (fake-quant if quantised)
     quantized: bool
     test_logits: torch.Tensor      # the torch model's logits on the test split
     folder: Path                   # the cell's staging folder: write artifacts here
     store: ResultsStore            # read-only use: e.g. the FP32 parent's artifacts
-    device: torch.device
+    torch_device: torch.device     # where the cell trained (`bench run --device`)
     settings: BaseModel            # the stage's validated settings
 
 

@@ -25,8 +25,8 @@ from typing import Any
 from bench.runner.estimate.costs import CellShape
 from bench.runner.estimate.stage_costs import ModelProbe, register_stage_cost
 from bench.saliency.methods import SALIENCY_METHODS
-from bench.saliency.reference import FP32
 from bench.saliency.settings import SaliencyConfig
+from methods.base import FP32
 
 STAGE = "saliency"
 

@@ -160,7 +160,7 @@ def smoothgrad_noise(shape: tuple[int, ...], n_samples: int, noise_std: float, s
                      ) -> Tensor:
     """(n_samples, *shape) N(0, noise_std^2) noise of one image: the draw of Captum's
     NoiseTunnel after `torch.manual_seed(seed)`, from a CPU generator of its own (so the noise is
-    the same on every device and leaves the global random state alone)."""
+    the same on every torch device and leaves the global random state alone)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.normal(0.0, noise_std, size=(n_samples, *shape), generator=gen)
 
@@ -206,17 +206,18 @@ def aggregate_channels(attr: Tensor, how: Aggregate = "abs_sum") -> Tensor:
     raise ValueError(f"unknown aggregate '{how}'")
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (the CPU for a model without any)."""
+def model_torch_device(model: nn.Module) -> torch.device:
+    """The torch device of the model's first parameter (the CPU for a model without any)."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
 
-def as_targets(targets: Tensor | np.ndarray | list[int], device: torch.device) -> Tensor:
-    """Class targets as a long tensor on `device` (from a tensor on any device, or an array)."""
+def as_targets(targets: Tensor | np.ndarray | list[int], torch_device: torch.device) -> Tensor:
+    """Class targets as a long tensor on `torch_device` (from a tensor on any device, or an
+    array)."""
     if isinstance(targets, Tensor):
-        return targets.to(device, torch.long)
-    return torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device)
+        return targets.to(torch_device, torch.long)
+    return torch.as_tensor(np.asarray(targets), dtype=torch.long, device=torch_device)
 
 
 def compute_maps(
@@ -241,18 +242,18 @@ def compute_maps(
     (module or dotted name: its output; None: the input of the final global pooling, see
     `gradcam_target`); `seed`, `ids`: SmoothGrad noise of image i uses seed + ids[i] (ids
     default to 0..N-1, so a perturbed copy of an image can reuse its noise). Images are moved to
-    the model's device; the model is put in eval mode for the call and its mode restored.
+    the model's torch device; the model is put in eval mode for the call and its mode restored.
     """
     info = SALIENCY_METHODS.get(method)
     fn = info.function
-    device = model_device(model)
-    t_all = as_targets(targets, device)
+    torch_device = model_torch_device(model)
+    t_all = as_targets(targets, torch_device)
     ids = np.arange(images.shape[0]) if ids is None else np.asarray(ids)
     target = resolve_layer(model, layer) if info.reads_layer else None
     maps = []
     with eval_mode(model):
         for start in range(0, images.shape[0], batch_size):
-            x = images[start:start + batch_size].detach().to(device, torch.float32).clone()
+            x = images[start:start + batch_size].detach().to(torch_device, torch.float32).clone()
             t = t_all[start:start + batch_size]
             seeds = [seed + int(i) for i in ids[start:start + batch_size]]
             attr = fn(

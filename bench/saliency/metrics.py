@@ -24,7 +24,7 @@ from skimage.metrics import structural_similarity
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from bench.saliency.maps import as_targets, eval_mode, model_device
+from bench.saliency.maps import as_targets, eval_mode, model_torch_device
 
 ExplainFn = Callable[[Tensor, Tensor, np.ndarray], np.ndarray]
 """(images, targets, positions of the images in the evaluated set) -> maps (N, H, W)."""
@@ -183,7 +183,7 @@ def max_sensitivity(
     images gets the values it would get among all of them. `explain_fn(x, t, ids)` gets those
     positions, so a method with its own noise (SmoothGrad) reuses the noise of the unperturbed
     image. `base_maps` are e(x) when already computed; the (draw, image) pairs are explained
-    `batch_size` at a time, perturbed on the images' device. 0/0 is defined as 0 (an
+    `batch_size` at a time, perturbed on the images' torch device. 0/0 is defined as 0 (an
     explanation that is zero and stays zero), x/0 with x > 0 as inf (Captum divides by 1 there
     instead).
     """
@@ -238,13 +238,13 @@ def random_ranks(n: int, pixels: int, seed: int) -> np.ndarray:
 
 def target_probability(model: nn.Module, images: Tensor, targets: Tensor,
                        batch_size: int = 64) -> np.ndarray:
-    """softmax(model(x))[target] per image (N,), in eval mode, on the model's device."""
-    device = model_device(model)
-    t = as_targets(targets, device)
+    """softmax(model(x))[target] per image (N,), in eval mode, on the model's torch device."""
+    torch_device = model_torch_device(model)
+    t = as_targets(targets, torch_device)
     out = []
     with eval_mode(model), forward_only():
         for b in range(0, images.shape[0], batch_size):
-            p = torch.softmax(model(images[b:b + batch_size].to(device)).float(), dim=1)
+            p = torch.softmax(model(images[b:b + batch_size].to(torch_device)).float(), dim=1)
             out.append(p.gather(1, t[b:b + batch_size, None])[:, 0])
     return torch.cat(out).cpu().numpy() if out else np.zeros(0)
 
@@ -260,21 +260,21 @@ def flip_curve(
     Step 0 is `start` and step `steps` is `end` whatever the order: `ends` = (p(target | start),
     p(target | end)), when already known, fill them and only the steps between are evaluated.
     The (step, image) inputs are evaluated `batch_size` at a time across steps, so a small image
-    set costs few forward passes; inputs are built on the model's device.
+    set costs few forward passes; inputs are built on the model's torch device.
     """
     n, _, h, w = images.shape
-    device = model_device(model)
-    rank_t = torch.from_numpy(np.asarray(ranks)).reshape(n, 1, h, w).to(device)
-    start, end = start.to(device), end.to(device)
-    t = as_targets(targets, device)
-    flips = torch.tensor([round(s * h * w / steps) for s in range(steps + 1)], device=device)
+    torch_device = model_torch_device(model)
+    rank_t = torch.from_numpy(np.asarray(ranks)).reshape(n, 1, h, w).to(torch_device)
+    start, end = start.to(torch_device), end.to(torch_device)
+    t = as_targets(targets, torch_device)
+    flips = torch.tensor([round(s * h * w / steps) for s in range(steps + 1)], device=torch_device)
     first, last = (0, steps) if ends is None else (1, steps - 1)
-    step_of = torch.arange(first, last + 1).repeat_interleave(n).to(device)
-    image_of = torch.arange(n).repeat(last - first + 1).to(device)
-    probs = torch.zeros((n, steps + 1), dtype=torch.float64, device=device)
+    step_of = torch.arange(first, last + 1).repeat_interleave(n).to(torch_device)
+    image_of = torch.arange(n).repeat(last - first + 1).to(torch_device)
+    probs = torch.zeros((n, steps + 1), dtype=torch.float64, device=torch_device)
     if ends is not None:
-        probs[:, 0] = torch.as_tensor(ends[0], dtype=torch.float64, device=device)
-        probs[:, steps] = torch.as_tensor(ends[1], dtype=torch.float64, device=device)
+        probs[:, 0] = torch.as_tensor(ends[0], dtype=torch.float64, device=torch_device)
+        probs[:, steps] = torch.as_tensor(ends[1], dtype=torch.float64, device=torch_device)
     with eval_mode(model), forward_only():
         for b in range(0, len(step_of), batch_size):
             s, i = step_of[b:b + batch_size], image_of[b:b + batch_size]
@@ -311,7 +311,7 @@ class PerturbationCurves:
     def __init__(self, model: nn.Module, images: Tensor, targets: Tensor, steps: int,
                  batch_size: int) -> None:
         self.model, self.images, self.steps, self.batch_size = model, images, steps, batch_size
-        self.targets = as_targets(targets, model_device(model))
+        self.targets = as_targets(targets, model_torch_device(model))
         self.zeros = baseline_images(images, "zeros")
         self.blur = baseline_images(images, "blur")
         self.p_clean = target_probability(model, images, self.targets, batch_size)

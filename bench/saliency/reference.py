@@ -11,8 +11,7 @@ import numpy as np
 
 from bench.saliency.mapfile import load_maps
 from bench.store import ResultsStore
-
-FP32 = "fp32"
+from methods.base import FP32
 
 
 @dataclass(frozen=True)

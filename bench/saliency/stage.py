@@ -10,11 +10,11 @@ maps of the FP32 reference cell (see bench.saliency.reference); beside it, for q
 the same statistics of the null control (bench.saliency.null); FP32 cells get the
 model-parameter-randomisation sanity check of every saliency method (bench.saliency.sanity).
 
-The stage runs on the cell's device (`StageInput.device`: CUDA when the cell trained there): the
-model stays where the cell left it, the images are moved there once, and only maps and
-probabilities come back as CPU arrays for the statistics. Metrics computed on a subset of the
-images (max-sensitivity under `sensitivity_images`, the sanity check) name theirs in the
-record's `subsets`.
+The stage runs on the cell's torch device (`StageInput.torch_device`: CUDA when the cell trained
+there; stored as the result's `device` key): the model stays where the cell left it, the images
+are moved there once, and only maps and probabilities come back as CPU arrays for the statistics.
+Metrics computed on a subset of the images (max-sensitivity under `sensitivity_images`, the
+sanity check) name theirs in the record's `subsets`.
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ from bench.saliency.columns import json_float, method_stats, result_columns
 from bench.saliency.mapfile import MAPS_FILE, StoredMaps, save_maps
 from bench.saliency.null import NullControl, null_control, null_graph
 from bench.saliency.overlay import save_overlay_png
-from bench.saliency.reference import FP32, Reference, find_reference
+from bench.saliency.reference import Reference, find_reference
 from bench.saliency.sanity import randomisation_check
 from bench.saliency.settings import detail_positions
 from bench.saliency.suite import SaliencyConfig, maps_for, stability_suite, subsets
+from methods.base import FP32
 
 log = logging.getLogger(__name__)
 OVERLAY_DIR = "saliency_overlays"
@@ -66,12 +67,12 @@ def torch_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def on_device(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model itself when its parameters are on `device`, else a copy moved there (the cell's
-    model is left as it is)."""
-    if all(p.device == device for p in model.parameters()):
+def on_torch_device(model: nn.Module, torch_device: torch.device) -> nn.Module:
+    """The model itself when its parameters are on `torch_device`, else a copy moved there (the
+    cell's model is left as it is)."""
+    if all(p.device == torch_device for p in model.parameters()):
         return model
-    return copy.deepcopy(model).to(device)
+    return copy.deepcopy(model).to(torch_device)
 
 
 def _cell_title(config: Any) -> str:
@@ -93,7 +94,7 @@ def write_overlays(folder: Path, images: torch.Tensor, index: np.ndarray, method
 
 
 def run_null_control(inp: StageInput, cfg: SaliencyConfig, ref: Reference, images: torch.Tensor,
-                     targets: torch.Tensor, device: torch.device) -> NullControl:
+                     targets: torch.Tensor, torch_device: torch.device) -> NullControl:
     """The null control of a quantised cell (see bench.saliency.null), or why there is none."""
     if not inp.quantized:
         return NullControl(skipped="float cell: no quantisation to disable")
@@ -104,8 +105,8 @@ def run_null_control(inp: StageInput, cfg: SaliencyConfig, ref: Reference, image
 
     config, split = inp.cell.config, inp.data.split
     method = get_method(config.method)
-    parent = load_fp32_model(inp.store, inp.cell, inp.data.num_classes).to(device)
-    example = normalize(inp.data.images.images[split.train[:2]]).to(device)
+    parent = load_fp32_model(inp.store, inp.cell, inp.data.num_classes).to(torch_device)
+    example = normalize(inp.data.images.images[split.train[:2]]).to(torch_device)
     graph = null_graph(method, parent, config.w_bits, config.a_bits,
                        method.parse_params(config.params), example)
     return null_control(graph, images, targets, ref.maps, cfg, built_from=ref.cell_id or "")
@@ -143,15 +144,15 @@ def saliency_stage(inp: StageInput) -> dict[str, Any]:
     raw, labels = imgs.images[index], imgs.labels[index]
     masks = None if imgs.masks is None else imgs.masks[index].numpy()
     ref = find_reference(inp.store, inp.cell.config, index)
-    device = torch.device(inp.device)
-    model = on_device(inp.model, device)
-    images = normalize(raw.to(device))
-    targets = labels.to(device)
+    torch_device = torch.device(inp.torch_device)
+    model = on_torch_device(inp.model, torch_device)
+    images = normalize(raw.to(torch_device))
+    targets = labels.to(torch_device)
     with torch_threads(cfg.threads):
         results = stability_suite(model, None, images, targets, masks, cfg,
                                   reference_maps=ref.maps)
         maps = {m: r["maps"] for m, r in results.items()}
-        null = run_null_control(inp, cfg, ref, images, targets, device).describe()
+        null = run_null_control(inp, cfg, ref, images, targets, torch_device).describe()
         sanity = run_sanity_check(inp, cfg, model, images, targets, index, maps)
     save_maps(inp.folder, StoredMaps(index, labels.numpy(), maps))
     primary = cfg.methods[0]
@@ -166,7 +167,7 @@ def saliency_stage(inp: StageInput) -> dict[str, Any]:
         "target": "label",
         "methods": cfg.methods,
         "primary": primary,
-        "device": str(device),
+        "device": str(torch_device),
         "images": index.tolist(),
         "subsets": subsets(cfg, index),
         "reference": ref.describe(),

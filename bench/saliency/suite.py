@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.saliency import metrics as M
-from bench.saliency.maps import as_targets, compute_maps, model_device
+from bench.saliency.maps import as_targets, compute_maps, model_torch_device
 from bench.saliency.settings import SaliencyConfig, detail_positions
 
 
@@ -46,13 +46,13 @@ def stability_suite(
     the random-order curves are computed once per model, `metrics.PerturbationCurves`). With
     fp32_model, or stored FP32 maps of the same images in reference_maps[method]: spearman_fp32,
     ssim_fp32, topk_iou_fp32 (cell map vs FP32 map; stored maps win). With masks: pointing_game,
-    energy_pointing, topk_iou_mask. The images are moved to the model's device once; every
+    energy_pointing, topk_iou_mask. The images are moved to the model's torch device once; every
     pass runs there, and only maps and probabilities come back as CPU arrays.
     """
     n = min(cfg.n_samples, images.shape[0])
-    device = model_device(model)
-    x = images[:n].to(device)
-    t = as_targets(targets, device)[:n]
+    torch_device = model_torch_device(model)
+    x = images[:n].to(torch_device)
+    t = as_targets(targets, torch_device)[:n]
     ids = np.arange(n)
     order = np.asarray(detail_positions(n, cfg.seed), dtype=np.int64)
     mk = None if masks is None else np.asarray(masks)[:n]
@@ -75,8 +75,9 @@ def stability_suite(
             res["topk_iou_fp32"] = M.topk_iou(maps, ref, cfg.topk)
         pos = np.sort(order[:cfg.sensitivity_count(method, n)])
         sensitivity = np.full(n, np.nan)
+        rows = torch.from_numpy(pos).to(torch_device)
         sensitivity[pos] = M.max_sensitivity(
-            explain, x[torch.from_numpy(pos).to(device)], t[torch.from_numpy(pos).to(device)],
+            explain, x[rows], t[rows],
             cfg.sensitivity_radius, cfg.sensitivity_samples, seed=cfg.seed, base_maps=maps[pos],
             batch_size=batch, ids=pos)
         res["max_sensitivity"] = sensitivity

@@ -1,6 +1,9 @@
 """Records as data: the validated, hashable form in which cells and measurements leave a store.
 
-A bundle, an upload and the server's API all carry these models. Each record has a content
+A bundle, an upload and the server's API all carry these models. CellData and MeasurementData
+are made from the columns of their tables (bench.store.schema), one field per column but the
+STORE_ONLY ones, each typed by its column unless a stricter type is given: a column added to a
+table is exchanged without a second list to keep in step. Each record has a content
 hash (SHA-256 of its canonical JSON), so moving the same record twice stores it once, and a
 store can say which records it already has. `ingest` writes a batch into a store's database in
 one transaction with one rule for conflicts: a record replaces the stored one with the same key
@@ -18,14 +21,22 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from functools import partial
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+import sqlalchemy as sa
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bench.store.identity import DEVICE_PATTERN
-from bench.store.schema import CellRecord, MeasurementRecord, RecordOrigin, RecordReplacement
+from bench.store.schema import (
+    Base,
+    CellRecord,
+    MeasurementRecord,
+    RecordOrigin,
+    RecordReplacement,
+)
 
 HASH_PATTERN = r"^[0-9a-f]{64}$"
 INT32 = 2**31 - 1
@@ -33,6 +44,10 @@ MeasurementKey = tuple[str, str, str, str, int]
 """(cell_id, profile, device, machine, batch_size): one measurement per key in a store."""
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 """How far in the future a record's times may lie (clocks of devices differ a little)."""
+STORE_ONLY = {"cells": frozenset({"artifacts", "record_hash"}),
+              "measurements": frozenset({"id", "record_hash"})}
+"""The columns of a table that never leave a store: the local artifact path and row id, and the
+content hash (recomputed from the record wherever it arrives). Every other column is a field."""
 
 
 def _no_nul(value: str) -> str:
@@ -86,12 +101,53 @@ Bits = Annotated[int, Field(ge=1, le=32)]
 Count = Annotated[int, Field(ge=0, le=INT32)]
 
 
+def _column_field(column: sa.Column[Any]) -> tuple[Any, Any]:
+    """A field's (type, default) as its column implies: a string of at most the column's length
+    (any length for Text) without NUL, an integer 0..INT32, a finite float (else None), cleaned
+    JSON, a naive UTC time; None by default where the column is nullable, and a fresh copy of
+    the column's default where it has one (its callable ignores the context it is given)."""
+    kind = column.type
+    if isinstance(kind, sa.String):
+        kind_of: Any = Text if kind.length is None else Annotated[
+            str, StringConstraints(max_length=kind.length), AfterValidator(_no_nul)]
+    elif isinstance(kind, sa.Integer):
+        kind_of = Count
+    elif isinstance(kind, sa.Float):
+        kind_of = Real
+    elif isinstance(kind, sa.JSON):
+        kind_of = Json
+    elif isinstance(kind, sa.DateTime):
+        kind_of = Time
+    else:
+        raise TypeError(f"column {column.name}: no exchange type for {kind!r}")
+    if column.default is not None:
+        return kind_of, Field(default_factory=partial(column.default.arg, None))
+    if column.nullable:
+        return (kind_of if kind_of is Real else kind_of | None), None
+    return kind_of, ...
+
+
+def exchange_fields(table: type[Base], stricter: dict[str, tuple[Any, Any]]
+                    ) -> dict[str, tuple[Any, Any]]:
+    """The fields of ``table``'s exchange model: one per column but the STORE_ONLY ones, in the
+    table's order, typed by `_column_field` unless ``stricter`` gives the field's (type,
+    default) instead (an id's pattern, a non-empty name, an allowed status)."""
+    columns = [c for c in table.__table__.columns if c.name not in STORE_ONLY[table.__tablename__]]
+    unknown = set(stricter) - {c.name for c in columns}
+    if unknown:
+        raise TypeError(f"{table.__name__} has no exchanged column {', '.join(sorted(unknown))}")
+    return {c.name: stricter.get(c.name) or _column_field(c) for c in columns}
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    row: ClassVar[type[Base]]
+    """The table row this is the exchange form of."""
 
     @classmethod
-    def _from_row(cls, row: Any) -> Any:
-        """Validate a table row; empty JSON columns of an unsaved row take their defaults."""
+    def of(cls, row: Any) -> Any:
+        """The exchange form of a stored row, validated; empty JSON columns of an unsaved row
+        take their defaults."""
         values = {name: getattr(row, name) for name in cls.model_fields if name != "kind"}
         return cls.model_validate({k: v for k, v in values.items()
                                    if v is not None or cls.model_fields[k].is_required()
@@ -102,6 +158,11 @@ class _Record(BaseModel):
         """Validate a record as the server's API lists it (with its `record_hash`)."""
         return cls.model_validate({k: v for k, v in item.items() if k != "record_hash"})
 
+    def to_row(self, digest: str | None = None) -> Any:
+        """A row of the table, with ``digest`` (default: this record's content hash)."""
+        return self.row(**self.model_dump(exclude={"kind"}),
+                        record_hash=digest or self.content_hash())
+
     def content_hash(self) -> str:
         """SHA-256 of the canonical JSON of this record."""
         body = self.model_dump(mode="json")
@@ -109,87 +170,54 @@ class _Record(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class CellData(_Record):
-    """A grid cell's record (columns of `cells`, minus the store-local artifact path)."""
-
-    kind: Literal["cell"] = "cell"
-    cell_id: Id
-    parent_id: Id | None = None
-    device: Device
-    grid: Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_no_nul)]
-    dataset: Name
-    backbone: Name
-    method: Name
-    w_bits: Bits
-    a_bits: Bits
-    seed: Count
-    status: Literal["ok", "failed"]
-    error: Text | None = None
-    accuracy: Real = None
-    macro_f1: Real = None
-    train_seconds: Real = None
-    split_manifest: Annotated[str, StringConstraints(max_length=32), AfterValidator(_no_nul)]
-    metrics: Json = Field(default_factory=dict)
-    config: Json
-    provenance: Json
-    artifact_hashes: dict[Annotated[str, StringConstraints(
-        min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"),
-        AfterValidator(_relative_path)], Sha256] = Field(default_factory=dict)
-    started_at: Time
-    finished_at: Time
-
-    @classmethod
-    def of(cls, row: CellRecord) -> CellData:
-        return cls._from_row(row)
-
-    def to_row(self, digest: str | None = None) -> CellRecord:
-        return CellRecord(**self.model_dump(exclude={"kind"}),
-                          record_hash=digest or self.content_hash())
+class _Cell(_Record):
+    row = CellRecord
 
 
-class MeasurementData(_Record):
-    """One measurement of a deployed cell (columns of `measurements`, minus the local id)."""
-
-    kind: Literal["measurement"] = "measurement"
-    cell_id: Id
-    device: Device
-    profile: Annotated[str, StringConstraints(min_length=1, max_length=128),
-                       AfterValidator(_no_nul)]
-    machine: Annotated[str, StringConstraints(min_length=1, max_length=16,
-                                              pattern=r"^[0-9A-Za-z]+$")]
-    batch_size: Annotated[int, Field(ge=1, le=INT32)]
-    status: Literal["ok", "failed"]
-    error: Text | None = None
-    isolation: Annotated[str, StringConstraints(max_length=16), AfterValidator(_no_nul)]
-    samples_s: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
-        default_factory=list, max_length=1_000_000)
-    latency_ms_mean: Real = None
-    latency_ms_std: Real = None
-    latency_cv: Real = None
-    latency_ms_min: Real = None
-    latency_ms_p50: Real = None
-    latency_ms_p90: Real = None
-    latency_ms_p99: Real = None
-    load_time_s: Real = None
-    peak_rss_mb: Real = None
-    size_bytes: Count | None = None
-    packed_size_bytes: Count | None = None
-    fingerprint: Json
-    profile_config: Json
-    details: Json = Field(default_factory=dict)
-    started_at: Time
-    finished_at: Time
-
-    @classmethod
-    def of(cls, row: MeasurementRecord) -> MeasurementData:
-        return cls._from_row(row)
-
-    def to_row(self, digest: str | None = None) -> MeasurementRecord:
-        return MeasurementRecord(**self.model_dump(exclude={"kind"}),
-                                 record_hash=digest or self.content_hash())
+class _Measurement(_Record):
+    row = MeasurementRecord
 
     def key(self) -> MeasurementKey:
         return (self.cell_id, self.profile, self.device, self.machine, self.batch_size)
+
+
+CellData = create_model(
+    "CellData", __base__=_Cell, __module__=__name__,
+    __doc__="A grid cell's record: the columns of `cells` (CellRecord) but STORE_ONLY's.",
+    kind=(Literal["cell"], "cell"),
+    **exchange_fields(CellRecord, {
+        "cell_id": (Id, ...),
+        "parent_id": (Id | None, None),
+        "device": (Device, ...),
+        "grid": (Annotated[str, StringConstraints(min_length=1, max_length=128),
+                           AfterValidator(_no_nul)], ...),
+        "dataset": (Name, ...),
+        "backbone": (Name, ...),
+        "method": (Name, ...),
+        "w_bits": (Bits, ...),
+        "a_bits": (Bits, ...),
+        "status": (Literal["ok", "failed"], ...),
+        "artifact_hashes": (dict[Annotated[str, StringConstraints(
+            min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"),
+            AfterValidator(_relative_path)], Sha256], Field(default_factory=dict)),
+    }))
+MeasurementData = create_model(
+    "MeasurementData", __base__=_Measurement, __module__=__name__,
+    __doc__="One measurement of a deployed cell: the columns of `measurements` "
+            "(MeasurementRecord) but STORE_ONLY's.",
+    kind=(Literal["measurement"], "measurement"),
+    **exchange_fields(MeasurementRecord, {
+        "cell_id": (Id, ...),
+        "device": (Device, ...),
+        "profile": (Annotated[str, StringConstraints(min_length=1, max_length=128),
+                              AfterValidator(_no_nul)], ...),
+        "machine": (Annotated[str, StringConstraints(min_length=1, max_length=16,
+                                                     pattern=r"^[0-9A-Za-z]+$")], ...),
+        "batch_size": (Annotated[int, Field(ge=1, le=INT32)], ...),
+        "status": (Literal["ok", "failed"], ...),
+        "samples_s": (list[Annotated[float, Field(ge=0, allow_inf_nan=False)]],
+                      Field(default_factory=list, max_length=1_000_000)),
+    }))
 
 
 class RecordBatch(BaseModel):

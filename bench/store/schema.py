@@ -14,7 +14,8 @@ class Base(DeclarativeBase):
 
 
 class CellRecord(Base):
-    """One grid cell: its identity, outcome, headline metrics and provenance."""
+    """One grid cell: its identity, outcome, headline metrics and provenance. Its exchange form,
+    bench.store.records.CellData, is made from these columns (all but STORE_ONLY's)."""
 
     __tablename__ = "cells"
 
@@ -45,7 +46,8 @@ class CellRecord(Base):
 
 
 class MeasurementRecord(Base):
-    """Latency samples and their summary for one deployed cell on one machine and profile."""
+    """Latency samples and their summary for one deployed cell on one machine and profile. Its
+    exchange form, bench.store.records.MeasurementData, is made from these columns."""
 
     __tablename__ = "measurements"
     __table_args__ = (UniqueConstraint("cell_id", "profile", "device", "machine", "batch_size",

@@ -32,7 +32,7 @@ from bench.runner.estimate.costs import (
 )
 from bench.runner.estimate.probe import CellModelProbe
 from bench.runner.estimate.stage_costs import STAGE_COSTS, load_stage_costs
-from bench.runner.executors.base import Executor, local_cores, resolve_device
+from bench.runner.executors.base import Executor, local_cores, resolve_torch_device
 from bench.runner.executors.order import waits
 from bench.runner.executors.task import CELL_THREADS, WORKER_MODULES, cell_threads
 from bench.runner.plan import Cell, MissingData, Plan
@@ -74,11 +74,11 @@ def _kind(cell: Cell, classes: int) -> Hashable:
 
 
 def assumptions(executor: Executor) -> Assumptions:
-    """Where the cells would run: the executor's device (resolved here), CELL_THREADS a cell,
-    and as many at once as the executor runs, at most one a core (or a GPU)."""
-    device = resolve_device(executor.options.device)
+    """Where the cells would run: the executor's torch device (resolved here), CELL_THREADS a
+    cell, and as many at once as the executor runs, at most one a core (or a GPU)."""
+    torch_device = resolve_torch_device(executor.options.torch_device)
     planned = executor.concurrency
-    if device.type == "cuda":
+    if torch_device.type == "cuda":
         limit, unit = max(torch.cuda.device_count(), 1), "GPU"
     else:
         limit, unit = max(local_cores() // CELL_THREADS, 1), "core"
@@ -87,7 +87,7 @@ def assumptions(executor: Executor) -> Assumptions:
         note = f"{planned} at once share {limit} {unit}{'s' if limit != 1 else ''}"
     if executor.options.address is not None:
         note = "; ".join(filter(None, [note, "a remote Ray cluster: assumed like this machine"]))
-    return Assumptions(device=str(device), threads_per_cell=CELL_THREADS,
+    return Assumptions(torch_device=str(torch_device), threads_per_cell=CELL_THREADS,
                        concurrency=min(planned, limit), executor=executor.name, note=note)
 
 
@@ -115,13 +115,13 @@ def estimate(plan: Plan, cell_ids: set[str] | None, executor: Executor,
     missing: set[str] = set()
     memo: dict[Hashable, Any] = {}
     probes: dict[Hashable, CellModelProbe] = {}
-    device = torch.device(chosen.device)
+    torch_device = torch.device(chosen.torch_device)
     with cell_threads(), tempfile.TemporaryDirectory(prefix="medq-estimate-") as workdir:
         for cell in todo:
             shape = cell_shape(plan, cell)
             kind = _kind(cell, shape.num_classes)
             if kind not in probes:
-                probes[kind] = CellModelProbe(cell, shape.num_classes, device, memo,
+                probes[kind] = CellModelProbe(cell, shape.num_classes, torch_device, memo,
                                               Path(workdir))
             probe = probes[kind]
             stages = {}

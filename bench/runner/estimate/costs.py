@@ -130,7 +130,7 @@ def makespan(order: Sequence[str], seconds: Mapping[str, float], waits: Mapping[
 class Assumptions:
     """Where the estimate assumes the cells run."""
 
-    device: str
+    torch_device: str
     threads_per_cell: int
     concurrency: int
     executor: str
@@ -139,7 +139,7 @@ class Assumptions:
     def describe(self) -> str:
         at_once = "one cell at a time" if self.concurrency == 1 else \
             f"{self.concurrency} cells at a time"
-        text = (f"device {self.device}, {self.threads_per_cell} torch thread"
+        text = (f"device {self.torch_device}, {self.threads_per_cell} torch thread"
                 f"{'s' if self.threads_per_cell != 1 else ''} a cell, {at_once} "
                 f"(executor {self.executor})")
         return f"{text}; {self.note}" if self.note else text

@@ -94,12 +94,12 @@ class CellModelProbe:
     """The model of one kind of cell (backbone, image size, method and its parameters,
     batch size and optimiser), prepared as the cell prepares it, on random data."""
 
-    def __init__(self, cell: Cell, num_classes: int, device: torch.device,
+    def __init__(self, cell: Cell, num_classes: int, torch_device: torch.device,
                  memo: dict[Hashable, Any], workdir: Path) -> None:
         cfg = cell.config
-        self.cell, self.num_classes, self._device = cell, num_classes, device
+        self.cell, self.num_classes, self._torch_device = cell, num_classes, torch_device
         self.backbone, self.image_size = cfg.backbone.name, cfg.dataset.image_size
-        self.device = str(device)
+        self.torch_device = str(torch_device)
         self._memo, self._workdir = memo, workdir
         self._method = get_method(cfg.method)
         self._params = self._method.parse_params(cfg.params)
@@ -114,14 +114,15 @@ class CellModelProbe:
         self._timed: dict[tuple[str, int, str], float] = {}
 
     def _build(self) -> nn.Module:
-        return build_model(BackboneConfig(name=self.backbone), self.num_classes).to(self._device)
+        model = build_model(BackboneConfig(name=self.backbone), self.num_classes)
+        return model.to(self._torch_device)
 
     def _prepare(self, calibration_images: int) -> nn.Module:
         cfg = self.cell.config
-        example = self._inputs(2).to(self._device)
+        example = self._inputs(2).to(self._torch_device)
 
         def calibration() -> Iterator[torch.Tensor]:
-            yield self._inputs(calibration_images).to(self._device)
+            yield self._inputs(calibration_images).to(self._torch_device)
 
         ctx = MethodContext(w_bits=cfg.w_bits, a_bits=cfg.a_bits, build_backbone=self._build,
                             load_parent=self._build, fit=_no_fit,
@@ -131,8 +132,8 @@ class CellModelProbe:
         return self._method.prepare(model, ctx, self._params)
 
     def _sync(self) -> None:
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
+        if self._torch_device.type == "cuda":
+            torch.cuda.synchronize(self._torch_device)
 
     def images(self, n: int) -> torch.Tensor:
         """n random uint8 images of the cell's size."""
@@ -146,20 +147,20 @@ class CellModelProbe:
     def _labels(self, n: int) -> torch.Tensor:
         return torch.randint(0, self.num_classes, (n,), generator=self._generator)
 
-    def _model_on(self, device: str | None) -> tuple[nn.Module, torch.device]:
-        target = torch.device(device) if device is not None else self._device
-        if target == self._device:
+    def _model_on(self, torch_device: str | None) -> tuple[nn.Module, torch.device]:
+        target = torch.device(torch_device) if torch_device is not None else self._torch_device
+        if target == self._torch_device:
             return self.model, target
         if str(target) not in self._models:
             self._models[str(target)] = copy.deepcopy(self.model).to(target)
         return self._models[str(target)], target
 
-    def _per_image(self, what: str, batch: int, device: str | None,
+    def _per_image(self, what: str, batch: int, torch_device: str | None,
                    call: Callable[[nn.Module, torch.device, int], object], smallest: int = 1
                    ) -> float:
-        key = (what, batch, str(device or self._device))
+        key = (what, batch, str(torch_device or self._torch_device))
         if key not in self._timed:
-            model, target = self._model_on(device)
+            model, target = self._model_on(torch_device)
 
             def sync() -> None:
                 if target.type == "cuda":
@@ -180,8 +181,8 @@ class CellModelProbe:
         optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad],
                                    self.cell.config.train)
 
-        def step(model: nn.Module, device: torch.device, batch: int) -> None:
-            x, y = self._inputs(batch).to(device), self._labels(batch).to(device)
+        def step(model: nn.Module, torch_device: torch.device, batch: int) -> None:
+            x, y = self._inputs(batch).to(torch_device), self._labels(batch).to(torch_device)
             model.train()
             loss, _ = objective.loss(model, x, y)
             if penalty is not None:
@@ -194,15 +195,15 @@ class CellModelProbe:
         self.model.eval()
         return per_image * batch_size
 
-    def forward_image_s(self, batch: int, device: str | None = None) -> float:
+    def forward_image_s(self, batch: int, torch_device: str | None = None) -> float:
         def forward(model: nn.Module, target: torch.device, b: int) -> None:
             model.eval()
             with torch.no_grad():
                 model(self._inputs(b).to(target))
 
-        return self._per_image("forward", batch, device, forward)
+        return self._per_image("forward", batch, torch_device, forward)
 
-    def gradient_image_s(self, batch: int, device: str | None = None) -> float:
+    def gradient_image_s(self, batch: int, torch_device: str | None = None) -> float:
         def gradient(model: nn.Module, target: torch.device, b: int) -> None:
             model.eval()
             x = self._inputs(b).to(target).requires_grad_()
@@ -210,7 +211,7 @@ class CellModelProbe:
             model(x).gather(1, y[:, None]).sum().backward()
             model.zero_grad(set_to_none=True)
 
-        return self._per_image("gradient", batch, device, gradient)
+        return self._per_image("gradient", batch, torch_device, gradient)
 
     def per_image_s(self, fn: Callable[[Any], object], batch: int) -> float:
         images = self.images(batch)
@@ -240,9 +241,9 @@ class CellModelProbe:
         empty = np.arange(0)
         split = Split(empty, empty, np.arange(n), {}, "estimate-probe")
         data = PreparedData(self.cell.config.dataset, imageset, split)
-        logits = predict(self.model, images, self._device)
+        logits = predict(self.model, images, self._torch_device)
         return StageInput(self.cell, data, self.model.eval(), self.quantized, logits, folder,
-                          None, self._device, settings)  # type: ignore[arg-type]
+                          None, self._torch_device, settings)  # type: ignore[arg-type]
 
     def shared(self, key: Hashable, compute: Callable[[], T]) -> T:
         if key not in self._memo:

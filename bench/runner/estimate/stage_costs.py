@@ -21,20 +21,20 @@ T = TypeVar("T")
 
 
 class ModelProbe(Protocol):
-    """Timings of one kind of cell's model on the assumed device (see probe.py). Every
+    """Timings of one kind of cell's model on the assumed torch device (see probe.py). Every
     timing is the median of at least 3 timed calls after a warm-up call; batches shrink to
     keep a call short, and seconds per image are scaled from them."""
 
     backbone: str
     image_size: int
     quantized: bool
-    device: str
+    torch_device: str
 
-    def forward_image_s(self, batch: int, device: str | None = None) -> float:
+    def forward_image_s(self, batch: int, torch_device: str | None = None) -> float:
         """One image through the model in eval mode, without gradients, in batches of
-        ``batch``; ``device`` (default: the cell's) is where the stage runs the model."""
+        ``batch``; ``torch_device`` (default: the cell's) is where the stage runs the model."""
 
-    def gradient_image_s(self, batch: int, device: str | None = None) -> float:
+    def gradient_image_s(self, batch: int, torch_device: str | None = None) -> float:
         """One image's gradient of its target logit with respect to the input (a saliency
         map's forward and backward pass), eval mode, in batches of ``batch``."""
 

@@ -31,7 +31,7 @@ class ExecutorOptions:
 
     workers: int | None = None      # None: one per CPU core here (local: always 1)
     address: str | None = None      # Ray only: "auto" or "ray://HOST:PORT"
-    device: str = "auto"
+    torch_device: str = "auto"      # `--device`: cpu, cuda or auto (not the record's device)
 
 
 @dataclass(frozen=True)
@@ -48,19 +48,19 @@ class Finished:
     sole: bool = True
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_torch_device(name: str) -> torch.device:
     """The torch device ``name`` (auto: CUDA if there is one here); ConfigError for CUDA on a
     machine without a CUDA device."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    torch_device = torch.device(name)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: this machine has no CUDA device that torch "
                           f"{torch.__version__} can use (torch.cuda.is_available() is False); "
                           "use --device cpu or auto")
-    return device
+    return torch_device
 
 
 def local_cores() -> int:
@@ -104,14 +104,14 @@ class Executor(ABC):
         """Acquire workers (called once, before the first submit); nothing to do by default."""
         return None
 
-    def device(self) -> torch.device:
-        """The device cells train on (`auto` resolved where they run); valid after start."""
-        return resolve_device(self.options.device)
+    def torch_device(self) -> torch.device:
+        """The torch device cells train on (`auto` resolved where they run); valid after start."""
+        return resolve_torch_device(self.options.torch_device)
 
-    def check_device(self) -> None:
-        """ConfigError if the cells' device is not to be had where they run; called before the
-        store is opened, starts nothing. Here: the cells run on this machine."""
-        resolve_device(self.options.device)
+    def check_torch_device(self) -> None:
+        """ConfigError if the cells' torch device is not to be had where they run; called before
+        the store is opened, starts nothing. Here: the cells run on this machine."""
+        resolve_torch_device(self.options.torch_device)
 
     @abstractmethod
     def submit(self, task: CellTask, data: PreparedData, on_epoch: EpochHook | None) -> None:

@@ -84,9 +84,9 @@ class _Run:
                 self.pending.append(cell)
 
     @cached_property
-    def device(self) -> torch.device:
+    def torch_device(self) -> torch.device:
         """Where cells train (the executor's, once it has started)."""
-        return self.executor.device()
+        return self.executor.torch_device()
 
     def run(self) -> RunSummary:
         while self.pending or self.running:
@@ -111,7 +111,7 @@ class _Run:
         return w.needs <= self.done and not (w.follows & unfinished)
 
     def _store_failed(self, cell: Cell, error: str) -> None:
-        record = new_record(cell, self.plan.grid.name, self.device,
+        record = new_record(cell, self.plan.grid.name, self.torch_device,
                             {"executor": self.executor.name})
         self.store.commit(mark_failed(record, error))
         self._stored(cell, record)
@@ -142,7 +142,7 @@ class _Run:
             if self.executor.in_process:
                 self.progress.start_cell(cell.label, cell.config.train.epochs)
                 on_epoch = self.progress.epoch_done
-            task = CellTask(cell, self.store_ref, self.plan.grid.name, str(self.device),
+            task = CellTask(cell, self.store_ref, self.plan.grid.name, str(self.torch_device),
                             self.executor.name)
             self.executor.submit(task, self.plan.data[cell.data_key].load(), on_epoch)
         self._show_running()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.runner.plan import PARENT_METHOD, Cell, Plan
+from bench.runner.plan import Cell, Plan
+from methods.base import FP32
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ def waits(plan: Plan) -> dict[str, Waits]:
         c = cell.config
         needs = frozenset({c.parent_id} & ids) if c.parent_id else frozenset()
         follows = (frozenset(fp32_seen.get(_reference_key(cell), ()))
-                   if not c.parent_id and c.method != PARENT_METHOD else frozenset())
+                   if not c.parent_id and c.method != FP32 else frozenset())
         result[cell.cell_id] = Waits(needs, follows)
-        if c.method == PARENT_METHOD and not c.parent_id:
+        if c.method == FP32 and not c.parent_id:
             fp32_seen.setdefault(_reference_key(cell), set()).add(cell.cell_id)
     return result

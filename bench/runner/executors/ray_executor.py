@@ -48,7 +48,7 @@ class RayExecutor(Executor):
                               "cluster's own resources decide")
         self.workers = options.workers or local_cores()
         self._owns_ray = False
-        self._device: torch.device | None = None
+        self._torch_device: torch.device | None = None
         self._remote: Any = None
         self._refs: dict[Any, str] = {}
 
@@ -59,7 +59,7 @@ class RayExecutor(Executor):
 
     def placement(self, cell: Cell) -> str:
         gpu = {"cuda": ", num_gpus=1", "auto": " (+num_gpus=1 if the cluster has GPUs)"}
-        return f"ray task num_cpus=1{gpu.get(self.options.device, '')}"
+        return f"ray task num_cpus=1{gpu.get(self.options.torch_device, '')}"
 
     @property
     def slots(self) -> int:
@@ -86,24 +86,24 @@ class RayExecutor(Executor):
                     raise ConfigError(f"no Ray cluster at {self.options.address}: {err}") from err
             self._owns_ray = True
         self._remote = ray.remote(run_task)
-        if self.options.device == "auto":
+        if self.options.torch_device == "auto":
             has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-            self._device = torch.device("cuda" if has_gpu else "cpu")
+            self._torch_device = torch.device("cuda" if has_gpu else "cpu")
         else:
-            self._device = torch.device(self.options.device)
+            self._torch_device = torch.device(self.options.torch_device)
 
-    def device(self) -> torch.device:
-        assert self._device is not None, "device() before start()"
-        return self._device
+    def torch_device(self) -> torch.device:
+        assert self._torch_device is not None, "torch_device() before start()"
+        return self._torch_device
 
-    def check_device(self) -> None:
+    def check_torch_device(self) -> None:
         """The cluster's GPUs are its own: a CUDA cell's task asks for one (see `submit`)."""
         return None
 
     def submit(self, task: CellTask, data: PreparedData, on_epoch: EpochHook | None) -> None:
         import torch
 
-        gpus = 1 if torch.device(task.device).type == "cuda" else 0
+        gpus = 1 if torch.device(task.torch_device).type == "cuda" else 0
         ref = self._remote.options(num_cpus=CELL_THREADS, num_gpus=gpus, max_retries=0,
                                    name=f"cell {task.cell.label}").remote(task)
         self._refs[ref] = task.cell.cell_id

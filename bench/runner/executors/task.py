@@ -54,7 +54,7 @@ class CellTask:
     cell: Cell
     store: StoreRef
     grid_name: str
-    device: str
+    torch_device: str
     executor: str
 
 
@@ -105,13 +105,13 @@ def run_task(task: CellTask, data: PreparedData | None = None,
 
     from bench.runner.cell import compute_cell
 
-    device = torch.device(task.device)
+    torch_device = torch.device(task.torch_device)
     extra = {"executor": task.executor, "torch_threads": CELL_THREADS}
     with cell_threads():
         try:
             data = data or prepared_data(task.cell)
         except Exception as err:  # the cell fails, the worker goes on
-            record = new_record(task.cell, task.grid_name, device, extra)
+            record = new_record(task.cell, task.grid_name, torch_device, extra)
             return CellOutcome(mark_failed(record, describe_error(err)))
-        return compute_cell(task.cell, data, open_store(task.store), task.grid_name, device,
+        return compute_cell(task.cell, data, open_store(task.store), task.grid_name, torch_device,
                             on_epoch, extra)
