@@ -32,7 +32,9 @@ def run(
     seeds: Annotated[int | None, typer.Option(min=1, help="Use seeds 0..N-1.")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs of every training phase.")]
     = None,
-    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    torch_device: Annotated[Device, typer.Option(
+        "--device", help="The torch device cells train on (auto: CUDA where there is one).")]
+    = Device.auto,
     dry_run: Annotated[bool, typer.Option(help="Print the plan; run nothing.")] = False,
     estimate: Annotated[bool, typer.Option(
         help="With --dry-run: time each method's training step here and estimate the total.")]
@@ -60,7 +62,7 @@ def run(
         raise UsageError(str(e)) from e
     options = RunOptions(grid, store, Overrides(dataset, data_root, tuple(backbone or ()),
                                                 tuple(method or ()), seeds, epochs),
-                         device.value, fail_fast, quiet, executor, workers, address)
+                         torch_device.value, fail_fast, quiet, executor, workers, address)
     chosen = executor_for(options)
     buffer = logs.start_buffer()
     plan = plan_grid(options, allow_missing_data=dry_run)
