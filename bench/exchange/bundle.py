@@ -60,7 +60,7 @@ from bench.exchange.manifest import (
 from bench.exchange.scratch import Scratch
 from bench.exchange.signing import PublicKey, Signer
 from bench.store.artifacts import file_sha256
-from bench.store.database import ResultsStore, StoreBusyError
+from bench.store.database import ResultsStore
 from bench.store.deploy import deploy_files
 from bench.store.identity import local_device
 from bench.store.query import RecordFilter
@@ -423,12 +423,9 @@ def import_bundle(store: ResultsStore | Path, source: Source, max_bytes: int = M
     interleave); UsageError if another process holds it."""
     with read_bundle(source, max_bytes, trust=trust) as loaded:
         target = store if isinstance(store, ResultsStore) else ResultsStore(store)
-        try:
-            with target.exclusive("run"):
-                result = target.ingest(loaded.batch, loaded.artifact_dirs,
-                                       loaded.origin("import of bundle"))
-        except StoreBusyError as err:
-            raise UsageError(str(err)) from err
+        with target.exclusive("run"):
+            result = target.ingest(loaded.batch, loaded.artifact_dirs,
+                                   loaded.origin("import of bundle"))
         return ImportResult(result.added, result.replaced, result.unchanged, result.stale,
                             loaded.signer_text(), len(loaded.batch))
 

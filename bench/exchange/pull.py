@@ -19,7 +19,7 @@ from bench.exchange.bundle import read_bundle
 from bench.exchange.client import API, RequestRefused, ServerClient
 from bench.exchange.scratch import Scratch
 from bench.store.artifacts import file_sha256
-from bench.store.database import ResultsStore, StoreBusyError
+from bench.store.database import ResultsStore
 from bench.store.deploy import deploy_files
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, FutureRecordError, IngestResult, Origin, RecordBatch
@@ -64,17 +64,14 @@ def pull(store: ResultsStore, source: str, selection: RecordFilter,
 
     Holds the store's "run" lock throughout, as `bench run` does (both write artifact
     folders); UsageError if another process holds it."""
-    try:
-        with store.exclusive("run"):
-            if source.startswith(("http://", "https://")) or server is not None:
-                return _from_server(store, source, selection,
-                                    server or ServerClient.connect(source, token))
-            if not Path(source).is_file():
-                raise UsageError(f"--from {source}: neither a server URL (http://, https://) "
-                                 "nor a bundle file")
-            return _from_bundle(store, Path(source), selection)
-    except StoreBusyError as err:
-        raise UsageError(str(err)) from err
+    with store.exclusive("run"):
+        if source.startswith(("http://", "https://")) or server is not None:
+            return _from_server(store, source, selection,
+                                server or ServerClient.connect(source, token))
+        if not Path(source).is_file():
+            raise UsageError(f"--from {source}: neither a server URL (http://, https://) "
+                             "nor a bundle file")
+        return _from_bundle(store, Path(source), selection)
 
 
 def _ingest(store: ResultsStore, summary: PullSummary, cells: list[CellData],

@@ -30,7 +30,7 @@ from bench.measure.isolation import (
 )
 from bench.measure.profiles import Profile
 from bench.measure.protocol import summarize
-from bench.store import CellRecord, ResultsStore, StoreBusyError
+from bench.store import CellRecord, ResultsStore
 from bench.store.artifacts import file_sha256
 from bench.store.deploy import DEPLOY_STAGE
 from bench.store.identity import local_device, valid_device
@@ -183,7 +183,7 @@ def measure_store(store: ResultsStore, profile: Profile, *, backbones: tuple[str
                 as hold_fd:
             return _measure_todo(store, profile, backbones, methods, batch, device, quiet,
                                  hold_fd)
-    except (StoreBusyError, WorkerStillRunning) as err:
+    except WorkerStillRunning as err:
         raise UsageError(str(err)) from err
 
 

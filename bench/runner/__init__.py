@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.config import load_grid
-from bench.errors import UsageError
 from bench.runner.executors import Executor, ExecutorOptions, RunSummary, execute, make_executor
 from bench.runner.plan import Overrides, Plan, apply_overrides, build_plan, confirm_data
-from bench.store.peek import DB_NAME, LOG_DIR, StoreBusyError, exclusive, peek_done_ids
+from bench.store.peek import DB_NAME, LOG_DIR, exclusive, peek_done_ids
 
 if TYPE_CHECKING:
     from bench.store import ResultsStore
@@ -58,11 +57,8 @@ def run_grid(plan: Plan, store: ResultsStore, options: RunOptions,
     ``locked`` is called once the store's run lock is held
     (UsageError if another process holds it, and then ``locked`` is never called)."""
     plan = confirm_data(plan, store.done_ids())
-    try:
-        return execute(plan, store, executor_for(options), fail_fast=options.fail_fast,
-                       quiet=options.quiet, locked=locked)
-    except StoreBusyError as err:
-        raise UsageError(str(err)) from err
+    return execute(plan, store, executor_for(options), fail_fast=options.fail_fast,
+                   quiet=options.quiet, locked=locked)
 
 
 def done_in(store: Path) -> set[str]:
@@ -86,15 +82,12 @@ def finished_already(plan: Plan, store: Path, locked: Callable[[], None] | None 
     done = peek_done_ids(store)
     if done is None or any(c.cell_id not in done for c in plan.cells):
         return None
-    try:
-        with exclusive(store, "run"):
-            if locked is not None:
-                locked()
-            log.info("all %d cells of grid '%s' are stored ok in %s: nothing to run",
-                     len(plan.cells), plan.grid.name, store)
-            return RunSummary(cached=[c.cell_id for c in plan.cells])
-    except StoreBusyError as err:
-        raise UsageError(str(err)) from err
+    with exclusive(store, "run"):
+        if locked is not None:
+            locked()
+        log.info("all %d cells of grid '%s' are stored ok in %s: nothing to run",
+                 len(plan.cells), plan.grid.name, store)
+        return RunSummary(cached=[c.cell_id for c in plan.cells])
 
 
 def run_plan(plan: Plan, options: RunOptions,
