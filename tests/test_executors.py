@@ -30,7 +30,7 @@ from bench.store import CellRecord, ResultsStore
 from bench.store.database import stage_columns
 from bench.train import EpochHook
 from tests.conftest import tiny_grid_dict
-from tests.test_resume import ok_count
+from tests.test_resume import ok_count, settled_ok_count
 
 METHODS = [{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}]
 # a little longer than the tiny grid's cells, so that a worker can be killed in the middle of one
@@ -286,13 +286,13 @@ def test_driver_killed_then_resumed_leaves_no_worker_and_no_duplicate(
            "--quiet", "--executor", "process", "--workers", "2"]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while ok_count(store / "medq.sqlite") < 1 and driver.poll() is None:
+    while (ok_count(store / "medq.sqlite") or 0) < 1 and driver.poll() is None:
         assert time.monotonic() < deadline, "first cell never finished"
         time.sleep(0.02)
     workers = psutil.Process(driver.pid).children(recursive=True)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    killed_at = ok_count(store / "medq.sqlite")
+    killed_at = settled_ok_count(store / "medq.sqlite")
     assert 1 <= killed_at < 2 * CELLS, "the kill must land mid-grid"
     _, alive = psutil.wait_procs(workers, timeout=60)
     assert not alive, "pool workers outlived the driver"
