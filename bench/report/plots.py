@@ -280,11 +280,14 @@ def latency_spread(cells: pd.DataFrame, measured: pd.DataFrame) -> Figure | None
     if on.empty:
         return None
     samples = on.get("samples_s", pd.Series([[]] * len(on), index=on.index))
-    rows = []
-    for m, kept in zip(on.itertuples(index=False), samples, strict=True):
-        values = [1000.0 * s for s in kept or []] or [m.latency_ms_p50]
-        rows += [(m.config, m.device, v) for v in values if not fmt.missing(v)]
-    frame = pd.DataFrame(rows, columns=["config", "device", "latency_ms"])
+    values = [1000.0 * np.asarray(kept, dtype=float) if kept else
+              np.array([np.nan if fmt.missing(p50) else p50], dtype=float)
+              for kept, p50 in zip(samples, on.latency_ms_p50, strict=True)]
+    counts = [len(v) for v in values]
+    frame = pd.DataFrame({"config": np.repeat(on.config.to_numpy(dtype=object), counts),
+                          "device": np.repeat(on.device.to_numpy(dtype=object), counts),
+                          "latency_ms": np.concatenate(values)})
+    frame = frame[np.isfinite(frame.latency_ms)].reset_index(drop=True)
     if frame.empty:
         return None
     with matplotlib.rc_context(RC):
