@@ -25,6 +25,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
@@ -51,11 +52,25 @@ _METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
 _XMLNS = re.compile(r'\s+xmlns(:\w+)?="[^"]*"')
 
 
+def _lay_out(fig: Figure) -> None:
+    """Run the figure's layout engine once, as savefig would with the SVG renderer, and switch
+    the engine off: savefig then draws the figure once instead of twice (with a layout engine
+    it first draws the whole figure with rendering disabled only to run the layout)."""
+    engine = fig.get_layout_engine()
+    if engine is None:
+        return
+    FigureCanvasSVG(fig)
+    fig.dpi = RASTER_DPI
+    engine.execute(fig)
+    fig.set_layout_engine(None)
+
+
 def to_svg(fig: Figure) -> str:
     """The figure as an inline <svg> element: no XML prolog, metadata or namespace URIs (HTML
     gives inline SVG its namespace), `href` instead of `xlink:href`."""
     buffer = io.StringIO()
     with matplotlib.rc_context(RC):
+        _lay_out(fig)
         fig.savefig(buffer, format="svg", dpi=RASTER_DPI,
                     metadata={"Date": None, "Creator": None})
     svg = _METADATA.sub("", _PROLOG.sub("", buffer.getvalue(), count=1), count=1)
