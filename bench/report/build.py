@@ -109,6 +109,19 @@ def context(data: ReportData, figures: bool = True,
 
 
 @contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No automatic garbage collection in the block: reading the store allocates the records
+    the report keeps, which each collection would otherwise rescan."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@contextmanager
 def _gc_frozen() -> Iterator[None]:
     """Keep the objects alive so far out of garbage collection for the block: statsmodels' Holm
     correction calls gc.collect() on every call, which otherwise rescans every loaded record."""
@@ -119,10 +132,15 @@ def _gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+def _load(store: ResultsStore) -> ReportData:
+    with _gc_paused():
+        return load(store)
+
+
 def report_context(store: ResultsStore, figures: bool = True,
                    options: ReportOptions | None = None) -> dict[str, Any]:
     """Read the store once and build the context."""
-    data = load(store)
+    data = _load(store)
     with _gc_frozen():
         return context(data, figures, options)
 
@@ -141,6 +159,9 @@ def build_report(store: ResultsStore, out: Path, format: str = "html",
     from bench.report.render import FORMATS
 
     render = FORMATS[format]
-    context = report_context(store, figures=format == "html", options=options)
-    context["export_table"] = options.table if options else None
-    return write_atomic(out, render(context))
+    data = _load(store)
+    with _gc_frozen():   # rendering too: the records stay frozen while the template runs
+        shown = context(data, figures=format == "html", options=options)
+        shown["export_table"] = options.table if options else None
+        text = render(shown)
+    return write_atomic(out, text)

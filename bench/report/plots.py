@@ -25,6 +25,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
@@ -51,11 +52,25 @@ _METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
 _XMLNS = re.compile(r'\s+xmlns(:\w+)?="[^"]*"')
 
 
+def _lay_out(fig: Figure) -> None:
+    """Run the figure's layout engine once, as savefig would with the SVG renderer, and switch
+    the engine off: savefig then draws the figure once instead of twice (with a layout engine
+    it first draws the whole figure with rendering disabled only to run the layout)."""
+    engine = fig.get_layout_engine()
+    if engine is None:
+        return
+    FigureCanvasSVG(fig)
+    fig.dpi = RASTER_DPI
+    engine.execute(fig)
+    fig.set_layout_engine(None)
+
+
 def to_svg(fig: Figure) -> str:
     """The figure as an inline <svg> element: no XML prolog, metadata or namespace URIs (HTML
     gives inline SVG its namespace), `href` instead of `xlink:href`."""
     buffer = io.StringIO()
     with matplotlib.rc_context(RC):
+        _lay_out(fig)
         fig.savefig(buffer, format="svg", dpi=RASTER_DPI,
                     metadata={"Date": None, "Creator": None})
     svg = _METADATA.sub("", _PROLOG.sub("", buffer.getvalue(), count=1), count=1)
@@ -280,11 +295,14 @@ def latency_spread(cells: pd.DataFrame, measured: pd.DataFrame) -> Figure | None
     if on.empty:
         return None
     samples = on.get("samples_s", pd.Series([[]] * len(on), index=on.index))
-    rows = []
-    for m, kept in zip(on.itertuples(index=False), samples, strict=True):
-        values = [1000.0 * s for s in kept or []] or [m.latency_ms_p50]
-        rows += [(m.config, m.device, v) for v in values if not fmt.missing(v)]
-    frame = pd.DataFrame(rows, columns=["config", "device", "latency_ms"])
+    values = [1000.0 * np.asarray(kept, dtype=float) if kept else
+              np.array([np.nan if fmt.missing(p50) else p50], dtype=float)
+              for kept, p50 in zip(samples, on.latency_ms_p50, strict=True)]
+    counts = [len(v) for v in values]
+    frame = pd.DataFrame({"config": np.repeat(on.config.to_numpy(dtype=object), counts),
+                          "device": np.repeat(on.device.to_numpy(dtype=object), counts),
+                          "latency_ms": np.concatenate(values)})
+    frame = frame[np.isfinite(frame.latency_ms)].reset_index(drop=True)
     if frame.empty:
         return None
     with matplotlib.rc_context(RC):

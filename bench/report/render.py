@@ -9,6 +9,7 @@ import io
 import json
 import math
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 import pandas as pd
@@ -25,7 +26,10 @@ _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "Δ": r"$\Delta$"}
 
 
+@cache
 def _environment() -> Environment:
+    """The templates' environment, built once per process (jinja2 compiles each template once
+    per environment)."""
     env = Environment(loader=PackageLoader("bench.report", "templates"),
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True,
                       lstrip_blocks=True)
@@ -37,6 +41,7 @@ SCRIPT = "_table.js"
 """The report's one inline script: table sorting and filtering (no network, no eval)."""
 
 
+@cache
 def script_text() -> str:
     return _environment().get_template(SCRIPT).render()
 

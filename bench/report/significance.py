@@ -223,17 +223,30 @@ def saliency_values(data: ReportData, metric: str) -> PerImage:
     return of
 
 
-def _paired_by_seed(ok: pd.DataFrame, a: str, b: str, per_image: PerImage
+BySeed = dict[str, dict[int, tuple[str, str]]]
+"""config -> seed -> (cell id, split manifest) of a block's cells, read once per block."""
+
+
+def by_seed(ok: pd.DataFrame) -> BySeed:
+    """Each configuration's cell per seed (``ok`` has one row per configuration and seed)."""
+    out: BySeed = {}
+    for config, seed, cell_id, manifest in zip(ok.config, ok.seed, ok.cell_id,
+                                               ok.split_manifest, strict=True):
+        out.setdefault(config, {})[seed] = (cell_id, manifest)
+    return out
+
+
+def _paired_by_seed(cells: BySeed, a: str, b: str, per_image: PerImage
                     ) -> tuple[list[np.ndarray], list[np.ndarray], str | None]:
     """Per seed, the values of A and B on the same images; why some seeds were left out."""
-    cells = {c: ok[ok.config == c].set_index("seed") for c in (a, b)}
+    seeds_a, seeds_b = cells.get(a, {}), cells.get(b, {})
     xs, ys, left = [], [], []
-    for seed in sorted(set(cells[a].index) & set(cells[b].index)):
-        ca, cb = cells[a].loc[seed], cells[b].loc[seed]
-        if ca.split_manifest != cb.split_manifest:
+    for seed in sorted(set(seeds_a) & set(seeds_b)):
+        (id_a, manifest_a), (id_b, manifest_b) = seeds_a[seed], seeds_b[seed]
+        if manifest_a != manifest_b:
             left.append(f"seed {seed}: other test split")
             continue
-        va, vb = per_image(ca.cell_id), per_image(cb.cell_id)
+        va, vb = per_image(id_a), per_image(id_b)
         if va is None or vb is None:
             left.append(f"seed {seed}: no per-image values")
             continue
@@ -245,12 +258,12 @@ def _paired_by_seed(ok: pd.DataFrame, a: str, b: str, per_image: PerImage
     return xs, ys, "; ".join(left) or None
 
 
-def _image_family(title: str, metric: str, test: Literal["cmh", "sign_flip"], ok: pd.DataFrame,
+def _image_family(title: str, metric: str, test: Literal["cmh", "sign_flip"], cells: BySeed,
                   pairs: list[Pair], per_image: PerImage, skipped: list[str],
                   comparison: Kind = "vs_fp32") -> ImageFamily:
     results, skipped = [], list(skipped)
     for a, b in pairs:
-        xs, ys, left = _paired_by_seed(ok, a, b, per_image)
+        xs, ys, left = _paired_by_seed(cells, a, b, per_image)
         if not xs:
             skipped.append(f"{a} vs {b}: {left or 'no seed in common'}")
             continue
@@ -267,14 +280,15 @@ def _image_family(title: str, metric: str, test: Literal["cmh", "sign_flip"], ok
 def image_families(ok: pd.DataFrame, configs: list[str], metric: str,
                    test: Literal["cmh", "sign_flip"], per_image: PerImage) -> list[ImageFamily]:
     """Per-image families of one statistic: vs FP32, vs float control, pairs at a bit-width."""
+    cells = by_seed(ok)
     have = [c for c in configs
-            if any(per_image(cid) is not None for cid in ok[ok.config == c].cell_id)]
+            if any(per_image(cid) is not None for cid, _ in cells.get(c, {}).values())]
     plan = comparisons(ok, have)
     name = "accuracy" if test == "cmh" else metric
     out = []
     if FP32 in have:
         out.append(_image_family(f"{name} per image: each configuration vs FP32", metric, test,
-                                 ok, plan.vs_fp32, per_image, []))
+                                 cells, plan.vs_fp32, per_image, []))
     elif len(have) > 1:
         out.append(ImageFamily(f"{name} per image: each configuration vs FP32", metric, test,
                                [], [f"FP32 has no per-image {name} values (it is the reference "
@@ -283,10 +297,10 @@ def image_families(ok: pd.DataFrame, configs: list[str], metric: str,
         note = [_missing_note(plan.missing_control)] if plan.missing_control else []
         out.append(_image_family(
             f"{name} per image: each quantised configuration vs its equal-budget float control",
-            metric, test, ok, plan.vs_control, per_image, note, "vs_control"))
+            metric, test, cells, plan.vs_control, per_image, note, "vs_control"))
     for label, pairs in plan.same_bits.items():
-        out.append(_image_family(f"{name} per image: pairs at {label}", metric, test, ok, pairs,
-                                 per_image, [], "same_bits"))
+        out.append(_image_family(f"{name} per image: pairs at {label}", metric, test, cells,
+                                 pairs, per_image, [], "same_bits"))
     return out
 
 

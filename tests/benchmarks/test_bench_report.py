@@ -8,7 +8,8 @@ Runs only with `make bench` (MEDQ_BENCH=1), or:
 The store: 2 data sets x 2 backbones x 10 configurations (FP32, SGT, four quantised methods at
 W8A8 and W4A4) x 25 seeds, each cell with deploy and saliency columns, 200 stored test
 predictions and an overlay PNG, measured on two device profiles. 25 seeds means every test
-runs (Wilcoxon, bootstrap CI, Friedman/CD). Target: <= 10 s on 2 cores.
+runs (Wilcoxon, bootstrap CI, Friedman/CD). Target (issue 17): the median round <= 10 s on 2
+cores (asserted; the first round includes the process's first-use costs: fonts, templates).
 The paper grid's shape (84 cells: 14 configurations x 2 backbones x 3 seeds), each cell with two
 0.2 MB overlay sheets: the report stays under 5 MB.
 Environment: MEDQ_BENCH_ROUNDS (3).
@@ -27,6 +28,8 @@ from bench.saliency.overlay import save_overlay_png
 from tests.test_report import QUANT, Generated, Spec, generate
 
 ROUNDS = int(os.environ.get("MEDQ_BENCH_ROUNDS", "3"))
+TARGET_S = 10.0
+"""Issue 17: a report over 1,000 records renders in <= 10 s (median round, 2 cores)."""
 SPEC = Spec(datasets=("kvasir", "synthetic"), backbones=("resnet18", "mobilenet_v2"),
             configs=(("fp32", 32, 32), ("sgt", 32, 32), *QUANT, ("pact", 8, 8),
                      ("pact_sgt", 8, 8), ("pact_sgt", 4, 4)),
@@ -45,6 +48,9 @@ def test_report_time(benchmark: object, thousand: Generated, tmp_path: Path) -> 
     benchmark.pedantic(build_report, args=(thousand.store, out), rounds=ROUNDS, iterations=1)
     benchmark.extra_info.update(records=len(thousand.cells), html_bytes=out.stat().st_size)
     assert 'id="main-table"' in out.read_text()
+    if benchmark.stats is not None:   # None under --benchmark-disable: nothing was timed
+        median = benchmark.stats.stats.median
+        assert median <= TARGET_S, f"median {median:.2f} s > {TARGET_S} s for 1,000 records"
 
 
 MAX_HTML_BYTES = 5 * 1024 * 1024
