@@ -22,8 +22,9 @@ without VNNI, layers with 8-bit weights run the exact but slower U8U8 kernels, s
 Clips that emulate 4-bit activations in int8 containers; a diagnostic twin with the same
 kernels, not a deployable model), which shows what those Clips cost, and ONNX Runtime's
 per-node profile of W8A8, W4A4 and W4A2 under the same kernels (QLinearConv and Clip time).
-Ratios are medians over rounds of the ratio within a round (each round calls every model once,
-so a slow stretch of the shared machine cancels); the p50s are printed beside. Targets, for
+Ratios are medians over rounds of the ratio within a round (each round times every model once,
+warm, right after an untimed call of the same model, so a slow stretch of the shared machine
+cancels and no model pays for another's cache evictions); the p50s are printed beside. Targets, for
 each policy:
 - W8A8 at least 3x faster than FP32 on a CPU with VNNI, at least 1.8x without; where
   `quantize_static` misses it too under that policy on this CPU, the test prints the target as
@@ -199,14 +200,20 @@ def _logits(path: Path, config: dict[str, str]) -> np.ndarray:
 
 
 def _interleaved(calls: dict[Any, Callable[[], object]], rounds: int) -> dict[Any, np.ndarray]:
-    """Seconds per call of each variant, round by round: every round calls each variant once,
-    in reverse order every other round, so load bursts and cache effects hit all of them."""
+    """Seconds per call of each variant, round by round: every round calls each variant, in
+    reverse order every other round, so load bursts hit all of them. Each timed call follows an
+    untimed call of the same model, as on a device that runs one model back to back. Timed cold,
+    a model pays for what its predecessor in the round evicted from the caches, which differs
+    by variant: so timed, MobileNetV2 W8A8 (after FP32 every other round) measured 1.077x
+    quantize_static's time on an AVX-512 VNNI EPYC, while ONNX Runtime's profile put their
+    kernel times within 1% (3.06 and 3.05 ms)."""
     samples: dict[Any, list[float]] = {v: [] for v in calls}
     for fn in calls.values():
         run_protocol(fn, 3, 1, 0.0)
     order = list(calls.items())
     for i in range(rounds):
         for variant, fn in order if i % 2 == 0 else order[::-1]:
+            fn()
             start = time.perf_counter()
             fn()
             samples[variant].append(time.perf_counter() - start)
