@@ -171,27 +171,42 @@ class Registry(Generic[T]):
         return len(self._items)
 
     def load(self) -> None:
-        """Import the built-in modules and the plugins' (once)."""
+        """Import the built-in modules and the plugins' (once; again after a failure)."""
         if self._loaded:
             return
         self._loaded = True
-        modules = self._builtins() if callable(self._builtins) else self._builtins
-        for module in modules:
-            importlib.import_module(module)
-        for entry in metadata.entry_points(group=self.group):
-            try:
-                entry.load()
-            except Exception as err:  # a broken plugin must say which one it is
-                self._loaded = False
-                raise RegistryError(
-                    f"{self.kind} plugin '{entry.name}' ({entry.value}, entry point group "
-                    f"{self.group}) failed to load: {type(err).__name__}: {err}") from err
+        try:
+            modules = self._builtins() if callable(self._builtins) else self._builtins
+            for module in modules:
+                importlib.import_module(module)
+            for entry in metadata.entry_points(group=self.group):
+                self._load_plugin(entry)
+        except BaseException:
+            self._loaded = False
+            raise
+
+    def _load_plugin(self, entry: metadata.EntryPoint) -> None:
+        try:
+            entry.load()
+        except Exception as err:  # a broken plugin must say which one it is
+            raise RegistryError(
+                f"{self.kind} plugin '{entry.name}' ({entry.value}, entry point group "
+                f"{self.group}) failed to load: {type(err).__name__}: {err}") from err
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._items)} registered)"
 
 
 def _origin(item: object) -> str:
-    """Where an item was defined, for the duplicate message."""
-    module = getattr(item, "__module__", None) or type(item).__module__
-    return f"from {module}"
+    """Where an item was defined, for the duplicate message: a class's or function's module,
+    else that of the first function (or "module:function" place) among its fields, else the
+    item itself (a profile's file)."""
+    if isinstance(item, type) or callable(item):
+        return f"from {item.__module__}"
+    for value in getattr(item, "__dict__", {}).values():
+        if callable(value) and hasattr(value, "__module__"):
+            return f"from {value.__module__}"
+        if isinstance(value, str) and ":" in value:
+            return f"from {value.partition(':')[0]}"
+    module = type(item).__module__
+    return f"from {module}" if module not in ("builtins", "pathlib") else str(item)
