@@ -94,17 +94,19 @@ def test_grid_filters_take_wildcards():
         apply_overrides(grid, Overrides(backbones=("efficientnet*",)))
 
 
-def test_record_filters_take_wildcards_in_sql_and_in_python():
+def test_record_filters_take_wildcards_in_sql_and_in_python(db_url):
+    """The SQL side is a regular expression on both backends (SQLite's REGEXP from SQLAlchemy,
+    PostgreSQL's ~): it must select what fnmatch selects, case-sensitively."""
     from datetime import datetime
 
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
 
-    engine = create_engine("sqlite://")
+    engine = create_engine(db_url or "sqlite://")
     CellRecord.metadata.create_all(engine)
     now = datetime(2026, 1, 1)
     cells = [("mobilenet_v2", "pact"), ("resnet18", "pact_sgt"), ("mobilenet_v3_small", "qat"),
-             ("Mobilenet_v2", "pact")]
+             ("Mobilenet_v2", "pact"), ("mobilenet_v2", "w(8)+x"), ("mobilenet_v2", "w88+x")]
     with Session(engine) as session:
         session.add_all(CellRecord(
             cell_id=f"c{i}", device="here", grid="g", dataset="synthetic", backbone=backbone,
@@ -112,11 +114,11 @@ def test_record_filters_take_wildcards_in_sql_and_in_python():
             metrics={}, config={}, provenance={}, started_at=now, finished_at=now)
             for i, (backbone, method) in enumerate(cells))
         session.commit()
-        chosen = RecordFilter(backbones=["mobilenet*"], methods=["pact*", "qat"])
+        chosen = RecordFilter(backbones=["mobilenet*"], methods=["pact*", "qat", "w(?)+[!y]"])
         rows = list(session.scalars(chosen.cells()))
         in_python = [r.cell_id for r in session.scalars(RecordFilter().cells())
                      if chosen.matches(CellData.of(r))]
-    assert [r.cell_id for r in rows] == in_python == ["c0", "c2"]   # case-sensitive
+    assert [r.cell_id for r in rows] == in_python == ["c0", "c2", "c4"]   # case-sensitive
 
 
 # ------------------------------------------------------------------ a plugin package
