@@ -14,7 +14,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 from bench.saliency import (
-    METHODS,
+    SALIENCY_METHODS,
     SaliencyConfig,
     compute_maps,
     deletion_auc,
@@ -413,7 +413,7 @@ def test_seed_consistency() -> None:
         seed_consistency([a])
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", SALIENCY_METHODS.names())
 def test_maps_shape_finite_and_batch_invariant(method: str, tiny: tuple) -> None:
     model, x, t = tiny
     full = compute_maps(model, x, t, method, n_samples=3, ig_steps=4, batch_size=len(x))
@@ -450,7 +450,7 @@ def test_maps_on_brevitas_quantised_cnn(tiny: tuple) -> None:
     qmodel = quantize(preprocess_for_quantize(model))
     target = resolve_layer(qmodel, None)
     assert isinstance(target.module, nn.AdaptiveAvgPool2d) and target.at == "input"
-    for method in METHODS:
+    for method in SALIENCY_METHODS:
         maps = compute_maps(qmodel, x, t, method, n_samples=2, ig_steps=3)
         assert maps.shape == (4, 10, 10)
         assert np.isfinite(maps).all() and maps.max() > 0

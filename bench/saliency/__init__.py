@@ -9,7 +9,7 @@ from __future__ import annotations
 from bench.lazy import lazy_exports
 
 _EXPORTS = {
-    "METHODS": "maps",
+    "SALIENCY_METHODS": "methods",
     "compute_maps": "maps",
     "deletion_auc": "metrics",
     "energy_pointing": "metrics",

@@ -193,8 +193,6 @@ def gradcam(model: nn.Module, x: Tensor, t: Tensor, *, layer: LayerTarget, **_: 
     return LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")
 
 
-METHODS = SALIENCY_METHODS
-"""The saliency methods by name (bench/saliency/methods.py declares the four above)."""
 
 
 def aggregate_channels(attr: Tensor, how: Aggregate = "abs_sum") -> Tensor:
