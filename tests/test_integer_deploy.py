@@ -153,6 +153,39 @@ def test_integer_rewrite_is_exact_and_makes_the_graph_fully_integer(w, a, tmp_pa
         assert integer_coverage(count_kernels(stock, config={})) < 1.0
 
 
+@pytest.mark.parametrize(("w", "a"), [(8, 8), (4, 4)])
+def test_global_average_pool_runs_integer(w, a, tmp_path):
+    """The pool before the classifier runs as QLinearGlobalAveragePool, as in
+    `quantize_static`'s graphs; the requantisation that allows it is exact (plain QDQ run) and
+    the fused model agrees with the fake-quant one. Control: without that rewrite the last
+    feature map is dequantised and pooled in float."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3)).eval()
+    qmodel = quantize(model, QuantSpec(w, a), _inputs(2, 1))
+    calibrate(qmodel, [_inputs(4, 2)])
+    qmodel.eval()
+    path = export_quantized(qmodel, _inputs(1, 0), tmp_path / "model.onnx")
+    ops = {n.op_type for n in optimized_graph(path).graph.node}
+    assert "QLinearGlobalAveragePool" in ops and "GlobalAveragePool" not in ops, ops
+    x = _inputs(8, 5)
+    with torch.no_grad():
+        reference = qmodel(x).numpy()
+    plain = _run(path, x, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    np.testing.assert_allclose(plain, reference, atol=1e-5)
+    fused = _run(path, x, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    assert (fused.argmax(1) == reference.argmax(1)).all()
+    without = onnx.load(str(path))
+    for node in [n for n in without.graph.node if n.name.endswith(("_requantize", "_dequantize"))]:
+        without.graph.node.remove(node)
+    pooled = next(n for n in without.graph.node if n.op_type == "GlobalAveragePool").output[0]
+    for node in without.graph.node:
+        node.input[:] = [pooled if i == f"{pooled}_dq" else i for i in node.input]
+    onnx.save(without, str(tmp_path / "without.onnx"))
+    ops = {n.op_type for n in optimized_graph(tmp_path / "without.onnx").graph.node}
+    assert "GlobalAveragePool" in ops and "QLinearGlobalAveragePool" not in ops, ops
+
+
 def test_pinned_onnxruntime_runs_int4_weights_in_float(tmp_path):
     """Why sub-8-bit weights ship in int8 containers: this ONNX Runtime dequantises INT4
     (opset 21) weights and runs a float Conv. If an upgrade flips this, ship INT4 weights."""

@@ -11,7 +11,7 @@ tensor used twice), a signed tensor stays int8, its consumers see mixed int8/uin
 in float: ResNet-18 W4A4 kept 11 of 20 convolutions and all 8 adds in float, MobileNetV2 W8A8
 15 convolutions and 10 adds.
 
-Three exact rewrites fix this:
+Four exact rewrites fix this:
 
 - ``fold_constant_clips``: a Clip of constant weights becomes a constant (the values are
   already in range; the Clip is a no-op that only hides the weight from the fusion).
@@ -23,15 +23,22 @@ Three exact rewrites fix this:
   x64 precision mode (``session.x64quantprecision``, see ``bench.deploy.runtime``), which
   converts each layer's weight zero point, fails on a shared one ("Attempt to replace the
   existing tensor").
+- ``quantize_pool_outputs``: an average pool between an activation DQ and the Q of the next
+  layer's input (through Flatten or Reshape) gets a Q -> DQ with that Q's scale and zero point
+  at its output, which requantising leaves unchanged. ONNX Runtime then fuses DQ -> pool -> Q
+  into QLinearGlobalAveragePool, as in `quantize_static`'s graphs, instead of dequantising the
+  last feature map and pooling it in float.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 UINT8_SHIFT = 128
+POOLS = frozenset({"AveragePool", "GlobalAveragePool"})
+SHAPE_ONLY = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze"})
 
 
 class _Graph:
@@ -144,9 +151,57 @@ def own_weight_params(model: onnx.ModelProto) -> int:
     return copies
 
 
+def _per_tensor_uint8(g: _Graph, node: onnx.NodeProto) -> bool:
+    """Whether an activation Q or DQ has a constant per-tensor scale and uint8 zero point."""
+    return (len(node.input) == 3 and node.input[0] not in g.inits
+            and all(i in g.inits and g.array(i).size == 1 for i in node.input[1:])
+            and g.array(node.input[2]).dtype == np.uint8)
+
+
+def _next_q(g: _Graph, tensor: str) -> onnx.NodeProto | None:
+    """The QuantizeLinear that is the only reader of ``tensor``, through shape-only ops."""
+    while len(users := g.consumers.get(tensor, [])) == 1:
+        user = users[0]
+        if user.op_type == "QuantizeLinear" and user.input[0] == tensor:
+            return user
+        if user.op_type not in SHAPE_ONLY or user.input[0] != tensor:
+            return None
+        tensor = user.output[0]
+    return None
+
+
+def quantize_pool_outputs(model: onnx.ModelProto) -> int:
+    """Put a Q -> DQ with the next activation Q's parameters after each uint8 average pool
+    that lacks one; returns the number of pools requantised."""
+    g = _Graph(model)
+    producers = {out: node for node in g.graph.node for out in node.output}
+    requantised = 0
+    for pool in list(g.graph.node):
+        dq = producers.get(pool.input[0]) if pool.op_type in POOLS else None
+        if dq is None or dq.op_type != "DequantizeLinear" or not _per_tensor_uint8(g, dq):
+            continue
+        q = _next_q(g, pool.output[0])
+        if q is None or q in g.consumers.get(pool.output[0], []) or not _per_tensor_uint8(g, q):
+            continue
+        pooled, readers = pool.output[0], g.consumers[pool.output[0]]
+        params = list(q.input[1:])
+        requant = helper.make_node("QuantizeLinear", [pooled, *params], [f"{pooled}_q"],
+                                        name=f"{pool.name}_requantize")
+        dequant = helper.make_node("DequantizeLinear", [f"{pooled}_q", *params],
+                                        [f"{pooled}_dq"], name=f"{pool.name}_dequantize")
+        for reader in readers:
+            reader.input[:] = [f"{pooled}_dq" if i == pooled else i for i in reader.input]
+        at = list(g.graph.node).index(pool) + 1
+        g.graph.node.insert(at, dequant)
+        g.graph.node.insert(at, requant)
+        requantised += 1
+    return requantised
+
+
 def integer_friendly(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Apply the three rewrites in place (see the module docstring); returns ``model``."""
+    """Apply the four rewrites in place (see the module docstring); returns ``model``."""
     fold_constant_clips(model)
     activations_to_uint8(model)
     own_weight_params(model)
+    quantize_pool_outputs(model)
     return model
