@@ -11,7 +11,8 @@ ranges calibrated on random images) at W8A8, W4A4 and W4A2 through the deploy st
 `export_quantized`; the peer is ONNX Runtime's own `quantize_static` (QDQ, U8S8, per-channel)
 of the FP32 file, also with ``reduce_range`` (7-bit weights; shown, not judged). The test prints
 the CPU model, its SIMD flags, whether it has VNNI (AVX-512 VNNI or AVX-VNNI) and whether ONNX
-Runtime's U8S8 kernels saturate on it.
+Runtime's U8S8 kernels saturate on it. The W8A8 graph must have `quantize_static`'s integer
+nodes one for one (the pool before the classifier included).
 
 Each model is timed under both kernel policies of `bench.deploy.runtime` in the same
 interleaved run: ``exact`` (the default of the deploy stage and of `bench measure`: on x86
@@ -54,7 +55,7 @@ import pytest
 import torch
 
 from bench.deploy import count_kernels, export_fp32, export_quantized, pack_quantized
-from bench.deploy.kernels import integer_coverage
+from bench.deploy.kernels import INTEGER_KERNELS, integer_coverage
 from bench.deploy.runtime import KERNELS, session_config, session_options, u8s8_saturates
 from bench.measure import run_protocol
 from bench.measure.fingerprint import FLAGS_OF_INTEREST
@@ -253,7 +254,10 @@ def check_targets(r: dict[str, float], target: float, same_kernels: bool) -> lis
 def test_latency_targets(artefacts):
     model, flags, vnni = cpu_info()
     saturates = u8s8_saturates()
-    coverage = {v: integer_coverage(count_kernels(artefacts[v])) for v in VARIANTS}
+    counts = {v: count_kernels(artefacts[v]) for v in VARIANTS}
+    coverage = {v: integer_coverage(counts[v]) for v in VARIANTS}
+    integer_nodes = {v: {op: n for op, n in sorted(counts[v].items()) if op in INTEGER_KERNELS}
+                     for v in ("w8a8", "ort_static")}
     timed = (*VARIANTS, "w4a4_noclip", "ort_static_rr")
     calls = {(v, k): _call(artefacts[v], session_config(k)) for v in timed
              for k in KERNEL_POLICIES}
@@ -295,8 +299,9 @@ def test_latency_targets(artefacts):
               f"{sum(by_op.values()):.2f} ms, QLinearConv {by_op.get('QLinearConv', 0.0):.2f}, "
               f"Clip {by_op.get('Clip', 0.0):.2f} ({count_kernels(artefacts[v]).get('Clip', 0)} "
               "Clip nodes)")
-    print(f"  integer coverage {coverage}")
+    print(f"  integer coverage {coverage}; integer nodes {integer_nodes}")
     assert all(coverage[v] == 1.0 for v in (*PTQ_BITS, "ort_static")), coverage
+    assert integer_nodes["w8a8"] == integer_nodes["ort_static"], integer_nodes
     assert not any(unmet.values()), unmet
 
 
