@@ -78,3 +78,37 @@ def test_rows_have_the_public_columns(tmp_path, db_url):
     for column in ("cell_id", "dataset", "backbone", "method", "w_bits", "a_bits", "seed",
                    "status", "accuracy", "macro_f1", "train_seconds"):
         assert column in row
+
+
+OUTSIDE_READER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1])
+print(connection.execute("select count(*) from cells").fetchone()[0])
+connection.close()
+"""
+
+
+def _read_outside(database) -> int:
+    """The stored cell count as another process (`bench results`, sqlite3) sees it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", OUTSIDE_READER, str(database)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def test_another_reader_during_a_run_loses_no_commit(tmp_path):
+    """A second store opened in the writing process (the local executor opens one per worker)
+    once read the database file with Python's open(); closing that file dropped the process's
+    POSIX locks on it, so an outside reader's close took SQLite's exclusive lock, checkpointed
+    and deleted the writer's WAL, and every later commit went to the deleted file: a `bench
+    results` during a `bench run` lost the rest of the run."""
+    store = ResultsStore(tmp_path)
+    store.commit(record("c1"))
+    ResultsStore(tmp_path)
+    assert _read_outside(store.root / "medq.sqlite") == 1
+    store.commit(record("c2"))
+    assert _read_outside(store.root / "medq.sqlite") == 2
+    store.engine.dispose()
+    assert _read_outside(store.root / "medq.sqlite") == 2

@@ -47,6 +47,7 @@ from bench.store.sqlite_file import (
     check_database,
     reading_url,
     sqlite_file,
+    track_connections,
     writable,
 )
 
@@ -76,7 +77,8 @@ class ResultsStore:
         if database is not None and not database.exists():
             return False
         can_write = database is None or writable(self.root, database)
-        self.engine = _engine(self.url if can_write else reading_url(database), can_write)
+        self.engine = _engine(self.url if can_write else reading_url(database), can_write,
+                              database)
         revision = migrate.current(self.engine)
         if revision == migrate.head() and not self._hashes_missing():
             return True
@@ -96,7 +98,7 @@ class ResultsStore:
                                 "upload work on a read-only store)")
         for folder in (self.root, self.artifact_root, self.staging_root, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self.engine = _engine(self.url, True)
+        self.engine = _engine(self.url, True, database)
         with FileLock(self.root / ".migrate.lock"):
             migrate.upgrade(self.engine)
             self._fill_hashes()
@@ -248,11 +250,14 @@ def json_dumps(value: Any) -> str:
     return json.dumps(clean_json(value))
 
 
-def _engine(url: str, writing: bool) -> Engine:
-    """The store's engine; SQLite in WAL mode when it may write, else as a query-only reader."""
+def _engine(url: str, writing: bool, database: Path | None = None) -> Engine:
+    """The store's engine; SQLite in WAL mode when it may write, else as a query-only reader,
+    its connections to the file ``database`` counted (`sqlite_file.in_use`)."""
     engine = create_engine(url, json_serializer=json_dumps, **_connect_args(url))
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas if writing else _sqlite_query_only)
+    if database is not None:
+        track_connections(engine, database)
     return engine
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from bench.errors import UsageError
-from bench.store.sqlite_file import check_database, reading_uri
+from bench.store.sqlite_file import check_database, in_use, reading_uri
 
 DB_NAME = "medq.sqlite"
 LOG_DIR = "logs"
@@ -60,10 +60,11 @@ def schema_head() -> str | None:
 
 def peek_done_ids(root: Path) -> set[str] | None:
     """Ids of the cells stored ok in the SQLite store at ``root``; None when it must be opened
-    as a `ResultsStore` to tell (no database, another schema revision). StoreDamaged naming
-    the file if it is not a readable SQLite database."""
+    as a `ResultsStore` to tell (no database, another schema revision, or a database this
+    process already holds open, see `in_use`). StoreDamaged naming the file if it is not a
+    readable SQLite database."""
     path = root / DB_NAME
-    if not path.is_file() or path.stat().st_size == 0:
+    if not path.is_file() or path.stat().st_size == 0 or in_use(path):
         return None
     check_database(path)
     head = schema_head()

@@ -5,22 +5,74 @@ SQLite itself would answer a damaged file with an error only once a statement ru
 opening it in WAL mode has created `-wal`/`-shm` files next to it. `check_database` reads the
 header and runs SQLite's `quick_check` on a connection that writes nothing (`immutable=1` when
 no `-wal` file holds committed data, else `mode=ro`), so a damaged store is refused untouched.
+It never does so in a process that holds the file open through SQLite (`in_use`): closing
+the file there would drop SQLite's locks and lose that process's later commits.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from bench.errors import UsageError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 HEADER = b"SQLite format 3\x00"
 HEADER_BYTES = 100
 QUICK_CHECK_BYTES = 512 << 20
 """Files up to this size get SQLite's `quick_check` (about 0.15 s for 64 MiB); larger ones only
 a read of the schema, so that opening a large store stays quick."""
+
+
+_IN_USE: Counter[tuple[int, int]] = Counter()
+"""Open SQLite connections of this process, by the (device, inode) of their database file."""
+_RECORD_KEY = "medq_database"
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def track_connections(engine: Engine, database: Path) -> None:
+    """Count the connections ``engine`` holds open to ``database`` (see `in_use`)."""
+
+    def opened(_connection: object, record: Any) -> None:
+        identity = _identity(database)
+        if identity is not None:
+            record.info[_RECORD_KEY] = identity
+            _IN_USE[identity] += 1
+
+    def closed(_connection: object, record: Any) -> None:
+        identity = record.info.pop(_RECORD_KEY, None)
+        if identity is not None:
+            _IN_USE[identity] -= 1
+            if _IN_USE[identity] <= 0:
+                del _IN_USE[identity]
+
+    from sqlalchemy import event
+
+    event.listen(engine, "connect", opened)
+    event.listen(engine, "close", closed)
+
+
+def in_use(database: Path) -> bool:
+    """Whether this process holds a SQLite connection to ``database`` open. Such a file must
+    not be opened and closed outside SQLite in this process: POSIX record locks belong to the
+    process, so closing any descriptor of the file drops the locks SQLite holds on it, and the
+    next outside reader to close its connection then checkpoints and deletes the WAL that this
+    process still writes to, losing every later commit."""
+    identity = _identity(database)
+    return identity is not None and _IN_USE[identity] > 0
 
 
 class StoreDamaged(UsageError):
@@ -88,7 +140,10 @@ def _header_problem(path: Path, size: int) -> str | None:
 
 def check_database(path: Path) -> None:
     """StoreDamaged naming ``path`` unless it is a readable SQLite database (an empty file is
-    one: SQLite's new database); reads only."""
+    one: SQLite's new database); reads only. A file this process holds open through SQLite
+    (`in_use`) was checked when it was opened and is not read again while it is."""
+    if in_use(path):
+        return
     size = path.stat().st_size
     if size == 0:
         return
