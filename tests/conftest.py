@@ -43,6 +43,16 @@ def tiny_grid_dict(**changes: Any) -> dict[str, Any]:
     return grid
 
 
+def killable_grid_dict(**changes: Any) -> dict[str, Any]:
+    """A tiny grid whose cells take about a second each (with ``tiny_grid_dict``'s 96 images
+    they took 0.15 s on a fast 2-core machine, and a run ended before its kill could land):
+    for tests that kill a run after its first stored cell."""
+    dataset = {"name": "synthetic", "image_size": 16,
+               "options": {"num_classes": 3, "num_images": 768}}
+    return tiny_grid_dict(**{"datasets": [dataset],
+                             "train": {"epochs": 3, "batch_size": 16, "lr": 0.003}, **changes})
+
+
 @pytest.fixture
 def write_grid(tmp_path: Path) -> Callable[..., Path]:
     def write(**changes: Any) -> Path:

@@ -29,7 +29,7 @@ from bench.runner.executors.task import CellTask
 from bench.store import CellRecord, ResultsStore
 from bench.store.database import stage_columns
 from bench.train import EpochHook
-from tests.conftest import tiny_grid_dict
+from tests.conftest import killable_grid_dict, tiny_grid_dict
 from tests.test_resume import ok_count, settled_ok_count
 
 METHODS = [{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}]
@@ -280,7 +280,7 @@ def test_bad_executor_flags_exit_2(grid: Path, tmp_path: Path, cli: Callable[...
 def test_driver_killed_then_resumed_leaves_no_worker_and_no_duplicate(
         tmp_path: Path, cli: Callable[..., Any]) -> None:
     grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump(tiny_grid_dict(methods=METHODS, train=TRAIN, seeds=4)))
+    grid.write_text(yaml.safe_dump(killable_grid_dict(methods=METHODS, seeds=4)))
     store = tmp_path / "store"
     cmd = [sys.executable, "-m", "bench.cli", "run", "--grid", str(grid), "--store", str(store),
            "--quiet", "--executor", "process", "--workers", "2"]

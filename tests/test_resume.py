@@ -10,7 +10,7 @@ import time
 
 import yaml
 
-from tests.conftest import tiny_grid_dict
+from tests.conftest import killable_grid_dict
 
 
 def ok_count(db, timeout: float = 1) -> int | None:
@@ -37,8 +37,7 @@ def settled_ok_count(db) -> int:
 
 def test_sigkill_then_resume(tmp_path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump(tiny_grid_dict(
-        seeds=4, train={"epochs": 3, "batch_size": 16, "lr": 0.003})))
+    grid.write_text(yaml.safe_dump(killable_grid_dict(seeds=4)))
     store = tmp_path / "store"
     cmd = [sys.executable, "-m", "bench.cli", "run", "--grid", str(grid), "--store", str(store),
            "--quiet"]
