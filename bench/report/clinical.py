@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
+from bench.config import FP32_BITS
 from bench.errors import ConfigError
 from bench.report import fmt
-from bench.report.data import BLOCK, FLOAT_BITS, FP32, ReportData, ordered_configs
+from bench.report.data import BLOCK, FP32, ReportData, ordered_configs
 from bench.report.significance import cell_predictions
 
 MARGIN_POINTS = 2.0
@@ -156,7 +157,7 @@ class ClassRow:
 
     @property
     def bits(self) -> str:
-        return "float" if self.w_bits == FLOAT_BITS else f"W{self.w_bits}A{self.a_bits}"
+        return "float" if self.w_bits == FP32_BITS else f"W{self.w_bits}A{self.a_bits}"
 
 
 @dataclass
@@ -285,7 +286,7 @@ def _select(ok: pd.DataFrame, block: ClinicalBlock, wanted: str | None) -> Selec
     if wanted is not None and wanted in configs:
         choice, rule = wanted, "selected with --confusion"
     else:
-        quantised = [c for c in configs if int(ok[ok.config == c].w_bits.iloc[0]) != FLOAT_BITS]
+        quantised = [c for c in configs if int(ok[ok.config == c].w_bits.iloc[0]) != FP32_BITS]
         means = {c: float(ok[ok.config == c].accuracy.mean()) for c in quantised
                  if ok[ok.config == c].accuracy.notna().any()}
         choice = max(means, key=lambda c: (means[c], -configs.index(c))) if means else None

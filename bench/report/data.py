@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bench.compare import Comparison, by_config, compare
+from bench.config import FP32_BITS
 from bench.store import RESULT_COLUMNS, CellRecord, ResultsStore
 from bench.store.database import stage_columns
 from bench.store.deploy import DEPLOY_COLUMNS, DEPLOY_TEXT_COLUMNS
@@ -22,7 +23,6 @@ from bench.store.query import RecordFilter
 from bench.store.records import CellData, MeasurementData
 from methods.base import FP32
 
-FLOAT_BITS = 32
 BLOCK = ["dataset", "backbone"]
 CONFIG = ["dataset", "backbone", "method", "w_bits", "a_bits"]
 METHOD_ORDER = (FP32, "fp32_ft", "sgt", "sgt_ft", "ptq", "qat", "lsq", "pact", "pact_sgt")
@@ -71,13 +71,13 @@ def kernels_label(details: dict[str, Any] | None) -> str | None:
 
 def config_label(method: str, w_bits: int, a_bits: int) -> str:
     """`fp32`, `sgt`, `ptq W4A4`: a configuration's name within a data set and backbone."""
-    if w_bits == FLOAT_BITS and a_bits == FLOAT_BITS:
+    if w_bits == FP32_BITS and a_bits == FP32_BITS:
         return method
     return f"{method} W{w_bits}A{a_bits}"
 
 
 def bits_label(w_bits: int, a_bits: int) -> str:
-    return "float" if w_bits == FLOAT_BITS and a_bits == FLOAT_BITS else f"W{w_bits}A{a_bits}"
+    return "float" if w_bits == FP32_BITS and a_bits == FP32_BITS else f"W{w_bits}A{a_bits}"
 
 
 def config_sort_key(method: str, w_bits: int, a_bits: int) -> tuple[Any, ...]:

@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
+from bench.config import FP32_BITS
 from bench.report import fmt
 from bench.report.clinical import ClinicalBlock, macro_f1_by_cell
 from bench.report.data import (
     BLOCK,
-    FLOAT_BITS,
     FP32,
     ReportData,
     bits_label,
@@ -200,7 +200,7 @@ def _row(data: ReportData, ok: pd.DataFrame, config: str, base: dict[str, Any] |
     mine = ok[ok.config == config]
     first = mine.iloc[0]
     method, w, a = str(first.method), int(first.w_bits), int(first.a_bits)
-    quantised = w != FLOAT_BITS
+    quantised = w != FP32_BITS
     sources = set(mine.accuracy_source)
     row: dict[str, Any] = {"config": config, "method": method, "w_bits": w, "a_bits": a,
                            "bits": bits_label(w, a), "seeds": int(mine.seed.nunique()),
@@ -228,7 +228,7 @@ def _row(data: ReportData, ok: pd.DataFrame, config: str, base: dict[str, Any] |
         row["size_pct"] = 100.0 if row["size_bytes"] is not None else None
     control = float_control(method) if quantised else None
     if control is not None:
-        label = config_label(control, FLOAT_BITS, FLOAT_BITS)
+        label = config_label(control, FP32_BITS, FP32_BITS)
         row["control"] = label
         if label in set(ok.config):
             row["vs_control"] = _difference(ok, config, label, "vs_control", results,
@@ -396,7 +396,7 @@ def sentence(row: dict[str, Any], cols_list: list[Column], has_fp32: bool) -> st
         size = "" if not fmt.missing(row.get("size_bytes")) else f"size {NOT_MEASURED}"
     speed = _devices(cols, row, devices, reference=fp32)
     parts = [head, ", ".join(p for p in (size, speed) if p)]
-    if row["w_bits"] != FLOAT_BITS:
+    if row["w_bits"] != FP32_BITS:
         parts.append(f"integer coverage {row['coverage']}" if row.get("int_coverage") is not None
                      else f"integer coverage {NOT_MEASURED}")
     parts.append(_saliency_clause(cols, row, fp32))

@@ -31,8 +31,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from bench import stats
+from bench.config import FP32_BITS
 from bench.report import fmt
-from bench.report.data import FLOAT_BITS, METHOD_ORDER, bits_label, ordered_configs
+from bench.report.data import METHOD_ORDER, bits_label, ordered_configs
 from bench.report.tables import Block
 
 RC = {"svg.fonttype": "none", "svg.hashsalt": "medq-bench", "font.size": 8,
@@ -200,7 +201,7 @@ def tradeoff(block: Block, cells: pd.DataFrame, measured: pd.DataFrame,
 
 def bits_accuracy(block: Block) -> Figure | None:
     """Accuracy (mean, 95% CI) against bit-width per quantised method; float methods as lines."""
-    quant = [r for r in block.rows if r["w_bits"] != FLOAT_BITS and not fmt.missing(r["accuracy"])]
+    quant = [r for r in block.rows if r["w_bits"] != FP32_BITS and not fmt.missing(r["accuracy"])]
     if not quant:
         return None
     order = sorted({(r["w_bits"], r["a_bits"]) for r in quant}, reverse=True)
@@ -223,7 +224,7 @@ def bits_accuracy(block: Block) -> Figure | None:
             ax.errorbar(x, y, yerr=err, marker="o", capsize=2, color=colors[method],
                         label=method, lw=1)
         for style, r in zip(("-", ":", "-.", "--"), (r for r in block.rows
-                                                      if r["w_bits"] == FLOAT_BITS
+                                                      if r["w_bits"] == FP32_BITS
                                                       and not fmt.missing(r["accuracy"])),
                             strict=False):
             ax.axhline(r["accuracy"], color=colors[r["method"]], ls=style, lw=1,
