@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from bench.deploy import runtime
-from bench.deploy.kernels import optimized_graph
+from bench.deploy.kernels import optimized_graph, qdq_conv
 from bench.deploy.runtime import (
     X64_PRECISION_KEY,
     session_config,
@@ -51,24 +51,7 @@ def test_exact_kernels_turn_on_x64_precision_only_where_u8s8_saturates():
 
 def _conv(weight: int) -> onnx.ModelProto:
     """A QDQ 1x1 convolution of 8 uint8 channels with every int8 weight ``weight``."""
-    inits = [helper.make_tensor("w", TensorProto.INT8, (1, CHANNELS, 1, 1), [weight] * CHANNELS),
-             helper.make_tensor("w_scale", TensorProto.FLOAT, (), [1.0]),
-             helper.make_tensor("w_zp", TensorProto.INT8, (), [0]),
-             helper.make_tensor("x_scale", TensorProto.FLOAT, (), [1.0]),
-             helper.make_tensor("x_zp", TensorProto.UINT8, (), [0]),
-             helper.make_tensor("y_scale", TensorProto.FLOAT, (), [1024.0]),
-             helper.make_tensor("y_zp", TensorProto.UINT8, (), [0])]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
-             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
-             helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zp"], ["wd"]),
-             helper.make_node("Conv", ["xd", "wd"], ["y"]),
-             helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zp"], ["yq"]),
-             helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zp"], ["out"])]
-    graph = helper.make_graph(
-        nodes, "pair_sums",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, CHANNELS, 2, 2))],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 1, 2, 2))], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return qdq_conv([weight] * CHANNELS, (1, CHANNELS), y_scale=1024.0, size=2, opset=13)
 
 
 def _run(path: Path, kernels: str) -> float:

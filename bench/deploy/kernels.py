@@ -96,15 +96,19 @@ def integer_coverage(counts: Mapping[str, int]) -> float | None:
     return integer / total if total else None
 
 
-def probe_conv(weight_type: int = TensorProto.INT4) -> onnx.ModelProto:
-    """A 1x1 QDQ convolution (opset 21) with weights of ``weight_type`` (INT4 or INT8) and
-    uint8 activations."""
-    weight = helper.make_tensor("w", weight_type, (2, 2, 1, 1), [1, -2, 3, -4])
-    inits = [weight, helper.make_tensor("w_scale", TensorProto.FLOAT, (), [0.1]),
+def qdq_conv(weights: list[int], shape: tuple[int, int], *, weight_type: int = TensorProto.INT8,
+             w_scale: float = 1.0, x_scale: float = 1.0, y_scale: float = 1.0, size: int = 4,
+             opset: int = 21) -> onnx.ModelProto:
+    """A 1x1 QDQ convolution, ``shape`` = (out, in) channels, with ``weights`` of
+    ``weight_type`` (INT4 or INT8, zero point 0) on a ``size`` x ``size`` uint8 input: the
+    smallest graph that ONNX Runtime's QDQ fusion turns into one integer convolution."""
+    out_channels, in_channels = shape
+    inits = [helper.make_tensor("w", weight_type, (out_channels, in_channels, 1, 1), weights),
+             helper.make_tensor("w_scale", TensorProto.FLOAT, (), [w_scale]),
              helper.make_tensor("w_zp", weight_type, (), [0]),
-             helper.make_tensor("x_scale", TensorProto.FLOAT, (), [0.05]),
+             helper.make_tensor("x_scale", TensorProto.FLOAT, (), [x_scale]),
              helper.make_tensor("x_zp", TensorProto.UINT8, (), [0]),
-             helper.make_tensor("y_scale", TensorProto.FLOAT, (), [0.05]),
+             helper.make_tensor("y_scale", TensorProto.FLOAT, (), [y_scale]),
              helper.make_tensor("y_zp", TensorProto.UINT8, (), [0])]
     nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
@@ -113,10 +117,18 @@ def probe_conv(weight_type: int = TensorProto.INT4) -> onnx.ModelProto:
              helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zp"], ["yq"]),
              helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zp"], ["out"])]
     graph = helper.make_graph(
-        nodes, "int4_probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                            (1, 2, 4, 4))],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 2, 4, 4))], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+        nodes, "qdq_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, in_channels, size, size))],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, out_channels, size, size))],
+        inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def probe_conv(weight_type: int = TensorProto.INT4) -> onnx.ModelProto:
+    """A 2-channel 1x1 QDQ convolution (opset 21) with weights of ``weight_type`` (INT4 or
+    INT8) and uint8 activations."""
+    return qdq_conv([1, -2, 3, -4], (2, 2), weight_type=weight_type, w_scale=0.1, x_scale=0.05,
+                    y_scale=0.05)
 
 
 @functools.cache
