@@ -101,7 +101,7 @@ def qdq_conv(weights: list[int], shape: tuple[int, int], *, weight_type: int = T
              opset: int = 21) -> onnx.ModelProto:
     """A 1x1 QDQ convolution, ``shape`` = (out, in) channels, with ``weights`` of
     ``weight_type`` (INT4 or INT8, zero point 0) on a ``size`` x ``size`` uint8 input: the
-    smallest graph that ONNX Runtime's QDQ fusion turns into one integer convolution."""
+    smallest graph that ONNX Runtime's QDQ fusion can turn into one integer convolution."""
     out_channels, in_channels = shape
     inits = [helper.make_tensor("w", weight_type, (out_channels, in_channels, 1, 1), weights),
              helper.make_tensor("w_scale", TensorProto.FLOAT, (), [w_scale]),
