@@ -153,7 +153,7 @@ def sanity_checks(data: ReportData) -> dict[SanityKey, Sanity]:
             verdicts.setdefault((cell.dataset, cell.backbone, cell.config, method), []).append(
                 (result.get("passed"), result.get("reason")))
         if "skipped" in sanity:
-            for method in stage.get("methods") or []:
+            for method in stage.get("methods") or list(stage.get("stats") or {}):
                 skipped.setdefault((cell.dataset, cell.backbone, cell.config, method), []
                                    ).append(str(sanity["skipped"]))
     out = {}
