@@ -291,3 +291,14 @@ def test_recall_flags_against_the_float_control_as_well_as_fp32(controlled, tmp_
     assert any(f.startswith("against fp32_ft: recall -20.0 points") for f in eso.flags)
     html = build_report(store, tmp_path / "r.html").read_text()
     assert "against fp32_ft: recall -20.0 points" in html
+
+
+def test_float_controls_of_each_method():
+    from bench.report.clinical import controls_of
+
+    both = {"fp32", "fp32_ft", "fp32_fold_ft", "sgt_ft"}
+    assert controls_of("qat", 4, both) == ["fp32_ft", "fp32_fold_ft"]
+    assert controls_of("qat", 4, {"fp32", "fp32_ft"}) == ["fp32_ft"]   # no folded control run
+    assert controls_of("pact_sgt", 4, both) == ["sgt_ft"]
+    assert controls_of("ptq", 4, both) == []          # no fine-tuning: FP32 is its reference
+    assert controls_of("fp32_ft", 32, both) == []

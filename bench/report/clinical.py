@@ -12,10 +12,10 @@ A class is flagged when its recall drops by more than ``margin`` percentage poin
 that class's test images, stratified by seed (bench.stats.cmh_paired), Holm-corrected over
 every configuration and class of the data set and backbone. A quantised configuration is also
 compared, the same way, with its float controls where the block has them (``controls_of``: the
-method's equal-budget float control and fp32_fold_ft, the folded-graph control), so a drop that
-fine-tuning or folding alone causes is told apart from one that quantisation causes; those tests
-are one more Holm family: every quantised configuration, float control and class of the data
-set and backbone.
+method's equal-budget float control and, for QAT, LSQ and PACT, fp32_fold_ft, the folded-graph
+control), so a drop that fine-tuning or folding alone causes is told apart from one that
+quantisation causes; those tests are one more Holm family: every quantised configuration, float
+control and class of the data set and backbone.
 """
 
 from __future__ import annotations
@@ -42,12 +42,16 @@ FOLDED_CONTROL = "fp32_fold_ft"
 
 def controls_of(method: str, w_bits: int, configs: set[str]) -> list[str]:
     """The float controls a configuration's per-class recall is compared with besides FP32: for
-    a quantised one, its method's equal-budget float control and fp32_fold_ft, those that
-    ``configs`` (the block's configurations) holds."""
-    if w_bits == FP32_BITS:
+    a quantised one, its method's equal-budget float control (none for PTQ, which does not
+    fine-tune); for the methods controlled by fp32_ft or fp32_fold_ft (QAT, LSQ, PACT), both:
+    the training-budget control and the folded-graph one; those that ``configs`` (the block's
+    configurations) holds."""
+    declared = float_control(method) if w_bits != FP32_BITS else None
+    if declared is None:
         return []
-    wanted = [float_control(method), FOLDED_CONTROL]
-    return [c for c in dict.fromkeys(wanted) if c is not None and c in configs]
+    folded_graph = ("fp32_ft", FOLDED_CONTROL)
+    wanted = [declared, *(folded_graph if declared in folded_graph else ())]
+    return [c for c in dict.fromkeys(wanted) if c in configs]
 
 
 def confusion_from(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
