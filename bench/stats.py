@@ -713,6 +713,9 @@ def clustered_mcnemar(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[S
     if n10 + n01 == 0:
         return replace(base, reason="the models are right and wrong on the same images: no test")
     d = np.rint(np.nansum(diffs, axis=1))
+    if not np.any(d):
+        return replace(base, reason="on every image the seeds where A alone is right and where "
+                                    "B alone is right cancel: no test")
     statistic = float(d.sum() ** 2 / np.sum(d ** 2))
     return replace(base, statistic=statistic, p_value=float(stats.chi2.sf(statistic, 1)),
                    effect_size=float(n10 / n01) if n01 else math.inf,

@@ -383,6 +383,9 @@ def test_clustered_mcnemar_without_discordant_pairs_gives_the_reason() -> None:
     res = clustered_mcnemar(same, same)
     assert res.p_value is None and "same images" in res.reason
     assert clustered_mcnemar([], []).reason == "no paired images: no test"
+    cancel = clustered_mcnemar([np.array([True, False]), np.array([False, True])],
+                               [np.array([False, True]), np.array([True, False])])
+    assert cancel.p_value is None and "cancel" in cancel.reason and cancel.n10 == 2
 
 
 def test_sign_flip_exact_flips_images_and_matches_scipy() -> None:
