@@ -249,7 +249,7 @@ def test_headline_numbers_equal_independent_computations(measured):
             assert d.points == pytest.approx(100 * np.mean(acc - fp32))
             assert d.test == "clustered McNemar"
             assert d.p_adjusted == pytest.approx(holm[row["config"]])
-            assert d.family == "each configuration vs FP32 (accuracy per image)"
+            assert d.family == "each configuration vs FP32, accuracy per image"
             assert row["d_fp32_mark"] == ("n.s." if d.p_adjusted >= 0.05 else
                                           "***" if d.p_adjusted < 0.001 else
                                           "**" if d.p_adjusted < 0.01 else "*")
@@ -322,12 +322,12 @@ def test_sentences_flip_with_the_verdict():
     for p, word in ((0.0312, "difference significant"),
                     (0.41, "difference not significant (detectable from 5.3 points)")):
         row["vs_fp32"] = Difference("fp32", -4.2, "clustered McNemar", p, mde=5.31,
-                                    family="each configuration vs FP32 (accuracy per image)",
+                                    family="each configuration vs FP32, accuracy per image",
                                     scope="over test images")
         row["d_fp32"], row["mde_fp32"] = -4.2, 5.31
         said = sentence(row, columns([]), True)
         assert (f"-4.2 points, {word}, Holm-adjusted clustered McNemar p = {F.pval(p)} (Holm "
-                "over each configuration vs FP32 (accuracy per image))") in said
+                "over each configuration vs FP32, accuracy per image)") in said
         assert said.endswith(" The clustered McNemar test covers variation over test images "
                              "for these trained models, not over re-training beyond their "
                              "seeds.")

@@ -98,12 +98,12 @@ class BlockTests:
 
 def holm_family(family: Family | ImageFamily) -> str:
     """The comparisons a family's Holm correction is over, in words: "each configuration vs
-    FP32 (accuracy per image)" for the family "accuracy per image: each configuration vs
+    FP32, accuracy per image" for the family "accuracy per image: each configuration vs
     FP32"; a seed-level family's say "over seeds"."""
     what, _, which = family.title.partition(": ")
     if isinstance(family, Family):
         what += " over seeds"
-    return f"{which} ({what})" if which else family.title
+    return f"{which}, {what}" if which else family.title
 
 
 def main_saliency(ok: pd.DataFrame) -> str | None:
