@@ -53,7 +53,8 @@ ALPHA = 0.05
 POWER = 0.8
 """Significance level and power of the power line (smallest detectable difference, seeds)."""
 MAX_EXACT_FLIPS = 16
-"""Up to this many pairs the sign-flip test enumerates all 2**n sign patterns (exact)."""
+"""Up to this many images with a nonzero difference the sign-flip test enumerates all 2**n
+sign patterns of the images (exact)."""
 WILCOXON_ARE = 3 / math.pi
 """Asymptotic relative efficiency of the Wilcoxon signed-rank test to the t-test for normal
 differences: the seed-level Wilcoxon needs about n_t / 0.955 seeds."""
