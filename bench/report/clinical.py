@@ -8,9 +8,9 @@ the headline accuracy and its tests; a cell without a predictions file falls bac
 confusion matrix its record stores when that is the same (PyTorch) model.
 
 A class is flagged when its recall drops by more than ``margin`` percentage points against FP32
-(mean over the seeds both have) or drops significantly: the Cochran-Mantel-Haenszel test on
-that class's test images, stratified by seed (bench.stats.cmh_paired), Holm-corrected over
-every configuration and class of the data set and backbone.
+(mean over the seeds both have) or drops significantly: the clustered McNemar test on
+that class's test images with the image as the unit over seeds (bench.stats.clustered_mcnemar),
+Holm-corrected over every configuration and class of the data set and backbone.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def _flag(row: ClassRow, margin: float) -> str | None:
         reasons.append(f"recall {fmt.points(row.delta_recall)} points, more than the "
                        f"{margin:g}-point margin")
     if significant:
-        reasons.append(f"significant drop (CMH p = {fmt.pval(row.p_adjusted)}, Holm)")
+        reasons.append(f"significant drop (clustered McNemar p = {fmt.pval(row.p_adjusted)}, Holm)")
     return "; ".join(reasons) or None
 
 
@@ -264,7 +264,7 @@ def _block(data: ReportData, ok: pd.DataFrame, dataset: str, backbone: str, marg
                                                              in base.items()})
                 xs, ys = pairs[c]
                 if any(x.size for x in xs):
-                    row.test = stats.cmh_paired(xs, ys, power=False)
+                    row.test = stats.clustered_mcnemar(xs, ys, power=False)
                     row.test_note = row.test.reason or left
                 else:
                     row.test_note = left or "no per-image predictions"
