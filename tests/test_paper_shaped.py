@@ -109,9 +109,9 @@ def test_significance_sections_give_per_image_p_values_at_three_seeds(
         assert all(r.p_value is None and "Wilcoxon needs" in r.reason
                    for r in seed_level.results)
         by_title = {f.title: f for f in tests.image_families}
-        cmh = by_title["accuracy per image: each configuration vs FP32"]
-        assert len(cmh.results) == 8 and all(r.n_seeds == 3 for r in cmh.results)
-        assert any(r.p_value is not None for r in cmh.results)
+        clustered = by_title["accuracy per image: each configuration vs FP32"]
+        assert len(clustered.results) == 8 and all(r.n_seeds == 3 for r in clustered.results)
+        assert any(r.p_value is not None for r in clustered.results)
         control = by_title["accuracy per image: each quantised configuration vs its "
                            "equal-budget float control"]
         # qat, lsq and pact vs fp32_ft, pact_sgt vs sgt_ft

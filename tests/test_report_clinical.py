@@ -13,6 +13,7 @@ from sklearn.metrics import confusion_matrix, recall_score
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from bench import stats
 from bench.report import build_report, report_context
 from bench.report.build import ReportOptions
 from bench.report.clinical import MARGIN_POINTS, clinical_view
@@ -119,23 +120,27 @@ def test_recall_and_specificity_equal_sklearn_and_scipy(store, view):
     assert rows[("qat W4A4", "polyp")].delta_recall == pytest.approx(-100 * DROPPED / PER_CLASS)
 
 
-def test_per_class_test_equals_statsmodels_mcnemar_with_holm(store, view):
+def test_per_class_test_is_the_clustered_mcnemar_with_holm(store, view):
+    """Per class, the clustered McNemar test (Durkalski et al. 2003) by hand: per image d =
+    seeds A right and FP32 wrong minus the reverse, X2 = (sum d)^2 / sum d^2; with one seed it
+    is statsmodels' McNemar chi-square."""
     _, truth = store
     labels = truth["labels"]
     p, keys = [], []
     for method, config in (("ptq", "ptq W8A8"), ("qat", "qat W4A4")):
         for c, name in enumerate(CLASSES):
             mine = labels == c
-            a = np.concatenate([truth["predictions"][(method, s)][mine] == c
-                                for s in range(SEEDS)])
-            b = np.concatenate([truth["predictions"][("fp32", s)][mine] == c
-                                for s in range(SEEDS)])
-            table = [[int((a & b).sum()), int((a & ~b).sum())],
-                     [int((~a & b).sum()), int((~a & ~b).sum())]]
-            if table[0][1] + table[1][0] == 0:
+            a = np.array([truth["predictions"][(method, s)][mine] == c for s in range(SEEDS)])
+            b = np.array([truth["predictions"][("fp32", s)][mine] == c for s in range(SEEDS)])
+            d = (a.astype(int) - b.astype(int)).sum(axis=0)
+            if not np.any(d):
                 continue
-            p.append(mcnemar(table, exact=False, correction=False).pvalue)
+            p.append(float(ss.chi2.sf(d.sum() ** 2 / np.sum(d ** 2), 1)))
             keys.append((config, name))
+            one = [[0, int((a[0] & ~b[0]).sum())], [int((~a[0] & b[0]).sum()), 0]]
+            if one[0][1] + one[1][0]:
+                assert stats.clustered_mcnemar(a[:1], b[:1]).p_value == pytest.approx(
+                    mcnemar(one, exact=False, correction=False).pvalue)
     holm = multipletests(p, method="holm")[1]
     rows = _rows(view)
     for key, raw, adjusted in zip(keys, p, holm, strict=True):
@@ -262,8 +267,9 @@ def controlled(tmp_path_factory):
 
 def test_recall_flags_against_the_float_control_as_well_as_fp32(controlled, tmp_path):
     """qat's polyp drop is fine-tuning's (fp32_ft has it too): flagged against FP32, not against
-    its float control; its esophagitis drop is flagged against both. The control's tests equal
-    statsmodels' McNemar on the pooled pairs, Holm-corrected over their own family."""
+    its float control; its esophagitis drop is flagged against both. The control's tests are
+    the clustered McNemar test by hand (per image d = seeds qat right and fp32_ft wrong minus
+    the reverse, X2 = (sum d)^2 / sum d^2), Holm-corrected over their own family."""
     store, labels, preds = controlled
     (block,) = clinical_view(load(store))
     rows = _rows(block)
@@ -277,12 +283,11 @@ def test_recall_flags_against_the_float_control_as_well_as_fp32(controlled, tmp_
     p, keys = [], []
     for c, name in enumerate(CLASSES):
         mine = labels == c
-        a = np.concatenate([preds[("qat", s)][mine] == c for s in range(SEEDS)])
-        b = np.concatenate([preds[("fp32_ft", s)][mine] == c for s in range(SEEDS)])
-        table = [[int((a & b).sum()), int((a & ~b).sum())],
-                 [int((~a & b).sum()), int((~a & ~b).sum())]]
-        if table[0][1] + table[1][0]:
-            p.append(mcnemar(table, exact=False, correction=False).pvalue)
+        a = np.array([preds[("qat", s)][mine] == c for s in range(SEEDS)])
+        b = np.array([preds[("fp32_ft", s)][mine] == c for s in range(SEEDS)])
+        d = (a.astype(int) - b.astype(int)).sum(axis=0)
+        if np.any(d):
+            p.append(float(ss.chi2.sf(d.sum() ** 2 / np.sum(d ** 2), 1)))
             keys.append(name)
     holm = dict(zip(keys, multipletests(p, method="holm")[1], strict=True))
     assert e_ctrl.p_adjusted == pytest.approx(holm["esophagitis"])

@@ -8,14 +8,14 @@ the headline accuracy and its tests; a cell without a predictions file falls bac
 confusion matrix its record stores when that is the same (PyTorch) model.
 
 A class is flagged when its recall drops by more than ``margin`` percentage points against FP32
-(mean over the seeds both have) or drops significantly: the Cochran-Mantel-Haenszel test on
-that class's test images, stratified by seed (bench.stats.cmh_paired), Holm-corrected over
-every configuration and class of the data set and backbone. A quantised configuration is also
-compared, the same way, with its float controls where the block has them (``controls_of``: the
-method's equal-budget float control and, for QAT, LSQ and PACT, fp32_fold_ft, the folded-graph
-control), so a drop that fine-tuning or folding alone causes is told apart from one that
-quantisation causes; those tests are one more Holm family: every quantised configuration, float
-control and class of the data set and backbone.
+(mean over the seeds both have) or drops significantly: the clustered McNemar test on
+that class's test images with the image as the unit over seeds (bench.stats.clustered_mcnemar),
+Holm-corrected over every configuration and class of the data set and backbone. A quantised
+configuration is also compared, the same way, with its float controls where the block has them
+(``controls_of``: the method's equal-budget float control and, for QAT, LSQ and PACT, fp32_ft and
+fp32_fold_ft, the folded-graph control), so a drop that fine-tuning or folding alone causes is
+told apart from one that quantisation causes; those tests are one more Holm family: every
+quantised configuration, float control and class of the data set and backbone.
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ def class_pairs(a: Seeds, b: Seeds, predictions: Predictions, n_classes: int
 @dataclass
 class ControlChange:
     """A configuration x class against one float control: the change of recall in points (mean
-    over the seeds both have), the per-class CMH test, Holm-adjusted p and the flag."""
+    over the seeds both have), the per-class clustered McNemar test, Holm-adjusted p and the
+    flag."""
 
     control: str
     delta_recall: float | None = None
@@ -263,7 +264,7 @@ def _flag(row: ClassRow | ControlChange, margin: float) -> str | None:
         reasons.append(f"recall {fmt.points(row.delta_recall)} points, more than the "
                        f"{margin:g}-point margin")
     if significant:
-        reasons.append(f"significant drop (CMH p = {fmt.pval(row.p_adjusted)}, Holm)")
+        reasons.append(f"significant drop (clustered McNemar p = {fmt.pval(row.p_adjusted)}, Holm)")
     return "; ".join(reasons) or None
 
 
@@ -271,13 +272,14 @@ def _against(control: str, c: int, recall: dict[int, float],
              control_seeds: dict[int, tuple[np.ndarray, np.ndarray]],
              paired: tuple[list[tuple[list[np.ndarray], list[np.ndarray]]], str | None]
              ) -> ControlChange:
-    """Class ``c``'s recall (per seed) against a float control's: change and CMH test."""
+    """Class ``c``'s recall (per seed) against a float control's: change and clustered McNemar
+    test."""
     pairs, left = paired
     change = ControlChange(control, _paired_delta(recall, {s: float(r[c]) for s, (r, _)
                                                            in control_seeds.items()}))
     xs, ys = pairs[c]
     if any(x.size for x in xs):
-        change.test = stats.cmh_paired(xs, ys, power=False)
+        change.test = stats.clustered_mcnemar(xs, ys, power=False)
         change.test_note = change.test.reason or left
     else:
         change.test_note = left or "no per-image predictions"
@@ -334,7 +336,7 @@ def _block(data: ReportData, ok: pd.DataFrame, dataset: str, backbone: str, marg
                                                              in base.items()})
                 xs, ys = pairs[c]
                 if any(x.size for x in xs):
-                    row.test = stats.cmh_paired(xs, ys, power=False)
+                    row.test = stats.clustered_mcnemar(xs, ys, power=False)
                     row.test_note = row.test.reason or left
                 else:
                     row.test_note = left or "no per-image predictions"

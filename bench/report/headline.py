@@ -8,15 +8,19 @@ Accuracy is each cell's headline accuracy (bench.report.data.headline: the deplo
 model's where the cell has a deploy stage), mean and 95% t-interval over seeds. A difference is
 the mean over the seeds both configurations have of the per-seed difference, in percentage
 points. Its mark comes from the existing tests (bench.report.significance), Holm-adjusted
-within their family: the per-image Cochran-Mantel-Haenszel test stratified by seed where both
-configurations have per-image predictions, else the seed-level Wilcoxon test; ``*`` p < 0.05,
-``**`` p < 0.01, ``***`` p < 0.001, ``n.s.`` otherwise. Calibration and discrimination (ECE in
-15 equal-width bins, multi-class Brier score, macro one-vs-rest AUROC; bench.metrics) are the
-cells' ``ece``, ``brier`` and ``auroc_macro`` columns (the deployed model's where the cell has a
-deploy stage), mean and 95% t-interval over seeds, with their change against fp32_ft and
-fp32_fold_ft (mean over the seeds both have) where the store has those float controls. Anything
-the store does not hold is printed as "-" in the table and as "not measured" (or the reason) in
-the sentence.
+within their family (each configuration vs FP32, each quantised configuration vs its float
+control), which the sentence names: the per-image clustered McNemar test with the image as the
+unit where both configurations have per-image predictions (it covers variation over test
+images for these trained models, not re-training beyond their seeds), else the seed-level
+Wilcoxon test (over training seeds); ``*`` p < 0.05, ``**`` p < 0.01, ``***`` p < 0.001,
+``n.s.`` otherwise. Beside each difference the smallest one its test detects (power 0.8 at
+alpha 0.05, in points), which a "not significant" sentence quotes. Calibration and
+discrimination (ECE in 15 equal-width bins, multi-class Brier score, macro one-vs-rest AUROC;
+bench.metrics) are the cells' ``ece``, ``brier`` and ``auroc_macro`` columns (the deployed
+model's where the cell has a deploy stage), mean and 95% t-interval over seeds, with their
+change against fp32_ft and fp32_fold_ft (mean over the seeds both have) where the store has
+those float controls. Anything the store does not hold is printed as "-" in the table and as
+"not measured" (or the reason) in the sentence.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from bench.report.data import (
     ordered_configs,
 )
 from bench.report.saliency import STAGE, sanity_checks
-from bench.report.significance import BlockTests, float_control
+from bench.report.significance import BlockTests, float_control, holm_family
 from bench.report.tables import Block, Column, Table, device_table, text
 
 ALPHA = stats.ALPHA
@@ -79,27 +83,43 @@ class Difference:
     test: str | None = None
     p_adjusted: float | None = None
     reason: str | None = None
+    mde: float | None = None
+    """Smallest |difference| (points) the test detects with power 0.8 at alpha 0.05."""
+    family: str | None = None
+    """The comparisons its Holm correction is over."""
+    scope: str | None = None
+    """What the test generalises over."""
 
     @property
     def significant(self) -> bool | None:
         return None if fmt.missing(self.p_adjusted) else bool(self.p_adjusted < ALPHA)
 
 
-def _results(tests: BlockTests) -> dict[tuple[str, str, str], tuple[str, Any]]:
-    """(A, B, comparison) -> (test name, result) of the accuracy tests: CMH first, then the
-    seed-level Wilcoxon where CMH has no p-value."""
-    out: dict[tuple[str, str, str], tuple[str, Any]] = {}
+IMAGE_TEST = "clustered McNemar"
+SEED_TEST = "Wilcoxon"
+SCOPE = {IMAGE_TEST: "over test images for these trained models, not over re-training beyond "
+                     "their seeds",
+         SEED_TEST: "over training seeds (new training runs), on the same test images"}
+"""What each test's p-value covers, said once at the end of a sentence that uses it."""
+Found = tuple[str, Any, str]
+"""(test name, result, the family its Holm correction is over)."""
+
+
+def _results(tests: BlockTests) -> dict[tuple[str, str, str], Found]:
+    """(A, B, comparison) -> the accuracy test: the per-image clustered McNemar test first,
+    then the seed-level Wilcoxon where it has no p-value."""
+    out: dict[tuple[str, str, str], Found] = {}
     for fam in tests.image_families:
-        if fam.metric == "accuracy" and fam.test == "cmh":
+        if fam.metric == "accuracy" and fam.test == "clustered_mcnemar":
             for r in fam.results:
-                out[(r.name_a, r.name_b, fam.comparison)] = ("CMH", r)
+                out[(r.name_a, r.name_b, fam.comparison)] = (IMAGE_TEST, r, holm_family(fam))
     for fam in tests.families:
         if fam.metric != "accuracy":
             continue
         for r in fam.results:
             key = (r.name_a, r.name_b, fam.comparison)
             if key not in out or (out[key][1].p_value is None and r.p_value is not None):
-                out[key] = ("Wilcoxon", r)
+                out[key] = (SEED_TEST, r, holm_family(fam))
     return out
 
 
@@ -130,17 +150,19 @@ def _paired_points(ok: pd.DataFrame, a: str, b: str) -> float | None:
 
 
 def _difference(ok: pd.DataFrame, a: str, b: str, comparison: str,
-                results: dict[tuple[str, str, str], tuple[str, Any]],
+                results: dict[tuple[str, str, str], Found],
                 skipped: dict[str, str]) -> Difference:
     points = _paired_points(ok, a, b)
     found = results.get((a, b, comparison))
     if found is None:
         return Difference(b, points, reason=skipped.get(a) or (
             "no test" if points is not None else "no seed in common"))
-    name, result = found
+    name, result, family = found
     if result.p_value is None:
         return Difference(b, points, name, reason=result.reason)
-    return Difference(b, points, name, result.p_adjusted)
+    mde = None if fmt.missing(result.mde) else 100.0 * float(result.mde)
+    return Difference(b, points, name, result.p_adjusted, mde=mde, family=family,
+                      scope=SCOPE[name])
 
 
 def _mean(values: pd.Series) -> float | None:
@@ -198,9 +220,11 @@ def columns(devices: list[str], references: tuple[str, ...] = ()) -> list[Column
             Column("retained", "% of FP32 acc.", "pct", "high"),
             Column("d_fp32", "Δ FP32 (points)", "points", None, "vs FP32"),
             Column("p_fp32", "p (Holm)", "text", None, "vs FP32"),
+            Column("mde_fp32", "detectable |Δ|", "float", None, "vs FP32", 1),
             Column("control", "float control", "text", None, "vs float control"),
             Column("d_control", "Δ (points)", "points", None, "vs float control"),
             Column("p_control", "p (Holm)", "text", None, "vs float control"),
+            Column("mde_control", "detectable |Δ|", "float", None, "vs float control", 1),
             Column("macro_f1", "macro-F1", "float", "high"),
             *(Column(k, f"{label} (95% CI)", "ci", better, "calibration", 3)
               for k, (label, better) in CALIBRATION.items())]
@@ -223,7 +247,7 @@ def _p_text(d: Difference) -> str:
 
 
 def _row(data: ReportData, ok: pd.DataFrame, config: str, base: dict[str, Any] | None,
-         results: dict[tuple[str, str, str], tuple[str, Any]], skipped: dict[str, str],
+         results: dict[tuple[str, str, str], Found], skipped: dict[str, str],
          f1: dict[str, float], devices: dict[str, Any]) -> dict[str, Any]:
     mine = ok[ok.config == config]
     first = mine.iloc[0]
@@ -274,6 +298,7 @@ def _row(data: ReportData, ok: pd.DataFrame, config: str, base: dict[str, Any] |
             row[f"d_{key}"], row[f"d_{key}_mark"] = d.points, mark(d.p_adjusted)
             row[f"p_{key}"] = _p_text(d)
             row[f"p_{key}_why"] = d.reason
+            row[f"mde_{key}"] = d.mde
     return row
 
 
@@ -335,21 +360,30 @@ def _cell(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
     return text(cols[key], row)
 
 
-def _verdict(d: Difference) -> str:
-    """"difference not significant, CMH p = 0.41" from the printed p; the reason otherwise."""
+def _verdict(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
+    """"difference not significant (detectable from 1.2 points), Holm-adjusted clustered
+    McNemar p = 0.41 (Holm over each configuration vs FP32)" from the printed cells; the
+    reason otherwise."""
+    d: Difference = row[f"vs_{key}"]
     if d.p_adjusted is None:
         why = (d.reason or "").removesuffix(": no test").removesuffix(" no test")
         return f"not tested: {why}" if why else "not tested"
     word = "significant" if d.significant else "not significant"
-    return f"difference {word}, Holm-adjusted {d.test} p = {fmt.pval(d.p_adjusted)}"
+    if not d.significant:
+        word += (f" (detectable from {_cell(cols, row, f'mde_{key}')} points)"
+                 if d.mde is not None and f"mde_{key}" in cols else
+                 " (smallest detectable difference not computed)")
+    family = f" (Holm over {d.family})" if d.family else ""
+    return f"difference {word}, Holm-adjusted {d.test} p = {fmt.pval(d.p_adjusted)}{family}"
 
 
 def _delta(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
-    """"-1.8 points, difference not significant, Holm-adjusted CMH p = 0.41"."""
+    """"-1.8 points, difference not significant (...), Holm-adjusted ... p = 0.41 (...)"."""
     d: Difference = row[f"vs_{key}"]
     if d.points is None:
         return "no seed in common"
-    return f"{_cell(cols, {**row, f'd_{key}_mark': None}, f'd_{key}')} points, {_verdict(d)}"
+    shown = _cell(cols, {**row, f"d_{key}_mark": None}, f"d_{key}")
+    return f"{shown} points, {_verdict(cols, row, key)}"
 
 
 def _devices(cols: dict[str, Column], row: dict[str, Any], devices: list[str],
@@ -454,4 +488,7 @@ def sentence(row: dict[str, Any], cols_list: list[Column], has_fp32: bool) -> st
         parts.append(f"integer coverage {row['coverage']}" if row.get("int_coverage") is not None
                      else f"integer coverage {NOT_MEASURED}")
     parts.append(_saliency_clause(cols, row, fp32))
-    return "; ".join(p for p in parts if p) + "."
+    tests = dict.fromkeys(d.test for d in (row.get("vs_fp32"), row.get("vs_control"))
+                          if d is not None and d.p_adjusted is not None and d.scope)
+    scope = "".join(f" The {test} test covers variation {SCOPE[test]}." for test in tests)
+    return "; ".join(p for p in parts if p) + "." + scope
