@@ -108,6 +108,18 @@ def test_report_accuracy_and_interval_use_deployed_predictions(store):
     assert row["accuracy"] != pytest.approx(np.mean(torch_acc))
 
 
+def test_main_table_macro_f1_is_the_deployed_predictions_and_torch_beside(store):
+    s, truth = store
+    data = load(s)
+    labels = truth["labels"]
+    rows = {r["config"]: r for r in main_table(data).blocks[0].rows}
+    for config, cid, which in (("ptq W8A8", "ptq8", 1), ("ptq W4A4", "ptq4", 0)):
+        f1 = [f1_score(labels, truth["predictions"][f"{cid}s{k}"][which], average="macro")
+              for k in range(SEEDS)]
+        assert rows[config]["macro_f1"] == pytest.approx(np.mean(f1))
+        assert rows[config]["torch_macro_f1"] == pytest.approx(0.5)   # the records' own
+
+
 def test_mcnemar_compares_deployed_predictions(store):
     s, truth = store
     data = load(s)
@@ -268,7 +280,72 @@ def test_headline_numbers_equal_independent_computations(measured):
                                                      - _accuracy(gen, "fp32_ft", 32)))
     assert rows["pact_sgt W4A4"]["control"] == "sgt_ft" and "vs_control" not in \
         rows["pact_sgt W4A4"]
-    assert rows["fp32"]["sanity"] == "passed on 3/3 FP32 seeds"
+    assert rows["fp32"]["sanity"] == "passed on 3/3 seeds"
+
+
+def test_calibration_with_seed_cis_and_change_against_the_float_controls(measured):
+    """ECE, Brier and macro AUROC: the cells' (deployed) columns, mean and t-interval over
+    seeds; their change against fp32_ft paired by seed; fp32_fold_ft's columns only where the
+    store has that control (it has not here)."""
+    gen, context = measured
+    rows = _headline_rows(context)
+    keys = [c.key for c in context["headline"].columns]
+    assert {"ece", "brier", "auroc_macro", "d_ece@fp32_ft", "d_brier@fp32_ft",
+            "d_auroc_macro@fp32_ft"} <= set(keys)
+    assert not any(k.endswith("@fp32_fold_ft") for k in keys)
+    ft = gen.cells[gen.cells.method == "fp32_ft"].set_index("seed")
+    for method, w, _ in CONTROL_CONFIGS:
+        row = rows[label(method, w, w)]
+        part = gen.cells[(gen.cells.method == method) & (gen.cells.w_bits == w)]
+        for key in ("ece", "brier", "auroc_macro"):
+            x = part.sort_values("seed")[key].to_numpy(dtype=float)
+            low, high = ss.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=ss.sem(x))
+            assert (row[key], row[f"{key}_low"], row[f"{key}_high"]) == pytest.approx(
+                (x.mean(), low, high))
+            if method == "fp32_ft":
+                assert f"d_{key}@fp32_ft" not in row
+                continue
+            mine = part.set_index("seed")[key]
+            assert row[f"d_{key}@fp32_ft"] == pytest.approx((mine - ft[key]).mean())
+        if method != "fp32_ft":
+            assert f"against fp32_ft Δ ECE {F.signed(row['d_ece@fp32_ft'])}" in row["sentence"]
+        assert f"calibration: ECE {F.mean_ci(row['ece'], row['ece_low'], row['ece_high'], 3)}" \
+            in row["sentence"]
+
+
+def test_calibration_against_fp32_fold_ft_where_the_store_has_it(tmp_path):
+    gen = generate(tmp_path, Spec(configs=(("fp32", 32, 32), ("fp32_ft", 32, 32),
+                                           ("fp32_fold_ft", 32, 32), ("qat", 4, 4)), seeds=3,
+                                  devices=(), n_test=40, saliency=False))
+    context = report_context(gen.store, figures=False)
+    qat = _headline_rows(context)["qat W4A4"]
+    fold = gen.cells[gen.cells.method == "fp32_fold_ft"].set_index("seed").brier
+    mine = gen.cells[gen.cells.method == "qat"].set_index("seed").brier
+    assert qat["d_brier@fp32_fold_ft"] == pytest.approx((mine - fold).mean())
+    assert "against fp32_fold_ft Δ ECE" in qat["sentence"]
+
+
+def test_old_stores_without_probability_columns_say_calibration_not_measured(store):
+    s, _ = store
+    context = report_context(s, figures=False)
+    for row in _headline_rows(context).values():
+        assert row.get("ece") is None and "calibration not measured" in row["sentence"]
+
+
+def test_each_quantised_row_reports_its_own_sanity_check(measured):
+    """qat W4A4's cells ran the check on their fake-quant model: its verdict is its own (both
+    saliency methods pass there, FP32's gradcam fails); pact_sgt W4A4's cells did not run it
+    (an older store) and say so instead of borrowing FP32's verdict."""
+    _, context = measured
+    rows = _headline_rows(context)
+    assert rows["qat W4A4"]["sanity"] == "passed on 3/3 seeds"
+    assert rows["pact_sgt W4A4"]["sanity"] == (
+        "not run on this configuration (run on FP32 cells only)")
+    assert "FP32 seeds" not in rows["qat W4A4"]["sentence"]
+    table = context["saliency"]["table"]
+    by = {(r["config"], r["saliency_method"]): r for r in table.blocks[0].rows}
+    assert by["fp32", "gradcam"]["muted"].startswith("fails on 3/3 seeds")
+    assert "muted" not in by["qat W4A4", "gradcam"]
 
 
 def _cells_text(context: dict, row: dict) -> list[str]:

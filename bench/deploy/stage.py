@@ -3,7 +3,8 @@
 FP32 cells export plain ONNX; quantised cells export Brevitas QCDQ ONNX (rewritten so that ONNX
 Runtime fuses it into integer kernels) and a bit-packed weight file. ONNX Runtime runs the
 exported model on the whole test split: its per-sample logits and predictions are stored
-(``deployed_predictions.npz``, the keys of ``predictions.npz``), with its accuracy, its top-1
+(``deployed_predictions.npz``, the keys of ``predictions.npz``), with its accuracy and macro-F1,
+its calibration and discrimination (ECE, Brier score, macro AUROC: bench.metrics), its top-1
 agreement with the torch (fake-quant) model and the largest logit difference, the kernels of
 its optimised graph and their integer coverage, the parameter count of the deployed model
 (quantised models have their batch norms folded) and the MACs of one image through the
@@ -43,6 +44,7 @@ from bench.deploy.runtime import (
     u8s8_saturates,
 )
 from bench.deploy.settings import DeploySettings
+from bench.metrics import DEFINITIONS, classification_metrics, probability_metrics
 from bench.models import get_backbone
 from bench.runner.stages import StageInput
 
@@ -158,6 +160,7 @@ def _deploy(inp: StageInput) -> dict[str, Any]:
     labels = images.labels[test].numpy()
     check = compare_logits(logits, inp.test_logits.numpy(), labels)
     save_predictions(inp.folder / DEPLOYED_PREDICTIONS, np.asarray(test), labels, logits)
+    deployed_f1 = classification_metrics(labels, logits.argmax(1), inp.data.num_classes)
 
     details: dict[str, Any] = {
         "onnx_file": ONNX_FILE, "shipped_file": ONNX_FILE,
@@ -192,8 +195,10 @@ def _deploy(inp: StageInput) -> dict[str, Any]:
         "params": params,
         "macs": macs,
         "deploy_flags": ",".join(flags),
+        "deployed_macro_f1": deployed_f1["macro_f1"],
+        **probability_metrics(labels, logits),
     }
-    return {"columns": columns, **details, "kernels": kernels,
+    return {"columns": columns, **details, "probability_metrics": DEFINITIONS, "kernels": kernels,
             "max_abs_logit_diff": check.max_abs_logit_diff, "n_test": check.n,
             "integer_model": inp.quantized and coverage == 1.0,
             **container_note(inp.quantized, coverage, cfg.w_bits, cfg.a_bits)}

@@ -17,6 +17,7 @@ from bench.config import FP32_BITS
 from bench.store import RESULT_COLUMNS, CellRecord, ResultsStore
 from bench.store.database import stage_columns
 from bench.store.deploy import DEPLOY_COLUMNS, DEPLOY_TEXT_COLUMNS
+from bench.store.evaluation import PROBABILITY_COLUMNS, TORCH_PROBABILITY_COLUMNS
 from bench.store.measurements import MeasurementRecord
 from bench.store.origins import replacement_count, signatures_by_device
 from bench.store.query import RecordFilter
@@ -28,7 +29,8 @@ CONFIG = ["dataset", "backbone", "method", "w_bits", "a_bits"]
 METHOD_ORDER = (FP32, "fp32_ft", "sgt", "sgt_ft", "ptq", "qat", "lsq", "pact", "pact_sgt")
 DEVICE_KEY = ["profile", "machine", "batch_size"]
 NUMERIC = frozenset({"accuracy", "torch_accuracy", "macro_f1", "train_seconds",
-                     *(c for c in DEPLOY_COLUMNS if c not in DEPLOY_TEXT_COLUMNS)})
+                     *(c for c in DEPLOY_COLUMNS if c not in DEPLOY_TEXT_COLUMNS),
+                     *PROBABILITY_COLUMNS, *TORCH_PROBABILITY_COLUMNS})
 TORCH_PREDICTIONS = "predictions.npz"
 PREDICTION_KEYS = ("index", "labels", "predictions")
 

@@ -1,8 +1,8 @@
 """The headline table: per data set x backbone, one row per method x bit-width with what a
 deployment decision needs (accuracy and what it costs against FP32 and the equal-budget float
 control, with the tests' verdicts; size, latency and speed-up per device; integer coverage;
-saliency stability with its null control and sanity check), and one plain-language sentence
-per row built only from the row's own printed cells.
+saliency stability with its null control and each row's own sanity check), and one
+plain-language sentence per row built only from the row's own printed cells.
 
 Accuracy is each cell's headline accuracy (bench.report.data.headline: the deployed ONNX Runtime
 model's where the cell has a deploy stage), mean and 95% t-interval over seeds. A difference is
@@ -14,8 +14,13 @@ unit where both configurations have per-image predictions (it covers variation o
 images for these trained models, not re-training beyond their seeds), else the seed-level
 Wilcoxon test (over training seeds); ``*`` p < 0.05, ``**`` p < 0.01, ``***`` p < 0.001,
 ``n.s.`` otherwise. Beside each difference the smallest one its test detects (power 0.8 at
-alpha 0.05, in points), which a "not significant" sentence quotes. Anything the store does not
-hold is printed as "-" in the table and as "not measured" (or the reason) in the sentence.
+alpha 0.05, in points), which a "not significant" sentence quotes. Calibration and
+discrimination (ECE in 15 equal-width bins, multi-class Brier score, macro one-vs-rest AUROC;
+bench.metrics) are the cells' ``ece``, ``brier`` and ``auroc_macro`` columns (the deployed
+model's where the cell has a deploy stage), mean and 95% t-interval over seeds, with their
+change against fp32_ft and fp32_fold_ft (mean over the seeds both have) where the store has
+those float controls. Anything the store does not hold is printed as "-" in the table and as
+"not measured" (or the reason) in the sentence.
 """
 
 from __future__ import annotations
@@ -52,6 +57,14 @@ SALIENCY_NAMES = {"gradient": "gradient", "integrated_gradients": "Integrated Gr
 STABILITY = ("spearman_fp32", "ssim_fp32", "topk_iou_fp32")
 """The stability statistic shown: the first of these the store has for the primary method."""
 STABILITY_SYMBOL = {"spearman_fp32": "ρ", "ssim_fp32": "SSIM", "topk_iou_fp32": "top-k IoU"}
+CALIBRATION = {"ece": ("ECE", "low"), "brier": ("Brier", "low"),
+               "auroc_macro": ("macro AUROC", "high")}
+"""The probability metrics shown (bench.metrics: 15-bin ECE, unhalved multi-class Brier score,
+macro one-vs-rest AUROC of the deployed model), their labels and better direction."""
+CALIBRATION_REFERENCES = ("fp32_ft", "fp32_fold_ft")
+"""The float controls each row's calibration is compared with, by name, where the store has
+them: fp32_ft (equal training budget, live batch norm) and fp32_fold_ft (the quantised methods'
+folded graph with quantisation disabled, same fine-tuning)."""
 
 
 def mark(p_adjusted: float | None) -> str:
@@ -120,11 +133,20 @@ def _skipped(tests: BlockTests) -> dict[str, str]:
     return out
 
 
-def _paired_points(ok: pd.DataFrame, a: str, b: str) -> float | None:
-    mine = ok[ok.config == a].set_index("seed").accuracy
-    theirs = ok[ok.config == b].set_index("seed").accuracy
+def _paired_mean(ok: pd.DataFrame, a: str, b: str, column: str) -> float | None:
+    """Mean over the seeds both configurations have of (a - b) in ``column``."""
+    if column not in ok:
+        return None
+    values = pd.to_numeric(ok[column], errors="coerce")
+    mine = values[(ok.config == a).to_numpy()].set_axis(ok.seed[ok.config == a])
+    theirs = values[(ok.config == b).to_numpy()].set_axis(ok.seed[ok.config == b])
     both = (mine - theirs.reindex(mine.index)).dropna()
-    return None if both.empty else float(100.0 * both.mean())
+    return None if both.empty else float(both.mean())
+
+
+def _paired_points(ok: pd.DataFrame, a: str, b: str) -> float | None:
+    diff = _paired_mean(ok, a, b, "accuracy")
+    return None if diff is None else 100.0 * diff
 
 
 def _difference(ok: pd.DataFrame, a: str, b: str, comparison: str,
@@ -189,8 +211,9 @@ def stability_metric(ok: pd.DataFrame) -> str | None:
                  and pd.to_numeric(ok[f"saliency_{m}"], errors="coerce").notna().any()), None)
 
 
-def columns(devices: list[str]) -> list[Column]:
-    """The headline columns: per device its p50 and speed-up over FP32 on that device."""
+def columns(devices: list[str], references: tuple[str, ...] = ()) -> list[Column]:
+    """The headline columns: per device its p50 and speed-up over FP32 on that device; the
+    calibration metrics, and their change against each float control in ``references``."""
     cols = [Column("config", "configuration", "text"), Column("seeds", "seeds", "int"),
             Column("model", "model", "text"),
             Column("accuracy", "accuracy (95% CI)", "ci", "high"),
@@ -203,7 +226,12 @@ def columns(devices: list[str]) -> list[Column]:
             Column("p_control", "p (Holm)", "text", None, "vs float control"),
             Column("mde_control", "detectable |Δ|", "float", None, "vs float control", 1),
             Column("macro_f1", "macro-F1", "float", "high"),
-            Column("size_pct", "size % FP32", "pct", "low")]
+            *(Column(k, f"{label} (95% CI)", "ci", better, "calibration", 3)
+              for k, (label, better) in CALIBRATION.items())]
+    for ref in references:
+        cols += [Column(f"d_{k}@{ref}", f"Δ {label}", "delta", None, f"calibration vs {ref}", 3)
+                 for k, (label, _) in CALIBRATION.items()]
+    cols.append(Column("size_pct", "size % FP32", "pct", "low"))
     for device in devices:
         cols += [Column(f"p50@{device}", "p50 ms", "ms", "low", device),
                  Column(f"speedup@{device}", "speed-up", "ratio", "high", device)]
@@ -232,6 +260,12 @@ def _row(data: ReportData, ok: pd.DataFrame, config: str, base: dict[str, Any] |
                            "PyTorch" if sources == {"torch"} else "mixed"}
     row["accuracy"], row["accuracy_low"], row["accuracy_high"] = _ci(mine.accuracy)
     row["macro_f1"] = _mean(pd.Series([f1.get(c) for c in mine.cell_id], dtype=float))
+    for key in CALIBRATION:
+        if key in mine:
+            row[key], row[f"{key}_low"], row[f"{key}_high"] = _ci(mine[key])
+        for ref in CALIBRATION_REFERENCES:
+            if config != ref and ref in set(ok.config):
+                row[f"d_{key}@{ref}"] = _paired_mean(ok, config, ref, key)
     row["size_bytes"] = _size(mine)
     row["int_coverage"], row["coverage"] = _coverage(mine, quantised)
     row["devices"] = []
@@ -271,9 +305,10 @@ def _row(data: ReportData, ok: pd.DataFrame, config: str, base: dict[str, Any] |
 def _add_saliency(data: ReportData, ok: pd.DataFrame, rows: list[dict[str, Any]]) -> None:
     metric = stability_metric(ok)
     method = primary_saliency(data, ok)
-    sanity = sanity_checks(data).get((str(ok.dataset.iloc[0]), str(ok.backbone.iloc[0]),
-                                      method or ""))
+    checks = sanity_checks(data)
+    block = (str(ok.dataset.iloc[0]), str(ok.backbone.iloc[0]))
     for row in rows:
+        sanity = checks.get((*block, row["config"], method or ""))
         mine = ok[ok.config == row["config"]]
         row["saliency_method"] = method
         row["stability_metric"] = metric
@@ -291,7 +326,8 @@ def headline_table(data: ReportData, tests: list[BlockTests],
                    clinical: list[ClinicalBlock]) -> Table:
     """Per data set x backbone (the order of ``tests``), one row per configuration of its
     successful cells, FP32 first; each row's ``sentence`` says it in words."""
-    cols = columns(data.devices)
+    present = set(data.ok.config) if len(data.ok) else set()
+    cols = columns(data.devices, tuple(r for r in CALIBRATION_REFERENCES if r in present))
     f1 = macro_f1_by_cell(clinical)
     by_block = dict(iter(data.ok.groupby(BLOCK, sort=True))) if len(data.ok) else {}
     speed = {(b.dataset, b.backbone): {r["config"]: {k: v for k, v in r.items()
@@ -396,6 +432,23 @@ def _saliency_clause(cols: dict[str, Column], row: dict[str, Any], fp32: bool) -
     return "; ".join(parts)
 
 
+def _calibration_clause(cols: dict[str, Column], row: dict[str, Any]) -> str:
+    """"calibration: ECE 0.041 ± 0.010, Brier ..., macro AUROC ...; against fp32_ft Δ ECE
+    +0.004, ..." from the printed cells; "calibration not measured" without them."""
+    shown = [f"{label} {_cell(cols, row, k)}" for k, (label, _) in CALIBRATION.items()
+             if k in cols and not fmt.missing(row.get(k))]
+    if not shown:
+        return f"calibration {NOT_MEASURED}"
+    parts = [f"calibration: {', '.join(shown)}"]
+    for ref in CALIBRATION_REFERENCES:
+        deltas = [f"Δ {label} {_cell(cols, row, f'd_{k}@{ref}')}"
+                  for k, (label, _) in CALIBRATION.items()
+                  if f"d_{k}@{ref}" in cols and not fmt.missing(row.get(f"d_{k}@{ref}"))]
+        if deltas:
+            parts.append(f"against {ref} {', '.join(deltas)}")
+    return "; ".join(parts)
+
+
 def sentence(row: dict[str, Any], cols_list: list[Column], has_fp32: bool) -> str:
     """The row in words, every number copied from the row's printed cells; whatever is
     missing is said to be "not measured" or why it was not tested."""
@@ -423,6 +476,7 @@ def sentence(row: dict[str, Any], cols_list: list[Column], has_fp32: bool) -> st
         head += f"; its equal-budget float control {row['control']} {NOT_MEASURED}"
     f1 = _cell(cols, row, "macro_f1")
     head += f"; macro-F1 {f1 if not fmt.missing(row.get('macro_f1')) else NOT_MEASURED}"
+    head += f"; {_calibration_clause(cols, row)}"
     if not fp32 and has_fp32:
         size = (f"at {_cell(cols, row, 'size_pct')} of FP32's size"
                 if not fmt.missing(row.get("size_pct")) else f"size {NOT_MEASURED}")

@@ -17,13 +17,14 @@ from torch import nn
 
 from bench.checkpoints import WEIGHTS, save_model
 from bench.data import PreparedData, batches, normalize
-from bench.metrics import classification_metrics
+from bench.metrics import DEFINITIONS, classification_metrics, probability_metrics
 from bench.models import build_model
 from bench.objectives import Objective
 from bench.runner.outcome import CellOutcome, describe_error, mark_failed, new_record
 from bench.runner.plan import Cell
 from bench.runner.stages import STAGES, StageInput, load_stages
 from bench.store import ResultsStore
+from bench.store.evaluation import EVALUATION, PROBABILITY_COLUMNS, PROBABILITY_SOURCE
 from bench.train import EpochHook, fit, predict
 from methods import MethodContext, get_method
 
@@ -89,6 +90,21 @@ def _write_artifacts(folder: Path, result_model: nn.Module, data: PreparedData,
     (folder / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
 
 
+def evaluation(labels: np.ndarray, logits: torch.Tensor, stages: dict[str, Any]
+               ) -> dict[str, Any]:
+    """The torch model's probability metrics (``torch_*`` columns) and, where no stage reported
+    the deployed model's (the deploy stage's ``ece``, ``brier``, ``auroc_macro``), the torch
+    model's as those columns too; ``probability_source`` says whose they are."""
+    own = probability_metrics(labels, logits.numpy())
+    columns: dict[str, Any] = {f"torch_{k}": v for k, v in own.items()}
+    deployed = any(isinstance(r, dict) and set(PROBABILITY_COLUMNS) <= set(r.get("columns") or {})
+                   for r in stages.values())
+    if not deployed:
+        columns.update(own)
+    columns[PROBABILITY_SOURCE] = "deployed" if deployed else "torch"
+    return {"definitions": DEFINITIONS, "columns": columns}
+
+
 def run_stages(cell: Cell, data: PreparedData, model: nn.Module, quantized: bool,
                logits: torch.Tensor, folder: Path, store: ResultsStore, torch_device: torch.device
                ) -> dict[str, Any]:
@@ -125,8 +141,11 @@ def compute_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name:
             metrics = classification_metrics(data.images.labels[data.split.test].numpy(),
                                              logits.argmax(1).numpy(), data.num_classes)
             metrics.update(classes=data.images.classes, **result.extras)
-            metrics.update(run_stages(cell, data, result.model, result.quantized, logits,
-                                      staged, store, torch_device))
+            stages = run_stages(cell, data, result.model, result.quantized, logits, staged,
+                                store, torch_device)
+            metrics.update(stages)
+            metrics[EVALUATION] = evaluation(data.images.labels[data.split.test].numpy(),
+                                             logits, stages)
             record.status, record.accuracy, record.macro_f1 = "ok", metrics["accuracy"], \
                 metrics["macro_f1"]
             record.train_seconds, record.metrics = train_seconds, metrics
