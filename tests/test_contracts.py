@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from bench.deploy.export import export_fp32, export_quantized
-from bench.deploy.kernels import count_kernels, integer_coverage
+from bench.deploy.kernels import graph_coverage
 from bench.deploy.stage import deployed_session
 from bench.measure.profiles import PROFILES, load_profile
 from bench.models import BACKBONES
@@ -112,7 +112,7 @@ def test_every_backbone_builds_and_deploys_at_32px(backbone, tmp_path):
 
     qmodel = quantised_backbone(backbone, 32, 8, 8)
     quantised = export_quantized(qmodel, example, tmp_path / "w8a8.onnx")
-    assert integer_coverage(count_kernels(quantised)) == 1.0
+    assert graph_coverage(quantised).integer
     with torch.no_grad():
         fake_quant = qmodel(x).numpy()
     deployed = _deployed_logits(quantised, x)

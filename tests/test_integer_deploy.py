@@ -19,8 +19,8 @@ from torch import nn
 from bench.deploy import count_kernels, export_quantized
 from bench.deploy.integer import integer_friendly
 from bench.deploy.kernels import (
+    graph_coverage,
     int4_weights_run_integer,
-    integer_coverage,
     optimized_graph,
     probe_conv,
 )
@@ -50,28 +50,21 @@ def _run(path: object, x: torch.Tensor, level: ort.GraphOptimizationLevel,
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
 
 
-def _deployed(qmodel: nn.Module, tmp_path) -> tuple[dict[str, int], float, np.ndarray]:
+def _deployed(qmodel: nn.Module, tmp_path) -> tuple[dict[str, int], float, np.ndarray, float]:
     path = export_quantized(qmodel, _inputs(1, 0), tmp_path / "model.onnx")
     x = _inputs(8, 4)
     with torch.no_grad():
         reference = qmodel(x).numpy()
     deployed = _run(path, x, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
     agreement = float((deployed.argmax(1) == reference.argmax(1)).mean())
-    return count_kernels(path), agreement, np.abs(deployed - reference).max()
-
-
-def test_integer_coverage_counts_conv_gemm_matmul_add():
-    assert integer_coverage({"QLinearConv": 3, "QLinearAdd": 1, "QGemm": 1}) == 1.0
-    assert integer_coverage({"QLinearConv": 1, "Conv": 2, "Add": 1}) == 0.25
-    assert integer_coverage({"Conv": 1, "FusedConv": 1}) == 0.0
-    assert integer_coverage({"Relu": 2}) is None
+    return count_kernels(path), agreement, np.abs(deployed - reference).max(), graph_coverage(path)
 
 
 @pytest.mark.parametrize(("backbone", "w", "a", "scheme", "adds"),
                          [("smallcnn", 2, 2, "stats", 0), ("resnet18", 4, 2, "pact", 8)])
 def test_sub_8_bit_backbones_run_fully_integer_at_32px(backbone, w, a, scheme, adds, tmp_path):
-    counts, agreement, max_diff = _deployed(_quantised(backbone, w, a, scheme), tmp_path)
-    assert integer_coverage(counts) == 1.0, counts
+    counts, agreement, max_diff, coverage = _deployed(_quantised(backbone, w, a, scheme), tmp_path)
+    assert coverage.integer and coverage.by_macs == 1.0, counts
     assert counts.get("QLinearAdd", 0) == adds
     assert agreement == 1.0 and max_diff < 1e-3
 
@@ -89,8 +82,8 @@ def test_mobilenet_v2_w8a8_deploys_at_32px_with_large_int32_biases(tmp_path):
         hook.remove()
         bias_scale = (scales[0] * layer.quant_weight().scale).flatten()
         layer.bias.copy_(3.2e6 * bias_scale * torch.linspace(0.9, 1.1, bias_scale.numel()))
-    counts, agreement, _ = _deployed(qmodel, tmp_path)
-    assert integer_coverage(counts) == 1.0, counts
+    counts, agreement, _, coverage = _deployed(qmodel, tmp_path)
+    assert coverage.integer, counts
     assert counts.get("QLinearAdd") == 10
     assert agreement == 1.0
     with pytest.raises(RuntimeError, match="QuantTensor not valid"):  # control: stock export
@@ -110,8 +103,8 @@ def test_layers_before_silu_sigmoid_and_hardswish_run_integer(scheme, tmp_path):
                           nn.Linear(8 * 26 * 26, 3)).eval()
     qmodel = quantize(model, QuantSpec(4, 4, scheme=scheme), _inputs(2, 1))
     calibrate(qmodel, [_inputs(4, 2)])
-    counts, agreement, max_diff = _deployed(qmodel.eval(), tmp_path)
-    assert integer_coverage(counts) == 1.0, counts
+    counts, agreement, max_diff, coverage = _deployed(qmodel.eval(), tmp_path)
+    assert coverage.integer, counts
     assert counts["QLinearConv"] == 3 and agreement == 1.0 and max_diff < 1e-3
 
 
@@ -148,9 +141,9 @@ def test_integer_rewrite_is_exact_and_makes_the_graph_fully_integer(w, a, tmp_pa
     x = _inputs(8, 5)
     plain = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     np.testing.assert_array_equal(_run(rewritten, x, plain), _run(stock, x, plain, {}))
-    assert integer_coverage(count_kernels(rewritten)) == 1.0
+    assert graph_coverage(rewritten).integer
     if a < 8:
-        assert integer_coverage(count_kernels(stock, config={})) < 1.0
+        assert graph_coverage(stock, config={}).by_nodes < 1.0
 
 
 @pytest.mark.parametrize(("w", "a"), [(8, 8), (4, 4)])

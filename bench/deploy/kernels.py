@@ -17,40 +17,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from bench.deploy.coverage import INTEGER_KERNELS, Coverage, coverage
 from bench.deploy.runtime import session_options
-
-INTEGER_KERNELS = frozenset(
-    {
-        "ConvInteger",
-        "DynamicQuantizeLSTM",
-        "DynamicQuantizeMatMul",
-        "MatMulInteger",
-        "MatMulIntegerToFloat",
-        "QAttention",
-        "QGemm",
-        "QLinearAdd",
-        "QLinearAveragePool",
-        "QLinearConcat",
-        "QLinearConv",
-        "QLinearConvTranspose",
-        "QLinearGlobalAveragePool",
-        "QLinearLeakyRelu",
-        "QLinearMatMul",
-        "QLinearMul",
-        "QLinearReduceMean",
-        "QLinearSigmoid",
-        "QLinearSoftmax",
-        "QLinearWhere",
-    }
-)
-
-INTEGER_COMPUTE = frozenset({"ConvInteger", "DynamicQuantizeMatMul", "MatMulInteger",
-                             "MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearConv",
-                             "QLinearMatMul"})
-"""Integer kernels of the compute ops integer coverage counts (Conv, Gemm, MatMul, Add)."""
-FLOAT_COMPUTE = frozenset({"Add", "Conv", "FusedConv", "FusedGemm", "FusedMatMul", "Gemm",
-                           "MatMul", "NchwcConv"})
-"""The same ops run in floating point, as ONNX Runtime names them after its fusions."""
 
 _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -88,12 +56,12 @@ def integer_kernel_count(counts: Mapping[str, int]) -> int:
     return sum(n for op, n in counts.items() if op in INTEGER_KERNELS)
 
 
-def integer_coverage(counts: Mapping[str, int]) -> float | None:
-    """Share of the Conv, Gemm, MatMul and Add nodes in ``counts`` (an optimised graph's
-    op-type counts) that run integer kernels; None when the graph has none of them."""
-    integer = sum(n for op, n in counts.items() if op in INTEGER_COMPUTE)
-    total = integer + sum(n for op, n in counts.items() if op in FLOAT_COMPUTE)
-    return integer / total if total else None
+def graph_coverage(onnx_path: str | Path, level: str = "extended",
+                   config: Mapping[str, str] | None = None) -> Coverage:
+    """Integer coverage (``bench.deploy.coverage``) of ONNX Runtime's optimised graph of the
+    model at ``onnx_path``, by nodes and by MACs."""
+    return coverage(optimized_graph(onnx_path, level, config=config),
+                    onnx.load(str(onnx_path)))
 
 
 def qdq_conv(weights: list[int], shape: tuple[int, int], *, weight_type: int = TensorProto.INT8,
@@ -140,7 +108,7 @@ def int4_weights_run_integer(level: str = "extended") -> bool:
         path = Path(tmp) / "int4.onnx"
         onnx.save(probe_conv(TensorProto.INT4), str(path))
         try:
-            counts = count_kernels(path, level)
+            result = graph_coverage(path, level)
         except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError):
             return False
-    return integer_coverage(counts) == 1.0
+    return result.integer

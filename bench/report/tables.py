@@ -142,6 +142,7 @@ def main_columns(data: ReportData) -> list[Column]:
                  Column("torch_accuracy", "torch acc.", "float", "high", "deployed"),
                  Column("agreement", "agreement", "float", "high", "deployed"),
                  Column("int_coverage", "int. coverage", "float", "high", "deployed"),
+                 Column("int_coverage_macs", "int. coverage (MACs)", "float", "high", "deployed"),
                  Column("size_bytes", "ONNX KiB", "kib", "low", "deployed"),
                  Column("size_pct", "% FP32", "pct", "low", "deployed"),
                  Column("packed_size_bytes", "packed KiB", "kib", "low", "deployed"),
@@ -166,7 +167,7 @@ def _config_row(cells: pd.DataFrame, ok: pd.DataFrame, columns: list[Column]) ->
     row["accuracy"], row["accuracy_low"], row["accuracy_high"] = _ci(ok.accuracy)
     keys = {c.key for c in columns}
     for key in ("macro_f1", "deployed_accuracy", "torch_accuracy", "agreement", "int_coverage",
-                "size_bytes", "packed_size_bytes", *SALIENCY_KEY):
+                "int_coverage_macs", "size_bytes", "packed_size_bytes", *SALIENCY_KEY):
         if key in keys:
             row[key] = float(ok[key].mean()) if _has(ok, key) else None
     if "flags" in keys:
