@@ -65,7 +65,6 @@ PACT_INIT_PERCENTILE = 99.99
 """Percentile of the FP activations used to initialise alpha."""
 _WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _RELUS = (nn.ReLU, nn.ReLU6)
-_SIGNED_PACT_ACTS: dict[type[nn.Module], type[nn.Module]] = {nn.Hardswish: QuantHardswish}
 Scheme = Literal["stats", "pact", "lsq"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
 
@@ -168,11 +167,13 @@ def _layer_map(spec: QuantSpec) -> dict:
 def _act_map(spec: QuantSpec) -> dict:
     """Activations quantised at their output; the others stay float and are requantised.
 
-    Sigmoid, SiLU and PACT's Hardswish also quantise their input (signed, as the scheme sets
-    ranges), as Brevitas does before a float activation: the layer before them then ends in a
-    quantiser and runs on an integer kernel in ONNX Runtime (a ReLU needs none: it commutes
-    with the requantisation, which ONNX Runtime fuses). SiLU quantises its sigmoid gate too
-    (``bench.integer_ops.IntegerSiLU``); under PACT its output gets the signed learned clip."""
+    Sigmoid, SiLU and Hardswish also quantise their input (signed, as the scheme sets ranges),
+    as Brevitas does before a float activation: the layer before them then ends in a quantiser
+    and runs on an integer kernel in ONNX Runtime (a ReLU needs none: it commutes with the
+    requantisation, which ONNX Runtime fuses). SiLU quantises its sigmoid gate too
+    (``bench.integer_ops.IntegerSiLU``); under PACT the outputs of SiLU and Hardswish get the
+    signed learned clip. (ONNX Runtime has no integer Hardswish: it runs in float between
+    quantisers, and the pools after it run integer.)"""
     relu = (qnn.QuantReLU, {"act_quant": spec.relu_quant(spec.a_bits),
                             "return_quant_tensor": True})
     silu = (IntegerSiLU, {"act_quant": spec.signed_act_quant(spec.a_bits),
@@ -183,13 +184,11 @@ def _act_map(spec: QuantSpec) -> dict:
                      nn.Sigmoid: (qnn.QuantSigmoid, {
                          "act_quant": spec.act_quant(spec.a_bits, signed=False),
                          "input_quant": spec.act_quant(spec.a_bits, signed=True),
+                         "return_quant_tensor": True}),
+                     nn.Hardswish: (QuantHardswish, {
+                         "act_quant": spec.signed_act_quant(spec.a_bits),
+                         "input_quant": spec.act_quant(spec.a_bits, signed=True),
                          "return_quant_tensor": True})}
-    if spec.scheme == "pact":
-        for act_type, quant_class in _SIGNED_PACT_ACTS.items():
-            act_map[act_type] = (quant_class, {
-                "act_quant": pact_act(spec.a_bits, signed=True),
-                "input_quant": spec.act_quant(spec.a_bits, signed=True),
-                "return_quant_tensor": True})
     return act_map
 
 
