@@ -184,7 +184,7 @@ def _runs_integer(node: onnx.NodeProto, tensors: _Tensors) -> bool:
         bool(node.input) and tensors.elem_type(node.input[0]) in INTEGER_TYPES)
 
 
-def coverage(optimized: onnx.ModelProto, source: onnx.ModelProto) -> Coverage:
+def coverage_of(optimized: onnx.ModelProto, source: onnx.ModelProto) -> Coverage:
     """Integer coverage of ``optimized`` (ONNX Runtime's optimised graph of ``source``, the
     exported model), by nodes and by work; see the module docstring."""
     tensors = _Tensors(optimized, source)

@@ -2,7 +2,8 @@
 
 A QCDQ file only *describes* integer arithmetic; ONNX Runtime's QDQ fusion decides whether
 it becomes integer kernels (QLinearConv, QGemm, ...) or float kernels wrapped in
-Quantize/Dequantize. Counting the optimised graph tells which one happened.
+Quantize/Dequantize. Counting the optimised graph tells which one happened, and
+``bench.deploy.coverage`` which share of its compute nodes (and of their MACs) runs integer.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from bench.deploy.coverage import INTEGER_KERNELS, Coverage, coverage
+from bench.deploy.coverage import INTEGER_KERNELS, Coverage, coverage_of
 from bench.deploy.runtime import session_options
 
 _LEVELS = {
@@ -47,8 +48,12 @@ def optimized_graph(
 def count_kernels(onnx_path: str | Path, level: str = "extended",
                   config: Mapping[str, str] | None = None) -> dict[str, int]:
     """Op-type counts of ONNX Runtime's optimised graph (CPU provider), sorted by name."""
-    graph = optimized_graph(onnx_path, level, config=config).graph
-    return dict(sorted(Counter(node.op_type for node in graph.node).items()))
+    return op_counts(optimized_graph(onnx_path, level, config=config))
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Op-type counts of a graph, sorted by name."""
+    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
 
 
 def integer_kernel_count(counts: Mapping[str, int]) -> int:
@@ -60,7 +65,7 @@ def graph_coverage(onnx_path: str | Path, level: str = "extended",
                    config: Mapping[str, str] | None = None) -> Coverage:
     """Integer coverage (``bench.deploy.coverage``) of ONNX Runtime's optimised graph of the
     model at ``onnx_path``, by nodes and by MACs."""
-    return coverage(optimized_graph(onnx_path, level, config=config),
+    return coverage_of(optimized_graph(onnx_path, level, config=config),
                     onnx.load(str(onnx_path)))
 
 

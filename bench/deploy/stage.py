@@ -23,18 +23,20 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
 
 from bench.data import normalize
 from bench.deploy.agreement import compare_logits
+from bench.deploy.coverage import coverage_of
 from bench.deploy.export import export_fp32, export_quantized
 from bench.deploy.kernels import (
-    count_kernels,
-    graph_coverage,
     int4_weights_run_integer,
     integer_kernel_count,
+    op_counts,
+    optimized_graph,
 )
 from bench.deploy.packing import count_params, count_params_and_macs, pack_quantized
 from bench.deploy.runtime import (
@@ -154,9 +156,10 @@ def _deploy(inp: StageInput) -> dict[str, Any]:
     params = count_params(model)
     _, macs = count_params_and_macs(get_backbone(cfg.backbone.name).build(inp.data.num_classes),
                                     example)
-    kernels = count_kernels(onnx_path, settings.optimization_level)
+    optimized = optimized_graph(onnx_path, settings.optimization_level)
+    kernels = op_counts(optimized)
     int_kernels = integer_kernel_count(kernels)
-    coverage = graph_coverage(onnx_path, settings.optimization_level)
+    coverage = coverage_of(optimized, onnx.load(str(onnx_path)))
     logits = onnx_logits(onnx_path, images.images[test], settings.eval_batch_size)
     labels = images.labels[test].numpy()
     check = compare_logits(logits, inp.test_logits.numpy(), labels)
