@@ -59,11 +59,13 @@ def test_every_cell_reports_the_deploy_columns(deployed):
 def test_int_model_runs_integer_kernels_and_fp32_none(deployed):
     _, cells = deployed
     assert cells["fp32", 32][0]["int_kernels"] == 0
-    assert cells["fp32", 32][0]["int_coverage"] == 0.0
+    assert cells["fp32", 32][0]["int_coverage"] == cells["fp32", 32][0]["int_coverage_macs"] == 0.0
+    assert set(cells["fp32", 32][1].metrics["deploy"]["float_nodes"]) >= {"FusedConv", "Gemm"}
     for bits in (8, 4):
         row, record = cells["ptq", bits]
-        assert row["int_kernels"] > 0 and row["int_coverage"] == 1.0
+        assert row["int_kernels"] > 0 and row["int_coverage"] == row["int_coverage_macs"] == 1.0
         assert record.metrics["deploy"]["integer_model"] is True
+        assert record.metrics["deploy"]["float_nodes"] == {}
     assert cells["fp32", 32][1].metrics["deploy"]["integer_model"] is False
 
 

@@ -153,6 +153,7 @@ def main_columns(data: ReportData) -> list[Column]:
                  Column("torch_accuracy", "torch acc.", "float", "high", "deployed"),
                  Column("agreement", "agreement", "float", "high", "deployed"),
                  Column("int_coverage", "int. coverage", "float", "high", "deployed"),
+                 Column("int_coverage_macs", "int. coverage (MACs)", "float", "high", "deployed"),
                  Column("size_bytes", "ONNX KiB", "kib", "low", "deployed"),
                  Column("size_pct", "% FP32", "pct", "low", "deployed"),
                  Column("packed_size_bytes", "packed KiB", "kib", "low", "deployed"),
@@ -183,7 +184,8 @@ def _config_row(cells: pd.DataFrame, ok: pd.DataFrame, columns: list[Column],
     row["macro_f1"] = float(headline_f1.mean()) if headline_f1.notna().any() else None
     row["torch_macro_f1"] = float(ok.macro_f1.mean()) if _has(ok, "macro_f1") else None
     for key in ("deployed_accuracy", "torch_accuracy", "agreement", "int_coverage",
-                "size_bytes", "packed_size_bytes", *CALIBRATION_KEY, *SALIENCY_KEY):
+                "int_coverage_macs", "size_bytes", "packed_size_bytes", *CALIBRATION_KEY,
+                *SALIENCY_KEY):
         if key in keys:
             row[key] = float(ok[key].mean()) if _has(ok, key) else None
     if "flags" in keys:

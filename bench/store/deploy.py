@@ -12,7 +12,8 @@ DEPLOY_STAGE = "deploy"
 
 DEPLOY_COLUMNS = ("size_bytes", "shipped_size_bytes", "packed_size_bytes", "int_kernels",
                   "int_coverage", "deployed_accuracy", "agreement", "params", "macs",
-                  "deploy_flags", "deployed_macro_f1", "ece", "brier", "auroc_macro")
+                  "deploy_flags", "deployed_macro_f1", "ece", "brier", "auroc_macro",
+                  "int_coverage_macs")
 """The result columns of the deploy stage (bench/deploy/stage.py), the one list of them:
 the store fills them with None for cells it did not run on, the report reads them."""
 DEPLOY_TEXT_COLUMNS = frozenset({"deploy_flags"})
