@@ -5,21 +5,28 @@ memory and disk bounded by what the input is allowed to be."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.errors import UsageError
 from bench.exchange.bundle import BundleError
+from bench.exchange.client import BadResponse, RetryPolicy, ServerClient
 from bench.exchange.manifest import parse_manifest
+from bench.exchange.pull import pull
 from bench.server.app import create_app
 from bench.server.settings import ServerSettings
 from bench.server.tokens import create_token
 from bench.store import ResultsStore
-from tests.server_helpers import bearer
+from bench.store.query import RecordFilter
+from tests.server_helpers import bearer, cell
 
 
 @pytest.fixture
@@ -81,9 +88,6 @@ def test_public_record_filters_are_422_not_500(api, params, match):
 
 
 def test_many_wildcard_patterns_are_refused_in_the_filter():
-    from bench.errors import UsageError
-    from bench.store.query import RecordFilter
-
     RecordFilter(methods=[f"m{i}*" for i in range(100)])
     with pytest.raises(UsageError, match="at most 100"):
         RecordFilter(methods=[f"m{i}*" for i in range(101)])
@@ -94,3 +98,103 @@ def test_cli_export_with_an_invalid_pattern_exits_2(cli, tmp_path):
     result = cli("export", "--store", tmp_path / "store", "--out", tmp_path / "b.tar.gz",
                  "--dataset", "[z-a]")
     assert result.exit_code == 2 and "invalid pattern '[z-a]'" in result.output
+
+
+# ---------------------------------------------------------------- a hostile server, pulled from
+
+MODEL = b"onnx bytes of a tiny model"
+
+
+def deployable(cell_id: str = "a", size: int = len(MODEL), device: str = "ws") -> dict[str, Any]:
+    """A deployable cell record as GET /records lists it (model.onnx of ``size`` bytes)."""
+    record = cell(cell_id, device=device, artifact_hashes={
+        "model.onnx": hashlib.sha256(MODEL).hexdigest()},
+        metrics={"deploy": {"onnx_file": "model.onnx", "shipped_file": "model.onnx",
+                            "columns": {"size_bytes": size, "shipped_size_bytes": size}}})
+    return {**record.model_dump(mode="json"), "record_hash": record.content_hash()}
+
+
+def hostile(pages: Callable[[int], Any], file: Callable[[], httpx.Response] | None = None,
+            devices: list[dict[str, Any]] | None = None) -> tuple[ServerClient, list[int]]:
+    """A client of a fake server: ``pages(offset)`` is the JSON of GET /records, ``file()``
+    answers every artifact download; the offsets asked are listed."""
+    asked: list[int] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/records"):
+            offset = int(request.url.params["offset"])
+            asked.append(offset)
+            if len(asked) > 50:
+                raise AssertionError("the client kept asking for pages")
+            answer = pages(offset)
+            return httpx.Response(200, content=answer) if isinstance(answer, bytes) else \
+                httpx.Response(200, json=answer)
+        if request.url.path.endswith("/devices"):
+            return httpx.Response(200, json={"items": devices or []})
+        assert file is not None
+        return file()
+
+    retry = RetryPolicy(attempts=1, sleep=lambda _s: None)
+    client = httpx.Client(transport=httpx.MockTransport(handle), base_url="http://mock")
+    return ServerClient(client, retry=retry), asked
+
+
+def page(items: list[Any], total: int, next_offset: int | None) -> dict[str, Any]:
+    return {"items": items, "total": total, "limit": 1000, "offset": 0,
+            "next_offset": next_offset}
+
+
+def test_pull_of_invalid_records_exits_2_naming_the_record_and_makes_no_store(tmp_path):
+    bad = {**deployable("a"), "w_bits": 99}
+    server, _ = hostile(lambda _o: page([deployable("z"), bad], 2, None))
+    with pytest.raises(UsageError, match=r"record 2 \(cell 'a'\) is invalid: w_bits"):
+        pull(tmp_path / "pi", "http://mock", RecordFilter(), server=server)
+    assert not (tmp_path / "pi").exists()
+    for answer in (b"{" * 100_000, b"not json", {"items": "x", "total": 1}):
+        server, _ = hostile(lambda _o, a=answer: a)
+        with pytest.raises(BadResponse):
+            pull(tmp_path / "pi", "http://mock", RecordFilter(), server=server)
+    assert not (tmp_path / "pi").exists()
+
+
+@pytest.mark.parametrize("next_offset, total", [(0, 5), (None, 0), (7, 5)])
+def test_pages_that_do_not_advance_or_exceed_the_total_are_refused(tmp_path, next_offset, total):
+    server, asked = hostile(lambda o: page([deployable(f"c{o}")], total,
+                                           o if next_offset == 0 else next_offset))
+    with pytest.raises(BadResponse):
+        pull(tmp_path / "pi", "http://mock", RecordFilter(), server=server)
+    assert len(asked) <= 2 and not (tmp_path / "pi").exists()
+
+
+def test_pull_refuses_a_download_larger_than_the_cell_records(tmp_path):
+    body = _Chunks([b"x" * (1 << 16)] * 64)
+    server, _ = hostile(lambda _o: page([deployable()], 1, None),
+                        lambda: httpx.Response(200, stream=body))
+    with pytest.raises(BadResponse, match=f"larger than {len(MODEL)} bytes"):
+        pull(tmp_path / "pi", "http://mock", RecordFilter(), server=server)
+    assert not (tmp_path / "pi").exists()
+    assert body.read_bytes <= len(MODEL) + (1 << 16)
+    served = lambda: httpx.Response(200, content=MODEL)  # noqa: E731
+    server, _ = hostile(lambda _o: page([deployable()], 1, None), served)
+    assert pull(tmp_path / "pi", "http://mock", RecordFilter(), server=server).cells == 1
+
+
+def test_a_content_length_below_the_body_stops_the_download(tmp_path):
+    lying = httpx.Response(200, headers={"Content-Length": "4"},
+                           stream=_Chunks([MODEL]))
+    server, _ = hostile(lambda _o: page([deployable()], 1, None), lambda: lying)
+    with pytest.raises(BadResponse, match="larger than 4 bytes"):
+        server.download("/file", tmp_path / "f", 1 << 20)
+    assert not (tmp_path / "f").exists()
+
+
+class _Chunks(httpx.SyncByteStream):
+    """A response body that arrives a chunk at a time, counting what was read of it."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks, self.read_bytes = chunks, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.read_bytes += len(chunk)
+            yield chunk

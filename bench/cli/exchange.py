@@ -160,13 +160,12 @@ def device_pull(
     listed); exit 2 if no cell could be pulled, or while a `bench run` or `bench import` is
     writing to the store."""
     from bench.exchange.pull import pull
-    from bench.store import ResultsStore
     from bench.store.query import RecordFilter
 
     selection = RecordFilter(datasets=dataset, backbones=backbone,
                              methods=method, w_bits=w_bits, a_bits=a_bits,
                              cell_ids=cell)
-    summary = pull(ResultsStore(store), source, selection, token=token)
+    summary = pull(store, source, selection, token=token)
     for skipped in summary.skipped:
         err.print(f"[yellow]cell skipped:[/] {escape(skipped)}", highlight=False,
                   soft_wrap=True)

@@ -3,28 +3,37 @@
 From a results server or an exported bundle, take the successful cells the filter selects that
 have deploy artifacts, check every file against the SHA-256 its cell recorded, and only then
 write the cells and files into the local store in one transaction. Files from a server are
-streamed to disk; a cell whose files the server lacks is skipped, the others are pulled. A
-device needs no training stack for any of it.
+streamed to disk and refused past the size their cell records; a cell whose files the server
+lacks is skipped, the others are pulled. A server's records are validated before anything is
+downloaded, and the store is opened (created) only once everything has passed. A device needs
+no training stack for any of it.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
+from pydantic import ValidationError
+
 from bench.errors import UsageError
-from bench.exchange.bundle import read_bundle
+from bench.exchange.bundle import MAX_MEMBER_BYTES, read_bundle
 from bench.exchange.client import API, RequestRefused, ServerClient
+from bench.exchange.manifest import first_error
 from bench.exchange.scratch import Scratch
 from bench.store.artifacts import file_sha256
 from bench.store.database import ResultsStore
-from bench.store.deploy import deploy_files
+from bench.store.deploy import deploy_files, recorded_sizes
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, FutureRecordError, IngestResult, Origin, RecordBatch
 
 NOT_FOUND = 404
+UNRECORDED_MAX_BYTES = MAX_MEMBER_BYTES
+"""The most a deploy file whose size its cell does not record may take (as in a bundle)."""
 
 
 @dataclass
@@ -58,28 +67,30 @@ def _check(cell: CellData, name: str, sha256: str) -> None:
                          "recorded; nothing was pulled")
 
 
-def pull(store: ResultsStore, source: str, selection: RecordFilter,
+def pull(store: ResultsStore | Path, source: str, selection: RecordFilter,
          token: str | None = None, server: ServerClient | None = None) -> PullSummary:
     """Pull from ``source``: an `http(s)://` server URL (or ``server``) or a bundle file.
 
-    Holds the store's "run" lock throughout, as `bench run` does (both write artifact
+    ``store`` may be a store's folder, opened (and created) only once the pull has passed every
+    check. Writes under the store's "run" lock, as `bench run` does (both write artifact
     folders); UsageError if another process holds it."""
-    with store.exclusive("run"):
-        if source.startswith(("http://", "https://")) or server is not None:
-            return _from_server(store, source, selection,
-                                server or ServerClient.connect(source, token))
-        if not Path(source).is_file():
-            raise UsageError(f"--from {source}: neither a server URL (http://, https://) "
-                             "nor a bundle file")
-        return _from_bundle(store, Path(source), selection)
+    if source.startswith(("http://", "https://")) or server is not None:
+        return _from_server(store, source, selection,
+                            server or ServerClient.connect(source, token))
+    if not Path(source).is_file():
+        raise UsageError(f"--from {source}: neither a server URL (http://, https://) "
+                         "nor a bundle file")
+    return _from_bundle(store, Path(source), selection)
 
 
-def _ingest(store: ResultsStore, summary: PullSummary, cells: list[CellData],
+def _ingest(store: ResultsStore | Path, summary: PullSummary, cells: list[CellData],
             folders: dict[str, Path], origin: Origin) -> PullSummary:
     summary.cells = len(cells)
     summary.files = sum(len(deploy_files(c)) for c in cells)
+    target = store if isinstance(store, ResultsStore) else ResultsStore(store)
     try:
-        summary.result = store.ingest(RecordBatch(cells=cells), folders, origin)
+        with target.exclusive("run"):
+            summary.result = target.ingest(RecordBatch(cells=cells), folders, origin)
     except FutureRecordError as err:
         raise UsageError(f"{summary.source}: {err}; nothing was pulled") from err
     return summary
@@ -101,7 +112,7 @@ def _deployable(candidates: list[CellData], selection: RecordFilter,
     return chosen
 
 
-def _from_bundle(store: ResultsStore, path: Path, selection: RecordFilter) -> PullSummary:
+def _from_bundle(store: ResultsStore | Path, path: Path, selection: RecordFilter) -> PullSummary:
     summary = PullSummary(str(path))
     with read_bundle(path) as bundle, Scratch("medq-pull-") as tmp:
         cells = _deployable(bundle.batch.cells, selection, summary)
@@ -116,21 +127,40 @@ def _from_bundle(store: ResultsStore, path: Path, selection: RecordFilter) -> Pu
 
 
 def _download(server: ServerClient, cell: CellData, folder: Path) -> None:
-    """Stream the cell's deploy files into ``folder``, checking each hash."""
+    """Stream the cell's deploy files into ``folder``, each refused past the size its cell
+    records (UNRECORDED_MAX_BYTES where it records none), checking each hash."""
+    sizes = recorded_sizes(cell)
     for name in deploy_files(cell):
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         path = f"{API}/cells/{quote(cell.cell_id)}/artifacts/{quote(name)}"
-        _check(cell, name, server.download(path, target))
+        _check(cell, name, server.download(path, target,
+                                           sizes.get(name, UNRECORDED_MAX_BYTES)))
 
 
-def _from_server(store: ResultsStore, url: str, selection: RecordFilter,
+def _server_cells(items: Iterable[Any], url: str) -> list[CellData]:
+    """The server's cell records, validated; UsageError naming the first invalid one."""
+    cells = []
+    for number, item in enumerate(items, 1):
+        try:
+            if not isinstance(item, dict):
+                raise TypeError("not a JSON object")
+            cells.append(CellData.from_api(item))
+        except (ValidationError, TypeError) as err:
+            name = item.get("cell_id") if isinstance(item, dict) else None
+            reason = first_error(err) if isinstance(err, ValidationError) else str(err)
+            raise UsageError(f"{url}: record {number} (cell {str(name)[:40]!r}) is invalid: "
+                             f"{reason}; nothing was pulled") from err
+    return cells
+
+
+def _from_server(store: ResultsStore | Path, url: str, selection: RecordFilter,
                  server: ServerClient) -> PullSummary:
     params = {"dataset": selection.datasets, "backbone": selection.backbones,
               "method": selection.methods, "w_bits": selection.w_bits,
               "a_bits": selection.a_bits, "status": ["ok"]}
     params = {key: values for key, values in params.items() if values}
-    candidates = [CellData.from_api(item) for item in server.records("cell", params)]
+    candidates = _server_cells(server.records("cell", params), url)
     summary = PullSummary(url)
     cells = []
     with Scratch("medq-pull-") as tmp:
