@@ -198,3 +198,46 @@ class _Chunks(httpx.SyncByteStream):
         for chunk in self.chunks:
             self.read_bytes += len(chunk)
             yield chunk
+
+
+# ---------------------------------------------------------------- bench measure
+
+
+def deployed_store(root: Path, shipped: dict[str, str]) -> ResultsStore:
+    """A store of hand-made deployed cells, one a cell id, each with a tiny real ONNX model
+    and the deploy record naming ``shipped[cell_id]`` as the file to measure."""
+    import torch
+    from torch import nn
+
+    from bench.deploy import export_fp32
+    from tests.exchange_records import cell as hand_cell
+
+    store = ResultsStore(root)
+    for cell_id, name in shipped.items():
+        with store.staging(cell_id) as staged:
+            export_fp32(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.zeros(1, 3, 2, 2),
+                        staged / "model.onnx")
+            row = hand_cell(cell_id, device="ws").to_row()
+            row.metrics = {"deploy": {"onnx_file": "model.onnx", "shipped_file": name,
+                                      "input_shape": [3, 2, 2], "columns": {}}}
+            store.commit(row, staged)
+    return store
+
+
+def test_a_shipped_file_outside_the_store_fails_that_cell_only(tmp_path):
+    from bench.measure import load_profile
+    from bench.measure.runner import measure_store
+    from bench.store.measurements import measurements
+
+    elsewhere = tmp_path / "elsewhere.onnx"
+    elsewhere.write_bytes(b"not the cell's model")
+    store = deployed_store(tmp_path / "s", {"good": "model.onnx", "bad": str(elsewhere)})
+    (tmp_path / "quick.toml").write_text('description = "quick"\nwarmup = 1\n'
+                                         'min_repetitions = 3\nmin_duration_s = 0.0\n')
+    summary = measure_store(store, load_profile(str(tmp_path / "quick.toml")), device="pi",
+                            quiet=True)
+    assert summary.measured == ["good"] and summary.failed == ["bad"]
+    assert str(elsewhere) in summary.errors["bad"]
+    stored = {m.cell_id: m for m in measurements(store.engine)}
+    assert stored["bad"].status == "failed" and "outside the cell's folder" in stored["bad"].error
+    assert stored["good"].status == "ok"

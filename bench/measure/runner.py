@@ -49,6 +49,9 @@ class Target:
     input_shape: tuple[int, ...]
     session_config: dict[str, str] = field(default_factory=dict)
     """The session config the cell was deployed (evaluated) with."""
+    problem: str | None = None
+    """Why the cell cannot be measured (its record names a file outside its folder): it is
+    stored as a failed measurement, the others are measured."""
 
     @property
     def label(self) -> str:
@@ -61,7 +64,7 @@ def verify_artifacts(targets: list[Target], store: ResultsStore) -> None:
     """Refuse (UsageError) if any target's ONNX file differs from the SHA-256 its cell
     recorded when it was committed, before anything is timed."""
     bad = []
-    for target in targets:
+    for target in (t for t in targets if t.problem is None):
         name = target.onnx_path.relative_to(store.artifact_dir(target.cell.cell_id)).as_posix()
         expected = (target.cell.artifact_hashes or {}).get(name)
         if expected is None:
@@ -103,12 +106,31 @@ def deployed_targets(store: ResultsStore, backbones: tuple[str, ...] = (),
         deploy = (r.metrics or {}).get(DEPLOY_STAGE)
         if not isinstance(deploy, dict) or "onnx_file" not in deploy:
             continue
-        path = store.artifact_dir(r.cell_id) / deploy.get("shipped_file", deploy["onnx_file"])
+        folder = store.artifact_dir(r.cell_id)
+        name = deploy.get("shipped_file", deploy["onnx_file"])
+        problem = _outside(folder, name)
+        if problem is not None:
+            targets.append(Target(r, folder, None, (), problem=problem))
+            continue
+        path = folder / name
         if path.is_file():
             targets.append(Target(r, path, deploy["columns"].get("packed_size_bytes"),
                                   tuple(deploy["input_shape"]),
                                   dict(deploy.get("session_config") or {})))
     return targets
+
+
+def _outside(folder: Path, name: object) -> str | None:
+    """Why the deploy stage's file ``name`` is not a file inside the cell's ``folder`` (an
+    absolute path, '..' or a link out), or None if it is."""
+    if not isinstance(name, str) or not name:
+        return f"its deploy record names no file ({name!r})"
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts:
+        return f"its deploy record names {name}, which is outside the cell's folder"
+    if not (folder / path).resolve().is_relative_to(folder.resolve()):
+        return f"its deploy file {name} links outside the cell's folder"
+    return None
 
 
 def measured_session_config(target: Target, profile: Profile) -> dict[str, str]:
@@ -131,7 +153,8 @@ def _record(target: Target, profile: Profile, device: str, fingerprint: dict[str
         cell_id=target.cell.cell_id, profile=profile.name, device=device,
         machine=fingerprint[HASH_KEY],
         batch_size=batch_size, isolation=profile.isolation,
-        size_bytes=target.onnx_path.stat().st_size, packed_size_bytes=target.packed_size_bytes,
+        size_bytes=None if target.problem else target.onnx_path.stat().st_size,
+        packed_size_bytes=target.packed_size_bytes,
         fingerprint=fingerprint, profile_config=profile.model_dump(mode="json"),
         started_at=started, finished_at=datetime.now(UTC))
     if isinstance(result, MeasurementError):
@@ -203,6 +226,8 @@ def _measure_todo(store: ResultsStore, profile: Profile, backbones: tuple[str, .
             progress.update(task, description=f"measure  {target.label}")
             started = datetime.now(UTC)
             try:
+                if target.problem is not None:
+                    raise MeasurementError(f"not measured: {target.problem}")
                 result: Measurement | MeasurementError = measure_isolated(
                     target.onnx_path, profile, target.input_shape, batch, hold_fd=hold_fd,
                     session_config=measured_session_config(target, profile))
