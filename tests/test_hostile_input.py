@@ -15,18 +15,20 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from bench.errors import UsageError
-from bench.exchange.bundle import BundleError
+from bench.exchange.bundle import BundleError, read_bundle
 from bench.exchange.client import BadResponse, RetryPolicy, ServerClient
-from bench.exchange.manifest import parse_manifest
+from bench.exchange.manifest import parse_manifest, seal
 from bench.exchange.pull import pull
 from bench.server.app import create_app
 from bench.server.settings import ServerSettings
 from bench.server.tokens import create_token
 from bench.store import ResultsStore
+from bench.store.bounds import MAX_JSON_BYTES, MAX_SAMPLES, MAX_TEXT_CHARS
 from bench.store.query import RecordFilter
-from tests.server_helpers import bearer, cell
+from tests.server_helpers import batch, bearer, body, cell, measurement
 
 
 @pytest.fixture
@@ -241,3 +243,88 @@ def test_a_shipped_file_outside_the_store_fails_that_cell_only(tmp_path):
     stored = {m.cell_id: m for m in measurements(store.engine)}
     assert stored["bad"].status == "failed" and "outside the cell's folder" in stored["bad"].error
     assert stored["good"].status == "ok"
+
+
+# ---------------------------------------------------------------- 3: bounded memory and disk
+
+
+def upload_json(client: TestClient, token: str, records: Any) -> httpx.Response:
+    return client.post("/api/v1/uploads", json=body(records), headers=bearer(token))
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda: {"error": "x" * (MAX_TEXT_CHARS + 1)}, "error"),
+    (lambda: {"provenance": {"junk": "y" * MAX_JSON_BYTES}}, "provenance"),
+])
+def test_an_oversized_text_or_json_field_is_422(api, change, field):
+    client, token = api
+    record = cell("c1").model_dump(mode="json") | change()
+    response = client.post("/api/v1/uploads", json={"cells": [record], "measurements": []},
+                           headers=bearer(token))
+    assert response.status_code == 422, response.text
+    assert field in response.text
+    assert upload_json(client, token, batch([cell("c1", error="x" * MAX_TEXT_CHARS)])
+                       ).status_code == 200
+
+
+def test_samples_are_capped_at_what_the_protocol_takes():
+    from bench.measure.profiles import Profile
+    from bench.measure.protocol import MAX_SAMPLES as PROTOCOL_MAX
+    from bench.measure.protocol import run_protocol
+    from bench.store.records import MeasurementData
+
+    assert PROTOCOL_MAX == MAX_SAMPLES
+    ticks = iter(range(10**9))
+    samples = run_protocol(lambda: None, 0, 1, 1e9, clock=lambda: next(ticks) * 1e-9,
+                           max_samples=50)
+    assert len(samples) == 50
+    with pytest.raises(ValidationError):
+        Profile(description="x", min_repetitions=MAX_SAMPLES + 1)
+    record = measurement("c1").model_dump() | {"samples_s": [1e-3] * (MAX_SAMPLES + 1)}
+    with pytest.raises(ValidationError, match="samples_s"):
+        MeasurementData.model_validate(record)
+
+
+def sealed_bundle(members: dict[str, bytes], **manifest: Any) -> bytes:
+    """A gzip'd bundle of ``members`` with a valid version 2 manifest (no records unless
+    given)."""
+    members = {"records/cells.jsonl": b"", "records/measurements.jsonl": b"", **members}
+    document = {"format": "medq-bundle", "version": 2, "created_at": "2026-01-01T00:00:00",
+                "source": {"device": "dev-a"}, "filters": {},
+                "counts": {"cells": 0, "measurements": 0},
+                "files": {n: hashlib.sha256(d).hexdigest() for n, d in members.items()},
+                "sizes": {n: len(d) for n, d in members.items()}, "devices": ["dev-a"],
+                **manifest}
+    return tar_gz({"medq-bundle/manifest.json": seal(document),
+                   **{f"medq-bundle/{n}": d for n, d in members.items()}})
+
+
+def test_decompression_is_bounded_by_the_compressed_size(tmp_path):
+    bomb = sealed_bundle({"records/cells.jsonl": b"\n" * (48 << 20)})
+    assert len(bomb) < 200 << 10
+    with pytest.raises(BundleError, match="50 times its compressed size"):
+        read_bundle(bomb, workdir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_bomb_upload_is_refused_before_it_is_unpacked(api):
+    client, token = api
+    bomb = sealed_bundle({"records/cells.jsonl": b"\n" * (48 << 20)})
+    response = client.post("/api/v1/uploads", content=bomb,
+                           headers={**bearer(token), "Content-Type": "application/gzip"})
+    limit = 50 * len(bomb) + (1 << 20)
+    assert response.status_code == 422
+    assert f"records/cells.jsonl is larger than the limit of {limit} bytes" in response.text
+
+
+def test_concurrent_uploads_share_a_bounded_staging_space(api):
+    client, token = api
+    staging = client.app.state.staging
+    bundle = sealed_bundle({})
+    headers = {**bearer(token), "Content-Type": "application/gzip"}
+    with staging.reserve(staging.total - 1000):
+        busy = client.post("/api/v1/uploads", content=bundle, headers=headers)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert "staging space" in busy.text
+    assert staging.held == 0
+    assert client.post("/api/v1/uploads", content=bundle, headers=headers).status_code == 200

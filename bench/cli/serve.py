@@ -32,6 +32,9 @@ def serve(
                                 "artifacts and report.")] = False,
     max_body_mb: Annotated[float, typer.Option(
         min=0.001, help="Largest request body accepted, in MiB (larger: 413).")] = 256.0,
+    max_staging_mb: Annotated[float, typer.Option(
+        min=1.0, help="Disk that bundle uploads being unpacked at once may take together, in "
+                      "MiB (an upload that would pass it: 503, retry).")] = 8192.0,
 ) -> None:
     """Serve the results API, the HTML report and uploads for devices with tokens."""
     if ctx.invoked_subcommand is not None:
@@ -41,7 +44,7 @@ def serve(
     from bench.server.settings import ServerSettings
 
     settings = ServerSettings.of(db, data, host=host, port=port, private_reads=private_reads,
-                                 max_body_mb=max_body_mb)
+                                 max_body_mb=max_body_mb, max_staging_mb=max_staging_mb)
     err.print(settings.read_policy(), highlight=False, soft_wrap=True)
     run_server(settings)
 

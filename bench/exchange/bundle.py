@@ -100,6 +100,10 @@ MEMBER_OVERHEAD = 4 * tarfile.BLOCKSIZE
 and the padding of its data to a whole block."""
 STREAM_SLACK = 64 << 10
 """Tar bytes besides the members: the end-of-archive blocks and the padding of the record."""
+UNPACK_PER_BYTE = 50
+"""The decompressed stream may be at most this many times the gzip'd bytes read so far (plus
+UNPACK_FLOOR): a bomb is refused after reading little of it, whatever its manifest declares."""
+UNPACK_FLOOR = 1 << 20
 WORK_PREFIX = "medq-bundle-"
 
 _SPECIAL = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link",
@@ -117,6 +121,8 @@ class Limits:
     member_bytes: int = MAX_MEMBER_BYTES
     members: int = MAX_MEMBERS
     records_bytes: int = MAX_RECORDS_BYTES
+    per_byte: int = UNPACK_PER_BYTE
+    """The most decompressed bytes per gzip'd byte read (beyond UNPACK_FLOOR)."""
 
     @property
     def stream_bytes(self) -> int:
@@ -334,10 +340,11 @@ class _Capped:
 
 class _TarStream:
     """The decompressed tar stream, refused past ``limits.stream_bytes`` (or a tighter `cap`),
-    and while a member header is read (see `header`), past HEADER_BYTES from where it began."""
+    past ``limits.per_byte`` times the gzip'd bytes ``raw`` has read (plus UNPACK_FLOOR), and
+    while a member header is read (see `header`), past HEADER_BYTES from where it began."""
 
-    def __init__(self, handle: IO[bytes], limits: Limits) -> None:
-        self.handle, self.limits, self.count = handle, limits, 0
+    def __init__(self, handle: IO[bytes], limits: Limits, raw: _Capped) -> None:
+        self.handle, self.limits, self.count, self.raw = handle, limits, 0, raw
         self.limit = limits.stream_bytes
         self.reason = f"the bundle unpacks to more than {limits.unpacked_bytes} bytes"
         self.header_end: int | None = None
@@ -363,6 +370,9 @@ class _TarStream:
         room = end + 1 - self.count
         data = self.handle.read(room if size < 0 else min(size, room))
         self.count += len(data)
+        if self.count > self.limits.per_byte * self.raw.count + UNPACK_FLOOR:
+            raise BundleError(f"the bundle unpacks to more than {self.limits.per_byte} times "
+                              "its compressed size (a decompression bomb?)")
         if self.count > end:
             if end == self.header_end:
                 raise BundleError(f"a member header is larger than {HEADER_BYTES >> 10} KiB "
@@ -455,7 +465,7 @@ class _Unpacker:
     def unpack(self, raw: _Capped) -> None:
         try:
             with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-                self.stream = _TarStream(gz, self.limits)
+                self.stream = _TarStream(gz, self.limits, raw)
                 with tarfile.open(fileobj=self.stream, mode="r|") as tar:  # type: ignore[call-overload]
                     while (member := _next_member(tar, self.stream)) is not None:
                         self._member(tar, member)

@@ -32,6 +32,7 @@ from bench.measure.profiles import Profile
 from bench.measure.protocol import summarize
 from bench.store import CellRecord, ResultsStore
 from bench.store.artifacts import file_sha256
+from bench.store.bounds import clip_text
 from bench.store.deploy import DEPLOY_STAGE
 from bench.store.identity import local_device, valid_device
 from bench.store.measurements import MeasurementRecord, measured_cells, save_measurement
@@ -158,7 +159,7 @@ def _record(target: Target, profile: Profile, device: str, fingerprint: dict[str
         fingerprint=fingerprint, profile_config=profile.model_dump(mode="json"),
         started_at=started, finished_at=datetime.now(UTC))
     if isinstance(result, MeasurementError):
-        record.status, record.error, record.samples_s = "failed", str(result), []
+        record.status, record.error, record.samples_s = "failed", clip_text(str(result)), []
         record.details = {"memory": result.memory, "input_shape": list(target.input_shape)}
         return record
     record.status, record.samples_s = "ok", list(result.samples_s)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,6 +19,8 @@ from sqlalchemy.orm import Session
 
 from bench.exchange.bundle import (
     BUNDLE_CONTENT_TYPE,
+    UNPACK_FLOOR,
+    UNPACK_PER_BYTE,
     BundleDeviceError,
     BundleError,
     Limits,
@@ -40,7 +43,31 @@ from bench.store.records import (
 BUNDLE_TYPES = frozenset({BUNDLE_CONTENT_TYPE, "application/x-gzip"})
 CHUNK = 500
 UNPACK_RATIO = 20
-"""A bundle may unpack to at most this many times the body limit (against gzip bombs)."""
+"""A bundle may unpack to at most this many times the body limit (against gzip bombs), and to
+at most UNPACK_PER_BYTE times its own size (plus UNPACK_FLOOR)."""
+
+
+class StagingBudget:
+    """The staging space that bundle uploads being unpacked at the same time may take together:
+    each reserves the most it may unpack to before it unpacks, and gets 503 (retry) while the
+    others hold too much of it."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total, self.held = total_bytes, 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        with self._lock:
+            if self.held + size > self.total:
+                raise UploadRefused(503, "the server is unpacking other uploads and has no "
+                                         "staging space left for this one; retry")
+            self.held += size
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.held -= size
 
 
 class UploadRefused(Exception):
@@ -53,10 +80,12 @@ class UploadRefused(Exception):
 
 
 def receive(store: ResultsStore, device: str, content_type: str, body: bytes,
-            max_bytes: int, signature: str | None = None) -> tuple[str, IngestResult]:
+            max_bytes: int, signature: str | None = None,
+            staging: StagingBudget | None = None) -> tuple[str, IngestResult]:
     """Store the records (and bundle artifacts) in ``body`` for ``device``; ``signature`` is
-    the request's `X-Medq-Signature` header. Returns the upload's id and what it did. Raises
-    pydantic's ValidationError for invalid JSON records, UploadRefused otherwise."""
+    the request's `X-Medq-Signature` header; ``staging``: the space bundles being unpacked may
+    share (default: unshared). Returns the upload's id and what it did. Raises pydantic's
+    ValidationError for invalid JSON records, UploadRefused otherwise."""
     digest = hashlib.sha256(body).hexdigest()
     upload_id = uuid.uuid4().hex
     origin = check_signature(store, device, body, signature, upload_id)
@@ -66,7 +95,8 @@ def receive(store: ResultsStore, device: str, content_type: str, body: bytes,
         check_clock(batch)
         return save(store, device, batch, {}, digest, origin)
     if content_type in BUNDLE_TYPES:
-        with _bundle(body, max_bytes, store.staging_root, device) as (batch, artifacts):
+        with _bundle(body, max_bytes, store.staging_root, device, staging) as (batch,
+                                                                                artifacts):
             check_devices(batch, device)
             return save(store, device, batch, artifacts, digest, origin)
     raise UploadRefused(415, f"Content-Type must be {JSON_TYPE} (records) or "
@@ -107,16 +137,21 @@ def check_clock(batch: RecordBatch) -> None:
 
 
 @contextmanager
-def _bundle(body: bytes, max_bytes: int, workdir: Path, device: str
-            ) -> Iterator[tuple[RecordBatch, dict[str, Path]]]:
+def _bundle(body: bytes, max_bytes: int, workdir: Path, device: str,
+            staging: StagingBudget | None) -> Iterator[tuple[RecordBatch, dict[str, Path]]]:
     """The checked bundle's records and artifact folders, unpacked under ``workdir`` (on the
     artifacts' file system); what it unpacks to, and its records files, are capped at
-    UNPACK_RATIO times the body limit. Records of another device than ``device`` get 403,
-    from the manifest's declared devices before any member is read."""
-    cap = UNPACK_RATIO * max_bytes
+    UNPACK_RATIO times the body limit and UNPACK_PER_BYTE times the body, and reserved in
+    ``staging`` first. Records of another device than ``device`` get 403, from the manifest's
+    declared devices before any member is read."""
+    cap = min(UNPACK_RATIO * max_bytes, UNPACK_PER_BYTE * len(body) + UNPACK_FLOOR)
+    if staging is not None:
+        cap = min(cap, staging.total)
     limits = Limits(unpacked_bytes=min(Limits().unpacked_bytes, cap),
                     records_bytes=min(Limits().records_bytes, cap))
     with ExitStack() as stack:
+        if staging is not None:
+            stack.enter_context(staging.reserve(limits.unpacked_bytes))
         try:
             loaded = stack.enter_context(read_bundle(io.BytesIO(body), max_bytes,
                                                      limits=limits, workdir=workdir,
