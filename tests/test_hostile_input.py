@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from bench.errors import UsageError
-from bench.exchange.bundle import BundleError, read_bundle
+from bench.exchange.bundle import BundleError, export_bundle, read_bundle
 from bench.exchange.client import BadResponse, RetryPolicy, ServerClient
 from bench.exchange.manifest import parse_manifest, seal
 from bench.exchange.pull import pull
@@ -26,7 +27,7 @@ from bench.server.app import create_app
 from bench.server.settings import ServerSettings
 from bench.server.tokens import create_token
 from bench.store import ResultsStore
-from bench.store.bounds import MAX_JSON_BYTES, MAX_SAMPLES, MAX_TEXT_CHARS
+from bench.store.bounds import MAX_JSON_BYTES, MAX_SAMPLES, MAX_TEXT_CHARS, latency_summary
 from bench.store.query import RecordFilter
 from tests.server_helpers import batch, bearer, body, cell, measurement
 
@@ -243,6 +244,7 @@ def test_a_shipped_file_outside_the_store_fails_that_cell_only(tmp_path):
     stored = {m.cell_id: m for m in measurements(store.engine)}
     assert stored["bad"].status == "failed" and "outside the cell's folder" in stored["bad"].error
     assert stored["good"].status == "ok"
+    assert stored["good"].details["model_path"] == "artifacts/good/model.onnx"
 
 
 # ---------------------------------------------------------------- 3: bounded memory and disk
@@ -328,3 +330,204 @@ def test_concurrent_uploads_share_a_bounded_staging_space(api):
     assert "staging space" in busy.text
     assert staging.held == 0
     assert client.post("/api/v1/uploads", content=bundle, headers=headers).status_code == 200
+
+
+# ---------------------------------------------------------------- 4: physically possible figures
+
+
+def summarised(samples_s: list[float], **changes: Any) -> dict[str, Any]:
+    """A measurement of dev-a with ``samples_s`` and the summary they give, then ``changes``."""
+    return measurement("c1").model_dump(mode="json") | {"samples_s": samples_s} \
+        | latency_summary(samples_s) | changes
+
+
+SAMPLES = [0.001, 0.0012, 0.0011, 0.0035, 0.0009]
+
+
+def test_the_summary_is_recomputed_as_numpy_computes_it():
+    import numpy as np
+
+    ms = np.array(SAMPLES) * 1000
+    summary = latency_summary(SAMPLES)
+    assert summary["latency_ms_mean"] == pytest.approx(ms.mean(), rel=1e-12)
+    assert summary["latency_ms_std"] == pytest.approx(ms.std(ddof=1), rel=1e-12)
+    for q in (50, 90, 99):
+        assert summary[f"latency_ms_p{q}"] == pytest.approx(np.percentile(ms, q), rel=1e-12)
+    from bench.measure.protocol import summarize
+
+    theirs = summarize(ms.tolist())
+    assert summary["latency_ms_p99"] == pytest.approx(theirs["p99"], rel=1e-12)
+    assert summary["latency_cv"] == pytest.approx(theirs["cv"], rel=1e-12)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"latency_ms_p50": -1.0}, "latency_ms_p50 is -1.0; it must be > 0"),
+    ({"peak_rss_mb": -5.0}, "peak_rss_mb is -5.0"),
+    ({"size_bytes": 0}, "size_bytes is 0"),
+    ({"latency_ms_p99": 1.0, "latency_ms_p90": 3.0}, "latency_ms_p90 3.0 is above"),
+    ({"latency_ms_p50": 1.05}, "latency_ms_p50 is 1.05, but its 5 samples_s give"),
+    ({"samples_s": []}, "a summary without the samples_s"),
+])
+def test_impossible_measurements_are_422_and_leave_the_good_one(api, changes, match):
+    client, token = api
+    headers = bearer(token)
+    good = {"cells": [cell("c1").model_dump(mode="json")],
+            "measurements": [summarised(SAMPLES)]}
+    assert client.post("/api/v1/uploads", json=good, headers=headers).status_code == 200
+    bad = summarised(SAMPLES, finished_at="2026-01-02T00:00:00") | changes
+    response = client.post("/api/v1/uploads", json={"cells": [], "measurements": [bad]},
+                           headers=headers)
+    assert response.status_code == 422 and match in response.text, response.text
+    stored = client.get("/api/v1/records", params={"kind": "measurement"}).json()["items"]
+    assert [m["latency_ms_p50"] for m in stored] == [good["measurements"][0]["latency_ms_p50"]]
+
+
+def test_nan_and_infinity_are_refused_not_nulled(api):
+    client, token = api
+    for text in ("NaN", "Infinity"):
+        raw = json.dumps({"cells": [], "measurements": [summarised(SAMPLES)]}).replace(
+            '"peak_rss_mb": 50.0', f'"peak_rss_mb": {text}')
+        response = client.post("/api/v1/uploads", content=raw,
+                               headers={**bearer(token), "Content-Type": "application/json"})
+        assert response.status_code == 422 and "peak_rss_mb" in response.text
+
+
+def test_cli_import_of_an_impossible_measurement_exits_2(cli, tmp_path):
+    bad = summarised(SAMPLES, latency_ms_p50=-1.0)
+    line = json.dumps(bad, separators=(",", ":")).encode() + b"\n"
+    bundle = tmp_path / "bad.tar.gz"
+    bundle.write_bytes(sealed_bundle({"records/measurements.jsonl": line},
+                                     counts={"cells": 0, "measurements": 1}))
+    result = cli("import", bundle, "--store", tmp_path / "store")
+    assert result.exit_code == 2 and "latency_ms_p50 is -1.0" in result.output
+    assert not (tmp_path / "store").exists()
+
+
+# ---------------------------------------------------------------- 5: what leaves a machine
+
+
+def test_a_bundle_carries_no_absolute_path_of_its_store(tmp_path):
+    store = ResultsStore(tmp_path / "clinic-pi-of-dr-smith")
+    store.ingest(batch([cell("c1")]))
+    export_bundle(store, tmp_path / "b.tar.gz")
+    with tarfile.open(tmp_path / "b.tar.gz") as tar:
+        everything = b"".join(tar.extractfile(m).read() for m in tar if m.isfile())
+    assert str(tmp_path).encode() not in everything and b"dr-smith" not in everything
+
+
+def test_junk_after_the_archive_is_refused_zero_padding_is_not(tmp_path):
+    good = sealed_bundle({})
+    tar = gzip.decompress(good)
+    read_bundle(gzip.compress(tar + bytes(10240)), workdir=tmp_path).close()
+    for junk in (b"\x01", b"junk" * 1000, bytes(600) + b"x"):
+        with pytest.raises(BundleError, match="data after the end of its archive"):
+            read_bundle(gzip.compress(tar + junk), workdir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_server_refuses_version_1_bundles_and_import_still_reads_them(api, tmp_path):
+    client, token = api
+    bundle = _v1(sealed_bundle({}))
+    with read_bundle(bundle, workdir=tmp_path) as loaded:
+        assert loaded.manifest.version == 1
+    response = client.post("/api/v1/uploads", content=bundle,
+                           headers={**bearer(token), "Content-Type": "application/gzip"})
+    assert response.status_code == 422 and "bundle version 1" in response.text
+
+
+def _v1(bundle: bytes) -> bytes:
+    """``bundle`` with its manifest made version 1 (no sizes, no devices), resealed."""
+    with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
+        content = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    document = json.loads(content["medq-bundle/manifest.json"])
+    document.update(version=1)
+    del document["sizes"], document["devices"]
+    content["medq-bundle/manifest.json"] = seal(document)
+    return tar_gz(content)
+
+
+def test_keys_belong_to_the_device_not_to_the_token(api, cli, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bench.exchange.signing import SIGNATURE_HEADER, Signer, sign_upload
+    from bench.server.tokens import revoke_token
+
+    client, _ = api
+    engine = client.app.state.store.engine
+    signer = Signer(Ed25519PrivateKey.generate(), "pi")
+    keyed_id, _ = create_token(engine, "pi", public_key=signer.public)
+    revoke_token(engine, keyed_id)
+    _, plain = create_token(engine, "pi")
+    records = batch([cell("c1", device="pi")]).model_dump_json().encode()
+    headers = {**bearer(plain), "Content-Type": "application/json"}
+    unsigned = client.post("/api/v1/uploads", content=records, headers=headers)
+    assert unsigned.status_code == 403 and "must be signed" in unsigned.text
+    signed = client.post("/api/v1/uploads", content=records, headers={
+        **headers, SIGNATURE_HEADER: sign_upload(signer, records)})
+    assert signed.status_code == 200, signed.text
+    with pytest.raises(UsageError, match="cannot register one"):
+        create_token(engine, "pi", public_key=signer.public, allow_unsigned=True)
+    _, freed = create_token(engine, "pi", allow_unsigned=True)
+    again = batch([cell("c2", device="pi")]).model_dump_json().encode()
+    assert client.post("/api/v1/uploads", content=again, headers={
+        **bearer(freed), "Content-Type": "application/json"}).status_code == 200
+
+
+def test_token_create_says_whether_uploads_must_be_signed(cli, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bench.exchange.signing import Signer
+
+    public = tmp_path / "pi.pub"
+    key = Signer(Ed25519PrivateKey.generate(), "pi").public
+    public.write_text(key.line() + "\n")
+    data = ("--data", tmp_path / "srv")
+    keyed = cli("serve", "token", "create", "--device", "pi", "--public-key", public, *data)
+    assert keyed.exit_code == 0 and f"signed by key {key.fingerprint}" in keyed.output
+    assert cli("serve", "token", "revoke", "1", *data).exit_code == 0
+    plain = cli("serve", "token", "create", "--device", "pi", *data)
+    assert plain.exit_code == 0 and f"signed by key {key.fingerprint}" in plain.output
+    freed = cli("serve", "token", "create", "--device", "pi", "--allow-unsigned", *data)
+    assert freed.exit_code == 0 and "need no signature" in freed.output
+
+
+def test_pull_takes_cells_only_from_the_devices_it_trusts(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bench.exchange.bundle import BUNDLE_CONTENT_TYPE
+    from bench.exchange.signing import SIGNATURE_HEADER, Signer, sign_upload
+    from tests.exchange_records import cell as hand_cell
+
+    app = create_app(ServerSettings.of(None, tmp_path / "srv"))
+    signer = Signer(Ed25519PrivateKey.generate(), "ws")
+    tokens = {"ws": create_token(app.state.store.engine, "ws", public_key=signer.public)[1],
+              "evil": create_token(app.state.store.engine, "evil")[1]}
+    with TestClient(app) as http:
+        for device, cell_id in (("evil", "squat"), ("ws", "real")):
+            local = ResultsStore(tmp_path / device)
+            with local.staging(cell_id) as staged:
+                (staged / "model.onnx").write_bytes(f"model by {device}".encode())
+                local.commit(hand_cell(cell_id, device=device).to_row(), staged)
+            body = export_bundle(local, tmp_path / f"{device}.tar.gz",
+                                 artifacts="deploy").path.read_bytes()
+            headers = {**bearer(tokens[device]), "Content-Type": BUNDLE_CONTENT_TYPE}
+            if device == "ws":
+                headers[SIGNATURE_HEADER] = sign_upload(signer, body)
+            assert http.post("/api/v1/uploads", content=body, headers=headers).status_code == 200
+        reader = ServerClient(http)
+        taken = pull(tmp_path / "pi", "http://testserver", RecordFilter(), server=reader)
+        assert taken.cells_from == "ws (the devices with registered keys)"
+        assert [c.cell_id for c in ResultsStore(tmp_path / "pi").records()] == ["real"]
+        chosen = pull(tmp_path / "pi2", "http://testserver", RecordFilter(), server=reader,
+                      cells_from=["evil"])
+        assert chosen.cells == 1
+        assert [c.cell_id for c in ResultsStore(tmp_path / "pi2").records()] == ["squat"]
+
+
+def test_a_bundle_line_with_nan_is_refused(cli, tmp_path):
+    line = json.dumps(summarised(SAMPLES)).replace('"peak_rss_mb": 50.0', '"peak_rss_mb": NaN')
+    bundle = tmp_path / "nan.tar.gz"
+    bundle.write_bytes(sealed_bundle({"records/measurements.jsonl": line.encode() + b"\n"},
+                                     counts={"cells": 0, "measurements": 1}))
+    result = cli("import", bundle, "--store", tmp_path / "store")
+    assert result.exit_code == 2 and "peak_rss_mb" in result.output and "finite" in result.output

@@ -76,12 +76,18 @@ def serve_token_create(
     public_key: Annotated[Path | None, typer.Option(
         help="The device's public key (the `.pub` file of `bench keys create` on it): its "
              "uploads must then be signed by that key.")] = None,
+    allow_unsigned: Annotated[bool, typer.Option(
+        "--allow-unsigned", help="Drop the device's registered public keys: its uploads need "
+                                 "no signature until a key is registered again. (Keys stay "
+                                 "the device's when their token is revoked.)")] = False,
     db: DbOpt = None,
     data: DataOpt = None,
 ) -> None:
     """Make a token for a device and print it; only its hash is stored, so copy it now."""
+    from sqlalchemy.orm import Session
+
     from bench.exchange.signing import read_public_keys
-    from bench.server.tokens import create_token
+    from bench.server.tokens import create_token, device_keys
 
     key = None
     if public_key is not None:
@@ -90,8 +96,12 @@ def serve_token_create(
             raise UsageError(f"{public_key} holds {len(keys)} public keys; give a file with "
                              "the device's one key")
         key = keys[0]
-    token_id, token = create_token(server_engine(ctx, db, data), device, label, key)
-    signed = f", uploads must be signed by key {key.fingerprint}" if key else ""
+    engine = server_engine(ctx, db, data)
+    token_id, token = create_token(engine, device, label, key, allow_unsigned)
+    with Session(engine) as session:
+        keys = device_keys(session, device)
+    signed = (f", uploads must be signed by key {' or '.join(k.fingerprint for k in keys)}"
+              if keys else ", uploads need no signature (the device has no registered key)")
     err.print(f"token {token_id} for device {device}{signed} (shown once; store it safely):",
               highlight=False)
     sys.stdout.write(token + "\n")

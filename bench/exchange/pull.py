@@ -45,6 +45,8 @@ class PullSummary:
     files: int = 0
     result: IngestResult = field(default_factory=IngestResult)
     skipped: list[str] = field(default_factory=list)
+    cells_from: str = "any device"
+    """Whose cells were taken, in words."""
 
 
 def _stage(cell: CellData, source: Path, work: Path) -> Path:
@@ -68,19 +70,37 @@ def _check(cell: CellData, name: str, sha256: str) -> None:
 
 
 def pull(store: ResultsStore | Path, source: str, selection: RecordFilter,
-         token: str | None = None, server: ServerClient | None = None) -> PullSummary:
+         token: str | None = None, server: ServerClient | None = None,
+         cells_from: list[str] | None = None) -> PullSummary:
     """Pull from ``source``: an `http(s)://` server URL (or ``server``) or a bundle file.
 
-    ``store`` may be a store's folder, opened (and created) only once the pull has passed every
-    check. Writes under the store's "run" lock, as `bench run` does (both write artifact
-    folders); UsageError if another process holds it."""
+    ``cells_from``: take only cells these devices made. Cell ids follow from the grid, so any
+    device can upload a record under another's cell id first; from a server the default is
+    therefore the devices whose public keys it has registered (every device only where none
+    has one), from a bundle every device in it. ``store`` may be a store's folder, opened (and
+    created) only once the pull has passed every check. Writes under the store's "run" lock,
+    as `bench run` does (both write artifact folders); UsageError if another process holds
+    it."""
     if source.startswith(("http://", "https://")) or server is not None:
         return _from_server(store, source, selection,
-                            server or ServerClient.connect(source, token))
+                            server or ServerClient.connect(source, token), cells_from)
     if not Path(source).is_file():
         raise UsageError(f"--from {source}: neither a server URL (http://, https://) "
                          "nor a bundle file")
-    return _from_bundle(store, Path(source), selection)
+    return _from_bundle(store, Path(source), selection, cells_from)
+
+
+def _trusted(server: ServerClient, cells_from: list[str] | None) -> tuple[list[str] | None,
+                                                                          str]:
+    """The devices whose cells to take (None: any) and that choice in words."""
+    if cells_from:
+        return cells_from, ", ".join(cells_from) + " (--cells-from)"
+    devices = server.devices()
+    keyed = sorted(str(d.get("name")) for d in devices
+                   if isinstance(d, dict) and d.get("keys"))
+    if keyed:
+        return keyed, ", ".join(keyed) + " (the devices with registered keys)"
+    return None, "any device (none has a registered key; --cells-from chooses)"
 
 
 def _ingest(store: ResultsStore | Path, summary: PullSummary, cells: list[CellData],
@@ -97,10 +117,14 @@ def _ingest(store: ResultsStore | Path, summary: PullSummary, cells: list[CellDa
 
 
 def _deployable(candidates: list[CellData], selection: RecordFilter,
-                summary: PullSummary) -> list[CellData]:
+                summary: PullSummary, devices: list[str] | None = None) -> list[CellData]:
     chosen = []
     for cell in candidates:
         if cell.status != "ok" or not selection.matches(cell):
+            continue
+        if devices is not None and cell.device not in devices:
+            summary.skipped.append(f"{cell.cell_id}: made by {cell.device}, not by "
+                                   f"{summary.cells_from}")
             continue
         if deploy_files(cell):
             chosen.append(cell)
@@ -108,14 +132,18 @@ def _deployable(candidates: list[CellData], selection: RecordFilter,
             summary.skipped.append(f"{cell.cell_id}: no deployed model")
     if not chosen:
         raise UsageError("no deployable cell matches: pull needs successful cells that ran the "
-                         "deploy stage (`stages: {deploy: {}}` in the grid)")
+                         "deploy stage (`stages: {deploy: {}}` in the grid), made by "
+                         f"{summary.cells_from}")
     return chosen
 
 
-def _from_bundle(store: ResultsStore | Path, path: Path, selection: RecordFilter) -> PullSummary:
+def _from_bundle(store: ResultsStore | Path, path: Path, selection: RecordFilter,
+                 cells_from: list[str] | None) -> PullSummary:
     summary = PullSummary(str(path))
+    if cells_from:
+        summary.cells_from = ", ".join(cells_from) + " (--cells-from)"
     with read_bundle(path) as bundle, Scratch("medq-pull-") as tmp:
-        cells = _deployable(bundle.batch.cells, selection, summary)
+        cells = _deployable(bundle.batch.cells, selection, summary, cells_from or None)
         folders = {}
         for cell in cells:
             source = bundle.artifact_dirs.get(cell.cell_id)
@@ -155,17 +183,18 @@ def _server_cells(items: Iterable[Any], url: str) -> list[CellData]:
 
 
 def _from_server(store: ResultsStore | Path, url: str, selection: RecordFilter,
-                 server: ServerClient) -> PullSummary:
+                 server: ServerClient, cells_from: list[str] | None) -> PullSummary:
+    summary = PullSummary(url)
+    devices, summary.cells_from = _trusted(server, cells_from)
     params = {"dataset": selection.datasets, "backbone": selection.backbones,
               "method": selection.methods, "w_bits": selection.w_bits,
-              "a_bits": selection.a_bits, "status": ["ok"]}
+              "a_bits": selection.a_bits, "status": ["ok"], "device": devices}
     params = {key: values for key, values in params.items() if values}
     candidates = _server_cells(server.records("cell", params), url)
-    summary = PullSummary(url)
     cells = []
     with Scratch("medq-pull-") as tmp:
         folders = {}
-        for cell in _deployable(candidates, selection, summary):
+        for cell in _deployable(candidates, selection, summary, devices):
             try:
                 _download(server, cell, Path(tmp) / cell.cell_id)
             except RequestRefused as err:

@@ -50,6 +50,8 @@ class Target:
     input_shape: tuple[int, ...]
     session_config: dict[str, str] = field(default_factory=dict)
     """The session config the cell was deployed (evaluated) with."""
+    shipped: str = ""
+    """The file's path within the cell's artifact folder, as its deploy record names it."""
     problem: str | None = None
     """Why the cell cannot be measured (its record names a file outside its folder): it is
     stored as a failed measurement, the others are measured."""
@@ -117,7 +119,7 @@ def deployed_targets(store: ResultsStore, backbones: tuple[str, ...] = (),
         if path.is_file():
             targets.append(Target(r, path, deploy["columns"].get("packed_size_bytes"),
                                   tuple(deploy["input_shape"]),
-                                  dict(deploy.get("session_config") or {})))
+                                  dict(deploy.get("session_config") or {}), name))
     return targets
 
 
@@ -170,6 +172,9 @@ def _record(target: Target, profile: Profile, device: str, fingerprint: dict[str
     for key in ("samples_s", "profile", "isolation", "batch_size", "load_time_s",
                 "peak_rss_mb"):
         details.pop(key)
+    # The model's path within the store: an absolute one would carry this machine's user
+    # names and folder layout to every store and server the record goes to.
+    details["model_path"] = f"artifacts/{target.cell.cell_id}/{target.shipped}"
     saturates = u8s8_saturates()
     # exact_kernels: the timed kernels compute what the deployed accuracy was evaluated with.
     details.update(kernel_policy=profile.kernels, u8s8_saturates=saturates,

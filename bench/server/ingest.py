@@ -27,12 +27,15 @@ from bench.exchange.bundle import (
     read_bundle,
 )
 from bench.exchange.bundle import JSON_CONTENT_TYPE as JSON_TYPE
+from bench.exchange.manifest import VERSION
 from bench.exchange.signing import SignatureError, verify_upload
 from bench.server import db
 from bench.server.tables import DeviceRecord, UploadRecord
 from bench.server.tokens import device_keys, utc_now
 from bench.store import CellRecord, ResultsStore
+from bench.store.bounds import check_received
 from bench.store.records import (
+    RECEIVED,
     FutureRecordError,
     IngestResult,
     Origin,
@@ -90,9 +93,10 @@ def receive(store: ResultsStore, device: str, content_type: str, body: bytes,
     upload_id = uuid.uuid4().hex
     origin = check_signature(store, device, body, signature, upload_id)
     if content_type == JSON_TYPE:
-        batch = RecordBatch.model_validate_json(body)
+        batch = RecordBatch.model_validate_json(body, context=RECEIVED)
         check_devices(batch, device)
         check_clock(batch)
+        check_measurements(batch)
         return save(store, device, batch, {}, digest, origin)
     if content_type in BUNDLE_TYPES:
         with _bundle(body, max_bytes, store.staging_root, device, staging) as (batch,
@@ -128,6 +132,14 @@ def check_signature(store: ResultsStore, device: str, body: bytes, header: str |
     return Origin(source, key.fingerprint, device, True)
 
 
+def check_measurements(batch: RecordBatch) -> None:
+    """422 if a measurement is not physically possible (see bounds.check_received)."""
+    try:
+        check_received(batch.measurements)
+    except ValueError as err:
+        raise UploadRefused(422, str(err)) from err
+
+
 def check_clock(batch: RecordBatch) -> None:
     """422 if a record's times lie in the future (see records.check_times)."""
     try:
@@ -155,7 +167,7 @@ def _bundle(body: bytes, max_bytes: int, workdir: Path, device: str,
         try:
             loaded = stack.enter_context(read_bundle(io.BytesIO(body), max_bytes,
                                                      limits=limits, workdir=workdir,
-                                                     device=device))
+                                                     device=device, min_version=VERSION))
         except BundleDeviceError as err:
             raise UploadRefused(403, str(err)) from err
         except BundleError as err:

@@ -25,15 +25,25 @@ from functools import partial
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    create_model,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bench.store.bounds import (
+    FINITE_FIELDS,
     MAX_ARTIFACT_FILES,
     MAX_SAMPLES,
     bounded_json,
     bounded_text,
+    require_finite,
 )
 from bench.store.identity import DEVICE_PATTERN
 from bench.store.schema import (
@@ -103,6 +113,21 @@ Sha256 = Annotated[str, StringConstraints(pattern=HASH_PATTERN)]
 Json = Annotated[dict[str, Any], AfterValidator(bounded_json), AfterValidator(clean_json)]
 Time = Annotated[datetime, AfterValidator(_utc_naive)]
 Real = Annotated[float | None, AfterValidator(_finite)]
+RECEIVED = {"received": True}
+"""The validation context of records arriving from elsewhere (an upload, a bundle's lines):
+a measurement's NaN or infinite figure is refused there, where a stored one reads as null."""
+
+
+def _finite_figure(value: float | None, info: ValidationInfo) -> float | None:
+    if value is None or math.isfinite(value):
+        return value
+    if info.context and info.context.get("received"):
+        return require_finite(value)
+    return None
+
+
+Finite = Annotated[float | None, AfterValidator(_finite_figure)]
+"""A measurement's figure: a finite number or absent (see RECEIVED)."""
 Bits = Annotated[int, Field(ge=1, le=32)]
 Count = Annotated[int, Field(ge=0, le=INT32)]
 
@@ -225,6 +250,8 @@ MeasurementData = create_model(
         "status": (Literal["ok", "failed"], ...),
         "samples_s": (list[Annotated[float, Field(ge=0, allow_inf_nan=False)]],
                       Field(default_factory=list, max_length=MAX_SAMPLES)),
+        **{name: (Finite, None) for name in FINITE_FIELDS
+           if isinstance(MeasurementRecord.__table__.columns[name].type, sa.Float)},
     }))
 
 
