@@ -71,10 +71,18 @@ def test_a_deeply_nested_manifest_upload_is_422(api):
     assert response.status_code == 422 and "nested too deeply" in response.text
 
 
-def test_cli_import_of_a_deeply_nested_manifest_exits_2(cli, tmp_path):
+def test_a_deeply_nested_json_upload_is_422(api):
+    client, token = api
+    response = client.post("/api/v1/uploads", content=b'{"cells":' + deep(100_000) + b"}",
+                           headers={**bearer(token), "Content-Type": "application/json"})
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize("verb", [("import",), ("device", "pull", "--from")])
+def test_cli_reading_a_deeply_nested_manifest_exits_2(cli, tmp_path, verb):
     path = tmp_path / "deep.tar.gz"
     path.write_bytes(tar_gz({"medq-bundle/manifest.json": deep(100_000)}))
-    result = cli("import", path, "--store", tmp_path / "store")
+    result = cli(*verb, path, "--store", tmp_path / "store")
     assert result.exit_code == 2 and "nested too deeply" in result.output
     assert not (tmp_path / "store").exists()
 
