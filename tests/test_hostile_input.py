@@ -539,3 +539,38 @@ def test_a_bundle_line_with_nan_is_refused(cli, tmp_path):
                                      counts={"cells": 0, "measurements": 1}))
     result = cli("import", bundle, "--store", tmp_path / "store")
     assert result.exit_code == 2 and "peak_rss_mb" in result.output and "finite" in result.output
+
+
+def test_a_squatted_cell_id_gives_way_to_the_signed_device_and_never_the_reverse(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bench.exchange.bundle import BUNDLE_CONTENT_TYPE
+    from bench.exchange.signing import SIGNATURE_HEADER, Signer, sign_upload
+    from tests.exchange_records import cell as hand_cell
+
+    app = create_app(ServerSettings.of(None, tmp_path / "srv"))
+    signer = Signer(Ed25519PrivateKey.generate(), "ws")
+    tokens = {"ws": create_token(app.state.store.engine, "ws", public_key=signer.public)[1],
+              "evil": create_token(app.state.store.engine, "evil")[1]}
+
+    def upload(http: TestClient, device: str, minute: int) -> httpx.Response:
+        local = ResultsStore(tmp_path / f"{device}{minute}")
+        with local.staging("same") as staged:
+            (staged / "model.onnx").write_bytes(f"model by {device}".encode())
+            local.commit(hand_cell("same", device=device, minute=minute).to_row(), staged)
+        body = export_bundle(local, tmp_path / f"{device}{minute}.tar.gz",
+                             artifacts="deploy").path.read_bytes()
+        headers = {**bearer(tokens[device]), "Content-Type": BUNDLE_CONTENT_TYPE}
+        if device == "ws":
+            headers[SIGNATURE_HEADER] = sign_upload(signer, body)
+        return http.post("/api/v1/uploads", content=body, headers=headers)
+
+    with TestClient(app) as http:
+        assert upload(http, "evil", 9).status_code == 200
+        assert upload(http, "ws", 0).status_code == 200
+        stored = app.state.store.get("same")
+        assert stored.device == "ws"
+        model = http.get("/api/v1/cells/same/artifacts/model.onnx")
+        assert model.content == b"model by ws"
+        refused = upload(http, "evil", 20)
+        assert refused.status_code == 403 and "stored as device 'ws'" in refused.text

@@ -40,6 +40,7 @@ from bench.store.records import (
     IngestResult,
     Origin,
     RecordBatch,
+    audit_replacement,
     check_times,
 )
 
@@ -196,7 +197,7 @@ def save(store: ResultsStore, device: str, batch: RecordBatch, artifacts: dict[s
         if known is None:
             known = DeviceRecord(name=device, created_at=now)
             session.add(known)
-        _check_owners(session, batch, device)
+        _check_owners(session, batch, device, origin is not None and origin.verified)
         result = store.ingest_in(session, batch, artifacts, origin)
         upload_id = origin.source.removeprefix("upload ") if origin else uuid.uuid4().hex
         upload = UploadRecord(id=upload_id, device=device, payload_sha256=payload_sha256,
@@ -208,14 +209,27 @@ def save(store: ResultsStore, device: str, batch: RecordBatch, artifacts: dict[s
     return db.write(store.engine, work)
 
 
-def _check_owners(session: Session, batch: RecordBatch, device: str) -> None:
-    """403 if a cell of the batch is stored as another device's record."""
-    ids = sorted({cell.cell_id for cell in batch.cells})
+def _check_owners(session: Session, batch: RecordBatch, device: str, signed: bool) -> None:
+    """403 if a cell of the batch is stored as another device's record, unless the upload is
+    ``signed`` by a key registered for ``device`` and that other device has no registered key:
+    cell ids follow from the grid, so anyone with a token can upload a record under a cell id
+    first; such a squatted record gives way to the signed one (kept in the audit table), and a
+    device with a key can never be displaced."""
+    cells = {cell.cell_id: cell for cell in batch.cells}
+    ids = sorted(cells)
+    keyed: dict[str, bool] = {}
     for start in range(0, len(ids), CHUNK):
-        clash = session.execute(select(CellRecord.cell_id, CellRecord.device).where(
-            CellRecord.cell_id.in_(ids[start:start + CHUNK]),
-            CellRecord.device != device)).first()
-        if clash is not None:
-            raise UploadRefused(403, f"cell {clash.cell_id} is stored as device "
-                                     f"{clash.device!r}'s record; a token writes only its own "
-                                     "device's records")
+        for clash in session.scalars(select(CellRecord).where(
+                CellRecord.cell_id.in_(ids[start:start + CHUNK]),
+                CellRecord.device != device)):
+            if clash.device not in keyed:
+                keyed[clash.device] = bool(device_keys(session, clash.device))
+            if not signed or keyed[clash.device]:
+                raise UploadRefused(403, f"cell {clash.cell_id} is stored as device "
+                                         f"{clash.device!r}'s record; a token writes only its "
+                                         "own device's records")
+            new = cells[clash.cell_id]
+            audit_replacement(session, clash, new, new.content_hash(),
+                              f"signed upload of {device} over unsigned {clash.device}")
+            session.delete(clash)
+    session.flush()
