@@ -574,3 +574,18 @@ def test_a_squatted_cell_id_gives_way_to_the_signed_device_and_never_the_reverse
         assert model.content == b"model by ws"
         refused = upload(http, "evil", 20)
         assert refused.status_code == 403 and "stored as device 'ws'" in refused.text
+
+
+def test_a_records_page_stops_at_its_byte_budget_and_the_client_reads_on(api, monkeypatch):
+    from bench.server import record_json
+
+    client, token = api
+    big = {"junk": "z" * 200_000}
+    records = batch([cell(f"c{i}").model_copy(update={"provenance": big}) for i in range(7)])
+    assert upload_json(client, token, records).status_code == 200
+    monkeypatch.setattr(record_json, "PAGE_BYTES", 450_000)
+    first = client.get("/api/v1/records", params={"kind": "cell"}).json()
+    assert len(first["items"]) == 2 and first["next_offset"] == 2 and first["total"] == 7
+    reader = ServerClient(client)
+    assert sorted(r["cell_id"] for r in reader.records("cell", {})) == \
+        [f"c{i}" for i in range(7)]
