@@ -39,7 +39,9 @@ def new_record(cell: Cell, grid_name: str, torch_device: torch.device | str,
 
 
 def mark_failed(record: CellRecord, error: str) -> CellRecord:
-    record.status, record.error = "failed", error
+    from bench.store.bounds import clip_text
+
+    record.status, record.error = "failed", clip_text(error)
     record.metrics, record.finished_at = {}, datetime.now(UTC)
     return record
 

@@ -28,3 +28,25 @@ def deploy_files(cell: CellData) -> list[str]:
         return []
     names = {v for k, v in deploy.items() if k.endswith("_file") and isinstance(v, str)}
     return sorted(names & cell.artifact_hashes.keys())
+
+
+FILE_SIZES = {"onnx_file": "size_bytes", "shipped_file": "shipped_size_bytes",
+              "packed_file": "packed_size_bytes"}
+"""The deploy stage's file keys and the column holding each file's size on disk (the packed
+size is the packed file's size when the stage wrote one)."""
+
+
+def recorded_sizes(cell: CellData) -> dict[str, int]:
+    """The size in bytes the cell's deploy stage recorded for each of its deploy files."""
+    deploy = cell.metrics.get(DEPLOY_STAGE)
+    if not isinstance(deploy, dict) or not isinstance(deploy.get("columns"), dict):
+        return {}
+    sizes: dict[str, int] = {}
+    for key, column in FILE_SIZES.items():
+        name, size = deploy.get(key), deploy["columns"].get(column)
+        if key == "packed_file" and deploy.get("packed_size_source") != "packed file":
+            continue
+        if isinstance(name, str) and isinstance(size, int) and not isinstance(size, bool) \
+                and size >= 0:
+            sizes[name] = min(size, sizes.get(name, size))
+    return sizes
