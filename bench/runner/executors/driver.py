@@ -1,12 +1,16 @@
 """The driver: submits cells to an executor in dependency order and is the store's only writer.
 
-Cells already stored ok are skipped. A cell is submitted once the cells it waits for are done
-(order.py); results are committed as they arrive. A worker that dies mid-cell gets the cell
-retried (at most MAX_RETRIES times; a crash that cannot be pinned on one cell is not counted,
-and the cells it took down are retried one at a time until each is cleared). A cell that fails
-is stored with its error, and the cells that start from it are stored as failed ("parent
-failed") without running; the rest of the grid goes on. A plan with nothing to run never starts
-the executor (nor loads the training stack).
+Cells already stored ok are skipped, except a stored cell that a cell to run starts from or
+reads (its FP32 parent, its same-seed FP32 reference) whose artifact folder is gone or whose
+files differ from the SHA-256 its record states: it is recomputed first (training is
+deterministic), so no cell trains from a model other than its parent's record. A cell is
+submitted once the cells it waits for are done (order.py); results are committed as they
+arrive. A worker that dies mid-cell gets the cell retried (at most MAX_RETRIES times; a crash
+that cannot be pinned on one cell is not counted, and the cells it took down are retried one
+at a time until each is cleared). A cell that fails is stored with its error, and the cells
+that start from it are stored as failed ("parent failed") without running; the rest of the
+grid goes on. A plan with nothing to run never starts the executor (nor loads the training
+stack).
 """
 
 from __future__ import annotations
@@ -76,12 +80,28 @@ class _Run:
         self.crashes: Counter[str] = Counter()
         self.suspects: set[str] = set()
         self.store_ref = StoreRef.of(store)
+        self._recompute_damaged()
         for cell in self.plan.cells:
             if cell.cell_id in self.done:
                 self.summary.cached.append(cell.cell_id)
                 self.progress.cell_done()
             else:
                 self.pending.append(cell)
+
+    def _recompute_damaged(self) -> None:
+        """Take out of ``done`` every stored cell that a cell to run needs or follows and whose
+        artifacts are not the ones its record states, so it runs again before them."""
+        read = {cell_id for cell in self.plan.cells if cell.cell_id not in self.done
+                for cell_id in self.waits[cell.cell_id].needs | self.waits[cell.cell_id].follows}
+        for cell_id in sorted(read & self.done):
+            record = self.store.get(cell_id)
+            bad = self.store.damaged(record) if record is not None else []
+            if bad:
+                shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                log.warning("%s (%s): %s in %s missing or not the stored SHA-256; recomputing it "
+                            "before the cells that read it", self.cells[cell_id].label, cell_id,
+                            shown, self.store.artifact_dir(cell_id))
+                self.done.discard(cell_id)
 
     @cached_property
     def torch_device(self) -> torch.device:
