@@ -5,13 +5,20 @@ cell fails it naming the file."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from bench.data import filehash
+from bench.data.imagefolder import folder_source, load_folder, scan_class_folders
+from bench.errors import DataError
 from bench.store import ResultsStore
+from tests.imaging import make_folder
 
 FP32_ONLY = [{"name": "fp32"}]
 WITH_CHILD = [{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}]
@@ -80,3 +87,73 @@ def test_a_parent_file_changed_under_the_child_fails_it_naming_the_file(tmp_path
     weights.unlink()
     with pytest.raises(ArtifactMismatchError, match=r"model\.pt: missing"):
         load_fp32_model(opened, child, 3)
+
+
+# --- ImageFolder: identity by content, a damaged or unwritable cache ----------------------
+
+
+def _same_size_other_content(path: Path) -> None:
+    """Replace ``path``'s bytes with others of the same length, its times put back."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_a_folder_is_identified_by_content_not_size_and_time(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    before = folder_source(root, 16, cache)
+    _same_size_other_content(root / "a" / "0.png")
+    assert folder_source(root, 16, cache) != before
+    replacement = tmp_path / "new.png"
+    shutil.copy2(root / "b" / "1.png", replacement)
+    _same_size_other_content(replacement)
+    after = folder_source(root, 16, cache)
+    shutil.copy2(replacement, root / "b" / "1.png")   # cp -p of a new release
+    assert folder_source(root, 16, cache) != after
+
+
+def test_an_unchanged_folder_is_not_read_again(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    for path in root.rglob("*.png"):   # older than the racy window: their hashes are kept
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    first = folder_source(root, 16, cache)
+    read = []
+    monkeypatch.setattr(filehash, "file_sha256", lambda p: read.append(p) or "0" * 64)
+    assert folder_source(root, 16, cache) == first and read == []
+
+
+def test_a_truncated_decoded_cache_is_rebuilt(tmp_path, caplog):
+    root = make_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    first = load_folder(root, 16, cache)
+    (saved,) = cache.glob("imagefolder-*.pt")
+    saved.write_bytes(saved.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        again = load_folder(root, 16, cache)
+    assert "decoding again" in caplog.text
+    assert torch.equal(again.images, first.images) and again.fingerprint == first.fingerprint
+    assert load_folder(root, 16, cache).fingerprint == first.fingerprint   # rebuilt file reads
+
+
+def test_an_unwritable_cache_costs_a_warning_not_the_run(tmp_path, caplog):
+    root = make_folder(tmp_path / "imgs")
+    (tmp_path / "a-file").write_text("")
+    cache = tmp_path / "a-file" / "cache"   # under a file: nothing can be written there
+    with caplog.at_level(logging.WARNING):
+        images = load_folder(root, 16, cache)
+    assert len(images.ids) == 12
+    assert "cannot write the decoded-image cache" in caplog.text
+    assert "cannot write the file-hash index" in caplog.text
+
+
+def test_an_image_name_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    bad = Path(os.fsdecode(os.fsencode(root / "a") + b"/x\xff.png"))
+    shutil.copy(root / "a" / "0.png", bad)
+    with pytest.raises(DataError, match=r"not valid UTF-8: b'.*x\\xff\.png'"):
+        scan_class_folders(root)

@@ -4,7 +4,7 @@ without decoding or generating a single image (and without importing torch).
 A cell's id needs its data set's split-manifest hash; a dry run and the cost estimate need the
 numbers of images and classes. Each preparation of a data set writes these three under the hash
 of its `DataConfig` and its source fingerprint (`DatasetInfo.source`: the generator's options and
-code, a folder's file names, sizes and mtimes, an archive's size, mtime and SHA-256). Planning
+code, a folder's content hashes (data/filehash.py), an archive's size, mtime, SHA-256). Planning
 reads them back when the fingerprint still matches; any change to the data changes the
 fingerprint, so the entry is simply not found and the data set is prepared again. A data set
 with no source fingerprint is always prepared.
