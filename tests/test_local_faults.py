@@ -157,3 +157,34 @@ def test_an_image_name_that_is_not_utf8_is_refused_naming_it(tmp_path):
     shutil.copy(root / "a" / "0.png", bad)
     with pytest.raises(DataError, match=r"not valid UTF-8: b'.*x\\xff\.png'"):
         scan_class_folders(root)
+
+
+# --- grids: bounded before they are expanded, true/false are not numbers ------------------
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": 300_000_000}, "300,000,000 seeds asked for; at most 10,000"),
+    ({"seeds": True}, "not true/false"),
+    ({"train": {"epochs": True}}, "train.epochs"),
+])
+def test_grid_counts_are_bounded_and_strict(write_grid, cli, tmp_path, change, message):
+    result = cli("run", "--grid", write_grid(**change), "--store", tmp_path / "s", "--dry-run",
+                 "--no-estimate")
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_seeds_flag_is_bounded_before_the_list_is_built(write_grid, cli, tmp_path):
+    result = cli("run", "--grid", write_grid(), "--store", tmp_path / "s", "--seeds",
+                 "100000000", "--dry-run", "--no-estimate")
+    assert result.exit_code == 2 and "at most 10,000 seeds" in result.output, result.output
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: deep\nmethods: " + "[" * 1000 + "]" * 1000 + "\n", "nested too deeply"),
+    ("# " + "x" * (1 << 20) + "\nname: big\n", "at most 1,048,576 are read"),
+])
+def test_hostile_grid_files_exit_2_with_a_message(cli, tmp_path, text, message):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    result = cli("run", "--grid", grid, "--store", tmp_path / "s", "--dry-run", "--no-estimate")
+    assert result.exit_code == 2 and message in result.output, result.output
