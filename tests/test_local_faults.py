@@ -188,3 +188,63 @@ def test_hostile_grid_files_exit_2_with_a_message(cli, tmp_path, text, message):
     grid.write_text(text)
     result = cli("run", "--grid", grid, "--store", tmp_path / "s", "--dry-run", "--no-estimate")
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+# --- stores that cannot be used: exit 2 naming what is wrong -------------------------------
+
+
+def _ran(cli, write_grid, store: Path):
+    return cli("run", "--grid", write_grid(seeds=1), "--store", store, "--quiet")
+
+
+def test_a_store_that_is_a_file_exits_2(cli, write_grid, tmp_path):
+    (tmp_path / "afile").write_text("")
+    result = _ran(cli, write_grid, tmp_path / "afile")
+    assert result.exit_code == 2 and "is a file, not a store folder" in result.output
+
+
+@pytest.mark.parametrize("kind", ["folder", "devnull"])
+def test_a_database_that_is_no_file_exits_2(cli, write_grid, tmp_path, kind):
+    store = tmp_path / "s"
+    store.mkdir()
+    if kind == "folder":
+        (store / "medq.sqlite").mkdir()
+    else:
+        (store / "medq.sqlite").symlink_to(os.devnull)
+    result = _ran(cli, write_grid, store)
+    assert result.exit_code == 2, result.output
+    assert ("is a folder" if kind == "folder" else "a link to /dev/null") in result.output
+    for verb in ("results", "report"):
+        assert cli(verb, "--store", store).exit_code == 2
+
+
+def test_a_store_from_a_newer_version_names_its_revision(cli, write_grid, tmp_path):
+    import sqlite3
+
+    store = tmp_path / "s"
+    assert _ran(cli, write_grid, store).exit_code == 0
+    with sqlite3.connect(store / "medq.sqlite") as con:
+        con.execute("UPDATE alembic_version SET version_num = '0099_future'")
+    for args in (("results", "--store", store), ("run", "--grid", write_grid(seeds=1),
+                                                 "--store", store)):
+        result = cli(*args)
+        assert result.exit_code == 2, result.output
+        assert "schema revision 0099_future" in result.output
+        assert "made by medq-bench 0.1.0" in result.output or "newer medq-bench" in result.output
+
+
+def test_a_lock_that_cannot_be_made_is_a_read_only_store(tmp_path, monkeypatch):
+    import errno
+
+    from filelock import FileLock
+
+    from bench.store.peek import exclusive
+    from bench.store.sqlite_file import StoreReadOnly
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(FileLock, "acquire", refuse)
+    with pytest.raises(StoreReadOnly, match=r"\.run\.lock.*Read-only file system"), \
+            exclusive(tmp_path, "run"):
+        pass

@@ -45,6 +45,7 @@ from bench.store.schema import RESULT_COLUMNS, CellRecord
 from bench.store.sqlite_file import (
     StoreReadOnly,
     check_database,
+    check_store_folder,
     reading_url,
     sqlite_file,
     track_connections,
@@ -66,7 +67,9 @@ class ResultsStore:
         self.log_dir = self.root / LOG_DIR
         self.url = db_url or f"sqlite:///{self.root / DB_NAME}"
         database = sqlite_file(self.url)
-        if database is not None and database.exists():
+        if database is not None:
+            check_store_folder(self.root)
+        if database is not None and (database.exists() or database.is_symlink()):
             check_database(database)
         if not (readonly and self._open_to_read(database)):
             self._open_to_write(database)
