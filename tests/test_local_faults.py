@@ -248,3 +248,30 @@ def test_a_lock_that_cannot_be_made_is_a_read_only_store(tmp_path, monkeypatch):
     with pytest.raises(StoreReadOnly, match=r"\.run\.lock.*Read-only file system"), \
             exclusive(tmp_path, "run"):
         pass
+
+
+# --- the cache: never /.cache, and one that cannot be written does not stop a run ----------
+
+
+def test_an_empty_home_does_not_put_the_cache_at_the_root(monkeypatch):
+    import pwd
+
+    from bench.data.base import cache_dir
+
+    monkeypatch.delenv("MEDQ_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", "")
+    monkeypatch.setattr("pathlib.Path.mkdir", lambda *a, **k: None)
+    home = pwd.getpwuid(os.getuid()).pw_dir
+    assert cache_dir() == Path(home) / ".cache" / "medq-bench" != Path("/.cache/medq-bench")
+
+
+def test_a_cache_under_a_file_costs_warnings_not_the_run(write_grid, cli, tmp_path,
+                                                         monkeypatch, caplog):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("MEDQ_CACHE", str(tmp_path / "a-file" / "cache"))
+    with caplog.at_level(logging.WARNING):
+        result = cli("run", "--grid", write_grid(seeds=1), "--store", tmp_path / "s", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "cannot create the cache folder" in caplog.text
+    assert "cannot write the split-manifest cache entry" in caplog.text
