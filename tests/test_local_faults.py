@@ -275,3 +275,57 @@ def test_a_cache_under_a_file_costs_warnings_not_the_run(write_grid, cli, tmp_pa
     assert result.exit_code == 0, result.output
     assert "cannot create the cache folder" in caplog.text
     assert "cannot write the split-manifest cache entry" in caplog.text
+
+
+# --- a full disk: exit 2 naming it, nothing stored as failed, the rerun completes ----------
+
+
+@pytest.mark.parametrize("where", ["worker", "commit"])
+def test_a_full_disk_stops_the_run_naming_it_and_the_rerun_completes(write_grid, cli, tmp_path,
+                                                                     monkeypatch, where):
+    import errno
+
+    from bench.runner import cell as cell_module
+
+    store = tmp_path / "s"
+    grid = write_grid(seeds=2)
+    calls = []
+    full = OSError(errno.ENOSPC, "No space left on device", str(store / "artifacts" / "x"))
+    if where == "worker":
+        def write(folder, *args):
+            raise full
+        monkeypatch.setattr(cell_module, "_write_artifacts", write)
+    else:
+        commit = ResultsStore.commit
+
+        def commit_once(self, record, staged=None):
+            calls.append(record.cell_id)
+            if len(calls) == 2:
+                raise full
+            commit(self, record, staged)
+        monkeypatch.setattr(ResultsStore, "commit", commit_once)
+    result = cli("run", "--grid", grid, "--store", store, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert "no space left on the disk holding" in result.output and "MiB free" in result.output
+    assert "not stored (not failed)" in result.output
+    assert all(r.status == "ok" for r in ResultsStore(store).records())
+    monkeypatch.undo()
+    again = cli("run", "--grid", grid, "--store", store, "--quiet")
+    assert again.exit_code == 0 and "0 failed" in again.output, again.output
+    assert len(ResultsStore(store).records()) == 2
+
+
+def test_a_log_on_a_full_disk_stops_with_one_line(capfd):
+    from bench.logs import LogFile
+
+    handler = LogFile("/dev/full")
+    logger = logging.getLogger("medq-test-full")
+    logger.addHandler(handler)
+    try:
+        for i in range(3):
+            logger.warning("record %d", i)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    err = capfd.readouterr().err
+    assert "--- Logging error ---" not in err and err.count("no space left to write") == 1

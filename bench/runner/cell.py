@@ -17,6 +17,7 @@ from torch import nn
 
 from bench.checkpoints import WEIGHTS, save_model
 from bench.data import PreparedData, batches, normalize
+from bench.errors import disk_full
 from bench.metrics import classification_metrics
 from bench.models import build_model
 from bench.objectives import Objective
@@ -139,4 +140,5 @@ def compute_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:  # a failed cell is a result: return it and go on
-        return CellOutcome(mark_failed(record, describe_error(err)))
+        return CellOutcome(mark_failed(record, describe_error(err)),
+                           disk_full=disk_full(err) is not None)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from bench.errors import DiskFullError, disk_full, disk_full_error
 from bench.progress import RunProgress
 from bench.runner.executors.base import Executor, Finished
 from bench.runner.executors.order import Waits, waits
@@ -175,14 +176,35 @@ class _Run:
         cell = self.running.pop(finished.cell_id)
         if finished.outcome is None:
             self._crashed(cell, finished)
+        elif finished.outcome.disk_full:
+            self._drop_staged(cell)
+            raise self._disk_full(cell, finished.outcome.record.error or "")
         else:
             self.suspects.discard(cell.cell_id)
-            self._stored(cell, commit_cell(self.store, finished.outcome))
+            try:
+                record = commit_cell(self.store, finished.outcome)
+            except Exception as err:
+                if (cause := disk_full(err)) is None:
+                    raise
+                self._drop_staged(cell)
+                raise self._disk_full(cell, cause) from err
+            self._stored(cell, record)
         self._show_running()
 
-    def _crashed(self, cell: Cell, finished: Finished) -> None:
+    def _drop_staged(self, cell: Cell) -> None:
         for stale in self.store.staging_root.glob(f"{cell.cell_id}-*"):
             shutil.rmtree(stale, ignore_errors=True)
+
+    def _disk_full(self, cell: Cell, cause: BaseException | str) -> DiskFullError:
+        """The run stops: a full disk is no cell's failure, and nothing of the cell is kept."""
+        done = (f"{len(self.summary.ran)} cells committed this run, {cell.label} not stored "
+                "(not failed)")
+        error = disk_full_error(str(self.store.root), cause, done)
+        log.error("%s", error)
+        return error
+
+    def _crashed(self, cell: Cell, finished: Finished) -> None:
+        self._drop_staged(cell)
         if finished.sole:
             self.crashes[cell.cell_id] += 1
         else:
