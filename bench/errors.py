@@ -51,3 +51,14 @@ def disk_full_error(folder: str, cause: BaseException | str, done: str) -> DiskF
         where = f" (writing {cause.filename})" if getattr(cause, "filename", None) else ""
     return DiskFullError(f"no space left on the disk holding {folder} ({free}){where}: "
                          f"{done}; free some space and run again to resume")
+
+
+class RunInterrupted(Exception):
+    """`bench run` stopped by SIGINT or SIGTERM; every cell committed so far is kept."""
+
+    def __init__(self, signum: int, committed: int) -> None:
+        import signal
+
+        self.signum, self.committed = signum, committed
+        super().__init__(f"interrupted ({signal.Signals(signum).name}): {committed} cells "
+                         "committed, rerun to resume")

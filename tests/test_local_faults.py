@@ -7,12 +7,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from bench.data import filehash
 from bench.data.imagefolder import folder_source, load_folder, scan_class_folders
@@ -329,3 +333,32 @@ def test_a_log_on_a_full_disk_stops_with_one_line(capfd):
         handler.close()
     err = capfd.readouterr().err
     assert "--- Logging error ---" not in err and err.count("no space left to write") == 1
+
+
+# --- SIGINT and SIGTERM: a message, a log line, the exit code of the signal ----------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_says_how_many_cells_were_committed_and_logs_it(tmp_path, signum):
+    from tests.conftest import killable_grid_dict
+    from tests.test_resume import ok_count
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(killable_grid_dict(seeds=4)))
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--grid", str(grid),
+                             "--store", str(store), "--quiet"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while (ok_count(store / "medq.sqlite") or 0) < 1 and proc.poll() is None:
+        assert time.monotonic() < deadline, "first cell never finished"
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, stderr
+    name = signal.Signals(signum).name
+    assert f"interrupted ({name}):" in stderr and "cells committed, rerun to resume" in stderr
+    assert "Traceback" not in stderr
+    (log,) = (store / "logs").glob("run-*.log")
+    assert f"interrupted ({name})" in log.read_text()

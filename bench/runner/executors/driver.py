@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from bench.errors import DiskFullError, disk_full, disk_full_error
+from bench.errors import DiskFullError, RunInterrupted, disk_full, disk_full_error
 from bench.progress import RunProgress
 from bench.runner.executors.base import Executor, Finished
 from bench.runner.executors.order import Waits, waits
@@ -62,8 +65,37 @@ def execute(plan: Plan, store: ResultsStore, executor: Executor, *, fail_fast: b
             run = _Run(plan, store, executor, progress, fail_fast)
             if not run.pending:
                 return run.summary
-            with executor:
-                return run.run()
+            try:
+                with _term_as_interrupt(), executor:
+                    return run.run()
+            except KeyboardInterrupt as stop:
+                error = RunInterrupted(getattr(stop, "signum", signal.SIGINT),
+                                       len(run.summary.ran))
+                log.warning("%s", error)
+                raise error from None
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is, as SIGINT raises KeyboardInterrupt."""
+
+    signum = signal.SIGTERM
+
+
+@contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the run as SIGINT does (in the main thread; elsewhere it is left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Run:
