@@ -362,3 +362,28 @@ def test_a_signal_says_how_many_cells_were_committed_and_logs_it(tmp_path, signu
     assert "Traceback" not in stderr
     (log,) = (store / "logs").glob("run-*.log")
     assert f"interrupted ({name})" in log.read_text()
+
+
+def test_a_killed_process_executor_run_leaves_no_temporary_folder_for_good(tmp_path):
+    from tests.conftest import killable_grid_dict
+    from tests.test_resume import ok_count
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(killable_grid_dict(seeds=3)))
+    store, temp = tmp_path / "store", tmp_path / "tmp"
+    temp.mkdir()
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--grid", str(grid), "--store", str(store),
+           "--quiet", "--executor", "process", "--workers", "1"]
+    env = {**os.environ, "TMPDIR": str(temp)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 300
+    while (ok_count(store / "medq.sqlite") or 0) < 1 and proc.poll() is None:
+        assert time.monotonic() < deadline, "first cell never finished"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not list(temp.glob("pymp-*"))
+    assert len(list(temp.glob("medq-mp-*"))) == 1
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert not list(temp.glob("pymp-*")) and not list(temp.glob("medq-mp-*"))
