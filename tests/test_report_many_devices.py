@@ -41,6 +41,15 @@ def test_twelve_identical_boards_and_a_workstation_are_thirteen_devices(tmp_path
     assert doc["device_comparison"]["devices"] == names
     context = report_context(gen.store, figures=False)
     assert [g for g, _ in context["device_table"].groups][1:] == names
+    from fastapi.testclient import TestClient
+
+    from bench.server.app import create_app
+    from bench.server.settings import ServerSettings
+
+    with TestClient(create_app(ServerSettings.of(None, gen.store.root), gen.store)) as client:
+        response = client.get("/report")
+    assert response.status_code == 200
+    assert all(f'data-device="{n}"' in response.text for n in names)
 
 
 def test_fifty_devices_render(tmp_path, cli):
