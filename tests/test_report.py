@@ -37,13 +37,14 @@ PNG_1PX = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000
 @dataclass
 class Spec:
     """What to generate: datasets x backbones x configs x seeds, measured on ``devices``
-    (profile, machine) pairs."""
+    (profile, machine) pairs, each its own device named after the profile (and the machine where
+    two share a profile), or (profile, machine, device) triples."""
 
     datasets: tuple[str, ...] = ("synthetic",)
     backbones: tuple[str, ...] = ("smallcnn",)
     configs: tuple[tuple[str, int, int], ...] = (("fp32", 32, 32), *QUANT[:3])
     seeds: int = 10
-    devices: tuple[tuple[str, str], ...] = (("host", "m1"),)
+    devices: tuple[tuple[str, ...], ...] = (("host", "m1"),)
     n_test: int = 60
     saliency: bool = True
     overlays: bool = False
@@ -159,11 +160,13 @@ def generate(root: Path, spec: Spec) -> Generated:
                                  "method": method, "w_bits": w, "a_bits": a, "seed": seed,
                                  "accuracy": acc, **deploy,
                                  **(metrics["saliency"]["columns"] if spec.saliency else {})})
-                    for d, (profile, machine) in enumerate(spec.devices):
+                    for d, (profile, machine, *name) in enumerate(spec.devices):
                         p50 = (2.0 + d) * (w / 32 if quant else 1.0) * (1 + 0.01 * seed)
                         lat.append({"cell_id": cid, "profile": profile, "machine": machine,
                                     "p50": p50, "p90": 1.2 * p50, "rss": 50.0 + d + c})
-                        _measure(store, cid, profile, machine, p50, 50.0 + d + c, len(lat))
+                        save_measurement(store.engine, _measurement(
+                            cid, profile, machine, p50, 50.0 + d + c, len(lat),
+                            device=device_name(spec, profile, machine, name)))
     for i in range(spec.failed):
         store.commit(CellRecord(
             cell_id=f"failed{i}", parent_id=None, grid="gen", dataset=spec.datasets[0],
@@ -177,10 +180,19 @@ def generate(root: Path, spec: Spec) -> Generated:
     return Generated(store, pd.DataFrame(rows), pd.DataFrame(lat), preds)
 
 
+def device_name(spec: Spec, profile: str, machine: str, name: list[str]) -> str:
+    """The device a generated (profile, machine) measurement is from."""
+    if name:
+        return name[0]
+    shared = sum(d[0] == profile for d in spec.devices) > 1
+    return f"{profile}-{machine}" if shared else profile
+
+
 def _measurement(cell_id: str, profile: str, machine: str, p50: float | None,
-                 rss: float | None, n: int, error: str | None = None) -> MeasurementRecord:
+                 rss: float | None, n: int, error: str | None = None,
+                 device: str | None = None) -> MeasurementRecord:
     return MeasurementRecord(
-        cell_id=cell_id, profile=profile, machine=machine, batch_size=1,
+        cell_id=cell_id, profile=profile, machine=machine, device=device or profile, batch_size=1,
         status="ok" if error is None else "failed", error=error, isolation="process",
         samples_s=[], latency_ms_mean=p50, latency_ms_std=None, latency_cv=None,
         latency_ms_min=p50, latency_ms_p50=p50, latency_ms_p90=None if p50 is None else 1.2 * p50,
@@ -188,11 +200,6 @@ def _measurement(cell_id: str, profile: str, machine: str, p50: float | None,
         size_bytes=None, packed_size_bytes=None,
         fingerprint={"cpu_model": f"CPU of {machine}", "hash": machine}, profile_config={},
         details={}, started_at=T0 + timedelta(seconds=n), finished_at=T0 + timedelta(seconds=n))
-
-
-def _measure(store: ResultsStore, cid: str, profile: str, machine: str, p50: float, rss: float,
-             n: int) -> None:
-    save_measurement(store.engine, _measurement(cid, profile, machine, p50, rss, n))
 
 
 def label(method: str, w: int, a: int) -> str:
@@ -268,10 +275,10 @@ def test_no_network_address_and_everything_inline(ten_html):
 
 def test_several_devices_side_by_side_with_speedups(ten_seeds, ten_context, ten_html):
     devices = ten_context["devices"]
-    assert devices == ["host @m1", "host @m2", "raspberry-pi-4"]
+    assert devices == ["host-m1", "host-m2", "raspberry-pi-4"]
     rows = _block_rows(ten_context, "device_table")
     lat = ten_seeds.latency.merge(ten_seeds.cells[["cell_id", "method", "w_bits", "a_bits"]])
-    lat["device"] = np.where(lat.profile == "host", "host @" + lat.machine, lat.profile)
+    lat["device"] = np.where(lat.profile == "host", "host-" + lat.machine, lat.profile)
     means = lat.groupby(["method", "w_bits", "a_bits", "device"]).p50.mean()
     for device in devices:
         fp32 = means[("fp32", 32, 32, device)]

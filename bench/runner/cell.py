@@ -17,6 +17,7 @@ from torch import nn
 
 from bench.checkpoints import WEIGHTS, save_model
 from bench.data import PreparedData, batches, normalize
+from bench.errors import disk_full
 from bench.metrics import DEFINITIONS, classification_metrics, probability_metrics
 from bench.models import build_model
 from bench.objectives import Objective
@@ -40,13 +41,16 @@ def seed_everything(seed: int) -> None:
 
 
 def load_fp32_model(store: ResultsStore, cell: Cell, num_classes: int) -> nn.Module:
-    """The FP32 parent's trained model, read only from a committed (status ok) record."""
+    """The FP32 parent's trained model, read only from a committed (status ok) record and only
+    once its weights file has the SHA-256 the record states (ArtifactMismatchError naming the
+    file otherwise; the driver recomputes such a parent before its children, see
+    executors/driver.py, so this fails only if the file changes during the run)."""
     parent_id = cell.config.parent_id
     record = store.get(parent_id) if parent_id else None
     if record is None or record.status != "ok":
         raise ParentMissingError(f"FP32 parent {parent_id} of {cell.label} has not succeeded")
     model = build_model(cell.config.backbone, num_classes)
-    state = torch.load(store.artifact_dir(parent_id) / WEIGHTS, weights_only=True)
+    state = torch.load(store.checked_file(record, WEIGHTS), weights_only=True)
     model.load_state_dict(state)
     return model
 
@@ -155,4 +159,5 @@ def compute_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:  # a failed cell is a result: return it and go on
-        return CellOutcome(mark_failed(record, describe_error(err)))
+        return CellOutcome(mark_failed(record, describe_error(err)),
+                           disk_full=disk_full(err) is not None)
