@@ -58,7 +58,11 @@ def execute(plan: Plan, store: ResultsStore, executor: Executor, *, fail_fast: b
             if not run.pending:
                 return run.summary
             with executor:
-                return run.run()
+                summary = run.run()
+            if progress.per_node:
+                log.info("cells per node: %s", ", ".join(
+                    f"{node}: {count}" for node, count in sorted(progress.per_node.items())))
+            return summary
 
 
 class _Run:
@@ -157,7 +161,7 @@ class _Run:
             self._crashed(cell, finished)
         else:
             self.suspects.discard(cell.cell_id)
-            self._stored(cell, commit_cell(self.store, finished.outcome))
+            self._stored(cell, commit_cell(self.store, finished.outcome), finished.node)
         self._show_running()
 
     def _crashed(self, cell: Cell, finished: Finished) -> None:
@@ -178,8 +182,8 @@ class _Run:
         self.summary.retried.append(cell.cell_id)
         self.pending.insert(0, cell)
 
-    def _stored(self, cell: Cell, record: CellRecord) -> None:
-        self.progress.cell_done()
+    def _stored(self, cell: Cell, record: CellRecord, node: str | None = None) -> None:
+        self.progress.cell_done(node)
         if record.status == "ok":
             self.done.add(cell.cell_id)
             self.summary.ran.append(cell.cell_id)
