@@ -208,16 +208,22 @@ def stream_cell(task: CellTask, shipment: Shipment) -> Iterator[Any]:
     try:
         outcome = run_task(task, store=ShippedStore(scratch, shipment),
                            shipped_data=shipment.data, node=str(node))
-        files = hash_tree(outcome.staged) if outcome.staged is not None else {}
-        sizes = {name: (sha, (outcome.staged / name).stat().st_size)
-                 for name, sha in files.items()} if outcome.staged is not None else {}
-        yield Header(outcome.record, sizes)
-        for name in sizes:
-            with (outcome.staged / name).open("rb") as handle:   # type: ignore[operator]
-                while chunk := handle.read(CHUNK_BYTES):
-                    yield name, chunk
+        yield from stream_files(outcome.record, outcome.staged)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def stream_files(record: CellRecord, folder: Path | None) -> Iterator[Any]:
+    """Yield the `Header` of ``record`` with its files under ``folder``, then the files as
+    ``(name, chunk)``."""
+    files = hash_tree(folder) if folder is not None else {}
+    sizes = {name: (sha, (folder / name).stat().st_size) for name, sha in files.items()
+             } if folder is not None else {}
+    yield Header(record, sizes)
+    for name in sizes:
+        with (folder / name).open("rb") as handle:   # type: ignore[operator]
+            while chunk := handle.read(CHUNK_BYTES):
+                yield name, chunk
 
 
 class Incoming:
@@ -232,7 +238,7 @@ class Incoming:
 
     @property
     def where(self) -> str:
-        return f"on {self.node}" if self.node is not None else "before it reached a node"
+        return f"on {self.node}" if self.node is not None else "its node not reported yet"
 
     def take(self, item: Any) -> None:
         if isinstance(item, Node):
