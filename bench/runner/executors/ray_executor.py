@@ -1,7 +1,8 @@
 """`ray`: each cell a Ray task, submitted as soon as the cells it waits for are stored.
 
 Without --address a local Ray cluster is started on 127.0.0.1 with --workers CPUs (default:
-this machine's cores) and stopped at the end; `--address auto` or `ray://HOST:PORT` joins a
+this machine's cores; no usage statistics unless RAY_USAGE_STATS_ENABLED says so) and stopped
+at the end; `--address auto` or `ray://HOST:PORT` joins a
 running cluster. A task asks for what its cell needs: one CPU (a cell trains on one torch
 thread), and one GPU when the cell runs on CUDA.
 
@@ -17,6 +18,7 @@ driver's (max_retries=0 here), like every executor's; a crash's error names the 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +103,7 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if self.options.address is None:
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 ray.init(num_cpus=self.workers, _node_ip_address=LOCAL_HOST, **options)
             else:
                 try:
