@@ -172,6 +172,7 @@ class Estimate:
     workers_start_s: float = 0.0
     schedule_s: float = 0.0
     not_estimated: tuple[str, ...] = ()   # stages without a cost function
+    from_cache: int = 0                   # cells whose terms were measured by an earlier call
 
     @property
     def compute_s(self) -> float:
