@@ -123,8 +123,7 @@ def print_estimate(plan: Any, todo: set[str], executor: Any, re_estimate: bool =
     import psutil
 
     from bench.runner.estimate import estimate
-    from bench.runner.estimate.costs import EVALUATION, SETUP, TRAINING
-    from bench.runner.estimate.probe import REPEATS
+    from bench.runner.estimate.costs import EVALUATION, REPEATS, SETUP, TRAINING
 
     # after importing the estimate, which loads torch as a run's first cell to train does
     startup = time.time() - psutil.Process().create_time()

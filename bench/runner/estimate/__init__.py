@@ -12,6 +12,7 @@ same cells measures nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -33,7 +34,6 @@ from bench.runner.estimate.costs import (
     cell_terms,
     makespan,
 )
-from bench.runner.estimate.probe import CellModelProbe
 from bench.runner.estimate.stage_costs import STAGE_COSTS, load_stage_costs
 from bench.runner.executors.base import Executor, local_cores, resolve_torch_device
 from bench.runner.executors.order import waits
@@ -43,6 +43,9 @@ from bench.runner.stages import STAGES
 from methods import get_method
 
 DEFAULT_CLASSES = 8
+CellModelProbe: Any = None
+"""probe.CellModelProbe, imported with the stages' cost functions when a cell is first measured
+(they load the training and export stack, which a fully cached estimate never needs)."""
 
 __all__ = ["Estimate", "EstimateCache", "EstimateRow", "cell_shape", "estimate",
            "machine_fingerprint"]
@@ -119,7 +122,6 @@ def estimate(plan: Plan, cell_ids: set[str] | None, executor: Executor,
     the plan's wall time up; ``startup_s`` is what starting a run costs before its first cell
     (the caller's own start, measured). With ``cache`` (True: this machine's in $MEDQ_CACHE),
     cells measured before are not measured again, unless ``re_estimate``."""
-    load_stage_costs()
     chosen = assumptions(executor)
     if cache is True:
         cache = EstimateCache(machine_fingerprint(chosen), fresh=re_estimate)
@@ -129,23 +131,28 @@ def estimate(plan: Plan, cell_ids: set[str] | None, executor: Executor,
     rows: dict[tuple[str, str, int, int], list[tuple[float, CellCost]]] = {}
     missing: set[str] = set()
     memo: dict[Hashable, Any] = {}
-    probes: dict[Hashable, CellModelProbe] = {}
+    probes: dict[Hashable, Any] = {}
     from_cache, measured = 0, set()
     torch_device = torch.device(chosen.torch_device)
-    with cell_threads(), tempfile.TemporaryDirectory(prefix="medq-estimate-") as workdir:
+    workdir: Path | None = None
+    with contextlib.ExitStack() as measuring:   # entered on the first cell to measure
         for cell in todo:
             shape = cell_shape(plan, cell)
-            missing.update(n for n in cell.config.stages if n not in STAGE_COSTS)
             key = cell_key(cell, shape)
             found = store.terms(key) if store is not None else None
             if found is not None:
                 step_s, terms = found
                 from_cache += key not in measured
             else:
-                step_s, terms = _measure(cell, shape, probes, memo, torch_device, Path(workdir))
+                if workdir is None:
+                    measuring.enter_context(cell_threads())
+                    workdir = Path(measuring.enter_context(
+                        tempfile.TemporaryDirectory(prefix="medq-estimate-")))
+                step_s, terms = _measure(cell, shape, probes, memo, torch_device, workdir)
                 if store is not None:
                     store.put(key, step_s, terms)
                     measured.add(key)
+            missing.update(n for n in cell.config.stages if n not in terms)
             cost = CellCost(cell.cell_id, terms)
             costs.append(cost)
             c = cell.config
@@ -164,10 +171,15 @@ def estimate(plan: Plan, cell_ids: set[str] | None, executor: Executor,
     return result
 
 
-def _measure(cell: Cell, shape: CellShape, probes: dict[Hashable, CellModelProbe],
+def _measure(cell: Cell, shape: CellShape, probes: dict[Hashable, Any],
              memo: dict[Hashable, Any], torch_device: torch.device, workdir: Path
              ) -> tuple[float, dict[str, float]]:
-    """A cell's step seconds and cost terms, timed on its kind's probe (made on first use)."""
+    """A cell's step seconds and cost terms (a stage without a cost function has none),
+    timed on its kind's probe (made on first use)."""
+    global CellModelProbe
+    if CellModelProbe is None:
+        from bench.runner.estimate.probe import CellModelProbe
+    load_stage_costs()
     kind = _kind(cell, shape.num_classes)
     if kind not in probes:
         probes[kind] = CellModelProbe(cell, shape.num_classes, torch_device, memo, workdir)

@@ -24,6 +24,9 @@ SETUP = "setup"
 EVALUATION = "evaluation"
 
 
+REPEATS = 3
+"""Timed calls of every probe measurement (after one warm-up call); their median counts."""
+
 @dataclass(frozen=True)
 class CellShape:
     """What a cell's cost depends on besides its model: the images each part of it sees."""

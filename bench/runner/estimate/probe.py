@@ -28,13 +28,12 @@ from torch import nn
 from bench.config import BackboneConfig
 from bench.data import ImageSet, PreparedData, Split, normalize
 from bench.models import build_model
-from bench.runner.estimate.costs import Timings
+from bench.runner.estimate.costs import REPEATS, Timings
 from bench.runner.plan import Cell
 from bench.runner.stages import STAGES, StageInput, load_stages
 from bench.train import make_optimizer, predict
 from methods import MethodContext, get_method
 
-REPEATS = 3
 PROBE_CALL_S = 0.5
 """How long one timed call may take at most; its batch shrinks (down to 1 or 2) to fit."""
 PREDICT_BATCH = 256
