@@ -126,7 +126,8 @@ def run_task(task: CellTask, data: PreparedData | None = None,
     from bench.runner.cell import compute_cell
 
     torch_device = torch.device(task.torch_device)
-    extra: dict[str, Any] = {"executor": task.executor, "torch_threads": CELL_THREADS}
+    extra: dict[str, Any] = {"executor": task.executor, "torch_threads": CELL_THREADS,
+                             "train_precision": task.cell.config.train.precision}
     if node is not None:
         extra["node"] = node
     with cell_threads():
