@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -25,12 +26,19 @@ ESTIMATE_LINE = re.compile(r"estimated total: .*? cells [0-9]+ s\)")
 
 
 def dry_run(grid: str, store: Path, cache: Path, *extra: str) -> tuple[str, float]:
+    """The dry run's output and wall time; prints its CPU time too (a loaded machine's wall
+    time says little)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--grid", grid, "--store",
                            str(store), "--dry-run", *extra], cwd=ROOT, capture_output=True,
                           text=True, timeout=3600, check=False,
                           env={**os.environ, "MEDQ_CACHE": str(cache)})
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(f"\n{grid} dry run{' ' if extra else ''}{' '.join(extra)}: {wall:.1f} s wall, "
+          f"{cpu:.1f} s CPU, load average {os.getloadavg()[0]:.1f}")
     assert done.returncode == 0, done.stdout + done.stderr
     return " ".join(done.stdout.split()), wall
 
