@@ -243,6 +243,19 @@ def test_a_probe_times_the_largest_batch_that_fits(monkeypatch):
     assert fit(lambda b: None, 1, smallest=2) == 1    # nor above the target
 
 
+def test_a_training_steps_fixed_cost_is_counted_once_not_per_image(monkeypatch):
+    """A step of b images costing 0.4 + 0.01 b s (an optimiser step's fixed cost, then per
+    image) is estimated at the cell's batch from the line through two small batches."""
+    clock = [0.0]
+    monkeypatch.setattr(probe_module.time, "perf_counter", lambda: clock[0])
+
+    def step(batch: int) -> None:
+        clock[0] += 0.4 + 0.01 * batch
+
+    assert probe_module.call_seconds(step, 32, smallest=2) == pytest.approx(0.4 + 0.32)
+    assert probe_module.call_seconds(step, 2, smallest=2) == pytest.approx(0.42)   # no guess
+
+
 def test_median_of_repeats_after_a_warm_up(monkeypatch):
     ticks = iter([0.0, 5.0, 5.0, 6.0, 6.0, 9.0])   # three timed calls: 5, 1, 3 s
     calls = []
