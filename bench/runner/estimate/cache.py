@@ -25,6 +25,7 @@ from bench.runner.plan import Cell
 
 CACHE_FILE = "estimates.json"
 VERSION = 1
+"""Part of the fingerprint: raise it when what a probe measures, or how, changes."""
 
 
 def _digest(value: Any) -> str:
