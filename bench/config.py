@@ -76,8 +76,8 @@ class TrainConfig(Frozen):
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16: forward and loss under torch.autocast to bfloat16 (for CUDA; on a CPU without
-    native bf16 it is slower than FP32); the weights and the optimiser stay FP32."""
+    """bf16: forward and loss under torch.autocast to bfloat16 (for CUDA; on a CPU it can be
+    slower than FP32); the weights and the optimiser stay FP32."""
 
     @model_serializer(mode="wrap")
     def _drop_default_precision(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

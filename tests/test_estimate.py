@@ -360,6 +360,7 @@ def test_a_second_estimate_measures_nothing_until_asked_to(tmp_path, fake_timing
     second = again()
     assert PROBES_MADE == [] and second.from_cache == len(plan.cells)
     assert second.cells == first.cells and second.rows == first.rows
+    assert [list(c.terms) for c in second.cells] == [list(c.terms) for c in first.cells]
     assert again(fresh=True).from_cache == 0 and PROBES_MADE        # --re-estimate
     assert again("another machine").from_cache == 0 and PROBES_MADE
     path.write_text("{not json")

@@ -363,3 +363,15 @@ def test_files_streamed_from_a_worker_are_checked_on_arrival(tmp_path: Path) -> 
     for item in items[:-1]:
         cut.take(item)
     assert "metrics.json" in cut.finish().crash   # a file that never arrived whole
+
+
+def test_the_estimate_of_a_joined_ray_cluster_counts_its_cpus(
+        ray_cluster: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.runner import estimate as estimate_module
+    from bench.runner.executors.ray_executor import RayExecutor
+
+    monkeypatch.setattr(estimate_module, "local_cores", lambda: 1)   # this machine: 1 core
+    executor = RayExecutor(ExecutorOptions(address="auto", torch_device="cpu"))
+    chosen = estimate_module.assumptions(executor)
+    assert chosen.concurrency == 2   # the module's cluster has 2 CPUs
+    assert "the Ray cluster's 2 cores" in chosen.note

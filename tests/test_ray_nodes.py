@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -111,8 +112,12 @@ class Cluster:
         self.started: list[subprocess.Popen] = [self.network]
         self.workers: list[subprocess.Popen] = []
         time.sleep(0.5)   # the namespace's loopback is up
+        # a temp folder of its own: `ray start --head` notes its address in the temp folder,
+        # where a bare `ray.init()` (other tests, other Ray users here) would find it
+        self.temp = Path(tempfile.mkdtemp(prefix="medq-ray-", dir="/tmp"))
         self.head = self.popen(ray_start("--head", f"--port={self.port}", "--num-cpus=0",
-                                         "--include-dashboard=false"))
+                                         "--include-dashboard=false",
+                                         f"--temp-dir={self.temp}"))
 
     def popen(self, command: list[str], **options: Any) -> subprocess.Popen:
         options.setdefault("stdout", subprocess.DEVNULL)
@@ -125,7 +130,8 @@ class Cluster:
     def start_worker(self) -> subprocess.Popen:
         mounts = " && ".join(f"mount -t tmpfs tmpfs {self.paths[name]}"
                              for name in ("store", "cache", "data"))
-        command = " ".join(ray_start(f"--address={self.address}", "--num-cpus=2"))
+        command = " ".join(ray_start(f"--address={self.address}", "--num-cpus=2",
+                                     f"--temp-dir={self.temp / f'w{len(self.workers)}'}"))
         worker = self.popen(["unshare", "-m", "sh", "-c", f"{mounts} && exec {command}"])
         self.workers.append(worker)
         return worker
@@ -154,6 +160,7 @@ class Cluster:
     def stop(self) -> None:
         for process in reversed(self.started):
             stop(process)
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -90,10 +90,11 @@ def assumptions(executor: Executor) -> Assumptions:
     else:
         limit, unit = max(local_cores() // CELL_THREADS, 1), "core"
     note = ""
-    if planned > limit:
+    if executor.options.address is not None:   # the cluster's CPUs (GPUs), not this machine's
+        limit = planned
+        note = (f"the Ray cluster's {planned} {unit}s, each assumed as fast as one here")
+    elif planned > limit:
         note = f"{planned} at once share {limit} {unit}{'s' if limit != 1 else ''}"
-    if executor.options.address is not None:
-        note = "; ".join(filter(None, [note, "a remote Ray cluster: assumed like this machine"]))
     return Assumptions(torch_device=str(torch_device), threads_per_cell=CELL_THREADS,
                        concurrency=min(planned, limit), executor=executor.name, note=note)
 

@@ -106,7 +106,7 @@ class EstimateCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}")
-            partial.write_text(json.dumps(self._all, indent=1, sort_keys=True))
+            partial.write_text(json.dumps(self._all, indent=1))   # terms keep their order
             os.replace(partial, self.path)
         except OSError:
             return

@@ -17,6 +17,7 @@ driver's (max_retries=0 here), like every executor's; a crash's error names the 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -92,9 +93,33 @@ class RayExecutor(Executor):
 
     @property
     def concurrency(self) -> int:
-        """One cell a CPU of the cluster: --workers, or this machine's cores (a cluster
-        joined by --address is assumed to be this size too)."""
-        return self.workers
+        """One cell a CPU (a GPU, with --device cuda) of the cluster: --workers or this
+        machine's cores for a local cluster; a cluster at --address is asked."""
+        resources = self._cluster_resources
+        if resources is None:
+            return self.workers
+        unit = "GPU" if self.options.torch_device == "cuda" else "CPU"
+        return max(int(resources.get(unit, 0) // (1 if unit == "GPU" else CELL_THREADS)), 1)
+
+    @functools.cached_property
+    def _cluster_resources(self) -> dict[str, float] | None:
+        """The resources of the cluster at --address (joined only to read them, when this
+        process is not connected yet); None without --address or when it cannot be reached."""
+        if self.options.address is None:
+            return None
+        import ray
+
+        if ray.is_initialized():
+            return dict(ray.cluster_resources())
+        try:
+            ray.init(address=self.options.address, include_dashboard=False,
+                     log_to_driver=False)
+        except (ConnectionError, ValueError):
+            return None
+        try:
+            return dict(ray.cluster_resources())
+        finally:
+            ray.shutdown()
 
     def start(self) -> None:
         import ray
