@@ -13,9 +13,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -90,6 +92,17 @@ class TrainConfig(Frozen):
     momentum: float = Field(0.9, ge=0, allow_inf_nan=False)
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     schedule: Literal["constant", "cosine", "step"] = "cosine"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: forward and loss under torch.autocast to bfloat16 (for CUDA; on a CPU it can be
+    slower than FP32); the weights and the optimiser stay FP32."""
+
+    @model_serializer(mode="wrap")
+    def _drop_default_precision(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """FP32 is left out of the dump, so cells from before `precision` keep their ids."""
+        data = handler(self)
+        if data.get("precision") == "fp32":
+            del data["precision"]
+        return data
 
 
 class BackboneConfig(Frozen):

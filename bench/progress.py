@@ -29,6 +29,8 @@ class RunProgress:
             console=console, disable=quiet or not console.is_terminal, transient=False)
         self._grid = self._progress.add_task("grid", total=total_cells)
         self._epochs: TaskID | None = None
+        self.per_node: dict[str, int] = {}
+        self._running = ""
 
     def __enter__(self) -> RunProgress:
         self._progress.start()
@@ -54,8 +56,17 @@ class RunProgress:
         if self._epochs is not None:
             self._progress.remove_task(self._epochs)
             self._epochs = None
-        text = labels[0] if len(labels) == 1 else f"{len(labels)} cells in flight"
-        self._progress.update(self._grid, description=f"grid  {text}" if labels else "grid")
+        self._running = labels[0] if len(labels) == 1 else f"{len(labels)} cells in flight"
+        self._describe()
 
-    def cell_done(self) -> None:
+    def _describe(self) -> None:
+        nodes = ", ".join(f"{n}: {c}" for n, c in sorted(self.per_node.items()))
+        text = " | ".join(t for t in (self._running, nodes and f"done per node: {nodes}") if t)
+        self._progress.update(self._grid, description=f"grid  {text}" if text else "grid")
+
+    def cell_done(self, node: str | None = None) -> None:
+        """One more cell finished (on ``node``, counted per node on the bar, if known)."""
+        if node is not None:
+            self.per_node[node] = self.per_node.get(node, 0) + 1
+            self._describe()
         self._progress.advance(self._grid)

@@ -60,21 +60,25 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Train
         penalty: Callable[[nn.Module], torch.Tensor] | None = None,
         val: tuple[torch.Tensor, torch.Tensor] | None = None,
         on_epoch: EpochHook | None = None) -> dict[str, Any]:
-    """Train in place for cfg.epochs; returns the per-epoch history (loss, accuracies, seconds)."""
+    """Train in place for cfg.epochs; returns the per-epoch history (loss, accuracies, seconds).
+    With cfg.precision bf16 the forward pass and the loss run under bfloat16 autocast."""
     model.to(torch_device)
     optimizer = make_optimizer(param_groups(model, cfg.weight_decay), cfg)
     steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
     schedule = make_schedule(optimizer, cfg, cfg.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
+    autocast = torch.autocast(torch_device.type, dtype=torch.bfloat16,
+                              enabled=cfg.precision == "bf16")
     history: list[dict[str, float]] = []
     for epoch in range(cfg.epochs):
         model.train()
         start, total_loss, correct, seen = time.perf_counter(), 0.0, 0, 0
         for x, y in batches(images, labels, cfg.batch_size, generator):
             x, y = x.to(torch_device), y.to(torch_device)
-            loss, logits = objective.loss(model, x, y)
-            if penalty is not None:
-                loss = loss + penalty(model)
+            with autocast:
+                loss, logits = objective.loss(model, x, y)
+                if penalty is not None:
+                    loss = loss + penalty(model)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} in epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)

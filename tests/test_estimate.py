@@ -19,8 +19,9 @@ from bench.deploy.stage import DeploySettings
 from bench.models import build_model
 from bench.runner import RunOptions, executor_for, plan_grid
 from bench.runner import estimate as estimate_module
-from bench.runner.estimate import cell_shape, estimate
+from bench.runner.estimate import EstimateCache, cell_shape, estimate, machine_fingerprint
 from bench.runner.estimate import probe as probe_module
+from bench.runner.estimate.cache import cell_key
 from bench.runner.estimate.costs import (
     EVALUATION,
     SETUP,
@@ -243,6 +244,19 @@ def test_a_probe_times_the_largest_batch_that_fits(monkeypatch):
     assert fit(lambda b: None, 1, smallest=2) == 1    # nor above the target
 
 
+def test_a_training_steps_fixed_cost_is_counted_once_not_per_image(monkeypatch):
+    """A step of b images costing 0.4 + 0.01 b s (an optimiser step's fixed cost, then per
+    image) is estimated at the cell's batch from the line through two small batches."""
+    clock = [0.0]
+    monkeypatch.setattr(probe_module.time, "perf_counter", lambda: clock[0])
+
+    def step(batch: int) -> None:
+        clock[0] += 0.4 + 0.01 * batch
+
+    assert probe_module.call_seconds(step, 32, smallest=2) == pytest.approx(0.4 + 0.32)
+    assert probe_module.call_seconds(step, 2, smallest=2) == pytest.approx(0.42)   # no guess
+
+
 def test_median_of_repeats_after_a_warm_up(monkeypatch):
     ticks = iter([0.0, 5.0, 5.0, 6.0, 6.0, 9.0])   # three timed calls: 5, 1, 3 s
     calls = []
@@ -251,14 +265,19 @@ def test_median_of_repeats_after_a_warm_up(monkeypatch):
     assert len(calls) == 4   # the warm-up is not timed
 
 
+PROBES_MADE: list[str] = []
+
+
 @pytest.fixture
-def fake_timings(monkeypatch) -> None:
-    """Probes that measure nothing: every cell kind gets TIMINGS and FakeProbe's stage costs."""
+def fake_timings(monkeypatch, tmp_path) -> None:
+    """Probes that measure nothing: every cell kind gets TIMINGS and FakeProbe's stage costs
+    (and an estimate cache of its own, which they never reach outside the test)."""
 
     class Probe(FakeProbe):
         def __init__(self, cell: Any, num_classes: int, *_: Any) -> None:
             super().__init__()
             self.quantized = cell.config.method != "fp32"
+            PROBES_MADE.append(cell.cell_id)
 
         def timings(self) -> Timings:
             return TIMINGS
@@ -266,7 +285,10 @@ def fake_timings(monkeypatch) -> None:
     import bench.deploy.cost as cost
 
     monkeypatch.setattr(estimate_module, "CellModelProbe", Probe)
-    monkeypatch.setattr(estimate_module, "workers_start_seconds", lambda executor: 2.5)
+    monkeypatch.setattr(estimate_module, "workers_start_seconds",
+                        lambda executor, cache=None: 2.5)
+    monkeypatch.setenv("MEDQ_CACHE", str(tmp_path / "cache"))
+    PROBES_MADE.clear()
     monkeypatch.setattr(cost, "u8s8_saturates", lambda: True)   # the same sums on every CPU
 
 
@@ -321,6 +343,64 @@ def test_dry_run_prints_costs_shares_and_assumptions(cli, tmp_path, fake_timings
     assert "estimated total: " in out and " for 4 cells on this machine, " in out
     assert "assumed: device cpu, 1 torch thread a cell, " in out
     assert "each kind of cell timed 3 times after a warm-up (median)" in out
+
+
+def test_a_second_estimate_measures_nothing_until_asked_to(tmp_path, fake_timings):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(STAGED))
+    options = RunOptions(grid=str(grid), executor="process", workers=2, torch_device="cpu")
+    plan, executor = plan_grid(options), executor_for(options)
+    path = tmp_path / "estimates.json"
+
+    def again(fingerprint: str = "this machine", fresh: bool = False) -> Estimate:
+        PROBES_MADE.clear()
+        return estimate(plan, None, executor, cache=EstimateCache(fingerprint, path, fresh))
+
+    first = again()
+    assert PROBES_MADE and first.from_cache == 0
+    second = again()
+    assert PROBES_MADE == [] and second.from_cache == len(plan.cells)
+    assert second.cells == first.cells and second.rows == first.rows
+    assert [list(c.terms) for c in second.cells] == [list(c.terms) for c in first.cells]
+    assert again(fresh=True).from_cache == 0 and PROBES_MADE        # --re-estimate
+    assert again("another machine").from_cache == 0 and PROBES_MADE
+    path.write_text("{not json")
+    assert again().from_cache == 0 and PROBES_MADE                  # a damaged cache is redone
+    assert again().from_cache == len(plan.cells)
+
+
+def test_a_cells_key_leaves_out_only_its_seed(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(STAGED))
+    plan = plan_grid(RunOptions(grid=str(grid), torch_device="cpu"))
+    keys = {(c.config.method, c.config.seed): cell_key(c, cell_shape(plan, c))
+            for c in plan.cells}
+    assert keys["fp32", 0] == keys["fp32", 1] != keys["ptq", 0] == keys["ptq", 1]
+
+
+def test_the_fingerprint_follows_software_and_where_cells_run(monkeypatch):
+    chosen = Assumptions(torch_device="cpu", threads_per_cell=1, concurrency=1, executor="local")
+    base = machine_fingerprint(chosen)
+    assert base == machine_fingerprint(chosen)
+    assert base != machine_fingerprint(Assumptions(torch_device="cpu", threads_per_cell=2,
+                                                   concurrency=1, executor="local"))
+    import bench.provenance as provenance
+
+    real = provenance.package_versions
+    monkeypatch.setattr(provenance, "package_versions", lambda: {**real(), "torch": "9.9"})
+    assert machine_fingerprint(chosen) != base
+
+
+def test_a_second_dry_run_says_its_timings_come_from_the_cache(cli, tmp_path, fake_timings):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(STAGED))
+    args = ("run", "--grid", grid, "--store", tmp_path / "s", "--dry-run", "--device", "cpu")
+    assert "earlier dry run" not in cli(*args).output
+    PROBES_MADE.clear()
+    out = " ".join(cli(*args).output.split())
+    assert "timings of 4 of 4 cells measured by an earlier dry run" in out and not PROBES_MADE
+    out = " ".join(cli(*args, "--re-estimate").output.split())
+    assert "earlier dry run" not in out and PROBES_MADE
 
 
 def test_real_probes_time_every_term_of_a_staged_grid(tmp_path):

@@ -316,3 +316,62 @@ def test_what_each_cell_waits_for(tmp_path: Path) -> None:
         assert got[fp32] == Waits()
         assert got[by["ptq", seed]] == Waits(needs=frozenset({fp32}))
         assert got[by["sgt", seed]] == Waits(follows=frozenset({fp32}))
+
+
+def _header(tmp_path: Path, files: dict[str, bytes]) -> tuple[Any, list[Any]]:
+    """What a Ray worker streams for a cell: where it runs, its header, its files in chunks."""
+    from bench.runner.executors.shipping import Header, Node
+    from bench.store.artifacts import file_sha256
+
+    record = CellRecord(cell_id="c1", status="ok")
+    sizes = {}
+    for name, content in files.items():
+        (tmp_path / "src").mkdir(exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(content)
+        sizes[name] = (file_sha256(tmp_path / "src" / name), len(content))
+    items: list[Any] = [Node("n" * 20, "127.0.0.1", "worker-a"), Header(record, sizes)]
+    for name, content in files.items():
+        items.extend((name, content[i:i + 3]) for i in range(0, len(content), 3))
+    return record, items
+
+
+def test_files_streamed_from_a_worker_are_checked_on_arrival(tmp_path: Path) -> None:
+    from bench.runner.executors.shipping import Incoming
+
+    files = {"model.onnx": b"0123456789", "metrics.json": b"{}"}
+    record, items = _header(tmp_path, files)
+    good = Incoming("c1", tmp_path / "staging")
+    for item in items:
+        good.take(item)
+    finished = good.finish()
+    assert finished.crash is None and finished.node == "worker-a (127.0.0.1, Ray node nnnnnnnnnnnn)"
+    assert finished.outcome.record is record
+    assert {p.name: p.read_bytes() for p in finished.outcome.staged.iterdir()} == files
+
+    damaged = Incoming("c1", tmp_path / "staging")
+    for item in items:
+        if isinstance(item, tuple) and item[1] == b"345":
+            item = (item[0], b"3x5")   # a chunk damaged on the way
+        damaged.take(item)
+    finished = damaged.finish()
+    assert finished.outcome is None and finished.sole
+    assert finished.crash.startswith("ArtifactDamaged: model.onnx arrived with another SHA-256")
+    assert "on worker-a (127.0.0.1" in finished.crash
+    assert not damaged.folder.exists()
+
+    cut = Incoming("c1", tmp_path / "staging")
+    for item in items[:-1]:
+        cut.take(item)
+    assert "metrics.json" in cut.finish().crash   # a file that never arrived whole
+
+
+def test_the_estimate_of_a_joined_ray_cluster_counts_its_cpus(
+        ray_cluster: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.runner import estimate as estimate_module
+    from bench.runner.executors.ray_executor import RayExecutor
+
+    monkeypatch.setattr(estimate_module, "local_cores", lambda: 1)   # this machine: 1 core
+    executor = RayExecutor(ExecutorOptions(address="auto", torch_device="cpu"))
+    chosen = estimate_module.assumptions(executor)
+    assert chosen.concurrency == 2   # the module's cluster has 2 CPUs
+    assert "the Ray cluster's 2 cores" in chosen.note

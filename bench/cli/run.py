@@ -39,6 +39,9 @@ def run(
     estimate: Annotated[bool, typer.Option(
         help="With --dry-run: time each method's training step here and estimate the total.")]
     = True,
+    re_estimate: Annotated[bool, typer.Option(
+        help="With --dry-run: time every kind of cell again instead of reusing the timings "
+             "kept for this machine and software in $MEDQ_CACHE.")] = False,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed cell.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     executor: Annotated[str, typer.Option(
@@ -69,7 +72,7 @@ def run(
     if dry_run:
         todo = print_plan(plan, store, chosen)
         if estimate:
-            print_estimate(plan, todo, chosen)
+            print_estimate(plan, todo, chosen, re_estimate)
         return
     log_paths: list[Path] = []
     try:
@@ -112,10 +115,10 @@ def print_plan(plan: Any, store: Path, executor: Any) -> set[str]:
     return todo
 
 
-def print_estimate(plan: Any, todo: set[str], executor: Any) -> None:
-    """Time each kind of cell here and print the cells' costs, the compute's shares and the
-    wall time on the executor's parallelism. With nothing to run there is nothing to time (and
-    the training stack stays unloaded)."""
+def print_estimate(plan: Any, todo: set[str], executor: Any, re_estimate: bool = False) -> None:
+    """Time each kind of cell here (or reuse the timings kept in the cache) and print the
+    cells' costs, the compute's shares and the wall time on the executor's parallelism. With
+    nothing to run there is nothing to time (and the training stack stays unloaded)."""
     if not todo:
         out.print("estimated total: 0.00 h (0 s): every cell is cached, nothing to time")
         return
@@ -124,13 +127,12 @@ def print_estimate(plan: Any, todo: set[str], executor: Any) -> None:
     import psutil
 
     from bench.runner.estimate import estimate
-    from bench.runner.estimate.costs import EVALUATION, SETUP, TRAINING
-    from bench.runner.estimate.probe import REPEATS
+    from bench.runner.estimate.costs import EVALUATION, REPEATS, SETUP, TRAINING
 
     # after importing the estimate, which loads torch as a run's first cell to train does
     startup = time.time() - psutil.Process().create_time()
     began = time.perf_counter()
-    result = estimate(plan, todo, executor, startup)
+    result = estimate(plan, todo, executor, startup, cache=True, re_estimate=re_estimate)
     stages = list(dict.fromkeys(t for r in result.rows for t in r.terms_per_cell
                                 if t not in (SETUP, TRAINING, EVALUATION)))
     table = Table(title="estimated compute (training steps timed on this machine)")
@@ -157,8 +159,12 @@ def print_estimate(plan: Any, todo: set[str], executor: Any) -> None:
               f"workers {result.workers_start_s:.0f} s, cells {result.schedule_s:.0f} s)",
               highlight=False)
     out.print(f"assumed: {chosen.describe()}; each kind of cell timed {REPEATS} times after a "
-              f"warm-up (median); estimating took {time.perf_counter() - began:.0f} s",
+              f"warm-up (median); estimating took {time.perf_counter() - began:.1f} s",
               highlight=False)
+    if result.from_cache:
+        out.print(f"timings of {result.from_cache} of {len(todo)} cells measured by an earlier "
+                  "dry run on this machine and software (--re-estimate times them again)",
+                  highlight=False)
     if result.not_estimated:
         out.print(f"[yellow]not estimated:[/] stage {', '.join(result.not_estimated)} (no cost "
                   "function)", highlight=False)

@@ -24,6 +24,9 @@ SETUP = "setup"
 EVALUATION = "evaluation"
 
 
+REPEATS = 3
+"""Timed calls of every probe measurement (after one warm-up call); their median counts."""
+
 @dataclass(frozen=True)
 class CellShape:
     """What a cell's cost depends on besides its model: the images each part of it sees."""
@@ -172,6 +175,7 @@ class Estimate:
     workers_start_s: float = 0.0
     schedule_s: float = 0.0
     not_estimated: tuple[str, ...] = ()   # stages without a cost function
+    from_cache: int = 0                   # cells whose terms were measured by an earlier call
 
     @property
     def compute_s(self) -> float:

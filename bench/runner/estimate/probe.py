@@ -4,9 +4,10 @@ A probe builds the cell's backbone and prepares it with the cell's method (quant
 on random data; that preparation, timed once, is the cell's setup. Every other timing is the
 median of REPEATS timed calls after one warm-up call, at the largest batch up to the one the
 cell uses whose call takes at most PROBE_CALL_S (a bigger model is timed on fewer images and
-scaled per image). A stage is timed on a fresh copy of the model each time, as a cell runs it
-on its own new model. Run a probe inside `cell_threads()`: it is timed on the threads cells
-get.
+scaled per image; a training step is extrapolated to the cell's batch along a line through
+two batches instead, as its fixed cost is large). A stage is timed on a fresh copy of the
+model each time, as a cell runs it on its own new model. Run a probe inside `cell_threads()`:
+it is timed on the threads cells get.
 """
 
 from __future__ import annotations
@@ -28,13 +29,12 @@ from torch import nn
 from bench.config import BackboneConfig
 from bench.data import ImageSet, PreparedData, Split, normalize
 from bench.models import build_model
-from bench.runner.estimate.costs import Timings
+from bench.runner.estimate.costs import REPEATS, Timings
 from bench.runner.plan import Cell
 from bench.runner.stages import STAGES, StageInput, load_stages
 from bench.train import make_optimizer, predict
 from methods import MethodContext, get_method
 
-REPEATS = 3
 PROBE_CALL_S = 0.5
 """How long one timed call may take at most; its batch shrinks (down to 1 or 2) to fit."""
 PREDICT_BATCH = 256
@@ -88,6 +88,24 @@ def per_image_seconds(call: Callable[[int], object], target: int, smallest: int 
     """Seconds per image of ``call(batch)``, timed at a fitted batch (see fitted_batch)."""
     batch = fitted_batch(call, target, smallest, sync)
     return median_seconds(lambda: call(batch), sync=sync) / batch
+
+
+def call_seconds(call: Callable[[int], object], target: int, smallest: int = 1,
+                 sync: Callable[[], None] = lambda: None) -> float:
+    """Seconds of one ``call(target)``: timed at ``target`` when it fits PROBE_CALL_S, else
+    extrapolated along the line through the medians at two batches (the fitted batch and half
+    of it, or twice the smallest), so that a call's fixed cost (a training step's optimiser
+    step and weight gradients, which dominate a small batch) is counted once, not per image."""
+    batch = fitted_batch(call, target, smallest, sync)
+    if batch >= target:
+        return median_seconds(lambda: call(target), sync=sync)
+    low, high = (batch, min(target, 2 * batch)) if batch // 2 < smallest else (batch // 2, batch)
+    at_low = median_seconds(lambda: call(low), sync=sync)
+    at_high = median_seconds(lambda: call(high), sync=sync)
+    slope = (at_high - at_low) / (high - low)
+    if slope <= 0:   # noise swamped the difference: scale per image
+        return at_high * target / high
+    return at_high + slope * (target - high)
 
 
 class CellModelProbe:
@@ -191,9 +209,10 @@ class CellModelProbe:
             loss.backward()
             optimizer.step()
 
-        per_image = self._per_image("step", batch_size, None, step, smallest=2)
+        seconds = call_seconds(lambda b: step(self.model, self._torch_device, b), batch_size,
+                               smallest=2, sync=self._sync)
         self.model.eval()
-        return per_image * batch_size
+        return seconds
 
     def forward_image_s(self, batch: int, torch_device: str | None = None) -> float:
         def forward(model: nn.Module, target: torch.device, b: int) -> None:

@@ -39,13 +39,14 @@ class Finished:
     """A cell handed back by an executor: its outcome, or why its worker died (`crash`).
 
     `sole` is False when a crash cannot be pinned on this cell (a process pool breaks as a
-    whole and takes every cell in flight with it).
+    whole and takes every cell in flight with it). `node`: where it ran, if the executor knows.
     """
 
     cell_id: str
     outcome: CellOutcome | None = None
     crash: str | None = None
     sole: bool = True
+    node: str | None = None
 
 
 def resolve_torch_device(name: str) -> torch.device:

@@ -67,12 +67,16 @@ def execute(plan: Plan, store: ResultsStore, executor: Executor, *, fail_fast: b
                 return run.summary
             try:
                 with _term_as_interrupt(), executor:
-                    return run.run()
+                    summary = run.run()
             except KeyboardInterrupt as stop:
                 error = RunInterrupted(getattr(stop, "signum", signal.SIGINT),
                                        len(run.summary.ran))
                 log.warning("%s", error)
                 raise error from None
+            if progress.per_node:
+                log.info("cells per node: %s", ", ".join(
+                    f"{node}: {count}" for node, count in sorted(progress.per_node.items())))
+            return summary
 
 
 class _Terminated(KeyboardInterrupt):
@@ -220,7 +224,7 @@ class _Run:
                     raise
                 self._drop_staged(cell)
                 raise self._disk_full(cell, cause) from err
-            self._stored(cell, record)
+            self._stored(cell, record, finished.node)
         self._show_running()
 
     def _drop_staged(self, cell: Cell) -> None:
@@ -252,8 +256,8 @@ class _Run:
         self.summary.retried.append(cell.cell_id)
         self.pending.insert(0, cell)
 
-    def _stored(self, cell: Cell, record: CellRecord) -> None:
-        self.progress.cell_done()
+    def _stored(self, cell: Cell, record: CellRecord, node: str | None = None) -> None:
+        self.progress.cell_done(node)
         if record.status == "ok":
             self.done.add(cell.cell_id)
             self.summary.ran.append(cell.cell_id)

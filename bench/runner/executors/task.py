@@ -3,7 +3,8 @@
 A task is small (the cell's config and where the store is); the worker prepares the data set
 from the cell's DataConfig itself (bench.data caches decoded data on disk), reads the store only
 for the FP32 parent and stage references, and returns the record with its staging folder. It
-never writes the store: the driver commits.
+never writes the store: the driver commits. A Ray worker that shares no disk with the driver
+reads a `ShippedStore` instead and may take the data set from the object store (shipping.py).
 
 Every cell runs on CELL_THREADS torch threads, whatever the executor: the number of intra-op
 threads changes the order of floating-point reductions and so the trained weights, and a cell's
@@ -20,14 +21,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.data import PreparedData, prepare
+from bench.errors import DataError
 from bench.runner.outcome import CellOutcome, describe_error, mark_failed, new_record
 from bench.runner.plan import Cell
 from bench.store.peek import DB_NAME
 
 if TYPE_CHECKING:
+    from bench.runner.executors.shipping import ShippedStore
     from bench.store import ResultsStore
     from bench.train import EpochHook
 
@@ -76,6 +79,8 @@ def cell_threads() -> Iterator[None]:
 
 _STORES: dict[StoreRef, ResultsStore] = {}
 _DATA: dict[str, PreparedData] = {}
+_FROM_DRIVER: set[str] = set()
+"""Data keys of the data sets this worker took from the object store."""
 
 
 def open_store(ref: StoreRef) -> ResultsStore:
@@ -86,11 +91,22 @@ def open_store(ref: StoreRef) -> ResultsStore:
     return _STORES[ref]
 
 
-def prepared_data(cell: Cell) -> PreparedData:
-    """The cell's data set, prepared in this worker; the last one is kept for the next cell."""
+def prepared_data(cell: Cell, shipped: tuple[Any, ...] = ()) -> PreparedData:
+    """The cell's data set, prepared in this worker (the last one is kept for the next cell); a
+    worker that cannot prepare it (its view of the data root lacks the data) takes the one the
+    driver put in Ray's object store (``shipped``), if any."""
     if cell.data_key not in _DATA:
         _DATA.clear()
-        data = prepare(cell.config.dataset)
+        _FROM_DRIVER.clear()
+        try:
+            data = prepare(cell.config.dataset)
+        except (DataError, OSError):
+            if not shipped:
+                raise
+            import ray
+
+            data = ray.get(shipped[0])
+            _FROM_DRIVER.add(cell.data_key)
         if data.split.manifest_hash != cell.data_key:
             raise RuntimeError(f"the data set prepared on this worker has split manifest "
                                f"{data.split.manifest_hash}, the plan's is {cell.data_key}")
@@ -99,19 +115,32 @@ def prepared_data(cell: Cell) -> PreparedData:
 
 
 def run_task(task: CellTask, data: PreparedData | None = None,
-             on_epoch: EpochHook | None = None) -> CellOutcome:
-    """Compute one cell into a staging folder of the store; a failure is returned, not raised."""
+             on_epoch: EpochHook | None = None, store: ResultsStore | ShippedStore | None = None,
+             shipped_data: tuple[Any, ...] = (), node: str | None = None) -> CellOutcome:
+    """Compute one cell into a staging folder of ``store`` (default: the task's store); a
+    failure is returned, not raised. ``shipped_data``: the ref of the prepared data set in Ray's
+    object store, used when this worker cannot prepare it itself; ``node``: where this runs
+    (Ray), noted in the record's provenance and in a failed cell's error."""
     import torch
 
     from bench.runner.cell import compute_cell
 
     torch_device = torch.device(task.torch_device)
-    extra = {"executor": task.executor, "torch_threads": CELL_THREADS}
+    extra: dict[str, Any] = {"executor": task.executor, "torch_threads": CELL_THREADS,
+                             "train_precision": task.cell.config.train.precision}
+    if node is not None:
+        extra["node"] = node
     with cell_threads():
         try:
-            data = data or prepared_data(task.cell)
+            data = data or prepared_data(task.cell, shipped_data)
         except Exception as err:  # the cell fails, the worker goes on
             record = new_record(task.cell, task.grid_name, torch_device, extra)
-            return CellOutcome(mark_failed(record, describe_error(err)))
-        return compute_cell(task.cell, data, open_store(task.store), task.grid_name, torch_device,
-                            on_epoch, extra)
+            outcome = CellOutcome(mark_failed(record, describe_error(err)))
+        else:
+            if task.cell.data_key in _FROM_DRIVER:
+                extra["data_from"] = "driver (Ray object store)"
+            outcome = compute_cell(task.cell, data, store or open_store(task.store),
+                                   task.grid_name, torch_device, on_epoch, extra)
+    if node is not None and outcome.record.status == "failed":
+        outcome.record.error = f"{outcome.record.error}\nran on node {node}"
+    return outcome
