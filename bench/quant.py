@@ -332,14 +332,23 @@ def quantize(model: nn.Module, spec: QuantSpec, example_input: torch.Tensor) -> 
 
 
 def _act_scaling_modules(model: nn.Module, kind: type[nn.Module]) -> dict[str, nn.Module]:
-    """Activation modules (by name) whose quantiser's scaling is of type ``kind``."""
-    found = {}
-    for name, module in model.named_modules():
-        proxy = getattr(getattr(module, "act_quant", None), "fused_activation_quant_proxy", None)
-        tensor_quant = getattr(proxy, "tensor_quant", None)
-        if isinstance(getattr(tensor_quant, "scaling_impl", None), kind):
-            found[name] = module
-    return found
+    """Activation modules (by name) whose output quantiser's scaling is of type ``kind``."""
+    return {name: module for name, module in model.named_modules()
+            if isinstance(_proxy_scaling(getattr(module, "act_quant", None)), kind)}
+
+
+def _proxy_scaling(proxy: Any) -> Any:
+    """The scaling of an activation quantiser (Brevitas ``ActQuantProxyFromInjector``)."""
+    fused = getattr(proxy, "fused_activation_quant_proxy", None)
+    return getattr(getattr(fused, "tensor_quant", None), "scaling_impl", None)
+
+
+def _act_quantisers(model: nn.Module, kind: type[nn.Module]) -> dict[str, nn.Module]:
+    """Every activation quantiser (by name) whose scaling is of type ``kind``, wherever it sits:
+    a layer's output (``act_quant``) and its input (``input_quant``: the last layer's, a
+    Sigmoid's in squeeze-excitation), the graph input and residual requantisers."""
+    return {name: module for name, module in model.named_modules()
+            if isinstance(_proxy_scaling(module), kind)}
 
 
 def _scaling(module: nn.Module) -> nn.Module:
@@ -352,17 +361,17 @@ def _pact_quant_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 class _ActStats:
-    """Per module, the batch mean of a statistic of its FP activation (the input of its
-    quantiser), recorded by forward hooks while batches run through the model."""
+    """Per activation quantiser, the batch mean of a statistic of its FP input (the output of
+    its activation function), recorded by forward hooks while batches run through the model."""
 
-    def __init__(self, modules: dict[str, nn.Module], stat: Any) -> None:
+    def __init__(self, quantisers: dict[str, nn.Module], stat: Any) -> None:
         self.stat = stat
-        self.sums = dict.fromkeys(modules, 0.0)
-        self.counts = dict.fromkeys(modules, 0)
+        self.sums = dict.fromkeys(quantisers, 0.0)
+        self.counts = dict.fromkeys(quantisers, 0)
         self.handles = [
-            module.act_quant.fused_activation_quant_proxy.activation_impl.register_forward_hook(
+            proxy.fused_activation_quant_proxy.activation_impl.register_forward_hook(
                 self._hook(name))
-            for name, module in modules.items()
+            for name, proxy in quantisers.items()
         ]
 
     def _hook(self, name: str):
@@ -381,11 +390,13 @@ class _ActStats:
 
 
 def _pact_stats(model: nn.Module, percentile: float) -> _ActStats:
-    return _ActStats(_pact_quant_modules(model), lambda x: abs_percentile(x, percentile))
+    return _ActStats({name: module.act_quant for name, module in
+                      _pact_quant_modules(model).items()},
+                     lambda x: abs_percentile(x, percentile))
 
 
 def _lsq_stats(model: nn.Module) -> _ActStats:
-    return _ActStats(_act_scaling_modules(model, LSQStep), lambda x: x.abs().mean())
+    return _ActStats(_act_quantisers(model, LSQStep), lambda x: x.abs().mean())
 
 
 def _set_alphas(modules: dict[str, nn.Module], alphas: dict[str, float]) -> None:
@@ -397,15 +408,15 @@ def _set_alphas(modules: dict[str, nn.Module], alphas: dict[str, float]) -> None
 def _apply_stats(model: nn.Module, pact: _ActStats, lsq: _ActStats) -> None:
     """PACT alphas = the averaged percentile; LSQ steps = 2 mean|x| / sqrt(Q_P)."""
     _set_alphas(_pact_quant_modules(model), pact.means())
-    steps = _act_scaling_modules(model, LSQStep)
+    steps = _act_quantisers(model, LSQStep)
     for name, mean_abs in lsq.means().items():
-        _scaling(steps[name]).init_from(mean_abs)
+        _proxy_scaling(steps[name]).init_from(mean_abs)
 
 
 def _init_learned_ranges(
     model: nn.Module, batches: Iterable[torch.Tensor], percentile: float = PACT_INIT_PERCENTILE
 ) -> None:
-    """Set PACT alphas and LSQ activation steps from the FP activations of ``batches``."""
+    """Set PACT alphas and every LSQ activation step from the FP activations of ``batches``."""
     pact, lsq = _pact_stats(model, percentile), _lsq_stats(model)
     if not (pact.handles or lsq.handles):
         return
@@ -447,7 +458,8 @@ def calibrate(
 
     One pass with activation quantisation off (Brevitas ``calibration_mode``): observed ranges
     become the batch mean of their statistic, PACT alphas the batch-averaged
-    ``clip_percentile`` of their FP activations, LSQ activation steps 2 mean|x| / sqrt(Q_P).
+    ``clip_percentile`` of their FP activations, every LSQ activation step (at a layer's output
+or input) 2 mean|x| / sqrt(Q_P) of the FP values it quantises.
     With ``bias_correction`` a second pass over ``batches`` corrects layer biases for the
     quantisation error (so the FP forward of the graph no longer equals the original model).
     """

@@ -10,6 +10,7 @@ import torchvision
 from brevitas.quant_tensor import QuantTensor
 from torch import nn
 
+from bench.models import BACKBONES
 from bench.quant import (
     PACT_INIT_ALPHA,
     QuantSpec,
@@ -18,10 +19,12 @@ from bench.quant import (
     clip_penalty,
     clip_values,
     integer_weight_levels,
+    lsq_steps,
     quantization_disabled,
     quantize,
 )
 from bench.quantizers import QuantHardswish, QuantSiLU
+from tests.backbones import quantised_backbone
 
 FIRST, LAST = "features.0", "head"
 MIDDLE = ("features.3", "features.6")
@@ -417,3 +420,36 @@ def test_pact_learns_a_signed_clip_after_silu_and_hardswish() -> None:
     qmodel(x * 4).logsumexp(1).sum().backward()
     grads = [p.grad for p in clip_parameters(qmodel).values()]
     assert all(g is not None for g in grads) and any(float(g.abs()) > 0 for g in grads)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+def test_calibration_initialises_every_lsq_step_from_data(backbone: str) -> None:
+    """Every LSQ step, wherever its quantiser sits (layer outputs, the last layer's input, the
+    Sigmoid inputs of squeeze-excitation, the graph input), leaves the placeholder 1.0 and
+    equals LSQ's 2 mean|x| / sqrt(Q_P) of its FP input on the calibration batches."""
+    qmodel = quantised_backbone(backbone, 32, 4, 4, scheme="lsq")
+    steps = lsq_steps(qmodel)
+    left = [name for name, step in steps.items() if bool((step.detach() == 1.0).any())]
+    assert steps and not left, left
+    inputs = {name.removesuffix(".fused_activation_quant_proxy.tensor_quant.scaling_impl")
+              for name in steps if "input_quant" in name}
+    assert inputs, "no input quantiser to check"
+
+
+def test_lsq_input_quantiser_step_follows_lsq_rule() -> None:
+    """The last layer's input quantiser (not under ``act_quant``) gets 2 mean|x| / sqrt(Q_P)
+    of the FP values entering it, averaged over the calibration batches."""
+    qmodel = quantize(_model(), QuantSpec(w_bits=4, a_bits=4, scheme="lsq"), _images(2))
+    batches = [_images(seed=s) for s in range(2, 5)]
+    calibrate(qmodel, batches)
+    seen: list[float] = []
+    head = qmodel.get_submodule(LAST)
+    handle = head.register_forward_pre_hook(
+        lambda _m, args: seen.append(float(args[0].abs().mean())))
+    with torch.no_grad(), quantization_disabled(qmodel):
+        for batch in batches:
+            qmodel(batch)
+    handle.remove()
+    step = head.input_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl
+    q_p = 2 ** (8 - 1) - 1  # first_last_bits 8, signed
+    assert float(step.step) == pytest.approx(2 * np.mean(seen) / np.sqrt(q_p), rel=1e-5)
