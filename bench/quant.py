@@ -46,6 +46,7 @@ from bench.quantizers import (
     ObservedRangeScaling,
     PACTClip,
     QuantHardswish,
+    QuantReLU6,
     QuantSiLU,
     abs_percentile,
     lsq_act,
@@ -163,9 +164,8 @@ def _act_map(spec: QuantSpec) -> dict:
     sets ranges), as Brevitas does before a float activation: the layer before them then ends
     in a quantiser and runs on an integer kernel in ONNX Runtime (a ReLU needs none: it
     commutes with the requantisation, which ONNX Runtime fuses)."""
-    relu = (qnn.QuantReLU, {"act_quant": spec.relu_quant(spec.a_bits),
-                            "return_quant_tensor": True})
-    act_map: dict = {nn.ReLU: relu, nn.ReLU6: relu,
+    relu = {"act_quant": spec.relu_quant(spec.a_bits), "return_quant_tensor": True}
+    act_map: dict = {nn.ReLU: (qnn.QuantReLU, relu), nn.ReLU6: (QuantReLU6, relu),
                      nn.Sigmoid: (qnn.QuantSigmoid, {
                          "act_quant": spec.act_quant(spec.a_bits, signed=False),
                          "input_quant": spec.act_quant(spec.a_bits, signed=True),
@@ -289,11 +289,20 @@ def _drop_logits_quant(graph_model: nn.Module) -> None:
     graph_model.recompile()
 
 
+def fold(model: nn.Module) -> nn.Module:
+    """The float graph that ``quantize`` quantises: a new torch.fx graph of ``model`` with
+    Brevitas' preprocessing (functional calls as modules, shared stateless modules duplicated,
+    ``mean`` as average pooling, BatchNorm merged into the preceding layer, stochastic depth
+    removed) and ReLU6 left as ReLU6; ``model`` is left untouched. In eval mode."""
+    return preprocess_for_quantize(copy.deepcopy(model).eval(), relu6_to_relu=False)
+
+
 def quantize(model: nn.Module, spec: QuantSpec, example_input: torch.Tensor) -> nn.Module:
     """Return a new fake-quantised Brevitas graph of ``model`` (which is left untouched).
 
-    BatchNorm is folded into the preceding layers and ReLU6 becomes a quantised ReLU (so with
-    quantisation disabled it acts as a plain ReLU).  The graph input is quantised (signed),
+    The float graph is ``fold(model)`` (BatchNorm folded into the preceding layers, ReLU6 kept:
+    a quantised ReLU6 clips at 6, so with quantisation disabled the graph computes ``model``'s
+    function).  The graph input is quantised (signed),
     weights are signed (narrow range, max-abs scales; LSQ: full range, learned steps), ReLU
     outputs unsigned, other activation functions stay float and are requantised before the next
     layer (PACT: SiLU and Hardswish outputs get a signed learned clip); each residual join adds
@@ -303,7 +312,7 @@ def quantize(model: nn.Module, spec: QuantSpec, example_input: torch.Tensor) -> 
     and LSQ steps start from the FP weights and the FP activations on ``example_input``.
     The result lives on the torch device of ``model`` and has its train/eval mode.
     """
-    graph_model = preprocess_for_quantize(copy.deepcopy(model).eval())
+    graph_model = fold(model)
     if spec.first_last_bits is not None:
         _mark_edge_layers(graph_model)
     act_map = _act_map(spec)

@@ -215,6 +215,31 @@ def lsq_q_p(bits: int, signed: bool) -> int:
     return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
 
 
+class ReLU6(nn.Module):
+    """min(max(x, 0), 6), like ``nn.ReLU6`` but not a subclass of ``nn.Hardtanh``: Brevitas
+    drops a Hardtanh activation in front of an enabled quantiser and leaves the clipping to
+    the quantiser's range, which for an observed or learned range can pass 6 (and with
+    quantisation disabled nothing clips at all)."""
+
+    def __init__(self) -> None:  # an explicit signature for Brevitas' injector
+        super().__init__()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.clamp(x, 0.0, 6.0)
+
+
+class QuantReLU6(QuantNonLinearActLayer):
+    """ReLU6 whose output is quantised (unsigned): it clips at 6 whatever range its quantiser
+    observes or learns, and with quantisation disabled it is a ReLU6 (Brevitas' graph
+    quantisation turns ReLU6 into a ReLU). It commutes with the requantisation like a ReLU,
+    so it is a passthrough activation as Brevitas' ``QuantReLU`` is."""
+
+    def __init__(self, act_quant: object = Uint8ActPerTensorFloat, input_quant: object = None,
+                 return_quant_tensor: bool = True, **kwargs: object) -> None:
+        super().__init__(act_impl=ReLU6, passthrough_act=True, input_quant=input_quant,
+                         act_quant=act_quant, return_quant_tensor=return_quant_tensor, **kwargs)
+
+
 class QuantSiLU(QuantNonLinearActLayer):
     """SiLU whose output is quantised (PACT cells: a signed learned clip after SiLU).
 

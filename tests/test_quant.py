@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from brevitas.nn.quant_layer import QuantNonLinearActLayer
 from brevitas.quant_tensor import QuantTensor
 from torch import nn
 
@@ -453,3 +454,37 @@ def test_lsq_input_quantiser_step_follows_lsq_rule() -> None:
     step = head.input_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl
     q_p = 2 ** (8 - 1) - 1  # first_last_bits 8, signed
     assert float(step.step) == pytest.approx(2 * np.mean(seen) / np.sqrt(q_p), rel=1e-5)
+
+
+def _relu6_model() -> nn.Module:
+    """``_model`` with ReLU6 activations, whose activations on ``10 * _images()`` pass 6."""
+    model = _model()
+    for i, module in enumerate(model.features):
+        if isinstance(module, nn.ReLU):
+            model.features[i] = nn.ReLU6()
+    return model
+
+
+@pytest.mark.parametrize("scheme", ["stats", "pact", "lsq"])
+def test_relu6_still_clips_at_6(scheme: str) -> None:
+    """MobileNetV2's ReLU6 keeps its clip at 6 in the quantised graph (Brevitas' preprocessing
+    made it a ReLU with an observed range, which passes 6), and with quantisation disabled the
+    graph computes the parent's function (so the folded float control fp32_fold_ft does)."""
+    model = _relu6_model()
+    x = 10 * _images(seed=7)
+    qmodel = quantize(model, QuantSpec(w_bits=8, a_bits=8, scheme=scheme), 10 * _images(2))
+    calibrate(qmodel, [10 * _images(seed=s) for s in range(2, 5)])
+    qmodel.eval()
+    with torch.no_grad():
+        pre = nn.Sequential(*list(model.features)[:2])(x)
+        assert float(pre.max()) > 12  # the parent's ReLU6 clips here
+        outputs = _module_outputs(qmodel, (QuantNonLinearActLayer,), x)
+        relus = {name: out for name, out in outputs.items() if name.startswith("features.")}
+        assert len(relus) == 3
+        # the clip comes before the rounding: 6 goes to its nearest level
+        assert all(isinstance(out, QuantTensor) for out in relus.values())
+        assert all(float(out.value.max()) <= 6.0 + float(out.scale) / 2 + 1e-5
+                   for out in relus.values()), \
+            {name: (float(out.value.max()), float(out.scale)) for name, out in relus.items()}
+        with quantization_disabled(qmodel):
+            assert torch.allclose(qmodel(x), model(x), atol=1e-4)
