@@ -42,6 +42,7 @@ from torch import nn
 from bench.quantizers import (
     DEFAULT_RANGE_MOMENTUM,
     MIN_ALPHA,
+    RELU6_MAX,
     LSQStep,
     ObservedRangeScaling,
     PACTClip,
@@ -105,6 +106,15 @@ class QuantSpec:
         return pact_act(bits, signed=False) if self.scheme == "pact" else \
             self.act_quant(bits, signed=False)
 
+    def relu6_quant(self, bits: int) -> Any:
+        """The scheme's quantiser for a ReLU6 output: a ReLU's, its range capped at 6 (a
+        learned alpha or step; an observed range of ReLU6 outputs never passes 6)."""
+        if self.scheme == "pact":
+            return pact_act(bits, signed=False).let(pact_max_alpha=RELU6_MAX)
+        if self.scheme == "lsq":
+            return lsq_act(bits, signed=False).let(lsq_max_range=RELU6_MAX)
+        return self.relu_quant(bits)
+
 
 class _FirstConv2d(nn.Conv2d):
     """Marks the first weight layer so that it gets its own layer-map entry."""
@@ -164,8 +174,10 @@ def _act_map(spec: QuantSpec) -> dict:
     sets ranges), as Brevitas does before a float activation: the layer before them then ends
     in a quantiser and runs on an integer kernel in ONNX Runtime (a ReLU needs none: it
     commutes with the requantisation, which ONNX Runtime fuses)."""
-    relu = {"act_quant": spec.relu_quant(spec.a_bits), "return_quant_tensor": True}
-    act_map: dict = {nn.ReLU: (qnn.QuantReLU, relu), nn.ReLU6: (QuantReLU6, relu),
+    act_map: dict = {nn.ReLU: (qnn.QuantReLU, {"act_quant": spec.relu_quant(spec.a_bits),
+                                                "return_quant_tensor": True}),
+                     nn.ReLU6: (QuantReLU6, {"act_quant": spec.relu6_quant(spec.a_bits),
+                                             "return_quant_tensor": True}),
                      nn.Sigmoid: (qnn.QuantSigmoid, {
                          "act_quant": spec.act_quant(spec.a_bits, signed=False),
                          "input_quant": spec.act_quant(spec.a_bits, signed=True),
@@ -411,7 +423,8 @@ def _lsq_stats(model: nn.Module) -> _ActStats:
 def _set_alphas(modules: dict[str, nn.Module], alphas: dict[str, float]) -> None:
     with torch.no_grad():
         for name, alpha in alphas.items():
-            _scaling(modules[name]).alpha.fill_(max(alpha, MIN_ALPHA))
+            scaling = _scaling(modules[name])
+            scaling.alpha.fill_(max(min(alpha, scaling.max_alpha or alpha), MIN_ALPHA))
 
 
 def _apply_stats(model: nn.Module, pact: _ActStats, lsq: _ActStats) -> None:
@@ -507,8 +520,8 @@ def clip_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def clip_values(model: nn.Module) -> dict[str, float]:
     """Current PACT alphas as plain floats (as the quantiser uses them)."""
-    return {name: max(float(param.detach()), MIN_ALPHA)
-            for name, param in clip_parameters(model).items()}
+    return {name: float(_scaling(module).clipped_alpha().detach())
+            for name, module in _pact_quant_modules(model).items()}
 
 
 def clip_penalty(model: nn.Module) -> torch.Tensor:
