@@ -25,7 +25,8 @@ from methods.base import FP32
 
 BLOCK = ["dataset", "backbone"]
 CONFIG = ["dataset", "backbone", "method", "w_bits", "a_bits"]
-METHOD_ORDER = (FP32, "fp32_ft", "sgt", "sgt_ft", "ptq", "qat", "lsq", "pact", "pact_sgt")
+METHOD_ORDER = (FP32, "fp32_ft", "fp32_fold_ft", "sgt", "sgt_ft", "ptq", "qat", "lsq", "pact",
+                "pact_sgt")
 DEVICE_KEY = ["profile", "machine", "batch_size"]
 NUMERIC = frozenset({"accuracy", "torch_accuracy", "macro_f1", "train_seconds",
                      *(c for c in DEPLOY_COLUMNS if c not in DEPLOY_TEXT_COLUMNS)})
