@@ -653,3 +653,13 @@ def test_device_table_says_which_kernels_each_latency_timed(tmp_path):
     assert rows[label(*QUANT[0])]["kernels@host"] == "fast*"
     html = build_report(gen.store, tmp_path / "index.html").read_text()
     assert "fast*" in html
+
+
+def test_float_controls_are_ordered_next_to_what_they_control():
+    """fp32_ft and fp32_fold_ft come right after FP32, sgt_ft after sgt (not last, where an
+    unknown method goes)."""
+    from bench.report.data import config_sort_key
+
+    floats = ["sgt_ft", "fp32_fold_ft", "sgt", "fp32_ft", "fp32"]
+    assert sorted(floats, key=lambda m: config_sort_key(m, 32, 32)) == [
+        "fp32", "fp32_ft", "fp32_fold_ft", "sgt", "sgt_ft"]
