@@ -73,6 +73,27 @@ class Comparison:
         return lines
 
 
+def device_labels(keys: Iterable[tuple[str, str, int]]) -> dict[tuple[str, str, int], str]:
+    """One label per (device, profile, batch size) measured: the device's name, with the profile
+    where the device was measured under several and the batch size where it has several under
+    that profile, e.g. `pi-a`, `pi-a (edge-1core)`, `pi-a (edge-1core, b8)`. Device names hold
+    no spaces or brackets, so labels never collide. The report keys every table and plot by
+    these; `compare` uses one profile and batch size per device, so its label is the name."""
+    unique = sorted(set(keys))
+    profiles: dict[str, set[str]] = {}
+    batches: dict[tuple[str, str], set[int]] = {}
+    for device, profile, batch in unique:
+        profiles.setdefault(device, set()).add(profile)
+        batches.setdefault((device, profile), set()).add(batch)
+    labels = {}
+    for device, profile, batch in unique:
+        parts = [profile] if len(profiles[device]) > 1 else []
+        if len(batches[(device, profile)]) > 1:
+            parts.append(f"b{batch}")
+        labels[(device, profile, batch)] = f"{device} ({', '.join(parts)})" if parts else device
+    return labels
+
+
 def config_label(method: str, w_bits: int, a_bits: int) -> str:
     return method if w_bits == 32 and a_bits == 32 else f"{method} W{w_bits}A{a_bits}"
 

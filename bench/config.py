@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -33,8 +34,24 @@ Granularity = Literal["pixel", "feature"]
 SaliencyPass = Literal["shared", "eval"]
 
 
+MAX_SEEDS = 10_000
+"""The most seeds a grid may list or count (`seeds: N`, `--seeds N`), checked before the list
+is built."""
+MAX_GRID_BYTES = 1 << 20
+"""The largest grid file read (1 MiB; the paper grid is about 2 KB)."""
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false are not numbers: `epochs: true` is an error, not 1 epoch."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError(f"{value!r} is not a number")
+        return value
 
 
 class SplitConfig(Frozen):
@@ -115,12 +132,26 @@ class GridConfig(Frozen):
     @field_validator("seeds", mode="before")
     @classmethod
     def _seeds_from_count(cls, seeds: Any) -> Any:
-        return list(range(seeds)) if isinstance(seeds, int) else seeds
+        """`seeds: N` is 0..N-1; bounded by MAX_SEEDS before the list is built."""
+        if isinstance(seeds, bool) or (isinstance(seeds, list)
+                                       and any(isinstance(s, bool) for s in seeds)):
+            raise ValueError("seeds are a count or a list of integers, not true/false")
+        if isinstance(seeds, int):
+            check_seed_count(seeds)
+            return list(range(seeds))
+        if isinstance(seeds, list):
+            check_seed_count(len(seeds))
+        return seeds
 
     @field_validator("backbones", mode="before")
     @classmethod
     def _backbone_names(cls, backbones: Any) -> Any:
         return [{"name": b} if isinstance(b, str) else b for b in backbones]
+
+
+def check_seed_count(n: int) -> None:
+    if n > MAX_SEEDS:
+        raise ValueError(f"{n:,} seeds asked for; at most {MAX_SEEDS:,}")
 
 
 class CellConfig(Frozen):
@@ -160,6 +191,9 @@ def load_grid(name_or_path: str) -> GridConfig:
     if path.suffix in {".yaml", ".yml"} or path.is_file():
         if not path.is_file():
             raise ConfigError(f"grid file not found: {path}")
+        if (size := path.stat().st_size) > MAX_GRID_BYTES:
+            raise ConfigError(f"{path}: a grid file of {size:,} bytes; at most "
+                              f"{MAX_GRID_BYTES:,} are read (is it a grid?)")
         text, source = read_text_file(path, "grid"), str(path)
     elif name_or_path in builtin_grids():
         text = resources.files("bench.grids").joinpath(f"{name_or_path}.yaml").read_text()
@@ -169,6 +203,8 @@ def load_grid(name_or_path: str) -> GridConfig:
                           f"{', '.join(builtin_grids())}, or pass a YAML file path")
     try:
         raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML is nested too deeply to be a grid") from None
     except DuplicateKeyError as err:
         raise ConfigError(f"{source}: {err}") from err
     except yaml.MarkedYAMLError as err:
@@ -183,6 +219,8 @@ def load_grid(name_or_path: str) -> GridConfig:
     raw.setdefault("name", path.stem if path.suffix else name_or_path)
     try:
         return GridConfig.model_validate(raw)
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML is nested too deeply to be a grid") from None
     except ValidationError as err:
         raise ConfigError(f"{source}: {format_validation_error(err)}") from err
 

@@ -11,6 +11,10 @@ activations quantised; logits left in floating point) under one of three schemes
   (a symmetric [-alpha, alpha] after SiLU/Hardswish); other activations as ``stats``.
 - ``lsq``: learned step sizes for every weight and activation quantiser (LSQ).
 
+SiLU quantises its input, its sigmoid gate and its output, and a product of two tensors (a
+squeeze-excitation's gate times its feature map) its output (``bench.integer_ops``), so that
+ONNX Runtime runs them as QLinearSigmoid and QLinearMul instead of in float.
+
 At a residual join each input keeps its own quantiser and the two are added in floating point
 (ONNX Runtime runs it as one integer QLinearAdd, which takes a scale per input), so a ReLU
 output that feeds a skip connection keeps its 2^a unsigned levels and its own range.
@@ -19,6 +23,7 @@ output that feeds a skip connection keeps its 2^a unsigned levels and its own ra
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ from brevitas.quant import Int8WeightPerChannelFloat, Int8WeightPerTensorFloat, 
 from brevitas.quant_tensor import _unpack_quant_tensor
 from torch import nn
 
+from bench.integer_ops import IntegerMul, IntegerSiLU
 from bench.quantizers import (
     DEFAULT_RANGE_MOMENTUM,
     MIN_ALPHA,
@@ -48,7 +54,6 @@ from bench.quantizers import (
     PACTClip,
     QuantHardswish,
     QuantReLU6,
-    QuantSiLU,
     abs_percentile,
     lsq_act,
     lsq_weight,
@@ -62,8 +67,6 @@ PACT_INIT_PERCENTILE = 99.99
 """Percentile of the FP activations used to initialise alpha."""
 _WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _RELUS = (nn.ReLU, nn.ReLU6)
-_SIGNED_PACT_ACTS: dict[type[nn.Module], type[nn.Module]] = {nn.SiLU: QuantSiLU,
-                                                             nn.Hardswish: QuantHardswish}
 Scheme = Literal["stats", "pact", "lsq"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
 
@@ -114,6 +117,11 @@ class QuantSpec:
         if self.scheme == "lsq":
             return lsq_act(bits, signed=False).let(lsq_max_range=RELU6_MAX)
         return self.relu_quant(bits)
+
+    def signed_act_quant(self, bits: int) -> Any:
+        """The scheme's quantiser for a signed activation output (PACT: a learned clip)."""
+        return pact_act(bits, signed=True) if self.scheme == "pact" else \
+            self.act_quant(bits, signed=True)
 
 
 class _FirstConv2d(nn.Conv2d):
@@ -170,24 +178,30 @@ def _layer_map(spec: QuantSpec) -> dict:
 def _act_map(spec: QuantSpec) -> dict:
     """Activations quantised at their output; the others stay float and are requantised.
 
-    Sigmoid, and PACT's SiLU and Hardswish, also quantise their input (signed, as the scheme
-    sets ranges), as Brevitas does before a float activation: the layer before them then ends
-    in a quantiser and runs on an integer kernel in ONNX Runtime (a ReLU needs none: it
-    commutes with the requantisation, which ONNX Runtime fuses)."""
+    Sigmoid, SiLU and Hardswish also quantise their input (signed, as the scheme sets ranges),
+    as Brevitas does before a float activation: the layer before them then ends in a quantiser
+    and runs on an integer kernel in ONNX Runtime (a ReLU needs none: it commutes with the
+    requantisation, which ONNX Runtime fuses). SiLU quantises its sigmoid gate too
+    (``bench.integer_ops.IntegerSiLU``); under PACT the outputs of SiLU and Hardswish get the
+    signed learned clip. (ONNX Runtime has no integer Hardswish: it runs in float between
+    quantisers, and the pools after it run integer.)"""
+    silu = (IntegerSiLU, {"act_quant": spec.signed_act_quant(spec.a_bits),
+                          "input_quant": spec.act_quant(spec.a_bits, signed=True),
+                          "gate_quant": spec.act_quant(spec.a_bits, signed=False),
+                          "return_quant_tensor": True})
     act_map: dict = {nn.ReLU: (qnn.QuantReLU, {"act_quant": spec.relu_quant(spec.a_bits),
                                                 "return_quant_tensor": True}),
                      nn.ReLU6: (QuantReLU6, {"act_quant": spec.relu6_quant(spec.a_bits),
                                              "return_quant_tensor": True}),
+                     nn.SiLU: silu,
                      nn.Sigmoid: (qnn.QuantSigmoid, {
                          "act_quant": spec.act_quant(spec.a_bits, signed=False),
                          "input_quant": spec.act_quant(spec.a_bits, signed=True),
+                         "return_quant_tensor": True}),
+                     nn.Hardswish: (QuantHardswish, {
+                         "act_quant": spec.signed_act_quant(spec.a_bits),
+                         "input_quant": spec.act_quant(spec.a_bits, signed=True),
                          "return_quant_tensor": True})}
-    if spec.scheme == "pact":
-        for act_type, quant_class in _SIGNED_PACT_ACTS.items():
-            act_map[act_type] = (quant_class, {
-                "act_quant": pact_act(spec.a_bits, signed=True),
-                "input_quant": spec.act_quant(spec.a_bits, signed=True),
-                "return_quant_tensor": True})
     return act_map
 
 
@@ -238,6 +252,31 @@ def _separate_residual_joins(graph_model: nn.Module, spec: QuantSpec, act_map: d
         with graph.inserting_after(join):
             quant = graph.call_module(quant_name, args=(join,))
         join.replace_all_uses_with(quant, delete_user_cb=lambda user, q=quant: user is not q)
+    graph.lint()
+    graph_model.recompile()
+
+
+def _is_tensor_product(node: Any) -> bool:
+    is_mul = (node.op == "call_function" and node.target in (operator.mul, torch.mul)) or (
+        node.op == "call_method" and node.target == "mul")
+    return is_mul and len(node.args) == 2 and not node.kwargs and all(
+        isinstance(a, type(node)) for a in node.args)
+
+
+def _quantise_products(graph_model: nn.Module, spec: QuantSpec) -> None:
+    """Replace each tensor * tensor by an ``IntegerMul`` that quantises the product (signed):
+    ONNX Runtime then runs it as QLinearMul (a squeeze-excitation's gate times its input)."""
+    graph = graph_model.graph
+    for node in list(graph.nodes):
+        if not _is_tensor_product(node):
+            continue
+        name = f"{node.name}_product"
+        graph_model.add_module(name, IntegerMul(act_quant=spec.act_quant(spec.a_bits, True),
+                                                return_quant_tensor=True))
+        with graph.inserting_after(node):
+            product = graph.call_module(name, args=tuple(node.args))
+        node.replace_all_uses_with(product)
+        graph.erase_node(node)
     graph.lint()
     graph_model.recompile()
 
@@ -329,6 +368,7 @@ def quantize(model: nn.Module, spec: QuantSpec, example_input: torch.Tensor) -> 
         _mark_edge_layers(graph_model)
     act_map = _act_map(spec)
     _separate_residual_joins(graph_model, spec, act_map)
+    _quantise_products(graph_model, spec)
     qmodel = brevitas_quantize(
         graph_model,
         quant_identity_map=_identity_map(spec, spec.a_bits),

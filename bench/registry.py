@@ -44,13 +44,18 @@ class RegistryError(UsageError):
     """A name registered twice, or a plugin that cannot be loaded."""
 
 
+class PatternError(UsageError):
+    """A shell-wildcard pattern that matches nothing by construction (an invalid class)."""
+
+
 def has_wildcards(pattern: str) -> bool:
     return any(c in WILDCARDS for c in pattern)
 
 
 def pattern_regex(pattern: str) -> str:
     """The anchored regular expression (POSIX and Python alike) of a shell-wildcard pattern:
-    ``*`` any run, ``?`` one character, ``[...]`` a class (``[!...]`` its complement)."""
+    ``*`` any run, ``?`` one character, ``[...]`` a class (``[!...]`` its complement).
+    PatternError, naming the pattern, if the expression is invalid (a range such as ``z-a``)."""
     out, i = ["^"], 0
     while i < len(pattern):
         c = pattern[i]
@@ -67,7 +72,12 @@ def pattern_regex(pattern: str) -> str:
         else:
             out.append(re.escape(c))
         i += 1
-    return "".join(out) + "$"
+    regex = "".join(out) + "$"
+    try:
+        re.compile(regex)
+    except re.error as err:
+        raise PatternError(f"invalid pattern {pattern!r}: {err}") from err
+    return regex
 
 
 def matching(patterns: Iterable[str], names: Iterable[str]) -> list[str]:

@@ -1,13 +1,16 @@
 """Statistics for the report: paired tests over seeds, Holm, McNemar, Friedman, Nemenyi CD, and
-per-image paired tests stratified by seed (Cochran-Mantel-Haenszel on correctness, sign-flip
-permutation on per-image differences) with a power line.
+per-image paired tests with the test image as the unit (the clustered McNemar test on
+correctness, an image-level sign-flip permutation test on per-image differences) with a power
+line.
 
 The two kinds of test answer different questions. A seed-level test (Wilcoxon over seeds)
 generalises over training runs: would the difference hold for a new training seed? A per-image
-test stratified by seed generalises over test images given these trained models: every cell of
-a data set is evaluated on the same test images, so with 3 seeds it has hundreds of paired
-observations, but it says nothing about re-training. The split is fixed; seeds vary training
-only.
+test generalises over test images given these trained models: every cell of a data set is
+evaluated on the same test images, so an image's results under different seeds are correlated
+(an image that is hard for one seed's model is hard for the next); the image, not the (seed,
+image) pair, is the independent unit, and the seeds only make each image's difference more
+precise. It says nothing about re-training beyond the seeds. The split is fixed; seeds vary
+training only.
 
 Every result says in ``reason`` why no test was run; then ``p_value`` is None and the report
 prints no p-value. Thresholds (pairs, blocks) are the module constants below:
@@ -31,11 +34,12 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from scipy import stats
-from statsmodels.stats.contingency_tables import StratifiedTable, mcnemar
+from scipy.special import gammaln
+from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 if TYPE_CHECKING:
@@ -49,7 +53,8 @@ ALPHA = 0.05
 POWER = 0.8
 """Significance level and power of the power line (smallest detectable difference, seeds)."""
 MAX_EXACT_FLIPS = 16
-"""Up to this many pairs the sign-flip test enumerates all 2**n sign patterns (exact)."""
+"""Up to this many images with a nonzero difference the sign-flip test enumerates all 2**n
+sign patterns of the images (exact)."""
 WILCOXON_ARE = 3 / math.pi
 """Asymptotic relative efficiency of the Wilcoxon signed-rank test to the t-test for normal
 differences: the seed-level Wilcoxon needs about n_t / 0.955 seeds."""
@@ -75,6 +80,9 @@ class PairedResult:
     name_a: str | None = None
     name_b: str | None = None
     p_adjusted: float | None = None
+    mde: float | None = None
+    """Smallest |mean difference| the test detects with ``POWER`` at ``ALPHA`` at the observed
+    seed-to-seed SD (see `seed_level_mde`); None where no test was run."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,7 @@ def paired_test(
             return replace(base, reason=f"{why}: Wilcoxon needs >= {MIN_N_WILCOXON}: no test")
         res = stats.wilcoxon(d)
         effect = _rank_biserial(d)
+        base = replace(base, mde=seed_level_mde(d, WILCOXON_ARE))
     else:
         if n < MIN_N_TTEST:
             return replace(base, reason=f"n={n} seeds: t-test needs >= {MIN_N_TTEST}: no test")
@@ -194,9 +203,29 @@ def paired_test(
             return replace(base, reason="differences have zero variance: no t-test")
         res = stats.ttest_1samp(d, 0.0)
         effect = float(d.mean()) / sd
+        base = replace(base, mde=seed_level_mde(d))
     return replace(
         base, statistic=float(res.statistic), p_value=float(res.pvalue), effect_size=effect
     )
+
+
+def seed_level_mde(d: np.ndarray, efficiency: float = 1.0, alpha: float = ALPHA,
+                   power: float = POWER) -> float | None:
+    """Smallest |mean| of the differences ``d`` (one per seed) that the two-sided paired t-test
+    detects with ``power`` at ``alpha`` on ``efficiency`` x n seeds at their observed SD (the
+    Wilcoxon signed-rank test: ``efficiency = WILCOXON_ARE``), by bisection on the noncentral
+    t's power; None for fewer than 2 seeds or no spread."""
+    n = d.size * efficiency
+    sd = float(d.std(ddof=1)) if d.size > 1 else 0.0
+    if n <= 1 or sd == 0:
+        return None
+    lo, hi = 0.0, 1.0
+    while _t_power(hi, n, alpha) < power:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1e-9 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _t_power(mid, n, alpha) >= power else (mid, hi)
+    return hi * sd
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
@@ -396,20 +425,25 @@ def mean_ci(
 
 @dataclass(frozen=True)
 class ImageLevelResult:
-    """Per-image paired comparison of ``a - b`` stratified by seed.
+    """Per-image paired comparison of ``a - b`` with the test image as the unit: every seed
+    evaluates the same test images, so the seeds' differences on one image are correlated and
+    an image, not a (seed, image) pair, is one independent observation.
 
-    ``test``: "cmh" (correctness, Cochran-Mantel-Haenszel) or "sign_flip" (per-image values,
-    permutation). ``diff_mean``: mean over seeds of the per-seed mean difference (accuracy
-    points for "cmh"); ``effect_size``: the Mantel-Haenszel common odds ratio of being right
-    (A over B) for "cmh", mean / SD of the differences (d_z) for "sign_flip". ``n01``/``n10``
-    (cmh): pairs with A wrong and B right / A right and B wrong, over all seeds; ``p_exact``
-    (cmh): the exact conditional (binomial) test of the same hypothesis. ``mde``: smallest
-    |difference| the test detects with ``POWER`` at ``ALPHA`` given the observed variance;
-    ``seeds_needed``: seeds a seed-level Wilcoxon would need for the observed difference at the
-    observed seed-to-seed spread (``seeds_reason`` when it cannot be said).
+    ``test``: "clustered_mcnemar" (per-image correctness, :func:`clustered_mcnemar`) or
+    "sign_flip" (per-image values, :func:`sign_flip_test`). ``n``: (seed, image) pairs;
+    ``n_images``: the images (the units). ``diff_mean``: mean over seeds of the per-seed mean
+    difference (accuracy for "clustered_mcnemar"). ``effect_size``: n10 / n01 over all pairs
+    (clustered McNemar), or mean / SD over images of the per-image mean difference (d_z with
+    images as units, sign_flip). ``n01``/``n10``: pairs with A wrong and B right / A right and
+    B wrong over all seeds; ``p_exact`` (clustered McNemar): the exact image-level sign-flip
+    test of the same statistic. The power line (:func:`image_power`): ``mde``, ``mde_limit``,
+    ``design_effect``, ``seeds_needed`` (seeds this per-image test would need for the observed
+    difference; None with ``seeds_reason`` when it cannot be said or no number of seeds
+    reaches it) and ``seed_level_seeds_needed`` (seeds a seed-level Wilcoxon would need for
+    the observed difference at the observed seed-to-seed spread, :func:`seeds_needed`).
     """
 
-    test: Literal["cmh", "sign_flip"]
+    test: Literal["clustered_mcnemar", "sign_flip"]
     n: int
     n_seeds: int
     statistic: float | None
@@ -427,32 +461,122 @@ class ImageLevelResult:
     name_a: str | None = None
     name_b: str | None = None
     p_adjusted: float | None = None
+    n_images: int | None = None
+    mde_limit: float | None = None
+    design_effect: float | None = None
+    seed_level_seeds_needed: int | None = None
+    seed_level_seeds_reason: str | None = None
 
 
-def _strata(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> list[np.ndarray]:
-    """Per seed, the differences a - b of the images where both values are finite."""
+Images = Sequence[Sequence[object]] | None
+"""Per seed, the image id of each value; None: value i of every seed is image i."""
+
+
+def image_matrix(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]],
+                 images: Images = None) -> np.ndarray:
+    """The differences ``a - b`` as an (images, seeds) array, NaN where an image has no finite
+    pair in a seed; seeds without any finite pair are left out, images without any too."""
     if len(a) != len(b):
         raise ValueError(f"need the same seeds on both sides, got {len(a)} and {len(b)}")
-    return [d for d in (_finite_pairs(x, y) for x, y in zip(a, b, strict=True)) if d.size]
+    if images is not None and len(images) != len(a):
+        raise ValueError(f"need image ids for each of the {len(a)} seeds, got {len(images)}")
+    x = [np.asarray(v, dtype=float) for v in a]
+    y = [np.asarray(v, dtype=float) for v in b]
+    for s, (u, v) in enumerate(zip(x, y, strict=True)):
+        if u.shape != v.shape or u.ndim != 1:
+            raise ValueError(f"paired samples need equal 1-D shapes, got {u.shape} and {v.shape}")
+        if images is not None and np.shape(images[s]) != u.shape:
+            raise ValueError(f"seed {s}: {np.size(images[s])} image ids for {u.size} values")
+    if not x:
+        return np.empty((0, 0))
+    if images is None:
+        if len({u.size for u in x}) > 1:
+            raise ValueError(f"seeds have different numbers of images {sorted({u.size for u in x})}"
+                             ": pass images= to say which image each value belongs to")
+        out = np.stack(x, axis=1) - np.stack(y, axis=1)
+    else:
+        ids = [np.asarray(i) for i in images]
+        if any(np.unique(i).size != i.size for i in ids):
+            raise ValueError("an image id occurs twice in one seed")
+        every = np.unique(np.concatenate(ids))
+        out = np.full((every.size, len(x)), np.nan)
+        for j, (i, u, v) in enumerate(zip(ids, x, y, strict=True)):
+            out[np.searchsorted(every, i), j] = u - v
+    out[~np.isfinite(out)] = np.nan
+    finite = np.isfinite(out)
+    return out[finite.any(axis=1)][:, finite.any(axis=0)]
 
 
-def _seed_weights(strata: list[np.ndarray]) -> np.ndarray:
-    """Each pair's weight in the mean over seeds of per-seed means: 1 / (seeds x its seed's n)."""
-    return np.concatenate([np.full(d.size, 1.0 / (len(strata) * d.size)) for d in strata])
+def _contributions(diffs: np.ndarray) -> np.ndarray:
+    """Each image's share of the mean over seeds of per-seed mean differences (seeds weighted
+    equally): sum over its seeds of d / (seeds x that seed's pairs). They sum to the statistic."""
+    finite = np.isfinite(diffs)
+    weights = finite / (diffs.shape[1] * finite.sum(axis=0))
+    return np.where(finite, diffs * weights, 0.0).sum(axis=1)
 
 
-def _weighted_mean(strata: list[np.ndarray]) -> float:
-    return float(np.mean([d.mean() for d in strata]))
+@dataclass(frozen=True)
+class ImagePower:
+    """The power line of a per-image test with the image as the unit (see `image_power`)."""
+
+    mde: float | None
+    mde_limit: float | None
+    design_effect: float | None
+    seeds_needed: int | None
+    seeds_reason: str | None
 
 
-def detectable_difference(strata: list[np.ndarray], alpha: float = ALPHA,
-                          power: float = POWER) -> float | None:
-    """(z_{1-alpha/2} + z_power) x the standard error of the mean over seeds of per-seed mean
-    differences, from each seed's observed variance (normal approximation, two-sided)."""
-    if any(d.size < 2 for d in strata) or not strata:
-        return None
-    se = math.sqrt(sum(d.var(ddof=1) / d.size for d in strata)) / len(strata)
-    return float((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * se)
+def image_power(diffs: np.ndarray, observed: float | None = None, alpha: float = ALPHA,
+                power: float = POWER) -> ImagePower:
+    """Power line of a per-image test of the mean over seeds of per-seed mean differences,
+    with the image as the unit; ``diffs``: (images, seeds) from `image_matrix`.
+
+    ``mde``: (z_{1-alpha/2} + z_power) x the standard error of the statistic over images (the
+    variance of each image's contribution across images: it includes the covariance of an
+    image's differences across seeds; normal approximation, two-sided). ``design_effect``:
+    that variance over the one that treats every (seed, image) pair as independent (what the
+    pooled tests assumed). Projection to other numbers of seeds m by the one-way
+    random-effects decomposition with images as groups (the design effect of Donner & Klar
+    2000, Design and Analysis of Cluster Randomization Trials): the variance of an image's
+    mean over m seeds is ``s2_image + s2_seed / m``, where ``s2_seed`` is the pooled
+    within-image variance over seeds and ``s2_image`` (the mean covariance across seeds) the
+    variance of the per-image means less ``s2_seed`` x mean(1 / seeds of an image). More
+    seeds shrink only ``s2_seed / m``: ``mde_limit`` is the detectable difference with
+    infinitely many seeds, and when it exceeds the observed difference no number of seeds
+    reaches it (``seeds_needed`` None and the reason: more test images are needed).
+    """
+    z = float(stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power))
+    n = diffs.shape[0]
+    if n < 2:
+        return ImagePower(None, None, None, None, f"{n} images: no spread over images")
+    c = _contributions(diffs)
+    var = n / (n - 1) * float(np.sum((c - c.mean()) ** 2))
+    finite = np.isfinite(diffs)
+    per_seed = [diffs[finite[:, j], j] for j in range(diffs.shape[1])]
+    independent = sum(float(d.var(ddof=1)) / d.size for d in per_seed if d.size > 1
+                      ) / diffs.shape[1] ** 2
+    deff = var / independent if independent > 0 else None
+    mde = z * math.sqrt(var)
+    k = finite.sum(axis=1)
+    many = k >= 2
+    if not many.any():
+        return ImagePower(mde, None, deff, None,
+                          "one seed per image: the spread over seeds is unknown")
+    means = np.nanmean(diffs, axis=1)
+    s2_seed = float(np.sum(np.nanvar(diffs[many], axis=1, ddof=1) * (k[many] - 1))
+                    / np.sum(k[many] - 1))
+    s2_image = max(0.0, float(np.var(means, ddof=1)) - s2_seed * float(np.mean(1.0 / k)))
+    limit = z * math.sqrt(s2_image / n)
+    if observed is None or observed == 0 or not math.isfinite(observed):
+        return ImagePower(mde, limit, deff, None, "the observed difference is 0"
+                          if observed == 0 else "no observed difference")
+    room = n * (observed / z) ** 2 - s2_image
+    if room <= 0:
+        return ImagePower(mde, limit, deff, None,
+                          f"no number of seeds: with infinitely many the detectable difference "
+                          f"is {limit:.3g} (the between-image variance alone) > |observed| "
+                          f"{abs(observed):.3g}; more test images are needed")
+    return ImagePower(mde, limit, deff, max(1, math.ceil(s2_seed / room)), None)
 
 
 def _t_power(effect: float, n: float, alpha: float) -> float:
@@ -501,86 +625,132 @@ def seeds_needed(seed_means: Sequence[float], alpha: float = ALPHA, power: float
     return max(MIN_N_WILCOXON, math.ceil(n_t / WILCOXON_ARE)), None
 
 
-def cmh_paired(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[Sequence[bool]], *,
-               power: bool = True) -> ImageLevelResult:
-    """Cochran-Mantel-Haenszel test that two models are equally accurate on the same images,
-    stratified by seed (``correct_a[s][i]``: model A of seed s right on image i).
-
-    For paired data the strata are the (seed, image) pairs, each with the 2x2 table model (A,
-    B) x outcome (right, wrong); with pairs as strata the CMH statistic is McNemar's
-    (n10 - n01)^2 / (n10 + n01) over the discordant pairs of all seeds (concordant pairs have
-    zero variance and are left out, which changes nothing), and the Mantel-Haenszel common
-    odds ratio is n10 / n01. (A per-seed table of A's correctness against B's, McNemar's table,
-    tests whether the two models err on the same images, not whether one errs more often; a
-    per-seed table of model x outcome counts would treat the paired images as independent
-    samples.) statsmodels ``StratifiedTable.test_null_odds`` without continuity correction,
-    its p-value as chi2(1)'s survival function of the statistic (statsmodels' 1 - cdf is 0
-    below ~1e-16); ``p_exact`` is the exact conditional test (binomial on the discordant pairs).
-    ``power=False`` skips the power line (``mde``, ``seeds_needed``), for many small tests.
-    """
-    strata = [np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-              for a, b in zip(correct_a, correct_b, strict=True)]
-    strata = [d for d in strata if d.size]
-    n = int(sum(d.size for d in strata))
-    seed_means = [float(d.mean()) for d in strata]
-    needed, why = seeds_needed(seed_means) if power else (None, "power line not computed")
-    base = ImageLevelResult("cmh", n, len(strata), None, None,
-                            _weighted_mean(strata) if strata else None, None,
-                            detectable_difference(strata) if power else None, needed, None, why)
-    if not strata:
-        return replace(base, reason="no paired images: no test")
-    d = np.concatenate(strata)
-    n10, n01 = int((d > 0).sum()), int((d < 0).sum())
-    base = replace(base, n01=n01, n10=n10)
-    if n10 + n01 == 0:
-        return replace(base, reason="the models are right and wrong on the same images: no test")
-    a_only, b_only = np.array([[1, 0], [0, 1]]), np.array([[0, 1], [1, 0]])
-    tables = np.stack([a_only] * n10 + [b_only] * n01, axis=2)
-    table = StratifiedTable(tables)
-    res = table.test_null_odds(correction=False)
-    odds = float(n10 / n01) if n01 else math.inf
-    return replace(base, statistic=float(res.statistic),
-                   p_value=float(stats.chi2.sf(res.statistic, 1)),
-                   effect_size=odds, p_exact=float(stats.binomtest(n10, n10 + n01).pvalue))
 
 
-def sign_flip_test(values_a: Sequence[Sequence[float]], values_b: Sequence[Sequence[float]], *,
-                   n_resamples: int = 9999, seed: int = 0) -> ImageLevelResult:
-    """Stratified sign-flip permutation test of per-image values of two cells per seed
-    (``values_a[s][i]``: cell A of seed s on image i; pairs with a non-finite value dropped).
+def _result(test: Literal["clustered_mcnemar", "sign_flip"], n: int, diffs: np.ndarray,
+            observed: float | None, power: bool, **fields: Any) -> ImageLevelResult:
+    """An `ImageLevelResult` with its power line (``power=False``: none, with the reason)."""
+    if not power:
+        why = "power line not computed"
+        line = ImagePower(None, None, None, None, why)
+        needed: int | None = None
+    else:
+        line = image_power(diffs, observed)
+        needed, why = seeds_needed([float(np.nanmean(diffs[:, j]))
+                                    for j in range(diffs.shape[1])])
+    return ImageLevelResult(test, n, diffs.shape[1], fields.pop("statistic", None), None,
+                            fields.pop("diff_mean", None), fields.pop("effect_size", None),
+                            line.mde, line.seeds_needed, fields.pop("reason", None),
+                            line.seeds_reason, n_images=diffs.shape[0], mde_limit=line.mde_limit,
+                            design_effect=line.design_effect, seed_level_seeds_needed=needed,
+                            seed_level_seeds_reason=why, **fields)
 
-    Statistic: the mean over seeds of the per-seed mean difference A - B (seeds weighted
-    equally). Under the null the two cells' values of an image are exchangeable, so each
-    difference's sign is flipped independently (within its seed). Exact (all 2**n patterns) up
-    to MAX_EXACT_FLIPS pairs, else ``n_resamples`` seeded random patterns with p = (1 + hits) /
-    (1 + n_resamples); two-sided, hits where |T*| >= |T| (scipy's tolerance of 100 ulp).
-    """
-    strata = _strata(values_a, values_b)
-    n = int(sum(d.size for d in strata))
-    needed, why = seeds_needed([float(d.mean()) for d in strata])
-    base = ImageLevelResult("sign_flip", n, len(strata), None, None,
-                            _weighted_mean(strata) if strata else None, None,
-                            detectable_difference(strata), needed, None, why)
-    if n == 0:
-        return replace(base, reason="no paired images: no test")
-    d = np.concatenate(strata)
-    w = _seed_weights(strata) * d
-    observed = float(w.sum())
-    sd = float(d.std(ddof=1)) if n > 1 else 0.0
-    base = replace(base, statistic=observed, effect_size=observed / sd if sd > 0 else None)
-    if not np.any(d):
-        return replace(base, reason="every difference is 0: no test")
+
+def _integer_flip_p(d: np.ndarray) -> float:
+    """Exact two-sided p of ``sum(d)`` for integer per-image ``d`` under independent sign flips
+    of each image: P(|sum e_i d_i| >= |sum d_i|), by convolving, per magnitude k with m images,
+    the distribution of k (2 Binomial(m, 1/2) - m)."""
+    mags = np.abs(d[d != 0]).astype(np.int64)
+    dist = np.ones(1)
+    for k, m in zip(*np.unique(mags, return_counts=True), strict=True):
+        step = np.zeros(2 * k * m + 1)
+        j = np.arange(m + 1)
+        step[:: 2 * k] = np.exp(gammaln(m + 1) - gammaln(j + 1) - gammaln(m - j + 1)
+                                - m * math.log(2))
+        dist = np.convolve(dist, step)
+    total = int(mags.sum())
+    values = np.abs(np.arange(-total, total + 1))
+    return float(min(1.0, dist[values >= abs(int(d.sum()))].sum()))
+
+
+def _flip_p(c: np.ndarray, observed: float, n_resamples: int, seed: int
+            ) -> tuple[float, int | None]:
+    """Two-sided sign-flip p of ``observed == sum(c)`` flipping each image's ``c`` as a whole:
+    exact over all 2**k patterns up to MAX_EXACT_FLIPS nonzero images, else ``n_resamples``
+    seeded patterns with p = (1 + hits) / (1 + n_resamples); hits where |T*| >= |T| (scipy's
+    tolerance of 100 ulp). Returns (p, resamples or None when exact)."""
+    c = c[c != 0]
     tol = 100 * np.finfo(float).eps * abs(observed)
-    if n <= MAX_EXACT_FLIPS:
-        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
-        null = signs @ w
-        p = float(np.mean(np.abs(null) >= abs(observed) - tol))
-        return replace(base, p_value=p)
+    if c.size <= MAX_EXACT_FLIPS:
+        signs = 1 - 2 * ((np.arange(2 ** c.size)[:, None] >> np.arange(c.size)) & 1)
+        return float(np.mean(np.abs(signs @ c) >= abs(observed) - tol)), None
     rng = np.random.default_rng(seed)
     hits, done = 0, 0
     while done < n_resamples:
         size = min(2048, n_resamples - done)
-        signs = rng.integers(0, 2, size=(size, n), dtype=np.int8) * 2 - 1
-        hits += int(np.sum(np.abs(signs @ w) >= abs(observed) - tol))
+        signs = rng.integers(0, 2, size=(size, c.size), dtype=np.int8) * 2 - 1
+        hits += int(np.sum(np.abs(signs @ c) >= abs(observed) - tol))
         done += size
-    return replace(base, p_value=(1 + hits) / (1 + n_resamples), n_resamples=n_resamples)
+    return (1 + hits) / (1 + n_resamples), n_resamples
+
+
+def clustered_mcnemar(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[Sequence[bool]],
+                      *, images: Images = None, power: bool = True) -> ImageLevelResult:
+    """Clustered McNemar test (Durkalski, Palesch, Lipsitz & Rust 2003, Stat Med 22:2417) that
+    two models are equally accurate on the same test images over seeds, with the image as the
+    cluster (``correct_a[s][i]``: model A of seed s right on image i; ``images`` as in
+    `image_matrix`).
+
+    Per image i, ``b_i`` / ``c_i``: seeds where A is right and B wrong / the reverse. The
+    statistic ``X2 = (sum_i (b_i - c_i))**2 / sum_i (b_i - c_i)**2`` is chi-square(1) under the
+    null for many images, whatever the correlation of an image's outcomes across seeds
+    (Durkalski's statistic; Obuchowski 1998, Stat Med 17:1495, with the variance under the
+    null). With one seed it is McNemar's (n10 - n01)**2 / (n10 + n01). The pooled
+    Cochran-Mantel-Haenszel / McNemar statistic over all (seed, image) pairs, which this
+    replaces, divides by n10 + n01 = sum_i (b_i + c_i) instead, too small when an image's
+    discordance repeats across seeds. ``p_exact``: the exact permutation test of the same
+    sum, flipping each image's b_i - c_i as a whole (the binomial test of McNemar with one
+    seed). ``power=False`` skips the power line, for many small tests.
+    """
+    diffs = image_matrix(correct_a, correct_b, images)
+    n = int(np.isfinite(diffs).sum())
+    observed = float(np.nanmean(diffs, axis=0).mean()) if n else None
+    base = _result("clustered_mcnemar", n, diffs, observed, power and n > 0,
+                   diff_mean=observed)
+    if not n:
+        return replace(base, reason="no paired images: no test")
+    n10, n01 = int(np.sum(diffs > 0)), int(np.sum(diffs < 0))
+    base = replace(base, n01=n01, n10=n10)
+    if n10 + n01 == 0:
+        return replace(base, reason="the models are right and wrong on the same images: no test")
+    d = np.rint(np.nansum(diffs, axis=1))
+    if not np.any(d):
+        return replace(base, reason="on every image the seeds where A alone is right and where "
+                                    "B alone is right cancel: no test")
+    statistic = float(d.sum() ** 2 / np.sum(d ** 2))
+    return replace(base, statistic=statistic, p_value=float(stats.chi2.sf(statistic, 1)),
+                   effect_size=float(n10 / n01) if n01 else math.inf,
+                   p_exact=_integer_flip_p(d))
+
+
+def sign_flip_test(values_a: Sequence[Sequence[float]], values_b: Sequence[Sequence[float]], *,
+                   images: Images = None, n_resamples: int = 9999, seed: int = 0,
+                   power: bool = True) -> ImageLevelResult:
+    """Sign-flip permutation test of per-image values of two cells over seeds with the image
+    as the unit (``values_a[s][i]``: cell A of seed s on image i; ``images`` as in
+    `image_matrix`; pairs with a non-finite value dropped).
+
+    Statistic: the mean over seeds of the per-seed mean difference A - B (seeds weighted
+    equally), a sum of per-image contributions. Under the null that A and B are exchangeable
+    on each image jointly over seeds, all seeds of an image flip sign together: the unit of
+    randomisation is the unit of independence, the image (as for cluster-randomised designs,
+    Donner & Klar 2000, Design and Analysis of Cluster Randomization Trials). Flipping each
+    (seed, image) pair on its own, as this test did before, treats an image's correlated
+    differences as independent and rejects too often under image-level effects. Exact up to
+    MAX_EXACT_FLIPS images with a nonzero contribution, else ``n_resamples`` seeded patterns
+    (see `_flip_p`). ``power=False`` skips the power line.
+    """
+    diffs = image_matrix(values_a, values_b, images)
+    n = int(np.isfinite(diffs).sum())
+    if not n:
+        return _result("sign_flip", 0, diffs, None, False, reason="no paired images: no test")
+    c = _contributions(diffs)
+    observed = float(c.sum())
+    means = np.nanmean(diffs, axis=1)
+    sd = float(means.std(ddof=1)) if means.size > 1 else 0.0
+    base = _result("sign_flip", n, diffs, observed, power, statistic=observed,
+                   diff_mean=observed, effect_size=float(means.mean()) / sd if sd > 0 else None)
+    if not np.any(c):
+        return replace(base, reason="every difference is 0: no test")
+    p, resamples = _flip_p(c, observed, n_resamples, seed)
+    return replace(base, p_value=p, n_resamples=resamples)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from bench.store.bounds import latency_summary
 from bench.store.records import CellData, MeasurementData
 
 T0 = datetime(2026, 3, 1, 12, 0, 0)
@@ -27,14 +28,19 @@ def measurement(cell_id: str, device: str, p50: float | None, p99: float | None 
                 mem: float | None = None, profile: str = "host", minute: int = 0,
                 status: str = "ok", batch_size: int = 1, machine: str = "m0",
                 samples: int = 0) -> MeasurementData:
+    """A measurement with these figures; with ``samples``, its summary is that of its samples
+    (around ``p50``), as `bench measure` stores it."""
     ok = status == "ok"
+    samples_s = [(p50 or 1.0) / 1000 + i * 1e-6 for i in range(samples)]
+    summary = latency_summary(samples_s) if ok and samples else {}
     return MeasurementData(
         cell_id=cell_id, device=device, profile=profile, machine=machine, batch_size=batch_size,
         status=status, error=None if ok else "MemoryError: limit", isolation="process",
-        samples_s=[(p50 or 1.0) / 1000 + i * 1e-6 for i in range(samples)],
-        latency_ms_mean=p50, latency_ms_std=0.1 if ok else None, latency_cv=0.01 if ok else None,
-        latency_ms_min=p50, latency_ms_p50=p50 if ok else None,
-        latency_ms_p90=p99 if ok else None, latency_ms_p99=p99 if ok else None,
+        samples_s=samples_s, **{
+            "latency_ms_mean": p50, "latency_ms_std": 0.1 if ok else None,
+            "latency_cv": 0.01 if ok else None, "latency_ms_min": p50,
+            "latency_ms_p50": p50 if ok else None, "latency_ms_p90": p99 if ok else None,
+            "latency_ms_p99": p99 if ok else None, **summary},
         load_time_s=0.01, peak_rss_mb=mem if ok else None, size_bytes=1000,
         packed_size_bytes=500, fingerprint={"cpu_model": f"CPU of {device}", "hash": machine},
         profile_config={"name": profile}, details={},

@@ -36,6 +36,7 @@ from bench.exchange.bundle import (
 )
 from bench.store import CellRecord, ResultsStore
 from bench.store.artifacts import hash_tree
+from bench.store.bounds import latency_summary
 from bench.store.deploy import deploy_files
 from bench.store.measurements import save_measurement
 from bench.store.query import RecordFilter
@@ -60,13 +61,12 @@ def _cell(cell_id: str, method: str = "fp32", bits: int = 32, **changes: Any) ->
 
 
 def _measurement(cell_id: str, device: str, profile: str, p50: float) -> MeasurementRecord:
+    samples = [p50 / 1000 * f for f in (0.5, 1.0, 1.3)]
     return MeasurementRecord(
         cell_id=cell_id, device=device, profile=profile, machine="m" + device[:3].replace(
             "-", ""), batch_size=1, status="ok", error=None, isolation="process",
-        samples_s=[0.001, 0.0012, 0.0011], latency_ms_mean=p50, latency_ms_std=0.1,
-        latency_cv=0.05, latency_ms_min=p50 / 2, latency_ms_p50=p50, latency_ms_p90=p50 * 1.1,
-        latency_ms_p99=p50 * 1.3, load_time_s=0.01, peak_rss_mb=50.5, size_bytes=11,
-        packed_size_bytes=8, fingerprint={"hash": "x", "cpu_model": "Test"},
+        samples_s=samples, **latency_summary(samples), load_time_s=0.01, peak_rss_mb=50.5,
+        size_bytes=11, packed_size_bytes=8, fingerprint={"hash": "x", "cpu_model": "Test"},
         profile_config={"threads": 1}, details={}, started_at=T0, finished_at=T0)
 
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from bench.deploy.export import export_fp32, export_quantized
-from bench.deploy.kernels import count_kernels, integer_coverage
+from bench.deploy.kernels import graph_coverage
 from bench.deploy.stage import deployed_session
 from bench.measure.profiles import PROFILES, load_profile
 from bench.models import BACKBONES
@@ -86,6 +86,11 @@ def test_every_stage_returns_its_declared_columns(every_method_and_stage, stage)
         assert sorted(returned) == sorted(declared), (stage, record.method)
 
 
+NO_INTEGER_KERNEL = {"mobilenet_v3_small": {"HardSigmoid", "Mul"}}
+"""Backbones with ops ONNX Runtime (1.32) has no integer kernel for: Hardswish exports as
+HardSigmoid and Mul, and the squeeze-excitation gate is a Hardsigmoid."""
+
+
 def _deployed_logits(path: Path, x: torch.Tensor) -> np.ndarray:
     session = deployed_session(path)
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
@@ -94,12 +99,12 @@ def _deployed_logits(path: Path, x: torch.Tensor) -> np.ndarray:
 @pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("backbone", BACKBONES.names())
 def test_every_backbone_builds_and_deploys_at_32px(backbone, tmp_path):
-    """FP32 export gives the torch logits under ONNX Runtime; the W8A8 export runs every
-    Conv/Gemm/Add as an integer kernel and gives the fake-quantised model's logits on most
-    images, to within a fraction of the logits' range (random weights give EfficientNet-B0
-    logits in the hundreds). Not on every image: torch's own fake-quantised logits of an image
-    change with the batch it is in (the convolution algorithm moves values across rounding
-    boundaries; ResNet-18 by up to 8% of the range on other inputs), and on a random
+    """FP32 export gives the torch logits under ONNX Runtime; the W8A8 export runs every compute
+    node as an integer kernel (but the ops of ``NO_INTEGER_KERNEL``) and gives the fake-quantised
+    model's logits on most images, to within a fraction of the logits' range (random weights give
+    EfficientNet-B0 logits in the hundreds). Not on every image: torch's own fake-quantised logits
+    of an image change with the batch it is in (the convolution algorithm moves values across
+    rounding boundaries; ResNet-18 by up to 8% of the range on other inputs), and on a random
     EfficientNet-B0 one image in eight differs by 23% of the range. These are the inputs of
     tests/test_integer_deploy.py, which checks exactness on chosen backbones."""
     x, example = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(4)), \
@@ -112,7 +117,9 @@ def test_every_backbone_builds_and_deploys_at_32px(backbone, tmp_path):
 
     qmodel = quantised_backbone(backbone, 32, 8, 8)
     quantised = export_quantized(qmodel, example, tmp_path / "w8a8.onnx")
-    assert integer_coverage(count_kernels(quantised)) == 1.0
+    coverage = graph_coverage(quantised)
+    assert coverage.integer or set(coverage.float_nodes) == NO_INTEGER_KERNEL.get(backbone), \
+        coverage.float_nodes
     with torch.no_grad():
         fake_quant = qmodel(x).numpy()
     deployed = _deployed_logits(quantised, x)

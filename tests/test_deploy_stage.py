@@ -59,11 +59,13 @@ def test_every_cell_reports_the_deploy_columns(deployed):
 def test_int_model_runs_integer_kernels_and_fp32_none(deployed):
     _, cells = deployed
     assert cells["fp32", 32][0]["int_kernels"] == 0
-    assert cells["fp32", 32][0]["int_coverage"] == 0.0
+    assert cells["fp32", 32][0]["int_coverage"] == cells["fp32", 32][0]["int_coverage_macs"] == 0.0
+    assert set(cells["fp32", 32][1].metrics["deploy"]["float_nodes"]) >= {"FusedConv", "Gemm"}
     for bits in (8, 4):
         row, record = cells["ptq", bits]
-        assert row["int_kernels"] > 0 and row["int_coverage"] == 1.0
+        assert row["int_kernels"] > 0 and row["int_coverage"] == row["int_coverage_macs"] == 1.0
         assert record.metrics["deploy"]["integer_model"] is True
+        assert record.metrics["deploy"]["float_nodes"] == {}
     assert cells["fp32", 32][1].metrics["deploy"]["integer_model"] is False
 
 
@@ -168,3 +170,39 @@ def test_bad_deploy_settings_are_a_usage_error(write_grid, cli, tmp_path):
     grid = write_grid(stages={"deploy": {"min_agreement": 2}})
     result = cli("run", "--grid", grid, "--store", tmp_path / "s")
     assert result.exit_code == 2 and "min_agreement" in result.output
+
+
+def test_probability_columns_are_the_deployed_models_and_the_torch_ones_beside(deployed):
+    """`ece`, `brier`, `auroc_macro` and `deployed_macro_f1` come from ONNX Runtime's stored
+    logits, `torch_*` (and the record's `macro_f1`) from the torch model's."""
+    from sklearn.metrics import f1_score
+
+    from bench.metrics import probability_metrics
+
+    store, cells = deployed
+    for row, record in cells.values():
+        folder = store.artifact_dir(record.cell_id)
+        with np.load(folder / DEPLOYED_PREDICTIONS) as ort_out, \
+                np.load(folder / "predictions.npz") as torch_out:
+            deployed_metrics = probability_metrics(ort_out["labels"], ort_out["logits"])
+            torch_metrics = probability_metrics(torch_out["labels"], torch_out["logits"])
+            f1 = f1_score(ort_out["labels"], ort_out["predictions"], average="macro",
+                          labels=range(3), zero_division=0)
+        assert row["probability_source"] == "deployed"
+        for name in ("ece", "brier", "auroc_macro"):
+            assert row[name] == pytest.approx(deployed_metrics[name], abs=1e-12), name
+            assert row[f"torch_{name}"] == pytest.approx(torch_metrics[name], abs=1e-12)
+        assert row["deployed_macro_f1"] == pytest.approx(f1)
+        assert 0 <= row["ece"] <= 1 and 0 <= row["brier"] <= 2 and 0 <= row["auroc_macro"] <= 1
+
+
+def test_without_a_deploy_stage_the_probability_columns_are_the_torch_models(write_grid, cli,
+                                                                             tmp_path):
+    grid = write_grid(methods=[{"name": "fp32"}], seeds=1)
+    assert cli("run", "--grid", str(grid), "--store", str(tmp_path / "s"), "--quiet"
+               ).exit_code == 0
+    [row] = json.loads(cli("results", "--store", str(tmp_path / "s"), "--format", "json"
+                           ).output)
+    assert row["probability_source"] == "torch" and row["deployed_macro_f1"] is None
+    for name in ("ece", "brier", "auroc_macro"):
+        assert row[name] is not None and row[name] == row[f"torch_{name}"]

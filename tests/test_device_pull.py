@@ -244,7 +244,7 @@ def test_download_streams_to_disk_with_retries(tmp_path):
                                        base_url="http://mock"), retry=retry)
     tracemalloc.start()
     try:
-        digest = client.download("/file", tmp_path / "file")
+        digest = client.download("/file", tmp_path / "file", size)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -253,7 +253,7 @@ def test_download_streams_to_disk_with_retries(tmp_path):
     assert digest == file_sha256(tmp_path / "file")
     assert peak < 16 << 20, f"the download held {peak >> 20} MiB in memory"
     with pytest.raises(RequestRefused, match="HTTP 404.*no such file") as refused:
-        client.download("/missing", tmp_path / "missing")
+        client.download("/missing", tmp_path / "missing", size)
     assert refused.value.status == 404
 
 

@@ -157,11 +157,12 @@ def test_saliency_cost_counts_the_passes_its_settings_ask_for():
     assert passes(cfg) == ((1 + 5) * 3, 3 + 2 * 7 * 3)
     probe = FakeProbe()
     # 30 test images: all 30 evaluated, at batch 16, on the cell's device (device None: the
-    # probe's); a quantised cell explains them once more for its null control
+    # probe's); a quantised cell explains them once more for its null control, and every
+    # cell runs the sanity check: 8 images at 4 points of the cascade
     assert saliency_cost(cfg, SHAPE, probe) == pytest.approx(
-        (30 * 18 + 30 * 6) * 0.03 + 30 * 45 * 0.01)
+        (30 * 18 + 30 * 6 + 8 * 4 * 6) * 0.03 + 30 * 45 * 0.01)
     assert ("gradient", 16, None) in probe.calls and ("forward", 16, None) in probe.calls
-    # an FP32 cell: no null control, the sanity check's 8 images at 4 points of the cascade
+    # an FP32 cell: no null control, the same sanity check
     fp32 = CellShape(**{**SHAPE.__dict__, "quantized": False, "method": "fp32"})
     assert saliency_cost(cfg, fp32, probe) == pytest.approx(
         (30 * 18 + 8 * 4 * 6) * 0.03 + 30 * 45 * 0.01)
@@ -172,7 +173,7 @@ def test_saliency_cost_counts_the_passes_its_settings_ask_for():
     subset = cfg.model_copy(update={"sensitivity_images": {"integrated_gradients": 4}})
     assert passes(subset, 30) == (30 * 6 + 30 * 2 * 1 + 4 * 2 * 5, 30 * 45)
     assert saliency_cost(subset, SHAPE, probe) == pytest.approx(
-        (30 * 6 + 30 * 2 + 4 * 10 + 30 * 6) * 0.03 + 30 * 45 * 0.01)
+        (30 * 6 + 30 * 2 + 4 * 10 + 30 * 6 + 8 * 4 * 6) * 0.03 + 30 * 45 * 0.01)
 
 
 @pytest.mark.parametrize("subset", [{}, {"integrated_gradients": 1, "smoothgrad": 2}])
@@ -289,9 +290,9 @@ def test_estimate_adds_up_cells_stages_and_the_schedule(tmp_path, fake_timings):
         assert (shape.n_train, shape.n_val, shape.n_test) == (
             len(split.train), len(split.val), len(split.test))
         # 4 images, default settings: 1 + 10 maps each, 3 + 2 x 15 + 2 x 15 forward passes;
-        # the FP32 cell's sanity check 4 images at 4 points, the PTQ cell's null control once
+        # every cell's sanity check 4 images at 4 points, the PTQ cell's null control once;
         # where U8S8 saturates, the PTQ cell is evaluated again with fast kernels
-        extra = 4 * 4 if cell is fp32 else 4
+        extra = 4 * 4 if cell is fp32 else 4 * 4 + 4
         evaluations = 1 if cell is fp32 else 2
         stages = {"deploy": 1.5 + (shape.n_test - PROBE_IMAGES) * 0.002 * evaluations,
                   "saliency": (4 * 11 + extra) * 0.03 + 4 * 63 * 0.01}

@@ -15,17 +15,18 @@ import torch
 from brevitas.export import export_onnx_qcdq
 from onnx import TensorProto
 from torch import nn
+from torchvision.ops import SqueezeExcitation
 
 from bench.deploy import count_kernels, export_quantized
 from bench.deploy.integer import integer_friendly
 from bench.deploy.kernels import (
+    graph_coverage,
     int4_weights_run_integer,
-    integer_coverage,
     optimized_graph,
     probe_conv,
 )
 from bench.deploy.runtime import session_options
-from bench.quant import QuantSpec, calibrate, quantize
+from bench.quant import QuantSpec, calibrate, quantization_disabled, quantize
 from tests.backbones import quantised_backbone
 
 SIZE = 32
@@ -50,28 +51,21 @@ def _run(path: object, x: torch.Tensor, level: ort.GraphOptimizationLevel,
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
 
 
-def _deployed(qmodel: nn.Module, tmp_path) -> tuple[dict[str, int], float, np.ndarray]:
+def _deployed(qmodel: nn.Module, tmp_path) -> tuple[dict[str, int], float, np.ndarray, float]:
     path = export_quantized(qmodel, _inputs(1, 0), tmp_path / "model.onnx")
     x = _inputs(8, 4)
     with torch.no_grad():
         reference = qmodel(x).numpy()
     deployed = _run(path, x, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
     agreement = float((deployed.argmax(1) == reference.argmax(1)).mean())
-    return count_kernels(path), agreement, np.abs(deployed - reference).max()
-
-
-def test_integer_coverage_counts_conv_gemm_matmul_add():
-    assert integer_coverage({"QLinearConv": 3, "QLinearAdd": 1, "QGemm": 1}) == 1.0
-    assert integer_coverage({"QLinearConv": 1, "Conv": 2, "Add": 1}) == 0.25
-    assert integer_coverage({"Conv": 1, "FusedConv": 1}) == 0.0
-    assert integer_coverage({"Relu": 2}) is None
+    return count_kernels(path), agreement, np.abs(deployed - reference).max(), graph_coverage(path)
 
 
 @pytest.mark.parametrize(("backbone", "w", "a", "scheme", "adds"),
                          [("smallcnn", 2, 2, "stats", 0), ("resnet18", 4, 2, "pact", 8)])
 def test_sub_8_bit_backbones_run_fully_integer_at_32px(backbone, w, a, scheme, adds, tmp_path):
-    counts, agreement, max_diff = _deployed(_quantised(backbone, w, a, scheme), tmp_path)
-    assert integer_coverage(counts) == 1.0, counts
+    counts, agreement, max_diff, coverage = _deployed(_quantised(backbone, w, a, scheme), tmp_path)
+    assert coverage.integer and coverage.by_macs == 1.0, counts
     assert counts.get("QLinearAdd", 0) == adds
     assert agreement == 1.0 and max_diff < 1e-3
 
@@ -81,8 +75,9 @@ def test_mobilenet_v2_relu6_with_learned_ranges_runs_fully_integer(scheme, tmp_p
     """A learned LSQ step or PACT alpha above 6/Q_P on a ReLU6 kept the exported Clip(0, 6),
     which ONNX Runtime then fused into a float FusedConv (17 of 52 convolutions integer under
     LSQ W8A8); the ReLU6 quantisers' ranges are capped at 6, so every convolution is integer."""
-    counts, agreement, _ = _deployed(_quantised("mobilenet_v2", 8, 8, scheme), tmp_path)
-    assert integer_coverage(counts) == 1.0 and "FusedConv" not in counts, counts
+    counts, agreement, _, coverage = _deployed(_quantised("mobilenet_v2", 8, 8, scheme), tmp_path)
+    assert coverage.integer and coverage.by_macs == 1.0, counts
+    assert "FusedConv" not in counts and "Clip" not in counts, counts
     assert counts.get("QLinearConv") == 52 and agreement >= 0.875
 
 
@@ -99,8 +94,8 @@ def test_mobilenet_v2_w8a8_deploys_at_32px_with_large_int32_biases(tmp_path):
         hook.remove()
         bias_scale = (scales[0] * layer.quant_weight().scale).flatten()
         layer.bias.copy_(3.2e6 * bias_scale * torch.linspace(0.9, 1.1, bias_scale.numel()))
-    counts, agreement, _ = _deployed(qmodel, tmp_path)
-    assert integer_coverage(counts) == 1.0, counts
+    counts, agreement, _, coverage = _deployed(qmodel, tmp_path)
+    assert coverage.integer, counts
     assert counts.get("QLinearAdd") == 10
     assert agreement == 1.0
     with pytest.raises(RuntimeError, match="QuantTensor not valid"):  # control: stock export
@@ -113,16 +108,56 @@ def test_layers_before_silu_sigmoid_and_hardswish_run_integer(scheme, tmp_path):
     """EfficientNet's SiLU and squeeze-excitation Sigmoid, MobileNetV3's Hardswish: the layer
     before each ends in a quantiser, so ONNX Runtime runs it on an integer kernel (without
     the activation's input quantiser it ran in float: EfficientNet-B0 under PACT had 16 of 81
-    convolutions integer)."""
+    convolutions integer). SiLU runs as QLinearSigmoid and QLinearMul; Hardswish, for which
+    ONNX Runtime has no integer kernel, stays float (HardSigmoid and Mul), so the model is not
+    integer."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.SiLU(), nn.Conv2d(8, 8, 3),
                           nn.Sigmoid(), nn.Conv2d(8, 8, 3), nn.Hardswish(), nn.Flatten(),
                           nn.Linear(8 * 26 * 26, 3)).eval()
     qmodel = quantize(model, QuantSpec(4, 4, scheme=scheme), _inputs(2, 1))
     calibrate(qmodel, [_inputs(4, 2)])
-    counts, agreement, max_diff = _deployed(qmodel.eval(), tmp_path)
-    assert integer_coverage(counts) == 1.0, counts
-    assert counts["QLinearConv"] == 3 and agreement == 1.0 and max_diff < 1e-3
+    counts, agreement, max_diff, coverage = _deployed(qmodel.eval(), tmp_path)
+    assert coverage.float_nodes == {"HardSigmoid": 1, "Mul": 1}, counts
+    assert not coverage.integer and coverage.by_macs > 0.99
+    assert counts["QLinearConv"] == 3 and counts["QLinearSigmoid"] == 2
+    assert counts["QLinearMul"] == 1 and agreement == 1.0 and max_diff < 1e-3
+
+
+class _SqueezeExcitation(nn.Module):
+    """EfficientNet's block in small: conv-SiLU, a squeeze-excitation (pool, conv-SiLU,
+    conv-Sigmoid, gate times the feature map), conv, pool, linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU())
+        self.se = SqueezeExcitation(8, 4, activation=nn.SiLU)
+        self.head = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.se(self.stem(x)))
+
+
+@pytest.mark.parametrize(("w", "a", "scheme"), [(8, 8, "stats"), (4, 4, "pact")])
+def test_squeeze_excitation_and_silu_run_integer(w, a, scheme, tmp_path):
+    """SiLU and the squeeze-excitation's pool, Sigmoid and product run as
+    QLinearSigmoid/QLinearMul/QLinearGlobalAveragePool: every compute node is integer, by nodes
+    and by MACs, and the deployed model computes the fake-quant one's logits. (Before, SiLU's
+    Sigmoid and Mul, the squeeze pool and the gate's product ran in float: 7 of 13 nodes
+    integer at W8A8.) With quantisation disabled the graph is the float model exactly."""
+    torch.manual_seed(0)
+    model = _SqueezeExcitation().eval()
+    qmodel = quantize(model, QuantSpec(w, a, scheme=scheme), _inputs(2, 1))
+    calibrate(qmodel, [_inputs(4, 2)])
+    counts, agreement, max_diff, coverage = _deployed(qmodel.eval(), tmp_path)
+    assert coverage.integer and coverage.by_nodes == coverage.by_macs == 1.0, counts
+    assert counts["QLinearSigmoid"] == 3 and counts["QLinearMul"] == 3
+    assert counts["QLinearGlobalAveragePool"] == 2
+    assert agreement == 1.0 and max_diff < 1e-3
+    x = _inputs(4, 3)
+    with torch.no_grad(), quantization_disabled(qmodel):
+        torch.testing.assert_close(qmodel(x), model(x))
 
 
 class _Residual(nn.Module):
@@ -158,9 +193,9 @@ def test_integer_rewrite_is_exact_and_makes_the_graph_fully_integer(w, a, tmp_pa
     x = _inputs(8, 5)
     plain = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     np.testing.assert_array_equal(_run(rewritten, x, plain), _run(stock, x, plain, {}))
-    assert integer_coverage(count_kernels(rewritten)) == 1.0
+    assert graph_coverage(rewritten).integer
     if a < 8:
-        assert integer_coverage(count_kernels(stock, config={})) < 1.0
+        assert graph_coverage(stock, config={}).by_nodes < 1.0
 
 
 @pytest.mark.parametrize(("w", "a"), [(8, 8), (4, 4)])

@@ -26,7 +26,7 @@ from bench.report import build_report, report_context
 from bench.runner.estimate import cell_shape
 from bench.runner.plan import build_plan
 from bench.saliency.columns import column_name
-from bench.saliency.cost import saliency_cost, stage_cost
+from bench.saliency.cost import map_passes, saliency_cost, stage_cost
 from bench.saliency.suite import SaliencyConfig
 from bench.store import ResultsStore
 
@@ -80,8 +80,7 @@ def test_every_cell_ran_with_saliency(paper: dict[str, Any]) -> None:
                                         "gradcam"}
         if record.w_bits != 32:
             assert result["null"]["stats"]["gradient"]["spearman_fp32"]["mean"] >= 0.999
-        if record.method == "fp32":
-            assert set(result["sanity"]["methods"]) == set(result["stats"])
+        assert set(result["sanity"]["methods"]) == set(result["stats"])   # every cell's own
 
 
 @paper_run
@@ -111,9 +110,9 @@ def test_significance_sections_give_per_image_p_values_at_three_seeds(
         assert all(r.p_value is None and "Wilcoxon needs" in r.reason
                    for r in seed_level.results)
         by_title = {f.title: f for f in tests.image_families}
-        cmh = by_title["accuracy per image: each configuration vs FP32"]
-        assert len(cmh.results) == 9 and all(r.n_seeds == 3 for r in cmh.results)
-        assert any(r.p_value is not None for r in cmh.results)
+        clustered = by_title["accuracy per image: each configuration vs FP32"]
+        assert len(clustered.results) == 9 and all(r.n_seeds == 3 for r in clustered.results)
+        assert any(r.p_value is not None for r in clustered.results)
         control = by_title["accuracy per image: each quantised configuration vs its "
                            "equal-budget float control"]
         # qat, lsq and pact vs fp32_fold_ft, pact_sgt vs sgt_ft
@@ -130,7 +129,7 @@ def test_paper_and_full_grids_have_the_stage_and_dry_run_counts_its_cost(
         tmp_path: Path) -> None:
     """The dry run's saliency term (bench.saliency.cost.saliency_cost) for every cell of the
     paper-shaped plan: the stage's passes, the null control's on quantised cells and the sanity
-    check's on FP32 cells, at the probe's gradient and forward cost."""
+    check's on every cell, at the probe's gradient and forward cost."""
     full = load_grid("full").model_dump(mode="json")["stages"]["saliency"]
     assert len(full["methods"]) == 4
     grid = tmp_path / "paper-shaped.yaml"
@@ -143,16 +142,18 @@ def test_paper_and_full_grids_have_the_stage_and_dry_run_counts_its_cost(
         shape = cell_shape(plan, cell)
         quantized, fp32 = cell.config.w_bits < 32, cell.config.method == "fp32"
         kinds.add((quantized, fp32))
-        cost = stage_cost(cfg, n_test=shape.n_test, quantized=quantized, fp32=fp32)
+        cost = stage_cost(cfg, n_test=shape.n_test, quantized=quantized)
         assert saliency_cost(cfg, shape, probe) == pytest.approx(cost.gradient + 0.25
                                                                  * cost.forward)
     assert kinds == {(True, False), (False, True), (False, False)}   # quantised, FP32, SGT
     n = min(cfg.n_samples, cell_shape(plan, plan.cells[0]).n_test)
-    quantised = stage_cost(cfg, n_test=n, quantized=True, fp32=False)
-    fp32 = stage_cost(cfg, n_test=n, quantized=False, fp32=True)
-    sgt = stage_cost(cfg, n_test=n, quantized=False, fp32=False)
-    assert quantised.gradient > sgt.gradient and fp32.gradient > sgt.gradient
-    assert quantised.forward == fp32.forward == sgt.forward
+    quantised = stage_cost(cfg, n_test=n, quantized=True)
+    float_cell = stage_cost(cfg, n_test=n, quantized=False)
+    no_sanity = stage_cost(cfg, n_test=n, quantized=False, sanity=False)
+    assert quantised.gradient > float_cell.gradient > no_sanity.gradient
+    assert float_cell.gradient - no_sanity.gradient == (
+        min(cfg.sanity_images, n) * max(cfg.sanity_checkpoints, 2) * map_passes(cfg))
+    assert quantised.forward == float_cell.forward == no_sanity.forward
 
 
 class UnitProbe:

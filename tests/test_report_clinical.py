@@ -13,6 +13,7 @@ from sklearn.metrics import confusion_matrix, recall_score
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from bench import stats
 from bench.report import build_report, report_context
 from bench.report.build import ReportOptions
 from bench.report.clinical import MARGIN_POINTS, clinical_view
@@ -119,23 +120,27 @@ def test_recall_and_specificity_equal_sklearn_and_scipy(store, view):
     assert rows[("qat W4A4", "polyp")].delta_recall == pytest.approx(-100 * DROPPED / PER_CLASS)
 
 
-def test_per_class_test_equals_statsmodels_mcnemar_with_holm(store, view):
+def test_per_class_test_is_the_clustered_mcnemar_with_holm(store, view):
+    """Per class, the clustered McNemar test (Durkalski et al. 2003) by hand: per image d =
+    seeds A right and FP32 wrong minus the reverse, X2 = (sum d)^2 / sum d^2; with one seed it
+    is statsmodels' McNemar chi-square."""
     _, truth = store
     labels = truth["labels"]
     p, keys = [], []
     for method, config in (("ptq", "ptq W8A8"), ("qat", "qat W4A4")):
         for c, name in enumerate(CLASSES):
             mine = labels == c
-            a = np.concatenate([truth["predictions"][(method, s)][mine] == c
-                                for s in range(SEEDS)])
-            b = np.concatenate([truth["predictions"][("fp32", s)][mine] == c
-                                for s in range(SEEDS)])
-            table = [[int((a & b).sum()), int((a & ~b).sum())],
-                     [int((~a & b).sum()), int((~a & ~b).sum())]]
-            if table[0][1] + table[1][0] == 0:
+            a = np.array([truth["predictions"][(method, s)][mine] == c for s in range(SEEDS)])
+            b = np.array([truth["predictions"][("fp32", s)][mine] == c for s in range(SEEDS)])
+            d = (a.astype(int) - b.astype(int)).sum(axis=0)
+            if not np.any(d):
                 continue
-            p.append(mcnemar(table, exact=False, correction=False).pvalue)
+            p.append(float(ss.chi2.sf(d.sum() ** 2 / np.sum(d ** 2), 1)))
             keys.append((config, name))
+            one = [[0, int((a[0] & ~b[0]).sum())], [int((~a[0] & b[0]).sum()), 0]]
+            if one[0][1] + one[1][0]:
+                assert stats.clustered_mcnemar(a[:1], b[:1]).p_value == pytest.approx(
+                    mcnemar(one, exact=False, correction=False).pvalue)
     holm = multipletests(p, method="holm")[1]
     rows = _rows(view)
     for key, raw, adjusted in zip(keys, p, holm, strict=True):
@@ -222,3 +227,83 @@ def test_report_context_carries_the_view(store):
     (entry,) = context["clinical"]
     assert entry["heatmap"] is None and entry["block"].margin == 25.0
     assert [r.class_name for r in entry["block"].flagged] == ["polyp"]  # significant drop
+
+
+ESOPHAGITIS = 2
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory):
+    """fp32, fp32_ft (qat's float control) and qat W4A4: fine-tuning alone loses 20 polyps per
+    seed, and qat loses the same 20 and 20 esophagitis images more."""
+    store = ResultsStore(tmp_path_factory.mktemp("controlled"))
+    rng = np.random.default_rng(11)
+    labels = np.repeat(np.arange(len(CLASSES)), PER_CLASS)
+    preds: dict = {}
+    for seed in range(SEEDS):
+        fp32 = _wrong(labels, rng.random(labels.size) < 0.1)
+        right = np.flatnonzero(fp32 == labels)
+        polyps = right[labels[right] == DROP_CLASS][:DROPPED]
+        eso = right[labels[right] == ESOPHAGITIS][:DROPPED]
+        ft = fp32.copy()
+        ft[polyps] = (DROP_CLASS + 1) % len(CLASSES)
+        qat = ft.copy()
+        qat[eso] = (ESOPHAGITIS + 1) % len(CLASSES)
+        for i, (method, bits, pred) in enumerate((("fp32", 32, fp32), ("fp32_ft", 32, ft),
+                                                  ("qat", 4, qat))):
+            cid = f"{method}{bits}s{seed}"
+            record = CellRecord(
+                cell_id=cid, parent_id=None, grid="g", dataset="kvasir", backbone="smallcnn",
+                method=method, w_bits=bits, a_bits=bits, seed=seed, status="ok", error=None,
+                accuracy=float((pred == labels).mean()), macro_f1=0.5, train_seconds=1.0,
+                split_manifest="m", config={}, provenance={}, metrics={"classes": CLASSES},
+                started_at=T0, finished_at=T0 + timedelta(minutes=3 * seed + i))
+            with store.staging(cid) as staged:
+                _save(staged / "predictions.npz", labels, pred)
+                store.commit(record, staged)
+            preds[(method, seed)] = pred
+    return store, labels, preds
+
+
+def test_recall_flags_against_the_float_control_as_well_as_fp32(controlled, tmp_path):
+    """qat's polyp drop is fine-tuning's (fp32_ft has it too): flagged against FP32, not against
+    its float control; its esophagitis drop is flagged against both. The control's tests are
+    the clustered McNemar test by hand (per image d = seeds qat right and fp32_ft wrong minus
+    the reverse, X2 = (sum d)^2 / sum d^2), Holm-corrected over their own family."""
+    store, labels, preds = controlled
+    (block,) = clinical_view(load(store))
+    rows = _rows(block)
+    polyp, eso = rows[("qat W4A4", "polyp")], rows[("qat W4A4", "esophagitis")]
+    assert polyp.flag and eso.flag
+    (p_ctrl,), (e_ctrl,) = polyp.vs_controls, eso.vs_controls
+    assert p_ctrl.control == e_ctrl.control == "fp32_ft"
+    assert p_ctrl.delta_recall == pytest.approx(0.0) and p_ctrl.flag is None
+    assert e_ctrl.delta_recall == pytest.approx(-100 * DROPPED / PER_CLASS) and e_ctrl.flag
+    assert rows[("fp32_ft", "polyp")].vs_controls == []   # float configurations: FP32 only
+    p, keys = [], []
+    for c, name in enumerate(CLASSES):
+        mine = labels == c
+        a = np.array([preds[("qat", s)][mine] == c for s in range(SEEDS)])
+        b = np.array([preds[("fp32_ft", s)][mine] == c for s in range(SEEDS)])
+        d = (a.astype(int) - b.astype(int)).sum(axis=0)
+        if np.any(d):
+            p.append(float(ss.chi2.sf(d.sum() ** 2 / np.sum(d ** 2), 1)))
+            keys.append(name)
+    holm = dict(zip(keys, multipletests(p, method="holm")[1], strict=True))
+    assert e_ctrl.p_adjusted == pytest.approx(holm["esophagitis"])
+    assert [r.flags for r in block.flagged if r.config == "qat W4A4" and
+            r.class_name == "polyp"] == [[polyp.flag]]
+    assert any(f.startswith("against fp32_ft: recall -20.0 points") for f in eso.flags)
+    html = build_report(store, tmp_path / "r.html").read_text()
+    assert "against fp32_ft: recall -20.0 points" in html
+
+
+def test_float_controls_of_each_method():
+    from bench.report.clinical import controls_of
+
+    both = {"fp32", "fp32_ft", "fp32_fold_ft", "sgt_ft"}
+    assert controls_of("qat", 4, both) == ["fp32_ft", "fp32_fold_ft"]
+    assert controls_of("qat", 4, {"fp32", "fp32_ft"}) == ["fp32_ft"]   # no folded control run
+    assert controls_of("pact_sgt", 4, both) == ["sgt_ft"]
+    assert controls_of("ptq", 4, both) == []          # no fine-tuning: FP32 is its reference
+    assert controls_of("fp32_ft", 32, both) == []

@@ -14,7 +14,6 @@ import pytest
 from markupsafe import escape
 from scipy import stats as ss
 from sklearn.metrics import f1_score
-from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from bench import stats
@@ -109,6 +108,18 @@ def test_report_accuracy_and_interval_use_deployed_predictions(store):
     assert row["accuracy"] != pytest.approx(np.mean(torch_acc))
 
 
+def test_main_table_macro_f1_is_the_deployed_predictions_and_torch_beside(store):
+    s, truth = store
+    data = load(s)
+    labels = truth["labels"]
+    rows = {r["config"]: r for r in main_table(data).blocks[0].rows}
+    for config, cid, which in (("ptq W8A8", "ptq8", 1), ("ptq W4A4", "ptq4", 0)):
+        f1 = [f1_score(labels, truth["predictions"][f"{cid}s{k}"][which], average="macro")
+              for k in range(SEEDS)]
+        assert rows[config]["macro_f1"] == pytest.approx(np.mean(f1))
+        assert rows[config]["torch_macro_f1"] == pytest.approx(0.5)   # the records' own
+
+
 def test_mcnemar_compares_deployed_predictions(store):
     s, truth = store
     data = load(s)
@@ -124,13 +135,14 @@ def test_mcnemar_compares_deployed_predictions(store):
     assert {r.config for r in rows} == {"ptq W8A8", "ptq W4A4"}
 
 
-def test_cmh_compares_the_headline_predictions(store):
-    """The per-image CMH test on accuracy reads the same headline predictions as McNemar and
-    the headline accuracy: ONNX Runtime's where a cell has them, torch's otherwise."""
+def test_clustered_mcnemar_compares_the_headline_predictions(store):
+    """The per-image clustered McNemar test on accuracy reads the same headline predictions as
+    McNemar and the headline accuracy: ONNX Runtime's where a cell has them, torch's
+    otherwise."""
     s, truth = store
     data = load(s)
     configs = ["fp32", "ptq W8A8", "ptq W4A4"]
-    (vs_fp32,) = [f for f in image_families(data.ok, configs, "accuracy", "cmh",
+    (vs_fp32,) = [f for f in image_families(data.ok, configs, "accuracy", "clustered_mcnemar",
                                             correctness(data))
                   if f.title == "accuracy per image: each configuration vs FP32"]
     labels = truth["labels"]
@@ -144,11 +156,11 @@ def test_cmh_compares_the_headline_predictions(store):
     for config, bits in (("ptq W8A8", 8), ("ptq W4A4", 4)):
         fp32 = [right(f"fp32{32}s{k}") for k in range(SEEDS)]
         cells = [right(f"ptq{bits}s{k}") for k in range(SEEDS)]
-        expected = stats.cmh_paired(cells, fp32) if by_config[config].name_a != "fp32" else \
-            stats.cmh_paired(fp32, cells)
+        expected = stats.clustered_mcnemar(cells, fp32) if by_config[config].name_a != "fp32" \
+            else stats.clustered_mcnemar(fp32, cells)
         assert by_config[config].p_value == pytest.approx(expected.p_value)
     torch_only = [truth["predictions"][f"ptq8s{k}"][0] == labels for k in range(SEEDS)]
-    assert by_config["ptq W8A8"].p_value != pytest.approx(stats.cmh_paired(
+    assert by_config["ptq W8A8"].p_value != pytest.approx(stats.clustered_mcnemar(
         torch_only, [right(f"fp32{32}s{k}") for k in range(SEEDS)]).p_value)
 
 
@@ -207,13 +219,11 @@ def _right(gen: Generated, method: str, w: int) -> list[np.ndarray]:
     return [np.equal(*gen.predictions[c]) for c in part.cell_id]
 
 
-def _cmh_oracle(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    """CMH with (seed, image) pairs as strata = McNemar's chi-square without continuity
-    correction on the discordant pairs pooled over seeds (statsmodels)."""
-    ra, rb = np.concatenate(a), np.concatenate(b)
-    table = [[int((ra & rb).sum()), int((ra & ~rb).sum())],
-             [int((~ra & rb).sum()), int((~ra & ~rb).sum())]]
-    return float(mcnemar(table, exact=False, correction=False).pvalue)
+def _clustered_oracle(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """Clustered McNemar (Durkalski et al. 2003) by hand, the image as the cluster: per image
+    d = seeds A right and B wrong minus the reverse, X2 = (sum d)^2 / sum d^2 against chi2(1)."""
+    d = np.sum([x.astype(int) - y.astype(int) for x, y in zip(a, b, strict=True)], axis=0)
+    return float(ss.chi2.sf(d.sum() ** 2 / np.sum(d ** 2), 1))
 
 
 def test_headline_numbers_equal_independent_computations(measured):
@@ -221,7 +231,7 @@ def test_headline_numbers_equal_independent_computations(measured):
     rows = _headline_rows(context)
     assert list(rows) == ["fp32", "fp32_ft", "fp32_fold_ft", "qat W4A4", "pact_sgt W4A4"]
     fp32 = _accuracy(gen, "fp32", 32)
-    p_vs_fp32 = {c: _cmh_oracle(_right(gen, m, w), _right(gen, "fp32", 32))
+    p_vs_fp32 = {c: _clustered_oracle(_right(gen, m, w), _right(gen, "fp32", 32))
                  for c, (m, w) in {"fp32_ft": ("fp32_ft", 32),
                                    "fp32_fold_ft": ("fp32_fold_ft", 32), "qat W4A4": ("qat", 4),
                                    "pact_sgt W4A4": ("pact_sgt", 4)}.items()}
@@ -252,7 +262,9 @@ def test_headline_numbers_equal_independent_computations(measured):
                 part.saliency_null_spearman_fp32.mean())
             d = row["vs_fp32"]
             assert d.points == pytest.approx(100 * np.mean(acc - fp32))
-            assert d.test == "CMH" and d.p_adjusted == pytest.approx(holm[row["config"]])
+            assert d.test == "clustered McNemar"
+            assert d.p_adjusted == pytest.approx(holm[row["config"]])
+            assert d.family == "each configuration vs FP32, accuracy per image"
             assert row["d_fp32_mark"] == ("n.s." if d.p_adjusted >= 0.05 else
                                           "***" if d.p_adjusted < 0.001 else
                                           "**" if d.p_adjusted < 0.01 else "*")
@@ -264,8 +276,8 @@ def test_headline_numbers_equal_independent_computations(measured):
             assert row[f"speedup@{device}"] == pytest.approx(
                 p50[("fp32", 32, profile)] / p50[(method, w, profile)])
     qat = rows["qat W4A4"]["vs_control"]
-    assert qat.reference == "fp32_fold_ft" and qat.test == "CMH"
-    assert qat.p_adjusted == pytest.approx(_cmh_oracle(_right(gen, "qat", 4),
+    assert qat.reference == "fp32_fold_ft" and qat.test == "clustered McNemar"
+    assert qat.p_adjusted == pytest.approx(_clustered_oracle(_right(gen, "qat", 4),
                                                        _right(gen, "fp32_fold_ft", 32)))
     assert qat.points == pytest.approx(100 * np.mean(_accuracy(gen, "qat", 4)
                                                      - _accuracy(gen, "fp32_fold_ft", 32)))
@@ -275,7 +287,72 @@ def test_headline_numbers_equal_independent_computations(measured):
     assert rows["pact_sgt W4A4"]["control_stability"] is None  # sgt_ft not run
     assert rows["pact_sgt W4A4"]["control"] == "sgt_ft" and "vs_control" not in \
         rows["pact_sgt W4A4"]
-    assert rows["fp32"]["sanity"] == "passed on 3/3 FP32 seeds"
+    assert rows["fp32"]["sanity"] == "passed on 3/3 seeds"
+
+
+def test_calibration_with_seed_cis_and_change_against_the_float_controls(measured):
+    """ECE, Brier and macro AUROC: the cells' (deployed) columns, mean and t-interval over
+    seeds; their change against fp32_ft paired by seed; fp32_fold_ft's columns only where the
+    store has that control (it has not here)."""
+    gen, context = measured
+    rows = _headline_rows(context)
+    keys = [c.key for c in context["headline"].columns]
+    assert {"ece", "brier", "auroc_macro", "d_ece@fp32_ft", "d_brier@fp32_ft",
+            "d_auroc_macro@fp32_ft"} <= set(keys)
+    assert not any(k.endswith("@fp32_fold_ft") for k in keys)
+    ft = gen.cells[gen.cells.method == "fp32_ft"].set_index("seed")
+    for method, w, _ in CONTROL_CONFIGS:
+        row = rows[label(method, w, w)]
+        part = gen.cells[(gen.cells.method == method) & (gen.cells.w_bits == w)]
+        for key in ("ece", "brier", "auroc_macro"):
+            x = part.sort_values("seed")[key].to_numpy(dtype=float)
+            low, high = ss.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=ss.sem(x))
+            assert (row[key], row[f"{key}_low"], row[f"{key}_high"]) == pytest.approx(
+                (x.mean(), low, high))
+            if method == "fp32_ft":
+                assert f"d_{key}@fp32_ft" not in row
+                continue
+            mine = part.set_index("seed")[key]
+            assert row[f"d_{key}@fp32_ft"] == pytest.approx((mine - ft[key]).mean())
+        if method != "fp32_ft":
+            assert f"against fp32_ft Δ ECE {F.signed(row['d_ece@fp32_ft'])}" in row["sentence"]
+        assert f"calibration: ECE {F.mean_ci(row['ece'], row['ece_low'], row['ece_high'], 3)}" \
+            in row["sentence"]
+
+
+def test_calibration_against_fp32_fold_ft_where_the_store_has_it(tmp_path):
+    gen = generate(tmp_path, Spec(configs=(("fp32", 32, 32), ("fp32_ft", 32, 32),
+                                           ("fp32_fold_ft", 32, 32), ("qat", 4, 4)), seeds=3,
+                                  devices=(), n_test=40, saliency=False))
+    context = report_context(gen.store, figures=False)
+    qat = _headline_rows(context)["qat W4A4"]
+    fold = gen.cells[gen.cells.method == "fp32_fold_ft"].set_index("seed").brier
+    mine = gen.cells[gen.cells.method == "qat"].set_index("seed").brier
+    assert qat["d_brier@fp32_fold_ft"] == pytest.approx((mine - fold).mean())
+    assert "against fp32_fold_ft Δ ECE" in qat["sentence"]
+
+
+def test_old_stores_without_probability_columns_say_calibration_not_measured(store):
+    s, _ = store
+    context = report_context(s, figures=False)
+    for row in _headline_rows(context).values():
+        assert row.get("ece") is None and "calibration not measured" in row["sentence"]
+
+
+def test_each_quantised_row_reports_its_own_sanity_check(measured):
+    """qat W4A4's cells ran the check on their fake-quant model: its verdict is its own (both
+    saliency methods pass there, FP32's gradcam fails); pact_sgt W4A4's cells did not run it
+    (an older store) and say so instead of borrowing FP32's verdict."""
+    _, context = measured
+    rows = _headline_rows(context)
+    assert rows["qat W4A4"]["sanity"] == "passed on 3/3 seeds"
+    assert rows["pact_sgt W4A4"]["sanity"] == (
+        "not run on this configuration (run on FP32 cells only)")
+    assert "FP32 seeds" not in rows["qat W4A4"]["sentence"]
+    table = context["saliency"]["table"]
+    by = {(r["config"], r["saliency_method"]): r for r in table.blocks[0].rows}
+    assert by["fp32", "gradcam"]["muted"].startswith("fails on 3/3 seeds")
+    assert "muted" not in by["qat W4A4", "gradcam"]
 
 
 def _cells_text(context: dict, row: dict) -> list[str]:
@@ -299,11 +376,18 @@ def test_sentences_hold_only_the_rows_numbers_and_say_significance_right(measure
             d = row.get(f"vs_{key}")
             if d is None or d.p_adjusted is None:
                 continue
+            mde = text(next(c for c in context["headline"].columns if c.key == f"mde_{key}"),
+                       row)
+            assert mde == F.num(d.mde, 1) and d.mde > 0
             verdict = ("difference significant" if d.p_adjusted < 0.05 else
-                       "difference not significant")
-            assert f"{verdict}, Holm-adjusted CMH p = {F.pval(d.p_adjusted)}" in sentence
+                       f"difference not significant (detectable from {mde} points)")
+            assert (f"{verdict}, Holm-adjusted clustered McNemar p = {F.pval(d.p_adjusted)} "
+                    f"(Holm over {d.family})") in sentence
             assert F.pval(d.p_adjusted) in text(
                 next(c for c in context["headline"].columns if c.key == f"p_{key}"), row)
+            assert sentence.endswith("The clustered McNemar test covers variation over test "
+                                     "images for these trained models, not over re-training "
+                                     "beyond their seeds.")
     qat = _headline_rows(context)["qat W4A4"]
     assert "keeps " + text(next(c for c in context["headline"].columns
                                 if c.key == "retained"), qat) + " of FP32's accuracy" in \
@@ -324,11 +408,18 @@ def test_sentences_flip_with_the_verdict():
     row = {"config": "qat W4A4", "method": "qat", "w_bits": 4, "a_bits": 4, "model": "deployed",
            "accuracy": 0.8, "accuracy_low": 0.79, "accuracy_high": 0.81, "retained": 95.0,
            "int_coverage": 1.0, "coverage": "1.00", "size_bytes": 10.0, "size_pct": 25.0}
-    for p, word in ((0.0312, "difference significant"), (0.41, "difference not significant")):
-        row["vs_fp32"] = Difference("fp32", -4.2, "CMH", p)
-        row["d_fp32"] = -4.2
+    for p, word in ((0.0312, "difference significant"),
+                    (0.41, "difference not significant (detectable from 5.3 points)")):
+        row["vs_fp32"] = Difference("fp32", -4.2, "clustered McNemar", p, mde=5.31,
+                                    family="each configuration vs FP32, accuracy per image",
+                                    scope="over test images")
+        row["d_fp32"], row["mde_fp32"] = -4.2, 5.31
         said = sentence(row, columns([]), True)
-        assert f"-4.2 points, {word}, Holm-adjusted CMH p = {F.pval(p)}" in said
+        assert (f"-4.2 points, {word}, Holm-adjusted clustered McNemar p = {F.pval(p)} (Holm "
+                "over each configuration vs FP32, accuracy per image)") in said
+        assert said.endswith(" The clustered McNemar test covers variation over test images "
+                             "for these trained models, not over re-training beyond their "
+                             "seeds.")
     row["vs_fp32"] = Difference("fp32", -4.2, "Wilcoxon", None, "n=3 seeds: Wilcoxon needs >= 6")
     assert "not tested: n=3 seeds" in sentence(row, columns([]), True)
 

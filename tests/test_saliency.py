@@ -519,7 +519,7 @@ def test_stage_cost_counts_the_images_through_the_model(tiny: tuple) -> None:
         stability_suite(model, None, x, t, None, cfg)
     finally:
         handle.remove()
-    cost = stage_cost(cfg, n_test=len(x), quantized=False, fp32=False)
+    cost = stage_cost(cfg, n_test=len(x), quantized=False, sanity=False)
     assert sum(seen) == cost.images
     assert cost.forward == 3 * (3 + 2 * 3 * 5)   # shared end points, 3 inner steps, 5 orders
 

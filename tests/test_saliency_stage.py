@@ -128,25 +128,31 @@ def test_quantised_cell_has_its_null_control_beside_each_statistic(ran: dict) ->
             "spearman_fp32"]["mean"]
 
 
-def test_fp32_cells_carry_the_sanity_check(ran: dict) -> None:
+def test_every_cell_carries_its_own_sanity_check(ran: dict) -> None:
+    """FP32 and quantised cells alike: the quantised cell's check randomises its own Brevitas
+    layers and compares its own (straight-through-gradient) maps, not FP32's."""
     cells = _by_method(ran["store"])
     for seed in (0, 1):
-        sanity = cells["fp32", seed].metrics["saliency"]["sanity"]
-        assert sanity["threshold"] == 0.5 and sanity["statistic"] == "spearman"
-        subsets = cells["fp32", seed].metrics["saliency"]["subsets"]
-        assert sanity["images"] == subsets["sanity"]["images"]
-        assert len(sanity["steps"]) == 2 and sanity["steps"][-1] == sanity["n_layers"]
-        for method in METHODS:
-            result = sanity["methods"][method]
-            assert len(result["spearman"]) == 2
-            assert result["passed"] in (True, False, None)
-            if result["passed"] is False:
-                assert "survive model-parameter randomisation" in result["reason"]
-            column = cells["fp32", seed].metrics["saliency"]["columns"][
-                column_name("sanity_spearman", method)]
-            assert column == result["spearman"][-1]
-        assert cells["ptq", seed].metrics["saliency"]["sanity"] == {
-            "skipped": "run on FP32 cells only"}
+        for method_name in ("fp32", "ptq"):
+            stage = cells[method_name, seed].metrics["saliency"]
+            sanity = stage["sanity"]
+            assert sanity["threshold"] == 0.5 and sanity["statistic"] == "spearman"
+            assert sanity["images"] == stage["subsets"]["sanity"]["images"]
+            assert len(sanity["steps"]) == 2 and sanity["steps"][-1] == sanity["n_layers"]
+            for method in METHODS:
+                result = sanity["methods"][method]
+                assert len(result["spearman"]) == 2
+                assert result["passed"] in (True, False, None)
+                if result["passed"] is False:
+                    assert "survive model-parameter randomisation" in result["reason"]
+                column = stage["columns"][column_name("sanity_spearman", method)]
+                assert column == result["spearman"][-1]
+        quantised = cells["ptq", seed].metrics["saliency"]["sanity"]
+        fp32 = cells["fp32", seed].metrics["saliency"]["sanity"]
+        # the Brevitas graph's layers: batch norm folded into the convolutions
+        assert quantised["n_layers"] < fp32["n_layers"]
+        assert quantised["methods"]["gradient"]["spearman"] != fp32["methods"]["gradient"][
+            "spearman"]
 
 
 def test_every_cell_uses_the_same_test_images(ran: dict) -> None:

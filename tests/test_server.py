@@ -281,7 +281,7 @@ def test_devices_list_tokens_and_counts(filled):
     assert (items["dev-b"]["cells"], items["dev-b"]["measurements"]) == (0, 1)
     assert items["dev-a"]["last_upload_at"] is not None
     assert items["dev-idle"] == {"name": "dev-idle", "cells": 0, "measurements": 0,
-                                 "last_upload_at": None}
+                                 "last_upload_at": None, "keys": []}
 
 
 def test_private_reads_need_a_token(make_server):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from scipy import stats
-from statsmodels.stats.contingency_tables import StratifiedTable, mcnemar
+from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
@@ -20,12 +20,12 @@ from bench.stats import (
     MIN_N_BOOTSTRAP,
     MIN_N_TTEST,
     MIN_N_WILCOXON,
-    cmh_paired,
+    clustered_mcnemar,
     compare_family,
     critical_difference,
-    detectable_difference,
     friedman,
     holm,
+    image_power,
     mcnemar_exact,
     mean_ci,
     paired_test,
@@ -292,7 +292,7 @@ def test_mean_ci_t_interval() -> None:
         mean_ci([])
 
 
-# --- per-image tests stratified by seed ---------------------------------------------------
+# --- per-image tests with the image as the unit ---------------------------------------------
 
 
 def three_seeds(effect: float = 0.1, n: int = 80, seed: int = 0
@@ -307,97 +307,155 @@ def three_seeds(effect: float = 0.1, n: int = 80, seed: int = 0
     return a, b
 
 
-def test_cmh_over_pair_strata_is_mcnemar_over_seeds_and_matches_statsmodels() -> None:
+def test_clustered_mcnemar_with_one_seed_is_mcnemar() -> None:
     a, b = three_seeds()
-    res = cmh_paired(a, b)
-    full = np.stack([np.array([[int(x), 1 - int(x)], [int(y), 1 - int(y)]])
-                     for xs, ys in zip(a, b, strict=True) for x, y in zip(xs, ys, strict=True)],
-                    axis=2)
-    oracle = StratifiedTable(full).test_null_odds(correction=False)
+    res = clustered_mcnemar(a[:1], b[:1])
+    n10, n01 = int((a[0] & ~b[0]).sum()), int((~a[0] & b[0]).sum())
+    assert (res.n10, res.n01, res.n_images, res.n_seeds) == (n10, n01, 80, 1)
+    oracle = mcnemar([[0, n10], [n01, 0]], exact=False, correction=False)
     assert res.statistic == pytest.approx(oracle.statistic)
     assert res.p_value == pytest.approx(oracle.pvalue)
-    n10 = sum(int((x & ~y).sum()) for x, y in zip(a, b, strict=True))
-    n01 = sum(int((~x & y).sum()) for x, y in zip(a, b, strict=True))
-    assert (res.n10, res.n01) == (n10, n01)
-    pooled = mcnemar([[0, n10], [n01, 0]], exact=False, correction=False)
-    assert res.statistic == pytest.approx(pooled.statistic)
-    assert res.p_exact == pytest.approx(stats.binomtest(n10, n10 + n01).pvalue)
-    assert res.effect_size == pytest.approx(StratifiedTable(full).oddsratio_pooled)
-    assert res.diff_mean == pytest.approx(np.mean([x.mean() - y.mean() for x, y in zip(
-        a, b, strict=True)]))
-    assert res.n == 240 and res.n_seeds == 3
-    assert res.p_value < 0.05, "a 3-seed fixture yields a real p-value"
-    # McNemar's per-seed table (A's correctness x B's) tests whether they err on the same
-    # images: a different, here strongly significant, question.
-    wrong = StratifiedTable([[[int((x & y).sum()), int((x & ~y).sum())],
-                              [int((~x & y).sum()), int((~x & ~y).sum())]]
-                             for x, y in zip(a, b, strict=True)]).test_null_odds()
-    assert wrong.pvalue < 1e-6 and wrong.pvalue != pytest.approx(res.p_value)
+    assert res.p_exact == pytest.approx(mcnemar([[0, n10], [n01, 0]], exact=True).pvalue)
 
 
-def test_cmh_p_value_does_not_underflow_to_zero() -> None:
-    """A large difference (a statistic of 139 measured for QAT W4A4 vs a one-epoch FP32 on 120
-    images x 3 seeds, p ~ 5e-32) gets chi2's survival function, not statsmodels' 1 - cdf (0.0)."""
+def test_clustered_mcnemar_is_durkalskis_statistic_by_hand() -> None:
+    """Durkalski et al. (2003): X2 = (sum_i (b_i - c_i))^2 / sum_i (b_i - c_i)^2 over images.
+    Images (rows) x seeds: d = 3, 2, -1, 1, 0 (one seed each way), 0 -> X2 = 25 / 15."""
+    a = np.array([[1, 1, 1], [1, 1, 0], [0, 1, 1], [1, 1, 1], [1, 0, 1], [1, 1, 1]], bool)
+    b = np.array([[0, 0, 0], [0, 0, 0], [1, 1, 1], [0, 1, 1], [0, 1, 1], [1, 1, 1]], bool)
+    res = clustered_mcnemar(list(a.T), list(b.T))
+    assert res.statistic == pytest.approx(25 / 15)
+    assert res.p_value == pytest.approx(stats.chi2.sf(25 / 15, 1))
+    assert (res.n10, res.n01) == (7, 2)
+    # the pooled McNemar over (seed, image) pairs divides by n10 + n01 = 9 instead of 15
+    assert res.statistic < (7 - 2) ** 2 / 9
+    assert res.diff_mean == pytest.approx((a.mean(axis=0) - b.mean(axis=0)).mean())
+
+
+def _scipy_cluster_p(a: list[np.ndarray], b: list[np.ndarray], n_resamples: float) -> float:
+    """scipy's paired permutation test that swaps A and B of an image in every seed at once:
+    the samples are the per-image sums over seeds, weighted as the statistic weights them."""
+    sizes = [x.size for x in a]
+    x = sum(u / (len(a) * k) for u, k in zip(a, sizes, strict=True))
+    y = sum(v / (len(b) * k) for v, k in zip(b, sizes, strict=True))
+
+    def statistic(u: np.ndarray, v: np.ndarray, axis: int) -> np.ndarray:
+        return np.sum(u - v, axis=axis)
+
+    return stats.permutation_test((x, y), statistic, permutation_type="samples",
+                                  n_resamples=n_resamples, vectorized=True,
+                                  rng=np.random.default_rng(1)).pvalue
+
+
+def test_clustered_mcnemar_exact_p_matches_scipys_image_level_permutation() -> None:
+    a, b = three_seeds(effect=0.2, n=12, seed=2)
+    res = clustered_mcnemar(a, b)
+    exact = _scipy_cluster_p([x.astype(float) for x in a], [y.astype(float) for y in b], np.inf)
+    assert res.p_exact == pytest.approx(exact)
+    big_a, big_b = three_seeds(effect=0.05, n=400, seed=3)
+    big = clustered_mcnemar(big_a, big_b)
+    oracle = _scipy_cluster_p([x.astype(float) for x in big_a],
+                              [y.astype(float) for y in big_b], 4000)
+    assert abs(big.p_exact - oracle) < 0.03 and abs(big.p_exact - big.p_value) < 0.05
+
+
+def test_clustered_mcnemar_pairs_images_by_id_across_seeds() -> None:
+    a, b = three_seeds(effect=0.05, n=60, seed=4)
+    rng = np.random.default_rng(0)
+    order = [rng.permutation(60) for _ in a]
+    shuffled = clustered_mcnemar([x[o] for x, o in zip(a, order, strict=True)],
+                                 [y[o] for y, o in zip(b, order, strict=True)], images=order)
+    assert shuffled.statistic == pytest.approx(clustered_mcnemar(a, b).statistic)
+    with pytest.raises(ValueError, match="images="):
+        clustered_mcnemar([a[0], a[1][:50]], [b[0], b[1][:50]])
+
+
+def test_clustered_mcnemar_p_value_does_not_underflow_to_zero() -> None:
     a, b = three_seeds(effect=0.9, n=120)
-    res = cmh_paired(a, b)
-    assert res.statistic > 60
+    res = clustered_mcnemar(a, b)
+    assert res.statistic > 30
     assert 0.0 < res.p_value == pytest.approx(stats.chi2.sf(res.statistic, 1))
     assert res.p_exact > 0.0
 
 
-def test_cmh_without_discordant_pairs_gives_the_reason() -> None:
+def test_clustered_mcnemar_without_discordant_pairs_gives_the_reason() -> None:
     same = [np.array([True, False, True])] * 3
-    res = cmh_paired(same, same)
+    res = clustered_mcnemar(same, same)
     assert res.p_value is None and "same images" in res.reason
-    assert cmh_paired([], []).reason == "no paired images: no test"
+    assert clustered_mcnemar([], []).reason == "no paired images: no test"
+    cancel = clustered_mcnemar([np.array([True, False]), np.array([False, True])],
+                               [np.array([False, True]), np.array([True, False])])
+    assert cancel.p_value is None and "cancel" in cancel.reason and cancel.n10 == 2
 
 
-def _scipy_flip_p(strata_a: list[np.ndarray], strata_b: list[np.ndarray], n_resamples: float
-                  ) -> float:
-    sizes = [len(x) for x in strata_a]
-    weights = np.concatenate([np.full(k, 1 / (len(sizes) * k)) for k in sizes])
-
-    def statistic(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
-        return np.sum((x - y) * weights, axis=axis)
-
-    return stats.permutation_test((np.concatenate(strata_a), np.concatenate(strata_b)), statistic,
-                               permutation_type="samples", n_resamples=n_resamples,
-                               vectorized=True, rng=np.random.default_rng(1)).pvalue
-
-
-def test_sign_flip_exact_matches_scipy() -> None:
+def test_sign_flip_exact_flips_images_and_matches_scipy() -> None:
     rng = np.random.default_rng(3)
-    a = [rng.normal(0.3, 1, 7), rng.normal(0.3, 1, 5)]
-    b = [rng.normal(0, 1, 7), rng.normal(0, 1, 5)]
+    a = [rng.normal(0.3, 1, 7), rng.normal(0.3, 1, 7)]
+    b = [rng.normal(0, 1, 7), rng.normal(0, 1, 7)]
     res = sign_flip_test(a, b)
-    assert res.n == 12 and res.n_resamples is None
-    assert res.p_value == pytest.approx(_scipy_flip_p(a, b, np.inf))
+    assert (res.n, res.n_images, res.n_resamples) == (14, 7, None)
+    assert res.p_value == pytest.approx(_scipy_cluster_p(a, b, np.inf))
     assert res.statistic == pytest.approx(np.mean([(x - y).mean() for x, y in zip(
         a, b, strict=True)]))
+    # 7 images give 2**7 patterns: p is a multiple of 1/128, not of 1/2**14
+    assert (res.p_value * 128) == pytest.approx(round(res.p_value * 128))
 
 
 def test_sign_flip_on_three_seeds_yields_real_p_values_like_scipy() -> None:
     rng = np.random.default_rng(4)
     base = [rng.normal(0.8, 0.1, 64) for _ in range(3)]
-    a = [x - 0.03 + rng.normal(0, 0.05, 64) for x in base]
+    a = [x - 0.05 + rng.normal(0, 0.05, 64) for x in base]
     res = sign_flip_test(a, base, n_resamples=9999)
-    oracle = _scipy_flip_p(a, base, 9999)
-    assert res.n_resamples == 9999 and res.p_value < 0.05 and oracle < 0.05
-    null = sign_flip_test([x + rng.normal(0, 0.05, 64) for x in base], base)
-    oracle = _scipy_flip_p([x + rng.normal(0, 0.05, 64) for x in base], base, 9999)
-    assert null.p_value > 0.05
-    assert abs(res.p_value - _scipy_flip_p(a, base, 9999)) < 0.01
-    assert 0.0 < oracle <= 1.0
+    assert res.n_resamples == 9999 and res.p_value < 0.05
+    assert abs(res.p_value - _scipy_cluster_p(a, base, 9999)) < 0.01
+    null = [x + rng.normal(0, 0.05, 64) for x in base]
+    assert abs(sign_flip_test(null, base).p_value - _scipy_cluster_p(null, base, 9999)) < 0.03
     a[0][0] = np.nan
-    assert sign_flip_test(a, base).n == 191
+    assert sign_flip_test(a, base).n == 191 and sign_flip_test(a, base).n_images == 64
 
 
-def test_power_line() -> None:
-    rng = np.random.default_rng(5)
-    d = [rng.normal(0.02, 0.1, 50) for _ in range(3)]
-    mde = detectable_difference(d)
-    se = math.sqrt(sum(x.var(ddof=1) / 50 for x in d)) / 3
-    assert mde == pytest.approx((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * se)
+def _balanced(sd_image: float, sd_seed: float, n: int = 400, seeds: int = 3, mean: float = 0.0,
+              seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return mean + rng.normal(0, sd_image, (n, 1)) + rng.normal(0, sd_seed, (n, seeds))
+
+
+def test_power_line_uses_the_covariance_across_seeds() -> None:
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
+    d = _balanced(0.1, 0.1, mean=0.02)
+    line = image_power(d, float(d.mean()))
+    assert line.mde == pytest.approx(z * d.mean(axis=1).std(ddof=1) / math.sqrt(400))
+    independent = z * math.sqrt(sum(d[:, j].var(ddof=1) / 400 for j in range(3))) / 3
+    # with image effects the old formula (pairs independent) is too optimistic: deff ~ 2
+    assert line.mde > 1.3 * independent
+    assert line.design_effect == pytest.approx((line.mde / independent) ** 2)
+    assert 1.6 < line.design_effect < 2.4
+    # the one-way random-effects estimate of the between-image variance (0.1**2)
+    s2_seed = float(d.var(axis=1, ddof=1).mean())
+    s2_image = float(d.mean(axis=1).var(ddof=1)) - s2_seed / 3
+    assert line.mde_limit == pytest.approx(z * math.sqrt(s2_image / 400))
+    assert 0.007 < s2_image < 0.013
+    # seeds needed: (s2_image + s2_seed / m) / n <= (observed / z)**2
+    m = line.seeds_needed
+    assert m is not None and m > 3
+    for k, ok in ((m, True), (m - 1, False)):
+        assert (s2_image + s2_seed / k) / 400 <= (d.mean() / z) ** 2 or not ok
+        assert (s2_image + s2_seed / k) / 400 > (d.mean() / z) ** 2 or ok
+
+
+def test_no_number_of_seeds_beats_the_between_image_variance() -> None:
+    d = _balanced(0.3, 0.05, n=100, mean=0.02, seed=1)
+    line = image_power(d, float(d.mean()))
+    assert line.seeds_needed is None and "no number of seeds" in line.seeds_reason
+    assert "more test images" in line.seeds_reason
+    assert line.mde_limit > abs(d.mean()) and line.mde_limit < line.mde
+    assert image_power(d[:, :1], 0.02).seeds_reason.startswith("one seed")
+    res = sign_flip_test(list(d.T), list(np.zeros_like(d).T))
+    assert res.seeds_needed is None and res.mde == pytest.approx(line.mde)
+    assert res.mde_limit == pytest.approx(line.mde_limit)
+
+
+def test_seed_level_seeds_needed_and_mde() -> None:
     means = [0.02, 0.05, 0.01]
     n, why = seeds_needed(means)
     n_t = TTestPower().solve_power(effect_size=np.mean(means) / np.std(means, ddof=1),
@@ -411,3 +469,8 @@ def test_power_line() -> None:
         assert t_test_n(effect) == pytest.approx(
             TTestPower().solve_power(effect_size=effect, alpha=0.05, power=0.8), rel=1e-4)
     assert t_test_n(1e-6) is None
+    d = np.array([0.01, 0.03, -0.01, 0.02, 0.04, 0.0, 0.02])
+    effect = TTestPower().solve_power(nobs=7 * 3 / math.pi, alpha=0.05, power=0.8)
+    assert paired_test(d, np.zeros(7)).mde == pytest.approx(effect * d.std(ddof=1), rel=1e-6)
+    assert paired_test(d, np.zeros(7), "ttest").mde == pytest.approx(
+        TTestPower().solve_power(nobs=7, alpha=0.05, power=0.8) * d.std(ddof=1), rel=1e-6)

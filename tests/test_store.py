@@ -112,3 +112,18 @@ def test_another_reader_during_a_run_loses_no_commit(tmp_path):
     assert _read_outside(store.root / "medq.sqlite") == 2
     store.engine.dispose()
     assert _read_outside(store.root / "medq.sqlite") == 2
+
+
+def test_records_from_before_the_probability_columns_read_them_as_null(tmp_path):
+    """A record stored before ECE/Brier/AUROC existed (its deploy stage without them, no
+    `evaluation` entry) lists every probability column, as None."""
+    from bench.store.evaluation import EVALUATION_COLUMNS
+
+    store = ResultsStore(tmp_path)
+    old = record(metrics={"deploy": {"columns": {"deployed_accuracy": 0.5}}})
+    with store.staging("c1") as staged:
+        store.commit(old, staged)
+    (row,) = store.rows()
+    assert row["deployed_accuracy"] == 0.5
+    assert {c: row[c] for c in (*EVALUATION_COLUMNS, "deployed_macro_f1")} == dict.fromkeys(
+        (*EVALUATION_COLUMNS, "deployed_macro_f1"))

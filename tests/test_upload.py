@@ -34,7 +34,7 @@ def local_store(root: Path, n_cells: int = 30) -> ResultsStore:
     cells, measurements = synthetic_device(DEVICE, n_cells, per_cell=2)
     gpu = cell("gpucell", device="gpu-server")
     store.ingest(RecordBatch(cells=[*cells, gpu], measurements=[
-        *measurements, measurement("gpucell", DEVICE, 3.0, 4.0, 10.0),
+        *measurements, measurement("gpucell", DEVICE, 3.0, 4.0, 10.0, samples=3),
         measurement("gpucell", "gpu-server", 1.0, 2.0, 10.0)]))
     return store
 

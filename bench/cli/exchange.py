@@ -154,23 +154,27 @@ def device_pull(
     a_bits: ABitsOpt = None,
     cell: Annotated[list[str] | None, typer.Option(help="Only this cell id (repeatable).")]
     = None,
+    cells_from: Annotated[list[str] | None, typer.Option(
+        "--cells-from", help="Only cells made by this device (repeatable). Default from a "
+                             "server: the devices whose public keys it has registered (any "
+                             "device where none has one); from a bundle: any.")] = None,
 ) -> None:
     """Fetch deployable cells and their ONNX files into the store; every file's SHA-256 is
     checked before anything is written. Cells whose files the server lacks are skipped (and
     listed); exit 2 if no cell could be pulled, or while a `bench run` or `bench import` is
-    writing to the store."""
+    writing to the store. Cell ids follow from the grid, so any device could upload a record
+    under another's cell id: say whose cells to take with --cells-from."""
     from bench.exchange.pull import pull
-    from bench.store import ResultsStore
     from bench.store.query import RecordFilter
 
     selection = RecordFilter(datasets=dataset, backbones=backbone,
                              methods=method, w_bits=w_bits, a_bits=a_bits,
                              cell_ids=cell)
-    summary = pull(ResultsStore(store), source, selection, token=token)
+    summary = pull(store, source, selection, token=token, cells_from=cells_from)
     for skipped in summary.skipped:
         err.print(f"[yellow]cell skipped:[/] {escape(skipped)}", highlight=False,
                   soft_wrap=True)
     counts = ", ".join(f"{n} {what}" for what, n in summary.result.as_counts().items())
     out.print(f"pulled {summary.cells} deployable cells ({summary.files} files, SHA-256 "
-              f"checked) from {summary.source} into {store}: {counts}", highlight=False,
-              soft_wrap=True)
+              f"checked) from {summary.source} into {store}: {counts}; cells made by "
+              f"{summary.cells_from}", highlight=False, soft_wrap=True)

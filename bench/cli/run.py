@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bench.cli.common import BackbonesOpt, MethodsOpt, StoreOpt, out
-from bench.errors import UsageError
+from bench.cli.common import BackbonesOpt, MethodsOpt, StoreOpt, err, out
+from bench.errors import RunInterrupted, UsageError
 
 
 class Device(StrEnum):
@@ -72,8 +72,12 @@ def run(
             print_estimate(plan, todo, chosen)
         return
     log_paths: list[Path] = []
-    summary = run_plan(plan, options,
-                       locked=lambda log_dir: log_paths.append(logs.to_file(buffer, log_dir)))
+    try:
+        summary = run_plan(plan, options,
+                           locked=lambda log_dir: log_paths.append(logs.to_file(buffer, log_dir)))
+    except RunInterrupted as stop:
+        err.print(f"{stop}; log {log_paths[0] if log_paths else '-'}", highlight=False)
+        raise typer.Exit(128 + stop.signum) from None
     out.print(f"{len(summary.ran)} ran, {len(summary.cached)} cached, {len(summary.failed)} "
               f"failed, {len(summary.skipped)} skipped; store {store}, log {log_paths[0]}")
     if summary.failed or summary.skipped:

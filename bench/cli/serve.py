@@ -32,6 +32,9 @@ def serve(
                                 "artifacts and report.")] = False,
     max_body_mb: Annotated[float, typer.Option(
         min=0.001, help="Largest request body accepted, in MiB (larger: 413).")] = 256.0,
+    max_staging_mb: Annotated[float, typer.Option(
+        min=1.0, help="Disk that bundle uploads being unpacked at once may take together, in "
+                      "MiB (an upload that would pass it: 503, retry).")] = 8192.0,
 ) -> None:
     """Serve the results API, the HTML report and uploads for devices with tokens."""
     if ctx.invoked_subcommand is not None:
@@ -41,7 +44,7 @@ def serve(
     from bench.server.settings import ServerSettings
 
     settings = ServerSettings.of(db, data, host=host, port=port, private_reads=private_reads,
-                                 max_body_mb=max_body_mb)
+                                 max_body_mb=max_body_mb, max_staging_mb=max_staging_mb)
     err.print(settings.read_policy(), highlight=False, soft_wrap=True)
     run_server(settings)
 
@@ -73,12 +76,18 @@ def serve_token_create(
     public_key: Annotated[Path | None, typer.Option(
         help="The device's public key (the `.pub` file of `bench keys create` on it): its "
              "uploads must then be signed by that key.")] = None,
+    allow_unsigned: Annotated[bool, typer.Option(
+        "--allow-unsigned", help="Drop the device's registered public keys: its uploads need "
+                                 "no signature until a key is registered again. (Keys stay "
+                                 "the device's when their token is revoked.)")] = False,
     db: DbOpt = None,
     data: DataOpt = None,
 ) -> None:
     """Make a token for a device and print it; only its hash is stored, so copy it now."""
+    from sqlalchemy.orm import Session
+
     from bench.exchange.signing import read_public_keys
-    from bench.server.tokens import create_token
+    from bench.server.tokens import create_token, device_keys
 
     key = None
     if public_key is not None:
@@ -87,8 +96,12 @@ def serve_token_create(
             raise UsageError(f"{public_key} holds {len(keys)} public keys; give a file with "
                              "the device's one key")
         key = keys[0]
-    token_id, token = create_token(server_engine(ctx, db, data), device, label, key)
-    signed = f", uploads must be signed by key {key.fingerprint}" if key else ""
+    engine = server_engine(ctx, db, data)
+    token_id, token = create_token(engine, device, label, key, allow_unsigned)
+    with Session(engine) as session:
+        keys = device_keys(session, device)
+    signed = (f", uploads must be signed by key {' or '.join(k.fingerprint for k in keys)}"
+              if keys else ", uploads need no signature (the device has no registered key)")
     err.print(f"token {token_id} for device {device}{signed} (shown once; store it safely):",
               highlight=False)
     sys.stdout.write(token + "\n")

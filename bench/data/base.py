@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from bench.config import DataConfig, format_validation_error
 from bench.errors import ConfigError
 from bench.registry import Registry
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -135,11 +138,45 @@ def get_dataset(name: str) -> DatasetInfo:
 
 
 def cache_dir() -> Path:
-    """Where prepared data sets and downloads are cached (MEDQ_CACHE, else ~/.cache)."""
-    root = os.environ.get("MEDQ_CACHE") or Path.home() / ".cache" / "medq-bench"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    """Where prepared data sets and downloads are cached: MEDQ_CACHE, else
+    $XDG_CACHE_HOME/medq-bench, else ~/.cache/medq-bench, the home folder from the password
+    database when HOME is empty (never `/.cache`). Created if it can be; one that cannot be
+    (read-only, under a file, a full disk) is logged once and every cache write is then
+    skipped with a warning: a cache saves time, its absence does not stop a run. ConfigError
+    when no folder can be named at all."""
+    path = _cache_root()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if path not in _UNUSABLE:
+            _UNUSABLE.add(path)
+            log.warning("cannot create the cache folder %s (%s): nothing will be cached; "
+                        "set MEDQ_CACHE to a writable folder", path, err.strerror or err)
     return path
+
+
+_UNUSABLE: set[Path] = set()
+
+
+def _cache_root() -> Path:
+    if os.environ.get("MEDQ_CACHE"):
+        return Path(os.environ["MEDQ_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "medq-bench"
+    home = os.environ.get("HOME") or _password_home()
+    if not home or not Path(home).is_absolute():
+        raise ConfigError("no cache folder: HOME is empty and this user has no home folder; "
+                          "set MEDQ_CACHE to a writable folder")
+    return Path(home) / ".cache" / "medq-bench"
+
+
+def _password_home() -> str | None:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_dir or None
+    except (ImportError, KeyError):
+        return None
 
 
 def tensor_digest(*tensors: torch.Tensor | None) -> str:

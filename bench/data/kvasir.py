@@ -112,13 +112,13 @@ def _sha_record(cache: Path, archive: Path) -> Path:
 
 
 def kvasir_source(cfg: DataConfig, cache: Path) -> str | None:
-    """A given folder's file list; for the archive, its size, mtime and pinned (or recorded)
-    SHA-256 plus the extracted folder's file list. Hashing the archive itself takes seconds,
+    """A given folder's content identity; for the archive, its size, mtime and pinned (or recorded)
+    SHA-256 plus the extracted folder's identity. Hashing the archive itself takes seconds,
     so the full check is left to preparing, which runs whenever a cell does."""
     opts: KvasirOptions = options_of(cfg)
     root = _given_root(cfg)
     if root is not None and root.is_dir():
-        return folder_source(find_class_root(root), cfg.image_size)
+        return folder_source(find_class_root(root), cfg.image_size, cache)
     archive = root or cache / "downloads" / Path(opts.url).name
     if not archive.exists():
         raise DataError(f"Kvasir is not downloaded yet ({archive} does not exist)")
@@ -129,7 +129,7 @@ def kvasir_source(cfg: DataConfig, cache: Path) -> str | None:
         return None
     st = archive.stat()
     return (f"archive:{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}:{digest.lower()}:"
-            + folder_source(find_class_root(extracted), cfg.image_size))
+            + folder_source(find_class_root(extracted), cfg.image_size, cache))
 
 
 @register_dataset("kvasir", "Kvasir v2, 8 GI endoscopy classes, from the official archive "

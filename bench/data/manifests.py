@@ -4,7 +4,7 @@ without decoding or generating a single image (and without importing torch).
 A cell's id needs its data set's split-manifest hash; a dry run and the cost estimate need the
 numbers of images and classes. Each preparation of a data set writes these three under the hash
 of its `DataConfig` and its source fingerprint (`DatasetInfo.source`: the generator's options and
-code, a folder's file names, sizes and mtimes, an archive's size, mtime and SHA-256). Planning
+code, a folder's content hashes (data/filehash.py), an archive's size, mtime, SHA-256). Planning
 reads them back when the fingerprint still matches; any change to the data changes the
 fingerprint, so the entry is simply not found and the data set is prepared again. A data set
 with no source fingerprint is always prepared.
@@ -15,6 +15,7 @@ and the plan rebuilt if the manifest differs (`bench.runner.plan.confirm_data`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -76,15 +77,22 @@ def read_summary(cfg: DataConfig, source: str) -> DataSummary | None:
 
 
 def write_summary(cfg: DataConfig, source: str, summary: DataSummary) -> None:
-    """Record ``summary`` for ``cfg`` at ``source`` (atomically: concurrent writers are safe)."""
+    """Record ``summary`` for ``cfg`` at ``source`` (atomically: concurrent writers are safe);
+    a cache that cannot be written is skipped with a warning."""
     path = entry_path(cfg, source)
-    path.parent.mkdir(parents=True, exist_ok=True)
     body = {"manifest_hash": summary.manifest_hash,
             **{k: getattr(summary, k) for k in COUNTS},
             "data": cfg.model_dump(mode="json"), "source": source}
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-    partial.write_text(json.dumps(body, indent=1, sort_keys=True))
-    partial.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(body, indent=1, sort_keys=True))
+        partial.replace(path)
+    except OSError as err:   # a read-only or full cache only costs planning time
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        log.warning("cannot write the split-manifest cache entry %s (%s); the data set will "
+                    "be prepared again to plan the next run", path, err.strerror or err)
 
 
 def cached_summary(cfg: DataConfig) -> DataSummary | None:

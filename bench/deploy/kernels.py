@@ -2,7 +2,8 @@
 
 A QCDQ file only *describes* integer arithmetic; ONNX Runtime's QDQ fusion decides whether
 it becomes integer kernels (QLinearConv, QGemm, ...) or float kernels wrapped in
-Quantize/Dequantize. Counting the optimised graph tells which one happened.
+Quantize/Dequantize. Counting the optimised graph tells which one happened, and
+``bench.deploy.coverage`` which share of its compute nodes (and of their MACs) runs integer.
 """
 
 from __future__ import annotations
@@ -17,40 +18,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from bench.deploy.coverage import INTEGER_KERNELS, Coverage, coverage_of
 from bench.deploy.runtime import session_options
-
-INTEGER_KERNELS = frozenset(
-    {
-        "ConvInteger",
-        "DynamicQuantizeLSTM",
-        "DynamicQuantizeMatMul",
-        "MatMulInteger",
-        "MatMulIntegerToFloat",
-        "QAttention",
-        "QGemm",
-        "QLinearAdd",
-        "QLinearAveragePool",
-        "QLinearConcat",
-        "QLinearConv",
-        "QLinearConvTranspose",
-        "QLinearGlobalAveragePool",
-        "QLinearLeakyRelu",
-        "QLinearMatMul",
-        "QLinearMul",
-        "QLinearReduceMean",
-        "QLinearSigmoid",
-        "QLinearSoftmax",
-        "QLinearWhere",
-    }
-)
-
-INTEGER_COMPUTE = frozenset({"ConvInteger", "DynamicQuantizeMatMul", "MatMulInteger",
-                             "MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearConv",
-                             "QLinearMatMul"})
-"""Integer kernels of the compute ops integer coverage counts (Conv, Gemm, MatMul, Add)."""
-FLOAT_COMPUTE = frozenset({"Add", "Conv", "FusedConv", "FusedGemm", "FusedMatMul", "Gemm",
-                           "MatMul", "NchwcConv"})
-"""The same ops run in floating point, as ONNX Runtime names them after its fusions."""
 
 _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -79,8 +48,12 @@ def optimized_graph(
 def count_kernels(onnx_path: str | Path, level: str = "extended",
                   config: Mapping[str, str] | None = None) -> dict[str, int]:
     """Op-type counts of ONNX Runtime's optimised graph (CPU provider), sorted by name."""
-    graph = optimized_graph(onnx_path, level, config=config).graph
-    return dict(sorted(Counter(node.op_type for node in graph.node).items()))
+    return op_counts(optimized_graph(onnx_path, level, config=config))
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Op-type counts of a graph, sorted by name."""
+    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
 
 
 def integer_kernel_count(counts: Mapping[str, int]) -> int:
@@ -88,12 +61,12 @@ def integer_kernel_count(counts: Mapping[str, int]) -> int:
     return sum(n for op, n in counts.items() if op in INTEGER_KERNELS)
 
 
-def integer_coverage(counts: Mapping[str, int]) -> float | None:
-    """Share of the Conv, Gemm, MatMul and Add nodes in ``counts`` (an optimised graph's
-    op-type counts) that run integer kernels; None when the graph has none of them."""
-    integer = sum(n for op, n in counts.items() if op in INTEGER_COMPUTE)
-    total = integer + sum(n for op, n in counts.items() if op in FLOAT_COMPUTE)
-    return integer / total if total else None
+def graph_coverage(onnx_path: str | Path, level: str = "extended",
+                   config: Mapping[str, str] | None = None) -> Coverage:
+    """Integer coverage (``bench.deploy.coverage``) of ONNX Runtime's optimised graph of the
+    model at ``onnx_path``, by nodes and by MACs."""
+    return coverage_of(optimized_graph(onnx_path, level, config=config),
+                    onnx.load(str(onnx_path)))
 
 
 def qdq_conv(weights: list[int], shape: tuple[int, int], *, weight_type: int = TensorProto.INT8,
@@ -140,7 +113,7 @@ def int4_weights_run_integer(level: str = "extended") -> bool:
         path = Path(tmp) / "int4.onnx"
         onnx.save(probe_conv(TensorProto.INT4), str(path))
         try:
-            counts = count_kernels(path, level)
+            result = graph_coverage(path, level)
         except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError):
             return False
-    return integer_coverage(counts) == 1.0
+    return result.integer

@@ -3,9 +3,11 @@
 FP32 cells export plain ONNX; quantised cells export Brevitas QCDQ ONNX (rewritten so that ONNX
 Runtime fuses it into integer kernels) and a bit-packed weight file. ONNX Runtime runs the
 exported model on the whole test split: its per-sample logits and predictions are stored
-(``deployed_predictions.npz``, the keys of ``predictions.npz``), with its accuracy, its top-1
+(``deployed_predictions.npz``, the keys of ``predictions.npz``), with its accuracy and macro-F1,
+its calibration and discrimination (ECE, Brier score, macro AUROC: bench.metrics), its top-1
 agreement with the torch (fake-quant) model and the largest logit difference, the kernels of
-its optimised graph and their integer coverage, the parameter count of the deployed model
+its optimised graph and their integer coverage (``bench.deploy.coverage``: every compute node,
+by nodes and by MACs, with the op types left in float), the parameter count of the deployed model
 (quantised models have their batch norms folded) and the MACs of one image through the
 backbone's float architecture (quantisation does not change them).
 
@@ -22,18 +24,20 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
 
 from bench.data import normalize
 from bench.deploy.agreement import compare_logits
+from bench.deploy.coverage import coverage_of
 from bench.deploy.export import export_fp32, export_quantized
 from bench.deploy.kernels import (
-    count_kernels,
     int4_weights_run_integer,
-    integer_coverage,
     integer_kernel_count,
+    op_counts,
+    optimized_graph,
 )
 from bench.deploy.packing import count_params, count_params_and_macs, pack_quantized
 from bench.deploy.runtime import (
@@ -43,6 +47,7 @@ from bench.deploy.runtime import (
     u8s8_saturates,
 )
 from bench.deploy.settings import DeploySettings
+from bench.metrics import DEFINITIONS, classification_metrics, probability_metrics
 from bench.models import get_backbone
 from bench.runner.stages import StageInput
 
@@ -76,8 +81,8 @@ def onnx_logits(path: Any, images: torch.Tensor, batch_size: int,
 def deploy_flags(quantized: bool, coverage: float | None, agreement: float,
                  min_agreement: float) -> list[str]:
     """Why a deployed model's figures need care: a quantised model that runs no integer kernel
-    or runs some of its Conv/Gemm/MatMul/Add nodes in float (it is not reported as integer),
-    or outputs that disagree with the torch model."""
+    or runs some of its compute nodes in float (``coverage``, by nodes, below 1: it is not
+    reported as integer), or outputs that disagree with the torch model."""
     flags = []
     if quantized and not coverage:
         flags.append(NO_INTEGER_KERNELS)
@@ -88,17 +93,19 @@ def deploy_flags(quantized: bool, coverage: float | None, agreement: float,
     return flags
 
 
-def container_note(quantized: bool, coverage: float | None, w_bits: int, a_bits: int
-                   ) -> dict[str, Any]:
+def container_note(quantized: bool, coverage: float | None, w_bits: int, a_bits: int,
+                   macs_coverage: float | None = None) -> dict[str, Any]:
     """What precision ONNX Runtime really computes in, which is what latency measures: int8
-    only when every Conv/Gemm/MatMul/Add runs an integer kernel."""
+    only when every compute node runs integer (``coverage`` by nodes, ``macs_coverage`` by
+    MACs, see ``bench.deploy.coverage``)."""
     if not quantized:
         return {"latency_container": "float32"}
     if not coverage:
         return {"latency_container": "float32 (quantise/dequantise around float kernels)"}
     if coverage < 1.0:
+        macs = "" if macs_coverage is None else f" ({macs_coverage:.1%} of the MACs)"
         return {"latency_container": "mixed int8/float32",
-                "latency_note": f"{coverage:.0%} of the Conv/Gemm/MatMul/Add nodes run integer "
+                "latency_note": f"{coverage:.0%} of the compute nodes{macs} run integer "
                                 "kernels, the rest float: not an integer latency"}
     note: dict[str, Any] = {"latency_container": "int8"}
     if min(w_bits, a_bits) < 8:
@@ -151,13 +158,15 @@ def _deploy(inp: StageInput) -> dict[str, Any]:
     params = count_params(model)
     _, macs = count_params_and_macs(get_backbone(cfg.backbone.name).build(inp.data.num_classes),
                                     example)
-    kernels = count_kernels(onnx_path, settings.optimization_level)
+    optimized = optimized_graph(onnx_path, settings.optimization_level)
+    kernels = op_counts(optimized)
     int_kernels = integer_kernel_count(kernels)
-    coverage = integer_coverage(kernels)
+    coverage = coverage_of(optimized, onnx.load(str(onnx_path)))
     logits = onnx_logits(onnx_path, images.images[test], settings.eval_batch_size)
     labels = images.labels[test].numpy()
     check = compare_logits(logits, inp.test_logits.numpy(), labels)
     save_predictions(inp.folder / DEPLOYED_PREDICTIONS, np.asarray(test), labels, logits)
+    deployed_f1 = classification_metrics(labels, logits.argmax(1), inp.data.num_classes)
 
     details: dict[str, Any] = {
         "onnx_file": ONNX_FILE, "shipped_file": ONNX_FILE,
@@ -180,20 +189,26 @@ def _deploy(inp: StageInput) -> dict[str, Any]:
         packed_size = params * FLOAT_BYTES
         details.update(packed_size_source="float32 weights (4 bytes x params)")
 
-    flags = deploy_flags(inp.quantized, coverage, check.top1_agreement, settings.min_agreement)
+    flags = deploy_flags(inp.quantized, coverage.by_nodes, check.top1_agreement,
+                         settings.min_agreement)
     columns = {
         "size_bytes": onnx_path.stat().st_size,
         "shipped_size_bytes": (inp.folder / details["shipped_file"]).stat().st_size,
         "packed_size_bytes": packed_size,
         "int_kernels": int_kernels,
-        "int_coverage": coverage,
+        "int_coverage": coverage.by_nodes,
+        "int_coverage_macs": coverage.by_macs,
         "deployed_accuracy": check.accuracy,
         "agreement": check.top1_agreement,
         "params": params,
         "macs": macs,
         "deploy_flags": ",".join(flags),
+        "deployed_macro_f1": deployed_f1["macro_f1"],
+        **probability_metrics(labels, logits),
     }
-    return {"columns": columns, **details, "kernels": kernels,
+    return {"columns": columns, **details, "probability_metrics": DEFINITIONS, "kernels": kernels,
             "max_abs_logit_diff": check.max_abs_logit_diff, "n_test": check.n,
-            "integer_model": inp.quantized and coverage == 1.0,
-            **container_note(inp.quantized, coverage, cfg.w_bits, cfg.a_bits)}
+            "float_nodes": coverage.float_nodes, "unsized_nodes": list(coverage.unsized),
+            "integer_model": inp.quantized and coverage.integer,
+            **container_note(inp.quantized, coverage.by_nodes, cfg.w_bits, cfg.a_bits,
+                             coverage.by_macs)}

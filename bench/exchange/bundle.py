@@ -60,13 +60,14 @@ from bench.exchange.manifest import (
 from bench.exchange.scratch import Scratch
 from bench.exchange.signing import PublicKey, Signer
 from bench.store.artifacts import file_sha256
+from bench.store.bounds import check_received
 from bench.store.database import ResultsStore
 from bench.store.deploy import deploy_files
 from bench.store.identity import local_device
 from bench.store.query import RecordFilter
 from bench.store.records import (
+    RECEIVED,
     CellData,
-    FutureRecordError,
     IngestResult,
     MeasurementData,
     Origin,
@@ -100,6 +101,12 @@ MEMBER_OVERHEAD = 4 * tarfile.BLOCKSIZE
 and the padding of its data to a whole block."""
 STREAM_SLACK = 64 << 10
 """Tar bytes besides the members: the end-of-archive blocks and the padding of the record."""
+UNPACK_PER_BYTE = 200
+"""The decompressed stream may be at most this many times the gzip'd bytes read so far (plus
+UNPACK_FLOOR): a bomb is refused after reading little of it, whatever its manifest declares.
+Records compress well (hand-made measurements with 50 near-equal samples each: 77x, their cells
+38x), deflate at most about 1,032x, so 200x refuses bombs and no real bundle."""
+UNPACK_FLOOR = 1 << 20
 WORK_PREFIX = "medq-bundle-"
 
 _SPECIAL = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link",
@@ -117,6 +124,8 @@ class Limits:
     member_bytes: int = MAX_MEMBER_BYTES
     members: int = MAX_MEMBERS
     records_bytes: int = MAX_RECORDS_BYTES
+    per_byte: int = UNPACK_PER_BYTE
+    """The most decompressed bytes per gzip'd byte read (beyond UNPACK_FLOOR)."""
 
     @property
     def stream_bytes(self) -> int:
@@ -177,7 +186,7 @@ def export_bundle(store: ResultsStore, out: str | Path, record_filter: RecordFil
         manifest = seal({
             "format": FORMAT, "version": VERSION,
             "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
-            "source": {"device": device, "store": str(store.root.resolve())},
+            "source": {"device": device},
             "filters": record_filter.model_dump(mode="json"),
             "counts": {"cells": len(cells), "measurements": len(measurements)},
             "files": files,
@@ -334,10 +343,11 @@ class _Capped:
 
 class _TarStream:
     """The decompressed tar stream, refused past ``limits.stream_bytes`` (or a tighter `cap`),
-    and while a member header is read (see `header`), past HEADER_BYTES from where it began."""
+    past ``limits.per_byte`` times the gzip'd bytes ``raw`` has read (plus UNPACK_FLOOR), and
+    while a member header is read (see `header`), past HEADER_BYTES from where it began."""
 
-    def __init__(self, handle: IO[bytes], limits: Limits) -> None:
-        self.handle, self.limits, self.count = handle, limits, 0
+    def __init__(self, handle: IO[bytes], limits: Limits, raw: _Capped) -> None:
+        self.handle, self.limits, self.count, self.raw = handle, limits, 0, raw
         self.limit = limits.stream_bytes
         self.reason = f"the bundle unpacks to more than {limits.unpacked_bytes} bytes"
         self.header_end: int | None = None
@@ -363,6 +373,9 @@ class _TarStream:
         room = end + 1 - self.count
         data = self.handle.read(room if size < 0 else min(size, room))
         self.count += len(data)
+        if self.count > self.limits.per_byte * self.raw.count + UNPACK_FLOOR:
+            raise BundleError(f"the bundle unpacks to more than {self.limits.per_byte} times "
+                              "its compressed size (a decompression bomb?)")
         if self.count > end:
             if end == self.header_end:
                 raise BundleError(f"a member header is larger than {HEADER_BYTES >> 10} KiB "
@@ -389,19 +402,21 @@ def _opened(source: Source) -> Iterator[IO[bytes]]:
 
 def read_bundle(source: Source, max_bytes: int = MAX_BUNDLE_BYTES, *,
                 limits: Limits = Limits(), workdir: Path | None = None,
-                trust: list[PublicKey] | None = None, device: str | None = None
-                ) -> LoadedBundle:
+                trust: list[PublicKey] | None = None, device: str | None = None,
+                min_version: int = 1) -> LoadedBundle:
     """Check the bundle at ``source`` (a path, bytes or a binary file object read to its end)
     and unpack it into a scratch folder in ``workdir`` (default: the system's temporary
     folder; stale ones of killed processes are removed first); BundleError names the first
     problem. ``trust``: accept only a bundle signed by one of these keys. ``device``: accept
     only records of this device (BundleDeviceError, checked on the manifest when it declares
-    its devices, and on the records before any artifact is read)."""
+    its devices, and on the records before any artifact is read). ``min_version``: refuse older
+    manifests (a version 1 manifest declares no sizes or devices, so those checks cannot be
+    made before its members are decompressed)."""
     scratch = Scratch(WORK_PREFIX, workdir)
     try:
         with _opened(source) as handle:
             raw = _Capped(handle, max_bytes)
-            unpacker = _Unpacker(scratch.path, limits, trust, device)
+            unpacker = _Unpacker(scratch.path, limits, trust, device, min_version)
             unpacker.unpack(raw)
         manifest = unpacker.manifest
         assert manifest is not None and unpacker.cells is not None
@@ -442,8 +457,9 @@ class _Unpacker:
     ``folder``; keeps the manifest, the records and who signed them."""
 
     def __init__(self, folder: Path, limits: Limits, trust: list[PublicKey] | None,
-                 device: str | None) -> None:
+                 device: str | None, min_version: int = 1) -> None:
         self.folder, self.limits, self.trust, self.device = folder, limits, trust, device
+        self.min_version = min_version
         self.manifest: Manifest | None = None
         self.cells: dict[str, CellData] | None = None
         self.measurements: list[MeasurementData] | None = None
@@ -455,15 +471,17 @@ class _Unpacker:
     def unpack(self, raw: _Capped) -> None:
         try:
             with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-                self.stream = _TarStream(gz, self.limits)
+                self.stream = _TarStream(gz, self.limits, raw)
                 with tarfile.open(fileobj=self.stream, mode="r|") as tar:  # type: ignore[call-overload]
                     while (member := _next_member(tar, self.stream)) is not None:
                         self._member(tar, member)
+                    # what tarfile read past the end-of-archive block and holds unparsed
+                    _only_padding(getattr(tar.fileobj, "buf", b""))
                 self.stream.cap(self.stream.count + STREAM_SLACK,
                                 "the bundle has data after the end of its archive (an unlisted "
                                 "trailer)")
-                while self.stream.read(CHUNK):
-                    pass
+                while chunk := self.stream.read(CHUNK):
+                    _only_padding(chunk)
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
             raise BundleError(f"the bundle is truncated or corrupt ({err})") from err
         if self.manifest is None:
@@ -541,6 +559,11 @@ class _Unpacker:
 
     def _take_manifest(self, raw: bytes) -> None:
         manifest = parse_manifest(raw)
+        if manifest.version < self.min_version:
+            raise BundleError(f"bundle version {manifest.version} declares neither the sizes "
+                              "nor the devices of its members, so it cannot be checked before "
+                              f"it is unpacked; only version {self.min_version} or later is "
+                              "accepted here (export it again with this medq-bench)")
         self.signer, self.verified = check_trust(manifest, self.trust)
         if manifest.devices is not None:
             self._check_device_names(set(manifest.devices), "declares")
@@ -567,6 +590,13 @@ class _Unpacker:
             raise BundleDeviceError(f"this token writes records of device {self.device!r} "
                                     f"only; the bundle {verb} "
                                     f"{', '.join(map(repr, others[:5]))}")
+
+
+def _only_padding(data: bytes) -> None:
+    """Refuse anything but tar's zero padding after the end of the archive."""
+    if data.count(0) != len(data):
+        raise BundleError("the bundle has data after the end of its archive (only tar's zero "
+                          "padding may follow it)")
 
 
 def _member_limit(name: str, limits: Limits) -> int:
@@ -617,7 +647,7 @@ def _lines(path: Path, name: str, model: type[R]) -> list[R]:
     with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):
             try:
-                records.append(model.model_validate_json(line))
+                records.append(model.model_validate_json(line, context=RECEIVED))
             except ValidationError as err:
                 raise BundleError(f"{name} line {number}: {first_error(err)}") from err
     return records
@@ -635,7 +665,8 @@ def _batch(manifest: Manifest, cells: dict[str, CellData], measurements: list[Me
     batch = RecordBatch(cells=list(cells.values()), measurements=measurements)
     try:
         check_times(batch)
-    except FutureRecordError as err:
+        check_received(measurements)
+    except ValueError as err:
         raise BundleError(str(err)) from err
     return batch
 

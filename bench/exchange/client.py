@@ -30,10 +30,17 @@ USAGE_STATUS = {401: "the token is missing, wrong or revoked",
 API = "/api/v1"
 PAGE = 1000
 CHUNK = 1 << 20
+MAX_RECORDS = 1_000_000
+"""The most records one listing takes from a server, whatever total it announces."""
 
 
 class ServerError(RuntimeError):
     """The server failed (5xx, or retries ran out): the CLI exits with 1."""
+
+
+class BadResponse(UsageError):
+    """The server answered with something the API never sends (invalid JSON, pages that do not
+    advance, a file larger than its record says): the CLI exits with 2, nothing is written."""
 
 
 class RequestRefused(UsageError):
@@ -109,22 +116,32 @@ class ServerClient:
         kwargs["headers"] = {**self.headers, **kwargs.get("headers", {})}
         return self._retried(method, path, lambda: self.client.request(method, path, **kwargs))
 
-    def download(self, path: str, target: Path) -> str:
+    def download(self, path: str, target: Path, max_bytes: int) -> str:
         """GET ``path`` into the file ``target``, written in chunks as it arrives (retried like
-        `request`, each try from the start); the SHA-256 of what was written."""
+        `request`, each try from the start); the SHA-256 of what was written. BadResponse,
+        with ``target`` removed, as soon as the body exceeds ``max_bytes`` or its own
+        Content-Length, so a hostile server cannot fill the disk."""
         digest = hashlib.sha256()
 
         def fetch() -> httpx.Response:
             nonlocal digest
             with self.client.stream("GET", path, headers=self.headers) as response:
-                if response.is_success:
-                    digest = hashlib.sha256()
-                    with target.open("wb") as handle:
-                        for chunk in response.iter_bytes(CHUNK):
-                            digest.update(chunk)
-                            handle.write(chunk)
-                else:
+                if not response.is_success:
                     response.read()
+                    return response
+                limit = min(max_bytes, _content_length(response, max_bytes))
+                digest, written = hashlib.sha256(), 0
+                with target.open("wb") as handle:
+                    for chunk in response.iter_bytes():
+                        written += len(chunk)
+                        if written > limit:
+                            break
+                        digest.update(chunk)
+                        handle.write(chunk)
+                if written > limit:
+                    target.unlink()
+                    raise BadResponse(f"GET {path}: the body is larger than {limit} bytes "
+                                      "(its recorded size or Content-Length); refused")
                 return response
 
         self._retried("GET", path, fetch)
@@ -150,7 +167,12 @@ class ServerClient:
         raise AssertionError("unreachable")
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, f"{API}{path}", **kwargs).json()
+        """The JSON answer of an API call; BadResponse if it is not JSON."""
+        response = self.request(method, f"{API}{path}", **kwargs)
+        try:
+            return response.json()
+        except (ValueError, RecursionError) as err:
+            raise BadResponse(f"{method} {API}{path}: the answer is not valid JSON") from err
 
     def whoami(self) -> str:
         return str(self.json("GET", "/whoami")["device"])
@@ -184,14 +206,55 @@ class ServerClient:
     def devices(self) -> list[dict[str, Any]]:
         return list(self.json("GET", "/devices")["items"])
 
-    def records(self, kind: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Every record of ``kind`` matching ``params``, page by page."""
-        offset: int | None = 0
-        while offset is not None:
+    def records(self, kind: str, params: dict[str, Any], max_records: int = MAX_RECORDS
+                ) -> Iterator[dict[str, Any]]:
+        """Every record of ``kind`` matching ``params``, page by page. BadResponse unless each
+        page holds at most PAGE items, each `next_offset` lies past the last, and all the
+        items stay within the first page's `total` (and ``max_records``)."""
+        offset, total, taken = 0, None, 0
+        while True:
             page = self.json("GET", "/records", params={**params, "kind": kind,
                                                         "limit": PAGE, "offset": offset})
-            yield from page["items"]
-            offset = page.get("next_offset")
+            items, announced, after = _page_parts(page)
+            total = announced if total is None else total
+            taken += len(items)
+            where = f"GET {API}/records (offset {offset})"
+            if len(items) > PAGE or taken > min(total, max_records):
+                raise BadResponse(f"{where}: more records than the server's total of {total} "
+                                  f"(or the limit of {max_records})")
+            yield from items
+            if after is None:
+                return
+            if after <= offset or after > total:
+                raise BadResponse(f"{where}: next_offset {after} does not advance within the "
+                                  f"total of {total}")
+            offset = after
+
+
+def _content_length(response: httpx.Response, default: int) -> int:
+    """The body's declared length (``default`` if undeclared, or if it is encoded and so
+    declares the encoded length)."""
+    if response.headers.get("content-encoding", "identity") != "identity":
+        return default
+    try:
+        return max(0, int(response.headers.get("content-length", default)))
+    except ValueError:
+        return default
+
+
+def _page_parts(page: Any) -> tuple[list[Any], int, int | None]:
+    """A records page's items, total and next offset, checked to have the API's types."""
+    items = page.get("items") if isinstance(page, dict) else None
+    total = page.get("total") if isinstance(page, dict) else None
+    after = page.get("next_offset") if isinstance(page, dict) else None
+    if not isinstance(items, list) or not _whole(total) or not (after is None or _whole(after)):
+        raise BadResponse(f"GET {API}/records: the answer is not a page of records "
+                          "(items, total, next_offset)")
+    return items, total, after
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _checked(method: str, path: str, response: httpx.Response, attempts: int

@@ -156,6 +156,8 @@ def parse_manifest(raw: bytes) -> Manifest:
         document = json.loads(raw)
     except ValueError as err:
         raise BundleError(f"{MANIFEST} is not valid JSON ({err})") from err
+    except RecursionError as err:
+        raise BundleError(f"{MANIFEST} is nested too deeply to be a bundle's manifest") from err
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         found = document.get("format") if isinstance(document, dict) else None
         raise BundleError(f"not a medq-bench bundle (manifest format {found!r})")

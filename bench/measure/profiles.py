@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.errors import ConfigError
+from bench.measure.protocol import MAX_SAMPLES
 from bench.registry import Registry, UnknownNameError
 
 PROFILE_PACKAGE = "hardware_profiles"
@@ -53,7 +54,7 @@ class Profile(_Strict):
     memory_limit_mb: int | None = Field(None, gt=0)
     batch_sizes: list[int] = Field([1], min_length=1)
     warmup: int = Field(10, ge=0)
-    min_repetitions: int = Field(100, ge=1)
+    min_repetitions: int = Field(100, ge=1, le=MAX_SAMPLES)
     min_duration_s: float = Field(1.0, ge=0)
     percentiles: list[float] = Field([50.0, 90.0, 99.0], min_length=1)
     isolation: Literal["process", "docker"] = "process"

@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable, Sequence
 
 Clock = Callable[[], float]
+MAX_SAMPLES = 100_000
+"""The most samples one run keeps (a fast model under a long minimum duration stops here), so a
+measurement record stays bounded (bench.store.bounds.MAX_SAMPLES, kept equal by a test)."""
 
 
 def run_protocol(
@@ -19,20 +22,24 @@ def run_protocol(
     min_repetitions: int,
     min_duration_s: float,
     clock: Clock = time.perf_counter,
+    max_samples: int = MAX_SAMPLES,
 ) -> list[float]:
     """Call ``fn`` ``warmup`` times untimed, then time calls until at least
-    ``min_repetitions`` samples were taken *and* ``min_duration_s`` seconds have passed.
+    ``min_repetitions`` samples were taken *and* ``min_duration_s`` seconds have passed, or
+    ``max_samples`` were taken, whichever comes first.
 
     Returns every timed sample in seconds, in call order.
     """
-    if warmup < 0 or min_repetitions < 1 or min_duration_s < 0:
-        raise ValueError("need warmup >= 0, min_repetitions >= 1 and min_duration_s >= 0")
+    if warmup < 0 or not 1 <= min_repetitions <= max_samples or min_duration_s < 0:
+        raise ValueError("need warmup >= 0, 1 <= min_repetitions <= max_samples and "
+                         "min_duration_s >= 0")
     for _ in range(warmup):
         fn()
     samples: list[float] = []
     start = clock()
     now = start
-    while len(samples) < min_repetitions or now - start < min_duration_s:
+    while (len(samples) < min_repetitions or now - start < min_duration_s) \
+            and len(samples) < max_samples:
         before = clock()
         fn()
         now = clock()

@@ -32,6 +32,7 @@ from bench.measure.profiles import Profile
 from bench.measure.protocol import summarize
 from bench.store import CellRecord, ResultsStore
 from bench.store.artifacts import file_sha256
+from bench.store.bounds import clip_text
 from bench.store.deploy import DEPLOY_STAGE
 from bench.store.identity import local_device, valid_device
 from bench.store.measurements import MeasurementRecord, measured_cells, save_measurement
@@ -49,6 +50,11 @@ class Target:
     input_shape: tuple[int, ...]
     session_config: dict[str, str] = field(default_factory=dict)
     """The session config the cell was deployed (evaluated) with."""
+    shipped: str = ""
+    """The file's path within the cell's artifact folder, as its deploy record names it."""
+    problem: str | None = None
+    """Why the cell cannot be measured (its record names a file outside its folder): it is
+    stored as a failed measurement, the others are measured."""
 
     @property
     def label(self) -> str:
@@ -61,7 +67,7 @@ def verify_artifacts(targets: list[Target], store: ResultsStore) -> None:
     """Refuse (UsageError) if any target's ONNX file differs from the SHA-256 its cell
     recorded when it was committed, before anything is timed."""
     bad = []
-    for target in targets:
+    for target in (t for t in targets if t.problem is None):
         name = target.onnx_path.relative_to(store.artifact_dir(target.cell.cell_id)).as_posix()
         expected = (target.cell.artifact_hashes or {}).get(name)
         if expected is None:
@@ -103,12 +109,31 @@ def deployed_targets(store: ResultsStore, backbones: tuple[str, ...] = (),
         deploy = (r.metrics or {}).get(DEPLOY_STAGE)
         if not isinstance(deploy, dict) or "onnx_file" not in deploy:
             continue
-        path = store.artifact_dir(r.cell_id) / deploy.get("shipped_file", deploy["onnx_file"])
+        folder = store.artifact_dir(r.cell_id)
+        name = deploy.get("shipped_file", deploy["onnx_file"])
+        problem = _outside(folder, name)
+        if problem is not None:
+            targets.append(Target(r, folder, None, (), problem=problem))
+            continue
+        path = folder / name
         if path.is_file():
             targets.append(Target(r, path, deploy["columns"].get("packed_size_bytes"),
                                   tuple(deploy["input_shape"]),
-                                  dict(deploy.get("session_config") or {})))
+                                  dict(deploy.get("session_config") or {}), name))
     return targets
+
+
+def _outside(folder: Path, name: object) -> str | None:
+    """Why the deploy stage's file ``name`` is not a file inside the cell's ``folder`` (an
+    absolute path, '..' or a link out), or None if it is."""
+    if not isinstance(name, str) or not name:
+        return f"its deploy record names no file ({name!r})"
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts:
+        return f"its deploy record names {name}, which is outside the cell's folder"
+    if not (folder / path).resolve().is_relative_to(folder.resolve()):
+        return f"its deploy file {name} links outside the cell's folder"
+    return None
 
 
 def measured_session_config(target: Target, profile: Profile) -> dict[str, str]:
@@ -131,11 +156,12 @@ def _record(target: Target, profile: Profile, device: str, fingerprint: dict[str
         cell_id=target.cell.cell_id, profile=profile.name, device=device,
         machine=fingerprint[HASH_KEY],
         batch_size=batch_size, isolation=profile.isolation,
-        size_bytes=target.onnx_path.stat().st_size, packed_size_bytes=target.packed_size_bytes,
+        size_bytes=None if target.problem else target.onnx_path.stat().st_size,
+        packed_size_bytes=target.packed_size_bytes,
         fingerprint=fingerprint, profile_config=profile.model_dump(mode="json"),
         started_at=started, finished_at=datetime.now(UTC))
     if isinstance(result, MeasurementError):
-        record.status, record.error, record.samples_s = "failed", str(result), []
+        record.status, record.error, record.samples_s = "failed", clip_text(str(result)), []
         record.details = {"memory": result.memory, "input_shape": list(target.input_shape)}
         return record
     record.status, record.samples_s = "ok", list(result.samples_s)
@@ -146,6 +172,9 @@ def _record(target: Target, profile: Profile, device: str, fingerprint: dict[str
     for key in ("samples_s", "profile", "isolation", "batch_size", "load_time_s",
                 "peak_rss_mb"):
         details.pop(key)
+    # The model's path within the store: an absolute one would carry this machine's user
+    # names and folder layout to every store and server the record goes to.
+    details["model_path"] = f"artifacts/{target.cell.cell_id}/{target.shipped}"
     saturates = u8s8_saturates()
     # exact_kernels: the timed kernels compute what the deployed accuracy was evaluated with.
     details.update(kernel_policy=profile.kernels, u8s8_saturates=saturates,
@@ -203,6 +232,8 @@ def _measure_todo(store: ResultsStore, profile: Profile, backbones: tuple[str, .
             progress.update(task, description=f"measure  {target.label}")
             started = datetime.now(UTC)
             try:
+                if target.problem is not None:
+                    raise MeasurementError(f"not measured: {target.problem}")
                 result: Measurement | MeasurementError = measure_isolated(
                     target.onnx_path, profile, target.input_shape, batch, hold_fd=hold_fd,
                     session_config=measured_session_config(target, profile))

@@ -80,10 +80,10 @@ def context(data: ReportData, figures: bool = True,
             options: ReportOptions | None = None) -> dict[str, Any]:
     """Everything the renderers show; ``figures=False`` skips plots and the gallery."""
     options = options or ReportOptions()
-    main = tables.main_table(data)
+    per_class = clinical.clinical_view(data, options.recall_margin, options.confusion)
+    main = tables.main_table(data, clinical.macro_f1_by_cell(per_class))
     tests = significance.block_tests(data)
     sal = _saliency(data)
-    per_class = clinical.clinical_view(data, options.recall_margin, options.confusion)
     return {
         "headline": headline.headline_table(data, tests, per_class),
         "clinical": _clinical(per_class, figures),

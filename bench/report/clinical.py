@@ -8,9 +8,14 @@ the headline accuracy and its tests; a cell without a predictions file falls bac
 confusion matrix its record stores when that is the same (PyTorch) model.
 
 A class is flagged when its recall drops by more than ``margin`` percentage points against FP32
-(mean over the seeds both have) or drops significantly: the Cochran-Mantel-Haenszel test on
-that class's test images, stratified by seed (bench.stats.cmh_paired), Holm-corrected over
-every configuration and class of the data set and backbone.
+(mean over the seeds both have) or drops significantly: the clustered McNemar test on
+that class's test images with the image as the unit over seeds (bench.stats.clustered_mcnemar),
+Holm-corrected over every configuration and class of the data set and backbone. A quantised
+configuration is also compared, the same way, with its float controls where the block has them
+(``controls_of``: the method's equal-budget float control and, for QAT, LSQ and PACT, fp32_ft and
+fp32_fold_ft, the folded-graph control), so a drop that fine-tuning or folding alone causes is
+told apart from one that quantisation causes; those tests are one more Holm family: every
+quantised configuration, float control and class of the data set and backbone.
 """
 
 from __future__ import annotations
@@ -26,11 +31,27 @@ from bench.config import FP32_BITS
 from bench.errors import ConfigError
 from bench.report import fmt
 from bench.report.data import BLOCK, FP32, ReportData, ordered_configs
-from bench.report.significance import cell_predictions
+from bench.report.significance import cell_predictions, float_control
 
 MARGIN_POINTS = 2.0
 """Default margin: a class whose recall falls by more than this many points is flagged."""
 ALPHA = stats.ALPHA
+FOLDED_CONTROL = "fp32_fold_ft"
+"""The float control on the quantised methods' folded graph (quantisation disabled)."""
+
+
+def controls_of(method: str, w_bits: int, configs: set[str]) -> list[str]:
+    """The float controls a configuration's per-class recall is compared with besides FP32: for
+    a quantised one, its method's equal-budget float control (none for PTQ, which does not
+    fine-tune); for the methods controlled by fp32_ft or fp32_fold_ft (QAT, LSQ, PACT), both:
+    the training-budget control and the folded-graph one; those that ``configs`` (the block's
+    configurations) holds."""
+    declared = float_control(method) if w_bits != FP32_BITS else None
+    if declared is None:
+        return []
+    folded_graph = ("fp32_ft", FOLDED_CONTROL)
+    wanted = [declared, *(folded_graph if declared in folded_graph else ())]
+    return [c for c in dict.fromkeys(wanted) if c in configs]
 
 
 def confusion_from(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
@@ -135,6 +156,20 @@ def class_pairs(a: Seeds, b: Seeds, predictions: Predictions, n_classes: int
 
 
 @dataclass
+class ControlChange:
+    """A configuration x class against one float control: the change of recall in points (mean
+    over the seeds both have), the per-class clustered McNemar test, Holm-adjusted p and the
+    flag."""
+
+    control: str
+    delta_recall: float | None = None
+    test: stats.ImageLevelResult | None = None
+    test_note: str | None = None
+    p_adjusted: float | None = None
+    flag: str | None = None
+
+
+@dataclass
 class ClassRow:
     """One configuration x class: recall and specificity over seeds, their change against FP32
     in points (mean over the seeds both have), the per-class test and the flag."""
@@ -154,6 +189,13 @@ class ClassRow:
     test_note: str | None = None
     p_adjusted: float | None = None
     flag: str | None = None
+    vs_controls: list[ControlChange] = field(default_factory=list)
+
+    @property
+    def flags(self) -> list[str]:
+        """Its flag against FP32 and against each float control, in words."""
+        return ([self.flag] if self.flag else []) + [f"against {c.control}: {c.flag}"
+                                                     for c in self.vs_controls if c.flag]
 
     @property
     def bits(self) -> str:
@@ -187,7 +229,8 @@ class ClinicalBlock:
 
     @property
     def flagged(self) -> list[ClassRow]:
-        return [r for r in self.rows if r.flag]
+        """Rows flagged against FP32 or against a float control."""
+        return [r for r in self.rows if r.flags]
 
     def heatmap_frame(self) -> pd.DataFrame:
         """Change of recall against FP32 in points, one row per quantised or float-control
@@ -212,7 +255,7 @@ def _paired_delta(mine: dict[int, float], base: dict[int, float]) -> float | Non
     return float(np.mean(both)) if both else None
 
 
-def _flag(row: ClassRow, margin: float) -> str | None:
+def _flag(row: ClassRow | ControlChange, margin: float) -> str | None:
     drop = row.delta_recall is not None and row.delta_recall < -margin
     significant = (row.p_adjusted is not None and row.p_adjusted < ALPHA
                    and row.delta_recall is not None and row.delta_recall < 0)
@@ -221,8 +264,33 @@ def _flag(row: ClassRow, margin: float) -> str | None:
         reasons.append(f"recall {fmt.points(row.delta_recall)} points, more than the "
                        f"{margin:g}-point margin")
     if significant:
-        reasons.append(f"significant drop (CMH p = {fmt.pval(row.p_adjusted)}, Holm)")
+        reasons.append(f"significant drop (clustered McNemar p = {fmt.pval(row.p_adjusted)}, Holm)")
     return "; ".join(reasons) or None
+
+
+def _against(control: str, c: int, recall: dict[int, float],
+             control_seeds: dict[int, tuple[np.ndarray, np.ndarray]],
+             paired: tuple[list[tuple[list[np.ndarray], list[np.ndarray]]], str | None]
+             ) -> ControlChange:
+    """Class ``c``'s recall (per seed) against a float control's: change and clustered McNemar
+    test."""
+    pairs, left = paired
+    change = ControlChange(control, _paired_delta(recall, {s: float(r[c]) for s, (r, _)
+                                                           in control_seeds.items()}))
+    xs, ys = pairs[c]
+    if any(x.size for x in xs):
+        change.test = stats.clustered_mcnemar(xs, ys, power=False)
+        change.test_note = change.test.reason or left
+    else:
+        change.test_note = left or "no per-image predictions"
+    return change
+
+
+def _holm(items: list[ClassRow] | list[ControlChange]) -> None:
+    """Holm-adjust the p-values of the tested ``items``: one family."""
+    tested = [r for r in items if r.test is not None]
+    for r, p in zip(tested, stats.holm([r.test.p_value for r in tested]), strict=True):
+        r.p_adjusted = p
 
 
 def _block(data: ReportData, ok: pd.DataFrame, dataset: str, backbone: str, margin: float
@@ -245,6 +313,7 @@ def _block(data: ReportData, ok: pd.DataFrame, dataset: str, backbone: str, marg
         seeds_of.setdefault(cell.config, {})[int(cell.seed)] = (cell.cell_id,
                                                                 cell.split_manifest)
     base = per_seed.get(FP32, {})
+    present = set(per_seed)
     for config in ordered_configs(ok):
         seeds = per_seed.get(config, {})
         if not seeds:
@@ -252,6 +321,9 @@ def _block(data: ReportData, ok: pd.DataFrame, dataset: str, backbone: str, marg
         key = keys.loc[config]
         pairs, left = (class_pairs(seeds_of[config], seeds_of[FP32], predictions, len(classes))
                        if config != FP32 and base else ([], None))
+        controls = {control: class_pairs(seeds_of[config], seeds_of[control], predictions,
+                                         len(classes))
+                    for control in controls_of(str(key.method), int(key.w_bits), present)}
         for c, cname in enumerate(classes):
             recall = {s: float(r[c]) for s, (r, _) in seeds.items()}
             spec = {s: float(sp[c]) for s, (_, sp) in seeds.items()}
@@ -264,16 +336,19 @@ def _block(data: ReportData, ok: pd.DataFrame, dataset: str, backbone: str, marg
                                                              in base.items()})
                 xs, ys = pairs[c]
                 if any(x.size for x in xs):
-                    row.test = stats.cmh_paired(xs, ys, power=False)
+                    row.test = stats.clustered_mcnemar(xs, ys, power=False)
                     row.test_note = row.test.reason or left
                 else:
                     row.test_note = left or "no per-image predictions"
+            for control, paired in controls.items():
+                row.vs_controls.append(_against(control, c, recall, per_seed[control], paired))
             block.rows.append(row)
-    tested = [r for r in block.rows if r.test is not None]
-    for r, p in zip(tested, stats.holm([r.test.p_value for r in tested]), strict=True):
-        r.p_adjusted = p
+    _holm(block.rows)
+    _holm([c for r in block.rows for c in r.vs_controls])
     for r in block.rows:
         r.flag = _flag(r, margin)
+        for c in r.vs_controls:
+            c.flag = _flag(c, margin)
     if not base and len(per_seed) > 1:
         block.note = "no FP32 predictions in this data set and backbone: no change against FP32"
     return block
@@ -334,14 +409,19 @@ def macro_f1_by_cell(blocks: list[ClinicalBlock]) -> dict[str, float]:
 def describe(block: ClinicalBlock) -> dict[str, Any]:
     """The block as plain data (for the JSON output)."""
     return {"name": block.name, "classes": block.classes, "margin_points": block.margin,
-            "flagged": [{"config": r.config, "class": r.class_name, "flag": r.flag}
-                        for r in block.flagged],
+            "flagged": [{"config": r.config, "class": r.class_name, "flag": r.flag,
+                         "flags": r.flags} for r in block.flagged],
             "rows": [{"config": r.config, "class": r.class_name, "seeds": r.seeds,
                       "recall": r.recall, "specificity": r.specificity,
                       "delta_recall_points": r.delta_recall,
                       "delta_specificity_points": r.delta_specificity,
                       "p_value": None if r.test is None else r.test.p_value,
-                      "p_adjusted": r.p_adjusted, "flag": r.flag} for r in block.rows],
+                      "p_adjusted": r.p_adjusted, "flag": r.flag,
+                      "vs_controls": [{"control": c.control,
+                                       "delta_recall_points": c.delta_recall,
+                                       "p_value": None if c.test is None else c.test.p_value,
+                                       "p_adjusted": c.p_adjusted, "flag": c.flag}
+                                      for c in r.vs_controls]} for r in block.rows],
             "confusion": None if block.selected is None else {
                 "config": block.selected.config, "rule": block.selected.rule,
                 "matrix": _listed(block.selected.matrix), "fp32": _listed(block.selected.fp32)}}

@@ -12,11 +12,12 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bench.compare import Comparison, by_config, compare
+from bench.compare import Comparison, by_config, compare, device_labels
 from bench.config import FP32_BITS
 from bench.store import RESULT_COLUMNS, CellRecord, ResultsStore
 from bench.store.database import stage_columns
 from bench.store.deploy import DEPLOY_COLUMNS, DEPLOY_TEXT_COLUMNS
+from bench.store.evaluation import PROBABILITY_COLUMNS, TORCH_PROBABILITY_COLUMNS
 from bench.store.measurements import MeasurementRecord
 from bench.store.origins import replacement_count, signatures_by_device
 from bench.store.query import RecordFilter
@@ -27,9 +28,12 @@ BLOCK = ["dataset", "backbone"]
 CONFIG = ["dataset", "backbone", "method", "w_bits", "a_bits"]
 METHOD_ORDER = (FP32, "fp32_ft", "fp32_fold_ft", "sgt", "sgt_ft", "ptq", "qat", "lsq", "pact",
                 "pact_sgt")
-DEVICE_KEY = ["profile", "machine", "batch_size"]
+DEVICE_KEY = ["device_name", "profile", "batch_size"]
+"""What the report keys a measurement by: the record's device, profile and batch size (two
+identical boards share a machine fingerprint; a device is its own)."""
 NUMERIC = frozenset({"accuracy", "torch_accuracy", "macro_f1", "train_seconds",
-                     *(c for c in DEPLOY_COLUMNS if c not in DEPLOY_TEXT_COLUMNS)})
+                     *(c for c in DEPLOY_COLUMNS if c not in DEPLOY_TEXT_COLUMNS),
+                     *PROBABILITY_COLUMNS, *TORCH_PROBABILITY_COLUMNS})
 TORCH_PREDICTIONS = "predictions.npz"
 PREDICTION_KEYS = ("index", "labels", "predictions")
 
@@ -55,9 +59,9 @@ def headline(record: CellRecord) -> Headline:
         return Headline("deployed", columns.get("deployed_accuracy"),
                         deploy["deployed_predictions"])
     return Headline("torch", record.accuracy, TORCH_PREDICTIONS)
-_MEASURED = ("cell_id", "profile", "machine", "batch_size", "status", "error", "latency_ms_p50",
-             "latency_ms_p90", "latency_ms_p99", "peak_rss_mb", "samples_s", "fingerprint",
-             "details", "finished_at")
+_MEASURED = ("cell_id", "device", "profile", "machine", "batch_size", "status", "error",
+             "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "peak_rss_mb", "samples_s",
+             "fingerprint", "details", "finished_at")
 
 
 def kernels_label(details: dict[str, Any] | None) -> str | None:
@@ -93,7 +97,9 @@ class ReportData:
 
     ``cells``: one row per record (result and stage columns, and the `config` label),
     ``ok``: the successful cells, one per configuration and seed (the latest one),
-    ``measured``: the latest successful measurement per cell and device, with `device`,
+    ``measured``: the latest successful measurement per cell and (device, profile, batch size),
+    with `device_name` (the record's device) and `device` (its label, bench.compare's
+    ``device_labels``),
     ``failed_measurements``: measurements whose latest attempt failed,
     ``compared``: with measurements from 2+ devices (their `device` names), bench.compare's
     comparison of them per configuration (None otherwise),
@@ -172,26 +178,10 @@ def _measurements(store: ResultsStore) -> pd.DataFrame:
     query = select(*columns).order_by(MeasurementRecord.finished_at, MeasurementRecord.id)
     with Session(store.engine) as session:
         rows = [dict(zip(_MEASURED, values, strict=True)) for values in session.execute(query)]
-    frame = pd.DataFrame(rows, columns=list(_MEASURED))
+    frame = pd.DataFrame(rows, columns=list(_MEASURED)).rename(columns={"device": "device_name"})
     frame["cpu"] = [(f or {}).get("cpu_model") for f in frame.fingerprint]
     frame["kernels"] = [kernels_label(d) for d in frame.details]
     return frame.drop(columns=["fingerprint", "details"])
-
-
-def device_labels(keys: pd.DataFrame) -> dict[tuple[str, str, int], str]:
-    """Profile name, plus the machine and batch size only where they are needed to tell apart."""
-    labels = {}
-    unique = keys[DEVICE_KEY].drop_duplicates()
-    machines = unique.groupby("profile").machine.nunique()
-    batches = unique.groupby(["profile", "machine"]).batch_size.nunique()
-    for profile, machine, batch in unique.itertuples(index=False):
-        label = profile
-        if machines[profile] > 1:
-            label += f" @{machine}"
-        if batches[(profile, machine)] > 1:
-            label += f" b{batch}"
-        labels[(profile, machine, int(batch))] = label
-    return labels
 
 
 def _split_measurements(frame: pd.DataFrame, cell_ids: set[str]
@@ -200,9 +190,10 @@ def _split_measurements(frame: pd.DataFrame, cell_ids: set[str]
     latest = frame.drop_duplicates(["cell_id", *DEVICE_KEY], keep="last")
     ok = frame[frame.status == "ok"].drop_duplicates(["cell_id", *DEVICE_KEY], keep="last")
     failed = latest[latest.status != "ok"].reset_index(drop=True)
-    labels = device_labels(ok) if len(ok) else {}
-    ok = ok.assign(device=[labels[(p, m, int(b))] for p, m, b in
-                           zip(ok.profile, ok.machine, ok.batch_size, strict=True)])
+    keys = [(d, p, int(b)) for d, p, b in zip(ok.device_name, ok.profile, ok.batch_size,
+                                              strict=True)]
+    labels = device_labels(keys)
+    ok = ok.assign(device=[labels[k] for k in keys])
     return ok.reset_index(drop=True), failed, sorted(set(labels.values()))
 
 

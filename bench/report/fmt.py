@@ -41,6 +41,11 @@ def points(value: Any, mark: str | None = None) -> str:
     return f"{shown} {mark}" if mark else shown
 
 
+def signed(value: Any, digits: int = 3) -> str:
+    """A signed difference, ``-0.012`` or ``+0.003``."""
+    return DASH if missing(value) else f"{float(value):+.{digits}f}"
+
+
 def mean_ci(mean: Any, low: Any, high: Any, digits: int = 4) -> str:
     """``0.8123 ± 0.0123`` (half-width of the interval; the mean alone when it has none)."""
     if missing(mean):

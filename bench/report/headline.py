@@ -1,8 +1,9 @@
 """The headline table: per data set x backbone, one row per method x bit-width with what a
 deployment decision needs (accuracy and what it costs against FP32 and the equal-budget float
 control, with the tests' verdicts; size, latency and speed-up per device; integer coverage;
-saliency stability with its null control, its float control's stability and the sanity
-check), and one plain-language sentence per row built only from the row's own printed cells.
+saliency stability with its null control, its float control's stability and each row's own
+sanity check), and one plain-language sentence per row built only from the row's own printed
+cells.
 
 The float control of QAT, LSQ and PACT is fp32_fold_ft (the FP32 parent in their
 BatchNorm-folded graph, fine-tuned like them, nothing quantised): their "Δ float control" and
@@ -14,10 +15,19 @@ Accuracy is each cell's headline accuracy (bench.report.data.headline: the deplo
 model's where the cell has a deploy stage), mean and 95% t-interval over seeds. A difference is
 the mean over the seeds both configurations have of the per-seed difference, in percentage
 points. Its mark comes from the existing tests (bench.report.significance), Holm-adjusted
-within their family: the per-image Cochran-Mantel-Haenszel test stratified by seed where both
-configurations have per-image predictions, else the seed-level Wilcoxon test; ``*`` p < 0.05,
-``**`` p < 0.01, ``***`` p < 0.001, ``n.s.`` otherwise. Anything the store does not hold is
-printed as "-" in the table and as "not measured" (or the reason) in the sentence.
+within their family (each configuration vs FP32, each quantised configuration vs its float
+control), which the sentence names: the per-image clustered McNemar test with the image as the
+unit where both configurations have per-image predictions (it covers variation over test
+images for these trained models, not re-training beyond their seeds), else the seed-level
+Wilcoxon test (over training seeds); ``*`` p < 0.05, ``**`` p < 0.01, ``***`` p < 0.001,
+``n.s.`` otherwise. Beside each difference the smallest one its test detects (power 0.8 at
+alpha 0.05, in points), which a "not significant" sentence quotes. Calibration and
+discrimination (ECE in 15 equal-width bins, multi-class Brier score, macro one-vs-rest AUROC;
+bench.metrics) are the cells' ``ece``, ``brier`` and ``auroc_macro`` columns (the deployed
+model's where the cell has a deploy stage), mean and 95% t-interval over seeds, with their
+change against fp32_ft and fp32_fold_ft (mean over the seeds both have) where the store has
+those float controls. Anything the store does not hold is printed as "-" in the table and as
+"not measured" (or the reason) in the sentence.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from bench.report.data import (
     ordered_configs,
 )
 from bench.report.saliency import STAGE, sanity_checks
-from bench.report.significance import BlockTests, control_role, float_control
+from bench.report.significance import BlockTests, control_role, float_control, holm_family
 from bench.report.tables import Block, Column, Table, device_table, text
 
 ALPHA = stats.ALPHA
@@ -54,6 +64,14 @@ SALIENCY_NAMES = {"gradient": "gradient", "integrated_gradients": "Integrated Gr
 STABILITY = ("spearman_fp32", "ssim_fp32", "topk_iou_fp32")
 """The stability statistic shown: the first of these the store has for the primary method."""
 STABILITY_SYMBOL = {"spearman_fp32": "ρ", "ssim_fp32": "SSIM", "topk_iou_fp32": "top-k IoU"}
+CALIBRATION = {"ece": ("ECE", "low"), "brier": ("Brier", "low"),
+               "auroc_macro": ("macro AUROC", "high")}
+"""The probability metrics shown (bench.metrics: 15-bin ECE, unhalved multi-class Brier score,
+macro one-vs-rest AUROC of the deployed model), their labels and better direction."""
+CALIBRATION_REFERENCES = ("fp32_ft", "fp32_fold_ft")
+"""The float controls each row's calibration is compared with, by name, where the store has
+them: fp32_ft (equal training budget, live batch norm) and fp32_fold_ft (the quantised methods'
+folded graph with quantisation disabled, same fine-tuning)."""
 
 
 def mark(p_adjusted: float | None) -> str:
@@ -72,27 +90,43 @@ class Difference:
     test: str | None = None
     p_adjusted: float | None = None
     reason: str | None = None
+    mde: float | None = None
+    """Smallest |difference| (points) the test detects with power 0.8 at alpha 0.05."""
+    family: str | None = None
+    """The comparisons its Holm correction is over."""
+    scope: str | None = None
+    """What the test generalises over."""
 
     @property
     def significant(self) -> bool | None:
         return None if fmt.missing(self.p_adjusted) else bool(self.p_adjusted < ALPHA)
 
 
-def _results(tests: BlockTests) -> dict[tuple[str, str, str], tuple[str, Any]]:
-    """(A, B, comparison) -> (test name, result) of the accuracy tests: CMH first, then the
-    seed-level Wilcoxon where CMH has no p-value."""
-    out: dict[tuple[str, str, str], tuple[str, Any]] = {}
+IMAGE_TEST = "clustered McNemar"
+SEED_TEST = "Wilcoxon"
+SCOPE = {IMAGE_TEST: "over test images for these trained models, not over re-training beyond "
+                     "their seeds",
+         SEED_TEST: "over training seeds (new training runs), on the same test images"}
+"""What each test's p-value covers, said once at the end of a sentence that uses it."""
+Found = tuple[str, Any, str]
+"""(test name, result, the family its Holm correction is over)."""
+
+
+def _results(tests: BlockTests) -> dict[tuple[str, str, str], Found]:
+    """(A, B, comparison) -> the accuracy test: the per-image clustered McNemar test first,
+    then the seed-level Wilcoxon where it has no p-value."""
+    out: dict[tuple[str, str, str], Found] = {}
     for fam in tests.image_families:
-        if fam.metric == "accuracy" and fam.test == "cmh":
+        if fam.metric == "accuracy" and fam.test == "clustered_mcnemar":
             for r in fam.results:
-                out[(r.name_a, r.name_b, fam.comparison)] = ("CMH", r)
+                out[(r.name_a, r.name_b, fam.comparison)] = (IMAGE_TEST, r, holm_family(fam))
     for fam in tests.families:
         if fam.metric != "accuracy":
             continue
         for r in fam.results:
             key = (r.name_a, r.name_b, fam.comparison)
             if key not in out or (out[key][1].p_value is None and r.p_value is not None):
-                out[key] = ("Wilcoxon", r)
+                out[key] = (SEED_TEST, r, holm_family(fam))
     return out
 
 
@@ -106,25 +140,36 @@ def _skipped(tests: BlockTests) -> dict[str, str]:
     return out
 
 
-def _paired_points(ok: pd.DataFrame, a: str, b: str) -> float | None:
-    mine = ok[ok.config == a].set_index("seed").accuracy
-    theirs = ok[ok.config == b].set_index("seed").accuracy
+def _paired_mean(ok: pd.DataFrame, a: str, b: str, column: str) -> float | None:
+    """Mean over the seeds both configurations have of (a - b) in ``column``."""
+    if column not in ok:
+        return None
+    values = pd.to_numeric(ok[column], errors="coerce")
+    mine = values[(ok.config == a).to_numpy()].set_axis(ok.seed[ok.config == a])
+    theirs = values[(ok.config == b).to_numpy()].set_axis(ok.seed[ok.config == b])
     both = (mine - theirs.reindex(mine.index)).dropna()
-    return None if both.empty else float(100.0 * both.mean())
+    return None if both.empty else float(both.mean())
+
+
+def _paired_points(ok: pd.DataFrame, a: str, b: str) -> float | None:
+    diff = _paired_mean(ok, a, b, "accuracy")
+    return None if diff is None else 100.0 * diff
 
 
 def _difference(ok: pd.DataFrame, a: str, b: str, comparison: str,
-                results: dict[tuple[str, str, str], tuple[str, Any]],
+                results: dict[tuple[str, str, str], Found],
                 skipped: dict[str, str]) -> Difference:
     points = _paired_points(ok, a, b)
     found = results.get((a, b, comparison))
     if found is None:
         return Difference(b, points, reason=skipped.get(a) or (
             "no test" if points is not None else "no seed in common"))
-    name, result = found
+    name, result, family = found
     if result.p_value is None:
         return Difference(b, points, name, reason=result.reason)
-    return Difference(b, points, name, result.p_adjusted)
+    mde = None if fmt.missing(result.mde) else 100.0 * float(result.mde)
+    return Difference(b, points, name, result.p_adjusted, mde=mde, family=family,
+                      scope=SCOPE[name])
 
 
 def _mean(values: pd.Series) -> float | None:
@@ -173,19 +218,27 @@ def stability_metric(ok: pd.DataFrame) -> str | None:
                  and pd.to_numeric(ok[f"saliency_{m}"], errors="coerce").notna().any()), None)
 
 
-def columns(devices: list[str]) -> list[Column]:
-    """The headline columns: per device its p50 and speed-up over FP32 on that device."""
+def columns(devices: list[str], references: tuple[str, ...] = ()) -> list[Column]:
+    """The headline columns: per device its p50 and speed-up over FP32 on that device; the
+    calibration metrics, and their change against each float control in ``references``."""
     cols = [Column("config", "configuration", "text"), Column("seeds", "seeds", "int"),
             Column("model", "model", "text"),
             Column("accuracy", "accuracy (95% CI)", "ci", "high"),
             Column("retained", "% of FP32 acc.", "pct", "high"),
             Column("d_fp32", "Δ FP32 (points)", "points", None, "vs FP32"),
             Column("p_fp32", "p (Holm)", "text", None, "vs FP32"),
+            Column("mde_fp32", "detectable |Δ|", "float", None, "vs FP32", 1),
             Column("control", "float control", "text", None, "vs float control"),
             Column("d_control", "Δ (points)", "points", None, "vs float control"),
             Column("p_control", "p (Holm)", "text", None, "vs float control"),
+            Column("mde_control", "detectable |Δ|", "float", None, "vs float control", 1),
             Column("macro_f1", "macro-F1", "float", "high"),
-            Column("size_pct", "size % FP32", "pct", "low")]
+            *(Column(k, f"{label} (95% CI)", "ci", better, "calibration", 3)
+              for k, (label, better) in CALIBRATION.items())]
+    for ref in references:
+        cols += [Column(f"d_{k}@{ref}", f"Δ {label}", "delta", None, f"calibration vs {ref}", 3)
+                 for k, (label, _) in CALIBRATION.items()]
+    cols.append(Column("size_pct", "size % FP32", "pct", "low"))
     for device in devices:
         cols += [Column(f"p50@{device}", "p50 ms", "ms", "low", device),
                  Column(f"speedup@{device}", "speed-up", "ratio", "high", device)]
@@ -202,7 +255,7 @@ def _p_text(d: Difference) -> str:
 
 
 def _row(data: ReportData, ok: pd.DataFrame, config: str, base: dict[str, Any] | None,
-         results: dict[tuple[str, str, str], tuple[str, Any]], skipped: dict[str, str],
+         results: dict[tuple[str, str, str], Found], skipped: dict[str, str],
          f1: dict[str, float], devices: dict[str, Any]) -> dict[str, Any]:
     mine = ok[ok.config == config]
     first = mine.iloc[0]
@@ -215,6 +268,12 @@ def _row(data: ReportData, ok: pd.DataFrame, config: str, base: dict[str, Any] |
                            "PyTorch" if sources == {"torch"} else "mixed"}
     row["accuracy"], row["accuracy_low"], row["accuracy_high"] = _ci(mine.accuracy)
     row["macro_f1"] = _mean(pd.Series([f1.get(c) for c in mine.cell_id], dtype=float))
+    for key in CALIBRATION:
+        if key in mine:
+            row[key], row[f"{key}_low"], row[f"{key}_high"] = _ci(mine[key])
+        for ref in CALIBRATION_REFERENCES:
+            if config != ref and ref in set(ok.config):
+                row[f"d_{key}@{ref}"] = _paired_mean(ok, config, ref, key)
     row["size_bytes"] = _size(mine)
     row["int_coverage"], row["coverage"] = _coverage(mine, quantised)
     row["devices"] = []
@@ -248,15 +307,17 @@ def _row(data: ReportData, ok: pd.DataFrame, config: str, base: dict[str, Any] |
             row[f"d_{key}"], row[f"d_{key}_mark"] = d.points, mark(d.p_adjusted)
             row[f"p_{key}"] = _p_text(d)
             row[f"p_{key}_why"] = d.reason
+            row[f"mde_{key}"] = d.mde
     return row
 
 
 def _add_saliency(data: ReportData, ok: pd.DataFrame, rows: list[dict[str, Any]]) -> None:
     metric = stability_metric(ok)
     method = primary_saliency(data, ok)
-    sanity = sanity_checks(data).get((str(ok.dataset.iloc[0]), str(ok.backbone.iloc[0]),
-                                      method or ""))
+    checks = sanity_checks(data)
+    block = (str(ok.dataset.iloc[0]), str(ok.backbone.iloc[0]))
     for row in rows:
+        sanity = checks.get((*block, row["config"], method or ""))
         mine = ok[ok.config == row["config"]]
         row["saliency_method"] = method
         row["stability_metric"] = metric
@@ -277,7 +338,8 @@ def headline_table(data: ReportData, tests: list[BlockTests],
                    clinical: list[ClinicalBlock]) -> Table:
     """Per data set x backbone (the order of ``tests``), one row per configuration of its
     successful cells, FP32 first; each row's ``sentence`` says it in words."""
-    cols = columns(data.devices)
+    present = set(data.ok.config) if len(data.ok) else set()
+    cols = columns(data.devices, tuple(r for r in CALIBRATION_REFERENCES if r in present))
     f1 = macro_f1_by_cell(clinical)
     by_block = dict(iter(data.ok.groupby(BLOCK, sort=True))) if len(data.ok) else {}
     speed = {(b.dataset, b.backbone): {r["config"]: {k: v for k, v in r.items()
@@ -310,21 +372,30 @@ def _cell(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
     return text(cols[key], row)
 
 
-def _verdict(d: Difference) -> str:
-    """"difference not significant, CMH p = 0.41" from the printed p; the reason otherwise."""
+def _verdict(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
+    """"difference not significant (detectable from 1.2 points), Holm-adjusted clustered
+    McNemar p = 0.41 (Holm over each configuration vs FP32)" from the printed cells; the
+    reason otherwise."""
+    d: Difference = row[f"vs_{key}"]
     if d.p_adjusted is None:
         why = (d.reason or "").removesuffix(": no test").removesuffix(" no test")
         return f"not tested: {why}" if why else "not tested"
     word = "significant" if d.significant else "not significant"
-    return f"difference {word}, Holm-adjusted {d.test} p = {fmt.pval(d.p_adjusted)}"
+    if not d.significant:
+        word += (f" (detectable from {_cell(cols, row, f'mde_{key}')} points)"
+                 if d.mde is not None and f"mde_{key}" in cols else
+                 " (smallest detectable difference not computed)")
+    family = f" (Holm over {d.family})" if d.family else ""
+    return f"difference {word}, Holm-adjusted {d.test} p = {fmt.pval(d.p_adjusted)}{family}"
 
 
 def _delta(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
-    """"-1.8 points, difference not significant, Holm-adjusted CMH p = 0.41"."""
+    """"-1.8 points, difference not significant (...), Holm-adjusted ... p = 0.41 (...)"."""
     d: Difference = row[f"vs_{key}"]
     if d.points is None:
         return "no seed in common"
-    return f"{_cell(cols, {**row, f'd_{key}_mark': None}, f'd_{key}')} points, {_verdict(d)}"
+    shown = _cell(cols, {**row, f"d_{key}_mark": None}, f"d_{key}")
+    return f"{shown} points, {_verdict(cols, row, key)}"
 
 
 def _devices(cols: dict[str, Column], row: dict[str, Any], devices: list[str],
@@ -378,6 +449,23 @@ def _saliency_clause(cols: dict[str, Column], row: dict[str, Any], fp32: bool) -
     return "; ".join(parts)
 
 
+def _calibration_clause(cols: dict[str, Column], row: dict[str, Any]) -> str:
+    """"calibration: ECE 0.041 ± 0.010, Brier ..., macro AUROC ...; against fp32_ft Δ ECE
+    +0.004, ..." from the printed cells; "calibration not measured" without them."""
+    shown = [f"{label} {_cell(cols, row, k)}" for k, (label, _) in CALIBRATION.items()
+             if k in cols and not fmt.missing(row.get(k))]
+    if not shown:
+        return f"calibration {NOT_MEASURED}"
+    parts = [f"calibration: {', '.join(shown)}"]
+    for ref in CALIBRATION_REFERENCES:
+        deltas = [f"Δ {label} {_cell(cols, row, f'd_{k}@{ref}')}"
+                  for k, (label, _) in CALIBRATION.items()
+                  if f"d_{k}@{ref}" in cols and not fmt.missing(row.get(f"d_{k}@{ref}"))]
+        if deltas:
+            parts.append(f"against {ref} {', '.join(deltas)}")
+    return "; ".join(parts)
+
+
 def sentence(row: dict[str, Any], cols_list: list[Column], has_fp32: bool) -> str:
     """The row in words, every number copied from the row's printed cells; whatever is
     missing is said to be "not measured" or why it was not tested."""
@@ -407,6 +495,7 @@ def sentence(row: dict[str, Any], cols_list: list[Column], has_fp32: bool) -> st
         head += f"; {config} is {row['role']}"
     f1 = _cell(cols, row, "macro_f1")
     head += f"; macro-F1 {f1 if not fmt.missing(row.get('macro_f1')) else NOT_MEASURED}"
+    head += f"; {_calibration_clause(cols, row)}"
     if not fp32 and has_fp32:
         size = (f"at {_cell(cols, row, 'size_pct')} of FP32's size"
                 if not fmt.missing(row.get("size_pct")) else f"size {NOT_MEASURED}")
@@ -418,4 +507,7 @@ def sentence(row: dict[str, Any], cols_list: list[Column], has_fp32: bool) -> st
         parts.append(f"integer coverage {row['coverage']}" if row.get("int_coverage") is not None
                      else f"integer coverage {NOT_MEASURED}")
     parts.append(_saliency_clause(cols, row, fp32))
-    return "; ".join(p for p in parts if p) + "."
+    tests = dict.fromkeys(d.test for d in (row.get("vs_fp32"), row.get("vs_control"))
+                          if d is not None and d.p_adjusted is not None and d.scope)
+    scope = "".join(f" The {test} test covers variation {SCOPE[test]}." for test in tests)
+    return "; ".join(p for p in parts if p) + "." + scope

@@ -42,6 +42,15 @@ RC = {"svg.fonttype": "none", "svg.hashsalt": "medq-bench", "font.size": 8,
 LAYOUT = "constrained"
 MARKERS = "os^DvP*Xph"
 PALETTE = sns.color_palette("tab10")
+LEGEND_ROWS = 24
+"""Legend entries per column at most; more entries (many devices) add columns."""
+MAX_DEVICE_PANELS = 6
+"""Trade-off panels, one per device, up to this many devices; beyond, one panel of the median
+over the devices with their range (each device's values are in the devices table and figure)."""
+ACROSS = "p50@*"
+"""The trade-off key of that panel."""
+BOX_IN = 0.07
+"""Height per box of the horizontal box plots, inches: one config row holds one box per hue."""
 MAX_POINTS = 120
 """Per-sample points drawn per box at most (a fixed-seed subsample; the box uses them all)."""
 RASTER_DPI = 110
@@ -90,10 +99,24 @@ def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
     return front
 
 
+def styles(n: int) -> list[tuple[Any, str]]:
+    """``n`` distinct (colour, marker) pairs: tab10's colours with circles up to 10; beyond,
+    evenly spaced hues (husl; 10, or ``ceil(n / len(MARKERS))`` past 100) crossed with the
+    markers, circles first, so no two of 50 or more devices look alike."""
+    if n <= len(PALETTE):
+        return [(PALETTE[i], "o") for i in range(n)]
+    colours = sns.color_palette("husl", max(len(PALETTE), math.ceil(n / len(MARKERS))))
+    return [(c, m) for m in MARKERS for c in colours][:n]
+
+
+def _legend_columns(n: int) -> int:
+    return max(1, math.ceil(n / LEGEND_ROWS))
+
+
 def _colors(methods: Sequence[str]) -> dict[str, Any]:
     known = sorted(set(methods), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER
                                                 else len(METHOD_ORDER), m))
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(known)}
+    return {m: colour for m, (colour, _) in zip(known, styles(len(known)), strict=True)}
 
 
 def _markers(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
@@ -113,17 +136,20 @@ def _thin(frame: pd.DataFrame, keys: list[str], n: int = MAX_POINTS) -> pd.DataF
     return frame.sample(frac=1.0, random_state=0).groupby(keys, sort=False).head(n)
 
 
-def _category_height(n_rows: int) -> float:
-    return max(2.2, 0.9 + ROW_IN * n_rows)
+def _category_height(n_rows: int, n_hues: int = 1) -> float:
+    return max(2.2, 0.9 + max(ROW_IN, BOX_IN * n_hues / 0.8) * n_rows)
 
 
 # --- trade-offs ---------------------------------------------------------------------------
 
 
 def _seed_points(cells: pd.DataFrame, measured: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Per-seed (x, accuracy) of a block's cells: x is the packed size, or the p50 latency on a
-    device (``p50@device``)."""
-    if key.startswith("p50@"):
+    """Per-seed (x, accuracy) of a block's cells: x is the packed size, the p50 latency on a
+    device (``p50@device``) or the median of the cell's p50 over the devices (``ACROSS``)."""
+    if key == ACROSS:
+        median = measured.groupby("cell_id", as_index=False).latency_ms_p50.median()
+        frame = cells.merge(median, on="cell_id").rename(columns={"latency_ms_p50": "x"})
+    elif key.startswith("p50@"):
         on = measured[measured.device == key.removeprefix("p50@")]
         frame = cells.merge(on[["cell_id", "latency_ms_p50"]], on="cell_id")
         frame = frame.rename(columns={"latency_ms_p50": "x"})
@@ -141,6 +167,10 @@ def _tradeoff_panel(ax: Any, rows: list[dict[str, Any]], seeds: pd.DataFrame, ke
                    color=colors[method], rasterized=True, zorder=2)
     means = [r for r in rows if not fmt.missing(r.get(key)) and not fmt.missing(r["accuracy"])]
     bars = [r for r in means if not fmt.missing(r.get("accuracy_low"))]
+    spread = [r for r in means if not fmt.missing(r.get(f"{key}_low"))]
+    ax.hlines([r["accuracy"] for r in spread], [r[f"{key}_low"] for r in spread],
+              [r[f"{key}_high"] for r in spread], colors=[colors[r["method"]] for r in spread],
+              lw=1, zorder=3)
     ax.vlines([r[key] for r in bars], [r["accuracy_low"] for r in bars],
               [r["accuracy_high"] for r in bars], colors=[colors[r["method"]] for r in bars],
               lw=1, zorder=3)
@@ -172,27 +202,45 @@ def _tradeoff_legend(fig: Figure, colors: dict[str, Any], markers: dict[str, str
     fig.legend(handles=handles, loc="outside right upper")
 
 
+def _across(row: dict[str, Any], devices: Sequence[str]) -> dict[str, Any]:
+    """``row`` with the median, fastest and slowest of its p50 over ``devices`` (``ACROSS``)."""
+    values = [row[f"p50@{d}"] for d in devices if not fmt.missing(row.get(f"p50@{d}"))]
+    if not values:
+        return row
+    return {**row, ACROSS: float(np.median(values)), f"{ACROSS}_low": min(values),
+            f"{ACROSS}_high": max(values)}
+
+
 def tradeoff(block: Block, cells: pd.DataFrame, measured: pd.DataFrame,
              devices: Sequence[str]) -> Figure | None:
     """Accuracy vs packed size and vs p50 latency on each device: one faint point per seed,
-    the mean with its 95% CI bar per configuration, the Pareto front dashed and ringed.
+    the mean with its 95% CI bar per configuration, the Pareto front dashed and ringed. With
+    more than ``MAX_DEVICE_PANELS`` devices, one latency panel: per configuration the median
+    over the devices of their mean p50, a horizontal bar from the fastest to the slowest.
     ``cells``: the block's successful cells, ``measured``: the report's measurements."""
     panels = []
-    if any(not fmt.missing(r.get("packed_size_bytes")) for r in block.rows):
+    rows = block.rows
+    if any(not fmt.missing(r.get("packed_size_bytes")) for r in rows):
         panels.append(("packed_size_bytes", "packed model size (bytes, log)"))
-    panels += [(f"p50@{d}", f"p50 latency on {d} (ms, log)") for d in devices
-               if any(not fmt.missing(r.get(f"p50@{d}")) for r in block.rows)]
+    timed = [d for d in devices if any(not fmt.missing(r.get(f"p50@{d}")) for r in rows)]
+    if len(timed) > MAX_DEVICE_PANELS:
+        rows = [_across(r, timed) for r in rows]
+        panels.append((ACROSS, f"p50 latency, median of {len(timed)} devices "
+                               "(ms, log; bar: fastest to slowest)"))
+        measured = measured[measured.device.isin(timed)]
+    else:
+        panels += [(f"p50@{d}", f"p50 latency on {d} (ms, log)") for d in timed]
     if not panels:
         return None
-    colors, markers = _colors([r["method"] for r in block.rows]), _markers(block.rows)
+    colors, markers = _colors([r["method"] for r in rows]), _markers(rows)
     ncols = min(2, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(3.5 * ncols + 1.5, 2.9 * nrows), layout=LAYOUT)
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax, (key, label) in zip(axes, panels, strict=False):
-            _tradeoff_panel(ax, block.rows, _seed_points(cells, measured, key), key, label,
-                            colors, markers)
+            _tradeoff_panel(ax, rows, _seed_points(cells, measured, key), key, label, colors,
+                            markers)
         for ax in axes[len(panels):]:
             fig.delaxes(ax)
         _tradeoff_legend(fig, colors, markers)
@@ -244,7 +292,7 @@ def bits_accuracy(block: Block) -> Figure | None:
 
 
 def _strip(ax: Any, frame: pd.DataFrame, value: str, hue: str, order: list[str],
-           hue_order: list[str], palette: dict[str, Any]) -> None:
+           hue_order: list[str], palette: dict[str, Any], markers: dict[str, str]) -> None:
     """Jittered points at seaborn's dodged box positions (what sns.stripplot(dodge=True)
     draws, at a fraction of its cost), one rasterised collection per ``hue``."""
     rows = {c: i for i, c in enumerate(order)}
@@ -255,26 +303,32 @@ def _strip(ax: Any, frame: pd.DataFrame, value: str, hue: str, order: list[str],
         centre = np.array([rows[c] for c in mine.config], dtype=float) - 0.4 + width * (j + 0.5)
         jitter = rng.uniform(-0.3 * width, 0.3 * width, len(mine))
         ax.scatter(mine[value], centre + jitter, s=3, alpha=0.45, linewidths=0,
-                   color=palette[h], rasterized=True, zorder=3)
+                   color=palette[h], marker=markers[h], rasterized=True, zorder=3)
 
 
 def _box_with_points(frame: pd.DataFrame, value: str, hue: str, order: list[str],
                      hue_order: list[str], xlabel: str, log: bool = False) -> Figure:
-    """Horizontal boxes per configuration (rows) and ``hue``, with a thinned strip of points."""
-    palette = dict(zip(hue_order, PALETTE, strict=False))
-    fig = Figure(figsize=(6.4, _category_height(len(order))), layout=LAYOUT)
+    """Horizontal boxes per configuration (rows) and ``hue``, with a thinned strip of points;
+    each hue its own colour and marker (``styles``), however many there are."""
+    pairs = styles(len(hue_order))
+    palette = {h: c for h, (c, _) in zip(hue_order, pairs, strict=True)}
+    markers = {h: m for h, (_, m) in zip(hue_order, pairs, strict=True)}
+    ncol = _legend_columns(len(hue_order))
+    fig = Figure(figsize=(6.4 + 1.3 * (ncol - 1),
+                          max(_category_height(len(order), len(hue_order)),
+                              0.9 + 0.16 * min(len(hue_order), LEGEND_ROWS))), layout=LAYOUT)
     ax = fig.subplots()
     sns.boxplot(data=frame, x=value, y="config", hue=hue, order=order, hue_order=hue_order,
                 palette=palette, orient="h", showfliers=False, linewidth=0.7, fill=False,
                 legend=False, ax=ax)
-    _strip(ax, _thin(frame, ["config", hue]), value, hue, order, hue_order, palette)
+    _strip(ax, _thin(frame, ["config", hue]), value, hue, order, hue_order, palette, markers)
     if log:
         _log_x(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("")
     ax.grid(axis="y", visible=False)
-    fig.legend(handles=[Line2D([], [], color=palette[h], marker="o", ls="-", label=h)
-                        for h in hue_order], loc="outside right upper")
+    fig.legend(handles=[Line2D([], [], color=palette[h], marker=markers[h], ls="-", label=h)
+                        for h in hue_order], loc="outside right upper", ncols=ncol)
     return fig
 
 
@@ -306,10 +360,42 @@ def latency_spread(cells: pd.DataFrame, measured: pd.DataFrame) -> Figure | None
     frame = frame[np.isfinite(frame.latency_ms)].reset_index(drop=True)
     if frame.empty:
         return None
+    devices = sorted(frame.device.unique())
     with matplotlib.rc_context(RC):
-        return _box_with_points(frame, "latency_ms", "device", ordered_configs(on),
-                                sorted(frame.device.unique()),
+        if len(devices) > MAX_DEVICE_PANELS:
+            return _across_devices(frame, ordered_configs(on), devices)
+        return _box_with_points(frame, "latency_ms", "device", ordered_configs(on), devices,
                                 "latency per batch (ms, log)", log=True)
+
+
+def _across_devices(frame: pd.DataFrame, order: list[str], devices: list[str]) -> Figure:
+    """Many devices: per configuration (rows) a box over the devices' median latencies and one
+    point per device in its own colour and marker (``styles``), legend in columns."""
+    pairs = dict(zip(devices, styles(len(devices)), strict=True))
+    medians = frame.groupby(["config", "device"], as_index=False).latency_ms.median()
+    ncol = _legend_columns(len(devices))
+    fig = Figure(figsize=(6.4 + 1.3 * (ncol - 1),
+                          max(_category_height(len(order)),
+                              0.9 + 0.16 * min(len(devices), LEGEND_ROWS))), layout=LAYOUT)
+    ax = fig.subplots()
+    rows = {c: i for i, c in enumerate(order)}
+    groups = [medians[medians.config == c].latency_ms.to_numpy() for c in order]
+    ax.boxplot(groups, positions=range(len(order)), orientation="horizontal", widths=0.6,
+               showfliers=False, medianprops={"color": "black"})
+    jitter = np.random.default_rng(0).uniform(-0.2, 0.2, len(medians))
+    for device, (colour, marker) in pairs.items():
+        mine = medians.device.to_numpy() == device
+        ax.scatter(medians.latency_ms[mine], [rows[c] + j for c, j in zip(
+            medians.config[mine], jitter[mine], strict=True)], s=12, color=colour,
+            marker=marker, linewidths=0, zorder=3)
+    ax.set_yticks(range(len(order)), order)
+    ax.invert_yaxis()
+    _log_x(ax)
+    ax.set_xlabel(f"median latency per batch on each of {len(devices)} devices (ms, log)")
+    ax.grid(axis="y", visible=False)
+    fig.legend(handles=[Line2D([], [], color=c, marker=m, ls="", label=d)
+                        for d, (c, m) in pairs.items()], loc="outside right upper", ncols=ncol)
+    return fig
 
 
 # --- significance -------------------------------------------------------------------------

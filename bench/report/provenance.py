@@ -16,9 +16,9 @@ FLAG_REASONS = {
                      "(below the deploy stage's min_agreement)",
     "no_integer_kernels": "quantised model runs on float kernels in ONNX Runtime "
                           "(int_kernels={int_kernels}): not an integer model",
-    "partially_integer": "ONNX Runtime runs {int_coverage} of its Conv/Gemm/MatMul/Add nodes "
-                         "as integer kernels, the rest in float: its latency is not an integer "
-                         "model's latency",
+    "partially_integer": "ONNX Runtime runs {int_coverage} of its compute nodes "
+                         "({int_coverage_macs} of their MACs) as integer kernels, the rest in "
+                         "float: its latency is not an integer model's latency",
 }
 
 
@@ -52,6 +52,7 @@ def flagged(data: ReportData) -> list[Flagged]:
                 index=False):
             values = {"agreement": fmt.num(getattr(r, "agreement", None)),
                       "int_coverage": fmt.num(getattr(r, "int_coverage", None)),
+                      "int_coverage_macs": fmt.num(getattr(r, "int_coverage_macs", None)),
                       "int_kernels": fmt.DASH if fmt.missing(getattr(r, "int_kernels", None))
                       else int(r.int_kernels)}
             for flag in str(r.deploy_flags).split(","):

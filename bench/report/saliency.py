@@ -1,5 +1,5 @@
-"""Saliency section: stability statistics over seeds with their null control beside them, the
-sanity check's verdict per saliency method (a failing method's rows greyed with the reason),
+"""Saliency section: stability statistics over seeds with their null control beside them, each
+configuration's own sanity-check verdict per saliency method (failing rows greyed with the reason),
 per-sample distributions, overlay gallery."""
 
 from __future__ import annotations
@@ -87,24 +87,29 @@ def cell_stats(data: ReportData) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Sanity:
-    """The sanity check of one saliency method over a block's FP32 cells."""
+    """The sanity check of one saliency method over one configuration's own cells (its seeds);
+    ``skipped``: why it did not run on some of them (stores from before the check ran on every
+    cell say "run on FP32 cells only")."""
 
     passed: int
     failed: int
     undetermined: int
     reasons: tuple[str, ...]
+    skipped: tuple[str, ...] = ()
 
     @property
     def fails(self) -> bool:
         return self.failed > 0
 
     def text(self) -> str:
-        seeds = self.passed + self.failed + self.undetermined
+        seeds = self.passed + self.failed + self.undetermined + len(self.skipped)
         if self.fails:
-            return f"fails on {self.failed}/{seeds} FP32 seeds: {self.reasons[0]}"
+            return f"fails on {self.failed}/{seeds} seeds: {self.reasons[0]}"
         if self.passed:
-            return f"passed on {self.passed}/{seeds} FP32 seeds"
-        return f"undetermined: {self.reasons[0] if self.reasons else 'no verdict'}"
+            return f"passed on {self.passed}/{seeds} seeds"
+        if self.undetermined:
+            return f"undetermined: {self.reasons[0] if self.reasons else 'no verdict'}"
+        return f"not run on this configuration ({self.skipped[0]})"
 
 
 def subset_notes(data: ReportData) -> list[str]:
@@ -125,30 +130,46 @@ def subset_notes(data: ReportData) -> list[str]:
                 notes.append(note)
         sanity = subsets.get("sanity")
         if sanity and "methods" in (stage.get("sanity") or {}):
-            note = f"the sanity check (FP32 cells) on {sanity['n']} of {sanity['of']} images"
+            note = f"the sanity check on {sanity['n']} of {sanity['of']} images"
             if note not in notes:
                 notes.append(note)
     return notes
 
 
-def sanity_checks(data: ReportData) -> dict[tuple[str, str, str], Sanity]:
-    """(data set, backbone, saliency method) -> the verdicts of the block's FP32 cells."""
-    verdicts: dict[tuple[str, str, str], list[tuple[bool | None, str | None]]] = {}
+SanityKey = tuple[str, str, str, str]
+"""(data set, backbone, configuration label, saliency method)."""
+
+
+def sanity_checks(data: ReportData) -> dict[SanityKey, Sanity]:
+    """Each configuration's own verdicts, over its seeds, per saliency method: a quantised
+    configuration's come from its fake-quant cells' check, never from FP32's. A cell whose check
+    was skipped counts as not run, for the saliency methods its stage ran."""
+    verdicts: dict[SanityKey, list[tuple[bool | None, str | None]]] = {}
+    skipped: dict[SanityKey, list[str]] = {}
     for cell in data.ok.itertuples(index=False):
-        sanity = _stage(data, cell.cell_id).get("sanity") or {}
+        stage = _stage(data, cell.cell_id)
+        sanity = stage.get("sanity") or {}
         for method, result in (sanity.get("methods") or {}).items():
-            verdicts.setdefault((cell.dataset, cell.backbone, method), []).append(
+            verdicts.setdefault((cell.dataset, cell.backbone, cell.config, method), []).append(
                 (result.get("passed"), result.get("reason")))
-    return {key: Sanity(sum(p is True for p, _ in v), sum(p is False for p, _ in v),
-                        sum(p is None for p, _ in v), tuple(r for p, r in v if r and not p))
-            for key, v in verdicts.items()}
+        if "skipped" in sanity:
+            for method in stage.get("methods") or list(stage.get("stats") or {}):
+                skipped.setdefault((cell.dataset, cell.backbone, cell.config, method), []
+                                   ).append(str(sanity["skipped"]))
+    out = {}
+    for key in verdicts.keys() | skipped.keys():
+        v = verdicts.get(key, [])
+        out[key] = Sanity(sum(p is True for p, _ in v), sum(p is False for p, _ in v),
+                          sum(p is None for p, _ in v), tuple(r for p, r in v if r and not p),
+                          tuple(skipped.get(key, ())))
+    return out
 
 
-def stability_table(frame: pd.DataFrame, sanity: dict[tuple[str, str, str], Sanity] | None = None
+def stability_table(frame: pd.DataFrame, sanity: dict[SanityKey, Sanity] | None = None
                     ) -> Table:
     """Mean and 95% CI over seeds of each metric, per configuration and saliency method; the
-    null control beside the statistic it controls; rows of a saliency method that fails the
-    sanity check in that block are greyed (`muted`) with the reason."""
+    null control beside the statistic it controls; a row whose configuration's own sanity check
+    fails for that saliency method is greyed (`muted`) with the reason."""
     sanity = sanity or {}
     metrics = [m for m in METRIC_LABELS if m in set(frame.metric)]
     columns = [Column("config", "configuration", "text"),
@@ -167,7 +188,7 @@ def stability_table(frame: pd.DataFrame, sanity: dict[tuple[str, str, str], Sani
                 for metric, values in group.groupby("metric")["mean"]:
                     mean, low, high = stats.mean_ci(values.to_numpy(dtype=float))
                     row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = mean, low, high
-                check = sanity.get((dataset, backbone, method))
+                check = sanity.get((dataset, backbone, config, method))
                 if check is not None:
                     row["sanity"] = check.text()
                     if check.fails:

@@ -7,11 +7,14 @@ over seeds (too few seeds: the reason instead of a p-value); McNemar exact per s
 Friedman over every configuration with seeds as blocks, and the Nemenyi critical difference only
 when Friedman rejects.
 
-Per image, stratified by seed (generalise over test images given these trained models): the
-same comparisons, accuracy by the Cochran-Mantel-Haenszel test on per-image correctness, the
-main saliency statistic by a sign-flip permutation test on per-image differences; each with its
-power line (smallest detectable difference, seeds a seed-level test would need). Pairs are the
-cells of the same seed and split manifest evaluated on the same images.
+Per image, with the test image as the unit (generalise over test images given these trained
+models, not over re-training beyond their seeds): the same comparisons, accuracy by the
+clustered McNemar test (Durkalski et al. 2003) on per-image correctness, the main saliency
+statistic by a sign-flip permutation test flipping all seeds of an image together; each with its
+power line (smallest detectable difference with the covariance across seeds, its limit with
+infinitely many seeds, the seeds the per-image test would need). Pairs are the cells of the
+same seed and split manifest evaluated on the same images; an image is the same image in every
+seed by its index.
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ MAIN_SALIENCY = ("saliency_spearman_fp32", "saliency_topk_iou_fp32", "saliency_m
 SEED_LEVEL = ("training seeds: would the difference hold for a model trained with a new seed? "
               "(the split and the test images are fixed)")
 IMAGE_LEVEL = ("test images, given these trained models: would the difference hold on new "
-               "images from the same distribution? (not over re-training)")
+               "images from the same distribution? (not over re-training beyond the seeds)")
+ImageTest = Literal["clustered_mcnemar", "sign_flip"]
+IMAGE_TESTS: dict[str, Callable[..., stats.ImageLevelResult]] = {
+    "clustered_mcnemar": stats.clustered_mcnemar, "sign_flip": stats.sign_flip_test}
+"""The per-image test of each kind of per-image value: correctness, continuous values."""
 Kind = Literal["vs_fp32", "vs_control", "same_bits"]
 """Which comparisons a family holds: each configuration vs FP32, each quantised one vs its
 equal-budget float control, or the pairs at one bit-width."""
@@ -55,12 +62,12 @@ class Family:
 
 @dataclass(frozen=True)
 class ImageFamily:
-    """One Holm family of per-image tests stratified by seed; ``skipped``: comparisons that
-    could not be made, with the reason."""
+    """One Holm family of per-image tests with the image as the unit; ``skipped``:
+    comparisons that could not be made, with the reason."""
 
     title: str
     metric: str
-    test: Literal["cmh", "sign_flip"]
+    test: ImageTest
     results: list[stats.ImageLevelResult]
     skipped: list[str] = field(default_factory=list)
     comparison: Kind = "vs_fp32"
@@ -87,6 +94,16 @@ class BlockTests:
     friedman: stats.FriedmanResult | None = None
     cd: stats.CDResult | None = None
     cd_note: str | None = None
+
+
+def holm_family(family: Family | ImageFamily) -> str:
+    """The comparisons a family's Holm correction is over, in words: "each configuration vs
+    FP32, accuracy per image" for the family "accuracy per image: each configuration vs
+    FP32"; a seed-level family's say "over seeds"."""
+    what, _, which = family.title.partition(": ")
+    if isinstance(family, Family):
+        what += " over seeds"
+    return f"{which}, {what}" if which else family.title
 
 
 def main_saliency(ok: pd.DataFrame) -> str | None:
@@ -198,7 +215,8 @@ def families(ok: pd.DataFrame, metric: str) -> list[Family]:
 def cell_predictions(data: ReportData, cell_id: str) -> dict[str, np.ndarray] | None:
     """A cell's per-image test predictions (`index`, `labels`, `predictions`), or None.
 
-    The one place the significance tests read predictions (McNemar, CMH): the cell's headline
+    The one place the significance tests read predictions (McNemar, clustered McNemar): the
+    cell's headline
     predictions (bench.report.data.headline: the deployed model's where its deploy stage stored
     them, else the torch model's), the same model as the headline accuracy the seed-level tests
     compare.
@@ -247,10 +265,11 @@ def by_seed(ok: pd.DataFrame) -> BySeed:
 
 
 def _paired_by_seed(cells: BySeed, a: str, b: str, per_image: PerImage
-                    ) -> tuple[list[np.ndarray], list[np.ndarray], str | None]:
-    """Per seed, the values of A and B on the same images; why some seeds were left out."""
+                    ) -> tuple[list[np.ndarray], list[np.ndarray], str | None, list[np.ndarray]]:
+    """Per seed, the values of A and B on the same images; why some seeds were left out; per
+    seed the images' indices (an image is the same image in every seed by its index)."""
     seeds_a, seeds_b = cells.get(a, {}), cells.get(b, {})
-    xs, ys, left = [], [], []
+    xs, ys, left, images = [], [], [], []
     for seed in sorted(set(seeds_a) & set(seeds_b)):
         (id_a, manifest_a), (id_b, manifest_b) = seeds_a[seed], seeds_b[seed]
         if manifest_a != manifest_b:
@@ -265,21 +284,22 @@ def _paired_by_seed(cells: BySeed, a: str, b: str, per_image: PerImage
             continue
         xs.append(va[1])
         ys.append(vb[1])
-    return xs, ys, "; ".join(left) or None
+        images.append(va[0])
+    return xs, ys, "; ".join(left) or None, images
 
 
-def _image_family(title: str, metric: str, test: Literal["cmh", "sign_flip"], cells: BySeed,
+def _image_family(title: str, metric: str, test: ImageTest, cells: BySeed,
                   pairs: list[Pair], per_image: PerImage, skipped: list[str],
                   comparison: Kind = "vs_fp32") -> ImageFamily:
     results, skipped = [], list(skipped)
     for a, b in pairs:
-        xs, ys, left = _paired_by_seed(cells, a, b, per_image)
+        xs, ys, left, images = _paired_by_seed(cells, a, b, per_image)
         if not xs:
             skipped.append(f"{a} vs {b}: {left or 'no seed in common'}")
             continue
         if left:
             skipped.append(f"{a} vs {b}: {left}")
-        res = stats.cmh_paired(xs, ys) if test == "cmh" else stats.sign_flip_test(xs, ys)
+        res = IMAGE_TESTS[test](xs, ys, images=images)
         results.append(replace(res, name_a=a, name_b=b))
     adjusted = stats.holm([r.p_value for r in results])
     return ImageFamily(title, metric, test,
@@ -288,13 +308,13 @@ def _image_family(title: str, metric: str, test: Literal["cmh", "sign_flip"], ce
 
 
 def image_families(ok: pd.DataFrame, configs: list[str], metric: str,
-                   test: Literal["cmh", "sign_flip"], per_image: PerImage) -> list[ImageFamily]:
+                   test: ImageTest, per_image: PerImage) -> list[ImageFamily]:
     """Per-image families of one statistic: vs FP32, vs float control, pairs at a bit-width."""
     cells = by_seed(ok)
     have = [c for c in configs
             if any(per_image(cid) is not None for cid, _ in cells.get(c, {}).values())]
     plan = comparisons(ok, have)
-    name = "accuracy" if test == "cmh" else metric
+    name = "accuracy" if test == "clustered_mcnemar" else metric
     out = []
     if FP32 in have:
         out.append(_image_family(f"{name} per image: each configuration vs FP32", metric, test,
@@ -380,7 +400,8 @@ def block_tests(data: ReportData) -> list[BlockTests]:
         if saliency is not None:
             tests.families += families(ok, saliency)
         configs = list(matrix)
-        tests.image_families = image_families(ok, configs, "accuracy", "cmh", correct)
+        tests.image_families = image_families(ok, configs, "accuracy", "clustered_mcnemar",
+                                              correct)
         if metric is not None and values is not None:
             tests.image_families += image_families(ok, configs, metric, "sign_flip", values)
         tests.mcnemar, tests.mcnemar_note = mcnemar_vs_fp32(data, ok)

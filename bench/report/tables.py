@@ -11,9 +11,11 @@ import pandas as pd
 
 from bench import stats
 from bench.report import fmt
+from bench.report.clinical import clinical_view, macro_f1_by_cell
 from bench.report.data import BLOCK, CONFIG, FP32, ReportData, config_sort_key
 
-Kind = Literal["text", "int", "ci", "float", "kib", "pct", "ms", "mb", "ratio", "points", "pval"]
+Kind = Literal["text", "int", "ci", "float", "kib", "pct", "ms", "mb", "ratio", "points", "pval",
+               "delta"]
 Better = Literal["high", "low"] | None
 
 SALIENCY_KEY = {"saliency_spearman_fp32": ("saliency ρ vs FP32", "high"),
@@ -25,13 +27,19 @@ SALIENCY_KEY = {"saliency_spearman_fp32": ("saliency ρ vs FP32", "high"),
 """The saliency columns the main table shows when present: label and better direction (the
 null control is not ranked; deletion as its gain over a random order, comparable across
 models, see bench.saliency.metrics.perturbation_scores)."""
+CALIBRATION_KEY = {"ece": ("ECE", "low"), "brier": ("Brier", "low"),
+                   "auroc_macro": ("macro AUROC", "high"), "torch_ece": ("torch ECE", "low"),
+                   "torch_brier": ("torch Brier", "low"),
+                   "torch_auroc_macro": ("torch macro AUROC", "high")}
+"""The probability columns (bench.store.evaluation) the main table shows when present: the
+headline model's (deployed where the cell has a deploy stage) and the torch model's."""
 
 
 @dataclass(frozen=True)
 class Column:
     """A table column: row key, header label, how to format it, which way is better, the
-    header group it sits under (a device, "deployed", "saliency") and, for "ci", "float" and
-    "ms", the digits after the point (None: the kind's default)."""
+    header group it sits under (a device, "deployed", "saliency") and, for "ci", "float", "ms"
+    and "delta", the digits after the point (None: the kind's default)."""
 
     key: str
     label: str
@@ -90,6 +98,8 @@ def text(column: Column, row: dict[str, Any]) -> str:
             return fmt.points(value, row.get(f"{column.key}_mark"))
         case "pval":
             return fmt.pval(value)
+        case "delta":
+            return fmt.signed(value, 3 if column.digits is None else column.digits)
         case "mb":
             return fmt.num(value, 1)
         case "ratio":
@@ -136,16 +146,20 @@ def main_columns(data: ReportData) -> list[Column]:
     cols = [Column("config", "configuration", "text"), Column("seeds", "seeds", "int"),
             Column("failed", "failed", "int"),
             Column("accuracy", "accuracy (95% CI)", "ci", "high"),
-            Column("macro_f1", "macro-F1", "float", "high")]
+            Column("macro_f1", "macro-F1", "float", "high"),
+            Column("torch_macro_f1", "torch macro-F1", "float", "high")]
     if _has(ok, "deployed_accuracy"):
         cols += [Column("deployed_accuracy", "deployed acc.", "float", "high", "deployed"),
                  Column("torch_accuracy", "torch acc.", "float", "high", "deployed"),
                  Column("agreement", "agreement", "float", "high", "deployed"),
                  Column("int_coverage", "int. coverage", "float", "high", "deployed"),
+                 Column("int_coverage_macs", "int. coverage (MACs)", "float", "high", "deployed"),
                  Column("size_bytes", "ONNX KiB", "kib", "low", "deployed"),
                  Column("size_pct", "% FP32", "pct", "low", "deployed"),
                  Column("packed_size_bytes", "packed KiB", "kib", "low", "deployed"),
                  Column("packed_pct", "% FP32", "pct", "low", "deployed")]
+    cols += [Column(k, label, "float", better, "calibration", 3)
+             for k, (label, better) in CALIBRATION_KEY.items() if _has(ok, k)]
     for device in data.devices:
         cols += [Column(f"p50@{device}", "p50 ms", "ms", "low", device),
                  Column(f"p90@{device}", "p90 ms", "ms", "low", device),
@@ -157,7 +171,8 @@ def main_columns(data: ReportData) -> list[Column]:
     return cols
 
 
-def _config_row(cells: pd.DataFrame, ok: pd.DataFrame, columns: list[Column]) -> dict[str, Any]:
+def _config_row(cells: pd.DataFrame, ok: pd.DataFrame, columns: list[Column],
+                f1: dict[str, float]) -> dict[str, Any]:
     first = cells.iloc[0]
     row: dict[str, Any] = {"config": first.config, "method": first.method,
                            "w_bits": int(first.w_bits), "a_bits": int(first.a_bits),
@@ -165,8 +180,12 @@ def _config_row(cells: pd.DataFrame, ok: pd.DataFrame, columns: list[Column]) ->
                            "failed": int((cells.status != "ok").sum())}
     row["accuracy"], row["accuracy_low"], row["accuracy_high"] = _ci(ok.accuracy)
     keys = {c.key for c in columns}
-    for key in ("macro_f1", "deployed_accuracy", "torch_accuracy", "agreement", "int_coverage",
-                "size_bytes", "packed_size_bytes", *SALIENCY_KEY):
+    headline_f1 = pd.Series([f1.get(c) for c in ok.cell_id], dtype=float)
+    row["macro_f1"] = float(headline_f1.mean()) if headline_f1.notna().any() else None
+    row["torch_macro_f1"] = float(ok.macro_f1.mean()) if _has(ok, "macro_f1") else None
+    for key in ("deployed_accuracy", "torch_accuracy", "agreement", "int_coverage",
+                "int_coverage_macs", "size_bytes", "packed_size_bytes", *CALIBRATION_KEY,
+                *SALIENCY_KEY):
         if key in keys:
             row[key] = float(ok[key].mean()) if _has(ok, key) else None
     if "flags" in keys:
@@ -206,9 +225,14 @@ def mark_best(block: Block, columns: list[Column]) -> None:
                                                                          atol=0)}
 
 
-def main_table(data: ReportData) -> Table:
-    """Per data set x backbone x method x bits: accuracy with CI over seeds, deployment,
-    latency and memory per device, key saliency figures; best value per column marked."""
+def main_table(data: ReportData, f1: dict[str, float] | None = None) -> Table:
+    """Per data set x backbone x method x bits: accuracy with CI over seeds, macro-F1 of the
+    headline (deployed) predictions beside the torch model's, calibration, deployment,
+    latency and memory per device, key saliency figures; best value per column marked.
+    ``f1``: each cell's headline macro-F1 (bench.report.clinical.macro_f1_by_cell; computed
+    here when not given)."""
+    if f1 is None:
+        f1 = macro_f1_by_cell(clinical_view(data))
     columns = main_columns(data)
     if data.cells.empty:
         return Table(columns, [])
@@ -222,7 +246,7 @@ def main_table(data: ReportData) -> Table:
         for key, group in sorted(cells.groupby(["method", "w_bits", "a_bits"]),
                                  key=lambda kv: config_sort_key(*kv[0])):
             mine = ok_by.get((dataset, backbone, *key), data.ok.iloc[:0])
-            row = _config_row(group, mine, columns)
+            row = _config_row(group, mine, columns, f1)
             _add_devices(row, by_config.get((dataset, backbone, row["config"]), empty))
             rows.append(row)
         _add_fp32_percent(rows)

@@ -17,13 +17,15 @@ from torch import nn
 
 from bench.checkpoints import WEIGHTS, save_model
 from bench.data import PreparedData, batches, normalize
-from bench.metrics import classification_metrics
+from bench.errors import disk_full
+from bench.metrics import DEFINITIONS, classification_metrics, probability_metrics
 from bench.models import build_model
 from bench.objectives import Objective
 from bench.runner.outcome import CellOutcome, describe_error, mark_failed, new_record
 from bench.runner.plan import Cell
 from bench.runner.stages import STAGES, StageInput, load_stages
 from bench.store import ResultsStore
+from bench.store.evaluation import EVALUATION, PROBABILITY_COLUMNS, PROBABILITY_SOURCE
 from bench.train import EpochHook, fit, predict
 from methods import MethodContext, get_method
 
@@ -39,13 +41,16 @@ def seed_everything(seed: int) -> None:
 
 
 def load_fp32_model(store: ResultsStore, cell: Cell, num_classes: int) -> nn.Module:
-    """The FP32 parent's trained model, read only from a committed (status ok) record."""
+    """The FP32 parent's trained model, read only from a committed (status ok) record and only
+    once its weights file has the SHA-256 the record states (ArtifactMismatchError naming the
+    file otherwise; the driver recomputes such a parent before its children, see
+    executors/driver.py, so this fails only if the file changes during the run)."""
     parent_id = cell.config.parent_id
     record = store.get(parent_id) if parent_id else None
     if record is None or record.status != "ok":
         raise ParentMissingError(f"FP32 parent {parent_id} of {cell.label} has not succeeded")
     model = build_model(cell.config.backbone, num_classes)
-    state = torch.load(store.artifact_dir(parent_id) / WEIGHTS, weights_only=True)
+    state = torch.load(store.checked_file(record, WEIGHTS), weights_only=True)
     model.load_state_dict(state)
     return model
 
@@ -89,6 +94,21 @@ def _write_artifacts(folder: Path, result_model: nn.Module, data: PreparedData,
     (folder / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
 
 
+def evaluation(labels: np.ndarray, logits: torch.Tensor, stages: dict[str, Any]
+               ) -> dict[str, Any]:
+    """The torch model's probability metrics (``torch_*`` columns) and, where no stage reported
+    the deployed model's (the deploy stage's ``ece``, ``brier``, ``auroc_macro``), the torch
+    model's as those columns too; ``probability_source`` says whose they are."""
+    own = probability_metrics(labels, logits.numpy())
+    columns: dict[str, Any] = {f"torch_{k}": v for k, v in own.items()}
+    deployed = any(isinstance(r, dict) and set(PROBABILITY_COLUMNS) <= set(r.get("columns") or {})
+                   for r in stages.values())
+    if not deployed:
+        columns.update(own)
+    columns[PROBABILITY_SOURCE] = "deployed" if deployed else "torch"
+    return {"definitions": DEFINITIONS, "columns": columns}
+
+
 def run_stages(cell: Cell, data: PreparedData, model: nn.Module, quantized: bool,
                logits: torch.Tensor, folder: Path, store: ResultsStore, torch_device: torch.device
                ) -> dict[str, Any]:
@@ -125,8 +145,11 @@ def compute_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name:
             metrics = classification_metrics(data.images.labels[data.split.test].numpy(),
                                              logits.argmax(1).numpy(), data.num_classes)
             metrics.update(classes=data.images.classes, **result.extras)
-            metrics.update(run_stages(cell, data, result.model, result.quantized, logits,
-                                      staged, store, torch_device))
+            stages = run_stages(cell, data, result.model, result.quantized, logits, staged,
+                                store, torch_device)
+            metrics.update(stages)
+            metrics[EVALUATION] = evaluation(data.images.labels[data.split.test].numpy(),
+                                             logits, stages)
             record.status, record.accuracy, record.macro_f1 = "ok", metrics["accuracy"], \
                 metrics["macro_f1"]
             record.train_seconds, record.metrics = train_seconds, metrics
@@ -136,4 +159,5 @@ def compute_cell(cell: Cell, data: PreparedData, store: ResultsStore, grid_name:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:  # a failed cell is a result: return it and go on
-        return CellOutcome(mark_failed(record, describe_error(err)))
+        return CellOutcome(mark_failed(record, describe_error(err)),
+                           disk_full=disk_full(err) is not None)

@@ -18,10 +18,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class CellOutcome:
-    """A computed cell, not yet stored: its record and its staged artifacts (None if failed)."""
+    """A computed cell, not yet stored: its record and its staged artifacts (None if failed);
+    ``disk_full``: it failed because a disk was full (not the cell's fault: the driver stops
+    the run instead of storing it as failed)."""
 
     record: CellRecord
     staged: Path | None = None
+    disk_full: bool = False
 
 
 def new_record(cell: Cell, grid_name: str, torch_device: torch.device | str,
@@ -39,7 +42,9 @@ def new_record(cell: Cell, grid_name: str, torch_device: torch.device | str,
 
 
 def mark_failed(record: CellRecord, error: str) -> CellRecord:
-    record.status, record.error = "failed", error
+    from bench.store.bounds import clip_text
+
+    record.status, record.error = "failed", clip_text(error)
     record.metrics, record.finished_at = {}, datetime.now(UTC)
     return record
 

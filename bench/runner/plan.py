@@ -13,6 +13,7 @@ from typing import Any
 
 from bench.config import (
     FP32_BITS,
+    MAX_SEEDS,
     BackboneConfig,
     CellConfig,
     DataConfig,
@@ -93,6 +94,8 @@ def apply_overrides(grid: GridConfig, o: Overrides) -> GridConfig:
     if o.methods:
         changes["methods"] = _chosen("method", METHODS, o.methods, grid.methods, grid.name)
     if o.seeds is not None:
+        if o.seeds > MAX_SEEDS:
+            raise ConfigError(f"--seeds {o.seeds:,}: at most {MAX_SEEDS:,} seeds")
         changes["seeds"] = list(range(o.seeds))
     if o.epochs is not None:
         changes["train"] = grid.train.model_copy(update={"epochs": o.epochs})

@@ -5,7 +5,7 @@ Column names: `saliency_<metric>` for the grid's first (primary) saliency method
 maps, no masks) is None, so every cell of a grid has the same columns. Beside the statistics:
 `saliency_null_<metric>` (the null control of each FP32-comparison statistic, quantised cells;
 bench.saliency.null) and `saliency_sanity_spearman` (the cascading-randomisation sanity check,
-FP32 cells; bench.saliency.sanity).
+every cell; bench.saliency.sanity).
 """
 
 from __future__ import annotations

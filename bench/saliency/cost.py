@@ -11,7 +11,7 @@ gives the method (all n by default). The deletion and insertion curves share the
 p(target | x), p(target | zeros) and p(target | blurred x), 3 forward passes an image, then
 2 * (deletion_steps - 1) forward passes an image for every method and for the random pixel
 order. Beside that, the null control of a quantised cell explains the evaluated images once more
-through the quantised graph, and the sanity check of an FP32 cell explains `sanity_images`
+through the quantised graph, and the sanity check of every cell explains `sanity_images`
 images at up to max(sanity_checkpoints, 2) points of the randomisation cascade. Metrics on the
 maps and the overlays are not counted. Whoever changes what the stage computes changes these
 counts with it (tests count them with a hook).
@@ -26,7 +26,6 @@ from bench.runner.estimate.costs import CellShape
 from bench.runner.estimate.stage_costs import ModelProbe, register_stage_cost
 from bench.saliency.methods import SALIENCY_METHODS
 from bench.saliency.settings import SaliencyConfig
-from methods.base import FP32
 
 STAGE = "saliency"
 
@@ -65,15 +64,15 @@ def passes(cfg: SaliencyConfig, n: int = 1) -> tuple[int, int]:
 
 
 def stage_cost(settings: SaliencyConfig | dict[str, Any], *, n_test: int, quantized: bool,
-               fp32: bool) -> SaliencyCost:
+               sanity: bool = True) -> SaliencyCost:
     """The stage's passes for a cell with `n_test` test images (null control when `quantized`,
-    sanity check when `fp32`)."""
+    the sanity check, which the stage runs on every cell, unless `sanity` is False)."""
     cfg = settings if isinstance(settings, SaliencyConfig) else SaliencyConfig(**settings)
     n = min(cfg.n_samples, n_test)
     gradient, forward = passes(cfg, n)
     if quantized:
         gradient += n * map_passes(cfg)
-    if fp32:
+    if sanity:
         gradient += min(cfg.sanity_images, n) * max(cfg.sanity_checkpoints, 2) * map_passes(cfg)
     return SaliencyCost(gradient, forward)
 
@@ -84,7 +83,6 @@ def saliency_cost(cfg: SaliencyConfig, shape: CellShape, probe: ModelProbe) -> f
     if n == 0:
         return 0.0
     batch = min(cfg.batch_size, n)
-    cost = stage_cost(cfg, n_test=shape.n_test, quantized=shape.quantized,
-                      fp32=shape.method == FP32)
+    cost = stage_cost(cfg, n_test=shape.n_test, quantized=shape.quantized)
     return (cost.gradient * probe.gradient_image_s(batch)
             + cost.forward * probe.forward_image_s(batch))

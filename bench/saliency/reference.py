@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.saliency.mapfile import load_maps
+from bench.saliency.mapfile import MAPS_FILE, load_maps
 from bench.store import ResultsStore
 from methods.base import FP32
 
@@ -53,6 +53,9 @@ def find_reference(store: ResultsStore, config: Any, index: np.ndarray) -> Refer
             return Reference(skipped="no parent, and no FP32 cell of the same data, backbone, "
                                      "seed, training config and saliency settings in the "
                                      "store")
+    record = store.get(ref_id)
+    if record is not None and MAPS_FILE in (record.artifact_hashes or {}):
+        store.checked_file(record, MAPS_FILE)   # a changed reference fails the cell, named
     stored = load_maps(store.artifact_dir(ref_id))
     if stored is None:
         return Reference(ref_id, relation, skipped=f"reference cell {ref_id} has no saliency maps")

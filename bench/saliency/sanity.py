@@ -3,9 +3,11 @@
 Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018: a saliency method whose maps
 barely change when the model's weights are replaced by random ones does not explain the model
 (it shows the input's structure, an edge detector would do as well), so its stability under
-quantisation says nothing about the model either. On an FP32 cell, the layers are re-initialised
-from the top (the classifier) down, cumulatively; at `checkpoints` points of the cascade (after
-the top layer, then evenly spaced, the last after every layer) the maps of the randomised model
+quantisation says nothing about the model either. On any cell (FP32, float or fake-quant: a
+quantised model's Brevitas layers are re-initialised under their trained quantisers, and its maps
+are straight-through-gradient maps), the layers are re-initialised from the top (the classifier)
+down, cumulatively; at `checkpoints` points of the cascade (after the top layer, then evenly
+spaced, the last after every layer) the maps of the randomised model
 are compared with the trained model's maps of the same images by Spearman rank correlation (and
 SSIM). A method fails when its mean Spearman after the whole model is randomised is at least
 `threshold` (default 0.5); the figure and the threshold are stored with the verdict.

@@ -30,7 +30,7 @@ class SaliencyConfig(BaseModel):
     smoothgrad_samples: SmoothGrad noise; ig_steps: Integrated-Gradients steps; gradcam_layer:
     dotted module name whose output Grad-CAM reads, None = the input of the final global pooling;
     deletion_steps: pixel-flipping steps; sanity_images / sanity_checkpoints / sanity_threshold:
-    the cascading-randomisation sanity check on FP32 cells (bench.saliency.sanity), run on the
+    the cascading-randomisation sanity check of every cell (bench.saliency.sanity), run on the
     first sanity_images images of the same permutation (0: not run), maps compared at
     sanity_checkpoints points of the cascade, a method fails at mean Spearman >=
     sanity_threshold after full randomisation;

@@ -7,8 +7,9 @@ cell produced (the Brevitas fake-quant model for quantised cells). Stored in the
 record: per-method mean, std and per-sample values of every metric, and the `saliency_*`
 columns (see bench.saliency.columns). Quantisation stability is measured against the stored
 maps of the FP32 reference cell (see bench.saliency.reference); beside it, for quantised cells,
-the same statistics of the null control (bench.saliency.null); FP32 cells get the
-model-parameter-randomisation sanity check of every saliency method (bench.saliency.sanity).
+the same statistics of the null control (bench.saliency.null). Every cell, quantised ones too
+(on their fake-quant model), gets the model-parameter-randomisation sanity check of every
+saliency method (bench.saliency.sanity), so each configuration reports its own verdict.
 
 The stage runs on the cell's torch device (`StageInput.torch_device`: CUDA when the cell trained
 there; stored as the result's `device` key): the model stays where the cell left it, the images
@@ -42,7 +43,6 @@ from bench.saliency.reference import Reference, find_reference
 from bench.saliency.sanity import randomisation_check
 from bench.saliency.settings import detail_positions
 from bench.saliency.suite import SaliencyConfig, maps_for, stability_suite, subsets
-from methods.base import FP32
 
 log = logging.getLogger(__name__)
 OVERLAY_DIR = "saliency_overlays"
@@ -115,10 +115,10 @@ def run_null_control(inp: StageInput, cfg: SaliencyConfig, ref: Reference, image
 def run_sanity_check(inp: StageInput, cfg: SaliencyConfig, model: nn.Module,
                      images: torch.Tensor, targets: torch.Tensor, index: np.ndarray,
                      maps: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The cascading-randomisation check of an FP32 cell on the first `sanity_images` images of
-    the evaluated images' seeded permutation (`detail_positions`)."""
-    if inp.cell.config.method != FP32:
-        return {"skipped": "run on FP32 cells only"}
+    """The cascading-randomisation check of the cell's own model (FP32, float control or
+    fake-quant: a quantised cell's maps are its straight-through-gradient maps, its layers are
+    the Brevitas ones, randomised through their trained quantisers) on the first
+    `sanity_images` images of the evaluated images' seeded permutation (`detail_positions`)."""
     if cfg.sanity_images == 0:
         return {"skipped": "sanity_images is 0"}
     k = min(cfg.sanity_images, len(index))

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from bench.server.db import open_store
+from bench.server.ingest import StagingBudget
 from bench.server.routes import artifacts, devices, pages, records, uploads
 from bench.server.settings import ServerSettings
 from bench.store import ResultsStore
@@ -27,6 +28,7 @@ def create_app(settings: ServerSettings, store: ResultsStore | None = None) -> F
                   max_body_size=settings.max_body_bytes)
     app.state.settings = settings
     app.state.store = store or open_store(settings)
+    app.state.staging = StagingBudget(settings.max_staging_bytes)
     for module in (uploads, records, devices, artifacts, pages):
         app.include_router(module.router)
 

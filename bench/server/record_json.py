@@ -45,6 +45,9 @@ MARK = "\x00"
 MARK_JSON = '"\\u0000"'
 """MARK as json.dumps writes it: what the stored JSON text replaces."""
 CACHE_BYTES = 64 * 2**20
+PAGE_BYTES = 32 * 2**20
+"""A page's items stop once they pass this many characters; `next_offset` says where to go on."""
+ROWS_AT_ONCE = 50
 
 
 class _Unclean(Exception):
@@ -155,31 +158,46 @@ def total(session: Session, query: Select[Any], model: Model) -> int:
 
 
 def items_json(session: Session, query: Select[Any], model: Model, limit: int, offset: int,
-               samples: bool = True, cache: ItemCache = ITEMS) -> tuple[str, int]:
+               samples: bool = True, cache: ItemCache = ITEMS,
+               page_bytes: int | None = None) -> tuple[str, int]:
     """The JSON array of the records of ``query`` (an ORM select of CellRecord or
     MeasurementRecord, ordered) in ``[offset, offset + limit)``, and how many places of the
-    order the page covers.
+    order the page covers: fewer than ``limit`` once the items pass ``page_bytes`` (default
+    PAGE_BYTES; at least one item each page), so a page stays bounded whatever its records
+    hold. Rows are read ROWS_AT_ONCE at a time.
 
     The page's keys and hashes are read first (without the rows skipped); only the rows whose
     items are not kept are read in full. A row replaced in between by a concurrent upload is
     left out (its replacement has its own place in the order)."""
     shape = layout(model, samples)
+    page_bytes = PAGE_BYTES if page_bytes is None else page_bytes
     connection = session.connection()
     page = connection.execute(query.with_only_columns(shape.key, shape.table.record_hash)
                               .limit(limit).offset(offset)).all()
     tag = (shape.kind, shape.samples)
     kept = cache.get_many((*tag, h) for _, h in page if h is not None)
-    wanted = [k for k, h in page if (*tag, h) not in kept]
-    fresh = {}
-    if wanted:
-        for row in connection.execute(shape.rows_by_key, {"keys": wanted}):
-            text = _row_or_validated(session, shape, row)
+    items: list[str] = []
+    covered = size = 0
+    for start in range(0, len(page), ROWS_AT_ONCE):
+        part = page[start:start + ROWS_AT_ONCE]
+        wanted = [k for k, h in part if (*tag, h) not in kept]
+        fresh = {}
+        if wanted:
+            for row in connection.execute(shape.rows_by_key, {"keys": wanted}):
+                text = _row_or_validated(session, shape, row)
+                if text is not None:
+                    fresh[row[0]] = text
+                    if row[-1] is not None:
+                        cache.put((*tag, row[-1]), text)
+        for k, h in part:
+            text = fresh.get(k) or kept.get((*tag, h))
             if text is not None:
-                fresh[row[0]] = text
-                if row[-1] is not None:
-                    cache.put((*tag, row[-1]), text)
-    items = [text for k, h in page if (text := fresh.get(k) or kept.get((*tag, h)))]
-    return f"[{','.join(items)}]", len(page)
+                if items and size + len(text) > page_bytes:
+                    return f"[{','.join(items)}]", covered
+                items.append(text)
+                size += len(text) + 1
+            covered += 1
+    return f"[{','.join(items)}]", covered
 
 
 def _row_or_validated(session: Session, shape: Layout, row: Row[Any]) -> str | None:

@@ -25,6 +25,8 @@ class ServerSettings(BaseModel):
     port: int = Field(8080, ge=0, le=65535)
     private_reads: bool = False
     max_body_mb: float = Field(256.0, gt=0)
+    max_staging_mb: float = Field(8192.0, gt=0)
+    """Staging disk that bundle uploads unpacked at the same time may take together."""
 
     @field_validator("db_url")
     @classmethod
@@ -43,6 +45,10 @@ class ServerSettings(BaseModel):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_staging_bytes(self) -> int:
+        return int(self.max_staging_mb * 1024 * 1024)
 
     @classmethod
     def of(cls, db_url: str | None, data_dir: Path | None = None, **options: object

@@ -27,13 +27,15 @@ class ApiToken(Base):
 
 
 class DeviceRecord(Base):
-    """A device known to the server: named when its first token is made."""
+    """A device known to the server: named when its first token is made. Its public keys are
+    those of its tokens (revoked ones too) made after ``keys_dropped_at`` (migration 0005)."""
 
     __tablename__ = "devices"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     last_upload_at: Mapped[datetime | None] = mapped_column(DateTime)
+    keys_dropped_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class UploadRecord(Base):

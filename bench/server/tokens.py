@@ -3,8 +3,10 @@
 A token is `medq_` plus 32 random bytes (URL-safe base64). Looking a token up by the hash of
 what the client sent compares hashes inside the database's unique index, never the secret
 itself, and a token is never logged or stored. A token may carry the device's Ed25519 public key
-(`bench serve token create --public-key FILE`): once a device has one on an unrevoked token, the
-server accepts only uploads signed by one of its keys.
+(`bench serve token create --public-key FILE`): the key is then the device's, and the server
+accepts only uploads signed by one of the device's keys. Revoking the token does not drop the
+key (a new token without one would otherwise end the signing requirement by accident); only
+`--allow-unsigned` on a new token does.
 """
 
 from __future__ import annotations
@@ -48,18 +50,26 @@ def hash_token(token: str) -> str:
 
 
 def create_token(engine: Engine, device: str, label: str = "",
-                 public_key: PublicKey | None = None) -> tuple[int, str]:
+                 public_key: PublicKey | None = None, allow_unsigned: bool = False
+                 ) -> tuple[int, str]:
     """A new token for ``device`` (named in `devices` if new), with the device's public key if
-    given; returns (id, token text)."""
+    given; ``allow_unsigned`` first drops the device's registered keys, so that its uploads
+    need no signature (until a key is registered again). Returns (id, token text)."""
     if not valid_device(device):
         raise UsageError(f"invalid device name {device!r} (must match {DEVICE_PATTERN})")
     if len(label) > 128:
         raise UsageError("a token label is at most 128 characters")
+    if allow_unsigned and public_key is not None:
+        raise UsageError("--allow-unsigned drops the device's keys; it cannot register one")
     token = PREFIX + secrets.token_urlsafe(32)
     now = utc_now()
     with Session(engine) as session, session.begin():
-        if session.get(DeviceRecord, device) is None:
-            session.add(DeviceRecord(name=device, created_at=now))
+        known = session.get(DeviceRecord, device)
+        if known is None:
+            known = DeviceRecord(name=device, created_at=now)
+            session.add(known)
+        if allow_unsigned:
+            known.keys_dropped_at = now
         row = ApiToken(device=device, token_hash=hash_token(token), created_at=now, label=label,
                        public_key=public_key.text if public_key is not None else None)
         session.add(row)
@@ -90,10 +100,15 @@ def device_for(session: Session, token: str) -> str | None:
 
 
 def device_keys(session: Session, device: str) -> list[PublicKey]:
-    """The public keys on ``device``'s unrevoked tokens (named after the device)."""
-    texts = session.scalars(select(ApiToken.public_key).where(
-        ApiToken.device == device, ApiToken.revoked_at.is_(None),
-        ApiToken.public_key.is_not(None)).distinct())
+    """``device``'s public keys (named after it): those of its tokens, revoked ones too, made
+    after its keys were last dropped (`--allow-unsigned`)."""
+    dropped = session.scalar(select(DeviceRecord.keys_dropped_at).where(
+        DeviceRecord.name == device))
+    query = select(ApiToken.public_key).where(ApiToken.device == device,
+                                              ApiToken.public_key.is_not(None))
+    if dropped is not None:
+        query = query.where(ApiToken.created_at > dropped)
+    texts = sorted(set(session.scalars(query)))
     return [PublicKey.from_text(text, device) for text in texts]
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import Engine, create_engine, event, exists, select
 from sqlalchemy.orm import Session
 
 from bench.store import migrate
-from bench.store.artifacts import file_sha256, hash_tree
+from bench.store.artifacts import file_sha256, hash_tree, mismatches
 from bench.store.identity import local_device
 from bench.store.measurements import MeasurementRecord, empty_columns, latest_columns
 from bench.store.peek import DB_NAME, LOG_DIR, StoreBusyError, exclusive
@@ -45,6 +45,7 @@ from bench.store.schema import RESULT_COLUMNS, CellRecord
 from bench.store.sqlite_file import (
     StoreReadOnly,
     check_database,
+    check_store_folder,
     reading_url,
     sqlite_file,
     track_connections,
@@ -66,7 +67,9 @@ class ResultsStore:
         self.log_dir = self.root / LOG_DIR
         self.url = db_url or f"sqlite:///{self.root / DB_NAME}"
         database = sqlite_file(self.url)
-        if database is not None and database.exists():
+        if database is not None:
+            check_store_folder(self.root)
+        if database is not None and (database.exists() or database.is_symlink()):
             check_database(database)
         if not (readonly and self._open_to_read(database)):
             self._open_to_write(database)
@@ -123,6 +126,29 @@ class ResultsStore:
 
     def artifact_dir(self, cell_id: str) -> Path:
         return self.artifact_root / cell_id
+
+    def damaged(self, record: CellRecord) -> list[str]:
+        """The files ``record`` lists in its artifact_hashes that are missing from its folder
+        or differ from their SHA-256 (all of them when the folder is gone)."""
+        return mismatches(self.artifact_dir(record.cell_id), record.artifact_hashes or {})
+
+    def checked_file(self, record: CellRecord, name: str) -> Path:
+        """The path of ``record``'s artifact ``name`` once its SHA-256 is the one the record
+        states; ArtifactMismatchError naming the file otherwise (missing, differing, or a
+        file the record does not list)."""
+        path = self.artifact_dir(record.cell_id) / name
+        expected = (record.artifact_hashes or {}).get(name)
+        if expected is None:
+            raise ArtifactMismatchError(f"{path}: not among the files of cell "
+                                        f"{record.cell_id}'s record")
+        if not path.is_file():
+            raise ArtifactMismatchError(f"{path}: missing (cell {record.cell_id}'s record "
+                                        "lists it)")
+        if file_sha256(path) != expected:
+            raise ArtifactMismatchError(f"{path}: its SHA-256 differs from the one cell "
+                                        f"{record.cell_id}'s record states (the file changed "
+                                        "after the cell was stored)")
+        return path
 
     @contextmanager
     def staging(self, cell_id: str) -> Iterator[Path]:
@@ -233,6 +259,10 @@ class ResultsStore:
         return [{**{c: getattr(r, c) for c in RESULT_COLUMNS}, **empty_columns(),
                  **stage_columns(r), **measured.get(r.cell_id, {})}
                 for r in self.records()]
+
+
+class ArtifactMismatchError(RuntimeError):
+    """A stored cell's artifact file is missing or differs from its record's SHA-256."""
 
 
 def stage_columns(record: CellRecord) -> dict[str, Any]:

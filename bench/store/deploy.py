@@ -12,7 +12,8 @@ DEPLOY_STAGE = "deploy"
 
 DEPLOY_COLUMNS = ("size_bytes", "shipped_size_bytes", "packed_size_bytes", "int_kernels",
                   "int_coverage", "deployed_accuracy", "agreement", "params", "macs",
-                  "deploy_flags")
+                  "deploy_flags", "deployed_macro_f1", "ece", "brier", "auroc_macro",
+                  "int_coverage_macs")
 """The result columns of the deploy stage (bench/deploy/stage.py), the one list of them:
 the store fills them with None for cells it did not run on, the report reads them."""
 DEPLOY_TEXT_COLUMNS = frozenset({"deploy_flags"})
@@ -27,3 +28,25 @@ def deploy_files(cell: CellData) -> list[str]:
         return []
     names = {v for k, v in deploy.items() if k.endswith("_file") and isinstance(v, str)}
     return sorted(names & cell.artifact_hashes.keys())
+
+
+FILE_SIZES = {"onnx_file": "size_bytes", "shipped_file": "shipped_size_bytes",
+              "packed_file": "packed_size_bytes"}
+"""The deploy stage's file keys and the column holding each file's size on disk (the packed
+size is the packed file's size when the stage wrote one)."""
+
+
+def recorded_sizes(cell: CellData) -> dict[str, int]:
+    """The size in bytes the cell's deploy stage recorded for each of its deploy files."""
+    deploy = cell.metrics.get(DEPLOY_STAGE)
+    if not isinstance(deploy, dict) or not isinstance(deploy.get("columns"), dict):
+        return {}
+    sizes: dict[str, int] = {}
+    for key, column in FILE_SIZES.items():
+        name, size = deploy.get(key), deploy["columns"].get(column)
+        if key == "packed_file" and deploy.get("packed_size_source") != "packed file":
+            continue
+        if isinstance(name, str) and isinstance(size, int) and not isinstance(size, bool) \
+                and size >= 0:
+            sizes[name] = min(size, sizes.get(name, size))
+    return sizes

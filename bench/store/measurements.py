@@ -13,6 +13,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
 from bench.store.deploy import DEPLOY_COLUMNS
+from bench.store.evaluation import EVALUATION_COLUMNS
 from bench.store.identity import local_device
 from bench.store.records import MeasurementData, audit_replacement
 from bench.store.schema import MeasurementRecord
@@ -81,5 +82,5 @@ def latest_columns(engine: Engine, profile: str | None = None) -> dict[str, dict
 
 
 def empty_columns() -> dict[str, Any]:
-    """The deploy and measurement result columns, all None."""
-    return dict.fromkeys(DEPLOY_COLUMNS + MEASUREMENT_COLUMNS)
+    """The deploy, probability and measurement result columns, all None."""
+    return dict.fromkeys(DEPLOY_COLUMNS + EVALUATION_COLUMNS + MEASUREMENT_COLUMNS)

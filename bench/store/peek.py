@@ -20,7 +20,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from bench.errors import UsageError
-from bench.store.sqlite_file import check_database, in_use, reading_uri
+from bench.store.sqlite_file import StoreReadOnly, check_database, in_use, reading_uri
 
 DB_NAME = "medq.sqlite"
 LOG_DIR = "logs"
@@ -41,6 +41,11 @@ def exclusive(root: Path, verb: str) -> Iterator[None]:
         lock.acquire(timeout=0)
     except Timeout as err:
         raise StoreBusyError(f"another bench {verb} is using the store {root}") from err
+    except OSError as err:   # EROFS, EACCES: the lock file cannot be made
+        raise StoreReadOnly(f"cannot take the lock {lock.lock_file} of bench {verb} on the "
+                            f"store {root}: {err.strerror or err}; bench {verb} writes to "
+                            "the store (the reading verbs results, report, export, compare "
+                            "and upload work on a read-only store)") from err
     try:
         yield
     finally:

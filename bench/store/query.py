@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import Select, or_, select
 
+from bench.errors import UsageError
 from bench.registry import has_wildcards, matching, pattern_regex
 from bench.store.records import CellData
 from bench.store.schema import CellRecord, MeasurementRecord
+
+MAX_PATTERNS = 100
+"""The most wildcard patterns one name filter may hold: each is one SQL expression, and
+SQLite refuses a query deeper than 1,000."""
 
 
 class RecordFilter(BaseModel):
@@ -36,6 +41,19 @@ class RecordFilter(BaseModel):
     def _none_is_any(cls, value: Any) -> Any:
         """None (an option not given on the command line) means any, like an empty list."""
         return [] if value is None else value
+
+    @model_validator(mode="after")
+    def _patterns_are_valid(self) -> RecordFilter:
+        """UsageError naming an invalid pattern, or a filter of more than MAX_PATTERNS."""
+        for what, patterns in (("dataset", self.datasets), ("backbone", self.backbones),
+                               ("method", self.methods)):
+            wild = [p for p in patterns if has_wildcards(p)]
+            if len(wild) > MAX_PATTERNS:
+                raise UsageError(f"{what}: {len(wild)} wildcard patterns; at most "
+                                 f"{MAX_PATTERNS} are allowed")
+            for pattern in wild:
+                pattern_regex(pattern)
+        return self
 
     def _cell_conditions(self) -> list[Any]:
         names = ((CellRecord.dataset, self.datasets), (CellRecord.backbone, self.backbones),

@@ -25,10 +25,26 @@ from functools import partial
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    create_model,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bench.store.bounds import (
+    FINITE_FIELDS,
+    MAX_ARTIFACT_FILES,
+    MAX_SAMPLES,
+    bounded_json,
+    bounded_text,
+    require_finite,
+)
 from bench.store.identity import DEVICE_PATTERN
 from bench.store.schema import (
     Base,
@@ -89,23 +105,39 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
+Text = Annotated[str, AfterValidator(bounded_text), AfterValidator(_no_nul)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_nul)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[0-9A-Za-z_-]+$")]
 Device = Annotated[str, StringConstraints(pattern=DEVICE_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=HASH_PATTERN)]
-Json = Annotated[dict[str, Any], AfterValidator(clean_json)]
+Json = Annotated[dict[str, Any], AfterValidator(bounded_json), AfterValidator(clean_json)]
 Time = Annotated[datetime, AfterValidator(_utc_naive)]
 Real = Annotated[float | None, AfterValidator(_finite)]
+RECEIVED = {"received": True}
+"""The validation context of records arriving from elsewhere (an upload, a bundle's lines):
+a measurement's NaN or infinite figure is refused there, where a stored one reads as null."""
+
+
+def _finite_figure(value: float | None, info: ValidationInfo) -> float | None:
+    if value is None or math.isfinite(value):
+        return value
+    if info.context and info.context.get("received"):
+        return require_finite(value)
+    return None
+
+
+Finite = Annotated[float | None, AfterValidator(_finite_figure)]
+"""A measurement's figure: a finite number or absent (see RECEIVED)."""
 Bits = Annotated[int, Field(ge=1, le=32)]
 Count = Annotated[int, Field(ge=0, le=INT32)]
 
 
 def _column_field(column: sa.Column[Any]) -> tuple[Any, Any]:
     """A field's (type, default) as its column implies: a string of at most the column's length
-    (any length for Text) without NUL, an integer 0..INT32, a finite float (else None), cleaned
-    JSON, a naive UTC time; None by default where the column is nullable, and a fresh copy of
-    the column's default where it has one (its callable ignores the context it is given)."""
+    (MAX_TEXT_CHARS for Text) without NUL, an integer 0..INT32, a finite float (else None),
+    cleaned JSON of at most MAX_JSON_BYTES, a naive UTC time (bounds: bench.store.bounds);
+    None by default where the column is nullable, and a fresh copy of the column's default
+    where it has one (its callable ignores the context it is given)."""
     kind = column.type
     if isinstance(kind, sa.String):
         kind_of: Any = Text if kind.length is None else Annotated[
@@ -199,7 +231,8 @@ CellData = create_model(
         "status": (Literal["ok", "failed"], ...),
         "artifact_hashes": (dict[Annotated[str, StringConstraints(
             min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"),
-            AfterValidator(_relative_path)], Sha256], Field(default_factory=dict)),
+            AfterValidator(_relative_path)], Sha256],
+            Field(default_factory=dict, max_length=MAX_ARTIFACT_FILES)),
     }))
 MeasurementData = create_model(
     "MeasurementData", __base__=_Measurement, __module__=__name__,
@@ -216,7 +249,9 @@ MeasurementData = create_model(
         "batch_size": (Annotated[int, Field(ge=1, le=INT32)], ...),
         "status": (Literal["ok", "failed"], ...),
         "samples_s": (list[Annotated[float, Field(ge=0, allow_inf_nan=False)]],
-                      Field(default_factory=list, max_length=1_000_000)),
+                      Field(default_factory=list, max_length=MAX_SAMPLES)),
+        **{name: (Finite, None) for name in FINITE_FIELDS
+           if isinstance(MeasurementRecord.__table__.columns[name].type, sa.Float)},
     }))
 
 

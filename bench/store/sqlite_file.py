@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,6 +94,13 @@ def sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def check_store_folder(root: Path) -> None:
+    """UsageError unless ``root`` is a folder or does not exist yet (a store is a folder)."""
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--store {root} is a file, not a store folder; give a folder (it is "
+                         "created if missing)")
+
+
 def writable(root: Path, database: Path | None = None) -> bool:
     """Whether this process may write the store's folder (and its database file)."""
     paths = [root] + ([database] if database is not None and database.exists() else [])
@@ -144,6 +152,12 @@ def check_database(path: Path) -> None:
     (`in_use`) was checked when it was opened and is not read again while it is."""
     if in_use(path):
         return
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        link = f" (a link to {os.path.realpath(path)})" if path.is_symlink() else ""
+        raise UsageError(f"the store's database {path} is {kind}{link}; move it away to start "
+                         "a fresh store there, or give another --store")
     size = path.stat().st_size
     if size == 0:
         return

@@ -55,7 +55,7 @@ import pytest
 import torch
 
 from bench.deploy import count_kernels, export_fp32, export_quantized, pack_quantized
-from bench.deploy.kernels import INTEGER_KERNELS, integer_coverage
+from bench.deploy.kernels import INTEGER_KERNELS, graph_coverage
 from bench.deploy.runtime import KERNELS, session_config, session_options, u8s8_saturates
 from bench.measure import run_protocol
 from bench.measure.fingerprint import FLAGS_OF_INTEREST
@@ -255,7 +255,7 @@ def test_latency_targets(artefacts):
     model, flags, vnni = cpu_info()
     saturates = u8s8_saturates()
     counts = {v: count_kernels(artefacts[v]) for v in VARIANTS}
-    coverage = {v: integer_coverage(counts[v]) for v in VARIANTS}
+    coverage = {v: graph_coverage(artefacts[v]).by_nodes for v in VARIANTS}
     integer_nodes = {v: {op: n for op, n in sorted(counts[v].items()) if op in INTEGER_KERNELS}
                      for v in ("w8a8", "ort_static")}
     timed = (*VARIANTS, "w4a4_noclip", "ort_static_rr")

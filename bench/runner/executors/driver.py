@@ -1,24 +1,32 @@
 """The driver: submits cells to an executor in dependency order and is the store's only writer.
 
-Cells already stored ok are skipped. A cell is submitted once the cells it waits for are done
-(order.py); results are committed as they arrive. A worker that dies mid-cell gets the cell
-retried (at most MAX_RETRIES times; a crash that cannot be pinned on one cell is not counted,
-and the cells it took down are retried one at a time until each is cleared). A cell that fails
-is stored with its error, and the cells that start from it are stored as failed ("parent
-failed") without running; the rest of the grid goes on. A plan with nothing to run never starts
-the executor (nor loads the training stack).
+Cells already stored ok are skipped, except a stored cell that a cell to run starts from or
+reads (its FP32 parent, its same-seed FP32 reference) whose artifact folder is gone or whose
+files differ from the SHA-256 its record states: it is recomputed first (training is
+deterministic), so no cell trains from a model other than its parent's record. A cell is
+submitted once the cells it waits for are done (order.py); results are committed as they
+arrive. A worker that dies mid-cell gets the cell retried (at most MAX_RETRIES times; a crash
+that cannot be pinned on one cell is not counted, and the cells it took down are retried one
+at a time until each is cleared). A cell that fails is stored with its error, and the cells
+that start from it are stored as failed ("parent failed") without running; the rest of the
+grid goes on. A plan with nothing to run never starts the executor (nor loads the training
+stack).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import signal
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from bench.errors import DiskFullError, RunInterrupted, disk_full, disk_full_error
 from bench.progress import RunProgress
 from bench.runner.executors.base import Executor, Finished
 from bench.runner.executors.order import Waits, waits
@@ -57,8 +65,37 @@ def execute(plan: Plan, store: ResultsStore, executor: Executor, *, fail_fast: b
             run = _Run(plan, store, executor, progress, fail_fast)
             if not run.pending:
                 return run.summary
-            with executor:
-                return run.run()
+            try:
+                with _term_as_interrupt(), executor:
+                    return run.run()
+            except KeyboardInterrupt as stop:
+                error = RunInterrupted(getattr(stop, "signum", signal.SIGINT),
+                                       len(run.summary.ran))
+                log.warning("%s", error)
+                raise error from None
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is, as SIGINT raises KeyboardInterrupt."""
+
+    signum = signal.SIGTERM
+
+
+@contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the run as SIGINT does (in the main thread; elsewhere it is left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Run:
@@ -76,12 +113,28 @@ class _Run:
         self.crashes: Counter[str] = Counter()
         self.suspects: set[str] = set()
         self.store_ref = StoreRef.of(store)
+        self._recompute_damaged()
         for cell in self.plan.cells:
             if cell.cell_id in self.done:
                 self.summary.cached.append(cell.cell_id)
                 self.progress.cell_done()
             else:
                 self.pending.append(cell)
+
+    def _recompute_damaged(self) -> None:
+        """Take out of ``done`` every stored cell that a cell to run needs or follows and whose
+        artifacts are not the ones its record states, so it runs again before them."""
+        read = {cell_id for cell in self.plan.cells if cell.cell_id not in self.done
+                for cell_id in self.waits[cell.cell_id].needs | self.waits[cell.cell_id].follows}
+        for cell_id in sorted(read & self.done):
+            record = self.store.get(cell_id)
+            bad = self.store.damaged(record) if record is not None else []
+            if bad:
+                shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                log.warning("%s (%s): %s in %s missing or not the stored SHA-256; recomputing it "
+                            "before the cells that read it", self.cells[cell_id].label, cell_id,
+                            shown, self.store.artifact_dir(cell_id))
+                self.done.discard(cell_id)
 
     @cached_property
     def torch_device(self) -> torch.device:
@@ -155,14 +208,35 @@ class _Run:
         cell = self.running.pop(finished.cell_id)
         if finished.outcome is None:
             self._crashed(cell, finished)
+        elif finished.outcome.disk_full:
+            self._drop_staged(cell)
+            raise self._disk_full(cell, finished.outcome.record.error or "")
         else:
             self.suspects.discard(cell.cell_id)
-            self._stored(cell, commit_cell(self.store, finished.outcome))
+            try:
+                record = commit_cell(self.store, finished.outcome)
+            except Exception as err:
+                if (cause := disk_full(err)) is None:
+                    raise
+                self._drop_staged(cell)
+                raise self._disk_full(cell, cause) from err
+            self._stored(cell, record)
         self._show_running()
 
-    def _crashed(self, cell: Cell, finished: Finished) -> None:
+    def _drop_staged(self, cell: Cell) -> None:
         for stale in self.store.staging_root.glob(f"{cell.cell_id}-*"):
             shutil.rmtree(stale, ignore_errors=True)
+
+    def _disk_full(self, cell: Cell, cause: BaseException | str) -> DiskFullError:
+        """The run stops: a full disk is no cell's failure, and nothing of the cell is kept."""
+        done = (f"{len(self.summary.ran)} cells committed this run, {cell.label} not stored "
+                "(not failed)")
+        error = disk_full_error(str(self.store.root), cause, done)
+        log.error("%s", error)
+        return error
+
+    def _crashed(self, cell: Cell, finished: Finished) -> None:
+        self._drop_staged(cell)
         if finished.sole:
             self.crashes[cell.cell_id] += 1
         else:

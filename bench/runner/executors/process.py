@@ -6,11 +6,14 @@ importing torch again.
 
 A pool whose worker dies breaks as a whole: every cell in flight comes back as crashed (pinned
 on the cell only if it was alone), and a fresh pool takes the retries. Workers exit by
-themselves when the driver dies, so a killed `bench run` leaves none behind.
+themselves when the driver dies, so a killed `bench run` leaves none behind. multiprocessing's
+temporary folder (the forkserver's socket) is a scratch folder `medq-mp-*` owned by the driver
+(bench.exchange.scratch), not `pymp-*`: the folder of a killed run is removed by the next one.
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import threading
@@ -21,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from bench.data import PreparedData
+from bench.exchange.scratch import Scratch
 from bench.runner.executors.base import (
     Executor,
     ExecutorOptions,
@@ -37,6 +41,21 @@ if TYPE_CHECKING:
     from bench.train import EpochHook
 
 DRIVER_POLL_SECONDS = 1.0
+MP_PREFIX = "medq-mp-"
+_mp_scratch: list[Scratch] = []
+
+
+def own_temp_dir() -> None:
+    """Give multiprocessing a scratch folder of this process as its temporary folder (unless it
+    has one already), removed at exit, or by the next run if this one is killed."""
+    from multiprocessing import process
+
+    config = process.current_process()._config  # multiprocessing.util.get_temp_dir reads it
+    if config.get("tempdir") is None:
+        scratch = Scratch(MP_PREFIX)
+        _mp_scratch.append(scratch)
+        config["tempdir"] = str(scratch.path)
+        atexit.register(scratch.close)
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -89,6 +108,7 @@ class ProcessExecutor(Executor):
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            own_temp_dir()
             self._pool = ProcessPoolExecutor(self.workers, mp_context=worker_context(),
                                              initializer=init_worker, initargs=(os.getpid(),))
         return self._pool

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from bench.server.auth import Reader, Writer
 from bench.server.tables import DeviceRecord
+from bench.server.tokens import device_keys
 from bench.store.schema import CellRecord, MeasurementRecord
 
 router = APIRouter(prefix="/api/v1", tags=["devices"])
@@ -25,6 +26,8 @@ class DeviceInfo(BaseModel):
     cells: int
     measurements: int
     last_upload_at: datetime | None
+    keys: list[str] = []
+    """Fingerprints of the device's registered public keys: its uploads are signed by one."""
 
 
 class DeviceList(BaseModel):
@@ -39,16 +42,19 @@ def whoami(device: Writer) -> Whoami:
 
 @router.get("/devices", dependencies=[Reader])
 def devices(request: Request) -> DeviceList:
-    """Every device with a token or with records, and how many records it has."""
+    """Every device with a token or with records, how many records it has, and its registered
+    public keys (fingerprints)."""
     with Session(request.app.state.store.engine) as session:
         uploads = dict(session.execute(select(DeviceRecord.name, DeviceRecord.last_upload_at))
                        .all())
         cells = _counts(session, CellRecord.device)
         measurements = _counts(session, MeasurementRecord.device)
+        keys = {name: [k.fingerprint for k in device_keys(session, name)] for name in uploads}
     names = sorted(uploads.keys() | cells.keys() | measurements.keys())
     return DeviceList(items=[DeviceInfo(name=name, cells=cells.get(name, 0),
                                         measurements=measurements.get(name, 0),
-                                        last_upload_at=uploads.get(name)) for name in names])
+                                        last_upload_at=uploads.get(name),
+                                        keys=keys.get(name, [])) for name in names])
 
 
 def _counts(session: Session, column: object) -> dict[str, int]:

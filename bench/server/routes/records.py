@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.orm import Session
 
+from bench.errors import UsageError
 from bench.server.auth import Reader
 from bench.server.record_json import items_json, page_json, total
 from bench.store.query import RecordFilter
@@ -16,6 +17,8 @@ from bench.store.records import INT32, CellData, MeasurementData, Sha256, known_
 router = APIRouter(prefix="/api/v1", tags=["records"], dependencies=[Reader])
 
 MAX_KNOWN = 10_000
+MAX_VALUES = 100
+"""The most values one filter of GET /records may repeat (422 beyond)."""
 Word = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00]*$")]
 Bits = Annotated[int, Field(ge=1, le=32)]
 Words = Annotated[list[Word] | None, Query()]
@@ -66,10 +69,18 @@ def records(
 ) -> Response:
     """Records of one kind matching every given filter (repeat a filter for any of several
     values), in a stable order; `next_offset` is null on the last page."""
-    chosen = RecordFilter(datasets=dataset or [], backbones=backbone or [],
-                          methods=method or [], w_bits=w_bits or [], a_bits=a_bits or [],
-                          devices=device or [], profiles=profile or [], status=status or [],
-                          cells_by_device=True)
+    filters = {"dataset": dataset, "backbone": backbone, "method": method, "w_bits": w_bits,
+               "a_bits": a_bits, "device": device, "profile": profile, "status": status}
+    crowded = [name for name, values in filters.items() if len(values or ()) > MAX_VALUES]
+    if crowded:
+        raise HTTPException(422, f"{crowded[0]}: at most {MAX_VALUES} values per filter")
+    try:
+        chosen = RecordFilter(datasets=dataset or [], backbones=backbone or [],
+                              methods=method or [], w_bits=w_bits or [], a_bits=a_bits or [],
+                              devices=device or [], profiles=profile or [],
+                              status=status or [], cells_by_device=True)
+    except UsageError as err:
+        raise HTTPException(422, str(err)) from err
     query = chosen.cells() if kind == "cell" else chosen.measurements()
     model = CellData if kind == "cell" else MeasurementData
     with Session(request.app.state.store.engine) as session:

@@ -23,7 +23,9 @@ ERRORS = {401: {"description": "Missing, wrong or revoked token"},
                                "(a device with a registered public key signs its uploads)"},
           413: {"description": "Body over the server's limit"},
           415: {"description": "Neither JSON nor a gzip bundle"},
-          503: {"description": "The database stayed busy; retry"}}
+          422: {"description": "Invalid records or bundle"},
+          503: {"description": "The database stayed busy, or other uploads hold the staging "
+                               "space; retry"}}
 
 
 class UploadResult(BaseModel):
@@ -46,13 +48,16 @@ async def upload(request: Request, device: Writer) -> UploadResult:
     try:
         upload_id, result = await run_in_threadpool(
             ingest.receive, state.store, device, content_type, body,
-            state.settings.max_body_bytes, request.headers.get(SIGNATURE_HEADER))
+            state.settings.max_body_bytes, request.headers.get(SIGNATURE_HEADER),
+            state.staging)
     except ValidationError as err:
         errors = err.errors(include_url=False, include_context=False, include_input=False)
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]
                                      ) from err
     except ingest.UploadRefused as err:
-        raise HTTPException(err.status, err.detail) from err
+        retry = {"Retry-After": "1"} if err.status == status.HTTP_503_SERVICE_UNAVAILABLE \
+            else None
+        raise HTTPException(err.status, err.detail, headers=retry) from err
     except (DBAPIError, StaleDataError) as err:
         if db.transient(err):
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
