@@ -454,7 +454,7 @@ def test_lsq_input_quantiser_step_follows_lsq_rule() -> None:
     handle.remove()
     step = head.input_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl
     q_p = 2 ** (8 - 1) - 1  # first_last_bits 8, signed
-    assert float(step.step) == pytest.approx(2 * np.mean(seen) / np.sqrt(q_p), rel=1e-5)
+    assert float(step.step.detach()) == pytest.approx(2 * np.mean(seen) / np.sqrt(q_p), rel=1e-5)
 
 
 def _relu6_model() -> nn.Module:
