@@ -1,7 +1,8 @@
 """Save a cell's trained model as a state dict, and rebuild it from the cell's config.
 
-Brevitas graph models do not pickle, so a quantised model is rebuilt the way the method built
-it (backbone, then the method's quantisation of it) and its state dict loaded on top.
+Brevitas graph models do not pickle, so a method's model is rebuilt the way the method built
+it (backbone, then the method's graph of it: `Method.rebuild`) and its state dict loaded on
+top.
 """
 
 from __future__ import annotations
@@ -26,12 +27,11 @@ def save_model(model: nn.Module, folder: Path) -> Path:
 
 def load_model(cfg: CellConfig, folder: Path, num_classes: int, example_input: torch.Tensor
                ) -> nn.Module:
-    """The cell's model in eval mode: FP32 backbone, or the method's quantised graph of it."""
+    """The cell's model in eval mode: the FP32 backbone, or the graph its method made of it
+    (`Method.rebuild`: the quantised graph, the folded float graph)."""
     method = get_method(cfg.method)
-    model = build_model(cfg.backbone, num_classes)
-    if method.quantized:
-        model = method.build_quantized(model, cfg.w_bits, cfg.a_bits,
-                                       method.parse_params(cfg.params), example_input)
+    model = method.rebuild(build_model(cfg.backbone, num_classes), cfg.w_bits, cfg.a_bits,
+                           method.parse_params(cfg.params), example_input)
     state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()

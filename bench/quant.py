@@ -48,10 +48,12 @@ from bench.integer_ops import IntegerMul, IntegerSiLU
 from bench.quantizers import (
     DEFAULT_RANGE_MOMENTUM,
     MIN_ALPHA,
+    RELU6_MAX,
     LSQStep,
     ObservedRangeScaling,
     PACTClip,
     QuantHardswish,
+    QuantReLU6,
     abs_percentile,
     lsq_act,
     lsq_weight,
@@ -106,6 +108,15 @@ class QuantSpec:
         """The scheme's quantiser for a ReLU output (unsigned)."""
         return pact_act(bits, signed=False) if self.scheme == "pact" else \
             self.act_quant(bits, signed=False)
+
+    def relu6_quant(self, bits: int) -> Any:
+        """The scheme's quantiser for a ReLU6 output: a ReLU's, its range capped at 6 (a
+        learned alpha or step; an observed range of ReLU6 outputs never passes 6)."""
+        if self.scheme == "pact":
+            return pact_act(bits, signed=False).let(pact_max_alpha=RELU6_MAX)
+        if self.scheme == "lsq":
+            return lsq_act(bits, signed=False).let(lsq_max_range=RELU6_MAX)
+        return self.relu_quant(bits)
 
     def signed_act_quant(self, bits: int) -> Any:
         """The scheme's quantiser for a signed activation output (PACT: a learned clip)."""
@@ -174,13 +185,15 @@ def _act_map(spec: QuantSpec) -> dict:
     (``bench.integer_ops.IntegerSiLU``); under PACT the outputs of SiLU and Hardswish get the
     signed learned clip. (ONNX Runtime has no integer Hardswish: it runs in float between
     quantisers, and the pools after it run integer.)"""
-    relu = (qnn.QuantReLU, {"act_quant": spec.relu_quant(spec.a_bits),
-                            "return_quant_tensor": True})
     silu = (IntegerSiLU, {"act_quant": spec.signed_act_quant(spec.a_bits),
                           "input_quant": spec.act_quant(spec.a_bits, signed=True),
                           "gate_quant": spec.act_quant(spec.a_bits, signed=False),
                           "return_quant_tensor": True})
-    act_map: dict = {nn.ReLU: relu, nn.ReLU6: relu, nn.SiLU: silu,
+    act_map: dict = {nn.ReLU: (qnn.QuantReLU, {"act_quant": spec.relu_quant(spec.a_bits),
+                                                "return_quant_tensor": True}),
+                     nn.ReLU6: (QuantReLU6, {"act_quant": spec.relu6_quant(spec.a_bits),
+                                             "return_quant_tensor": True}),
+                     nn.SiLU: silu,
                      nn.Sigmoid: (qnn.QuantSigmoid, {
                          "act_quant": spec.act_quant(spec.a_bits, signed=False),
                          "input_quant": spec.act_quant(spec.a_bits, signed=True),
@@ -327,11 +340,20 @@ def _drop_logits_quant(graph_model: nn.Module) -> None:
     graph_model.recompile()
 
 
+def fold(model: nn.Module) -> nn.Module:
+    """The float graph that ``quantize`` quantises: a new torch.fx graph of ``model`` with
+    Brevitas' preprocessing (functional calls as modules, shared stateless modules duplicated,
+    ``mean`` as average pooling, BatchNorm merged into the preceding layer, stochastic depth
+    removed) and ReLU6 left as ReLU6; ``model`` is left untouched. In eval mode."""
+    return preprocess_for_quantize(copy.deepcopy(model).eval(), relu6_to_relu=False)
+
+
 def quantize(model: nn.Module, spec: QuantSpec, example_input: torch.Tensor) -> nn.Module:
     """Return a new fake-quantised Brevitas graph of ``model`` (which is left untouched).
 
-    BatchNorm is folded into the preceding layers and ReLU6 becomes a quantised ReLU (so with
-    quantisation disabled it acts as a plain ReLU).  The graph input is quantised (signed),
+    The float graph is ``fold(model)`` (BatchNorm folded into the preceding layers, ReLU6 kept:
+    a quantised ReLU6 clips at 6, so with quantisation disabled the graph computes ``model``'s
+    function).  The graph input is quantised (signed),
     weights are signed (narrow range, max-abs scales; LSQ: full range, learned steps), ReLU
     outputs unsigned, other activation functions stay float and are requantised before the next
     layer (PACT: SiLU and Hardswish outputs get a signed learned clip); each residual join adds
@@ -341,7 +363,7 @@ def quantize(model: nn.Module, spec: QuantSpec, example_input: torch.Tensor) -> 
     and LSQ steps start from the FP weights and the FP activations on ``example_input``.
     The result lives on the torch device of ``model`` and has its train/eval mode.
     """
-    graph_model = preprocess_for_quantize(copy.deepcopy(model).eval())
+    graph_model = fold(model)
     if spec.first_last_bits is not None:
         _mark_edge_layers(graph_model)
     act_map = _act_map(spec)
@@ -371,14 +393,23 @@ def quantize(model: nn.Module, spec: QuantSpec, example_input: torch.Tensor) -> 
 
 
 def _act_scaling_modules(model: nn.Module, kind: type[nn.Module]) -> dict[str, nn.Module]:
-    """Activation modules (by name) whose quantiser's scaling is of type ``kind``."""
-    found = {}
-    for name, module in model.named_modules():
-        proxy = getattr(getattr(module, "act_quant", None), "fused_activation_quant_proxy", None)
-        tensor_quant = getattr(proxy, "tensor_quant", None)
-        if isinstance(getattr(tensor_quant, "scaling_impl", None), kind):
-            found[name] = module
-    return found
+    """Activation modules (by name) whose output quantiser's scaling is of type ``kind``."""
+    return {name: module for name, module in model.named_modules()
+            if isinstance(_proxy_scaling(getattr(module, "act_quant", None)), kind)}
+
+
+def _proxy_scaling(proxy: Any) -> Any:
+    """The scaling of an activation quantiser (Brevitas ``ActQuantProxyFromInjector``)."""
+    fused = getattr(proxy, "fused_activation_quant_proxy", None)
+    return getattr(getattr(fused, "tensor_quant", None), "scaling_impl", None)
+
+
+def _act_quantisers(model: nn.Module, kind: type[nn.Module]) -> dict[str, nn.Module]:
+    """Every activation quantiser (by name) whose scaling is of type ``kind``, wherever it sits:
+    a layer's output (``act_quant``) and its input (``input_quant``: the last layer's, a
+    Sigmoid's in squeeze-excitation), the graph input and residual requantisers."""
+    return {name: module for name, module in model.named_modules()
+            if isinstance(_proxy_scaling(module), kind)}
 
 
 def _scaling(module: nn.Module) -> nn.Module:
@@ -391,17 +422,17 @@ def _pact_quant_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 class _ActStats:
-    """Per module, the batch mean of a statistic of its FP activation (the input of its
-    quantiser), recorded by forward hooks while batches run through the model."""
+    """Per activation quantiser, the batch mean of a statistic of its FP input (the output of
+    its activation function), recorded by forward hooks while batches run through the model."""
 
-    def __init__(self, modules: dict[str, nn.Module], stat: Any) -> None:
+    def __init__(self, quantisers: dict[str, nn.Module], stat: Any) -> None:
         self.stat = stat
-        self.sums = dict.fromkeys(modules, 0.0)
-        self.counts = dict.fromkeys(modules, 0)
+        self.sums = dict.fromkeys(quantisers, 0.0)
+        self.counts = dict.fromkeys(quantisers, 0)
         self.handles = [
-            module.act_quant.fused_activation_quant_proxy.activation_impl.register_forward_hook(
+            proxy.fused_activation_quant_proxy.activation_impl.register_forward_hook(
                 self._hook(name))
-            for name, module in modules.items()
+            for name, proxy in quantisers.items()
         ]
 
     def _hook(self, name: str):
@@ -420,31 +451,34 @@ class _ActStats:
 
 
 def _pact_stats(model: nn.Module, percentile: float) -> _ActStats:
-    return _ActStats(_pact_quant_modules(model), lambda x: abs_percentile(x, percentile))
+    return _ActStats({name: module.act_quant for name, module in
+                      _pact_quant_modules(model).items()},
+                     lambda x: abs_percentile(x, percentile))
 
 
 def _lsq_stats(model: nn.Module) -> _ActStats:
-    return _ActStats(_act_scaling_modules(model, LSQStep), lambda x: x.abs().mean())
+    return _ActStats(_act_quantisers(model, LSQStep), lambda x: x.abs().mean())
 
 
 def _set_alphas(modules: dict[str, nn.Module], alphas: dict[str, float]) -> None:
     with torch.no_grad():
         for name, alpha in alphas.items():
-            _scaling(modules[name]).alpha.fill_(max(alpha, MIN_ALPHA))
+            scaling = _scaling(modules[name])
+            scaling.alpha.fill_(max(min(alpha, scaling.max_alpha or alpha), MIN_ALPHA))
 
 
 def _apply_stats(model: nn.Module, pact: _ActStats, lsq: _ActStats) -> None:
     """PACT alphas = the averaged percentile; LSQ steps = 2 mean|x| / sqrt(Q_P)."""
     _set_alphas(_pact_quant_modules(model), pact.means())
-    steps = _act_scaling_modules(model, LSQStep)
+    steps = _act_quantisers(model, LSQStep)
     for name, mean_abs in lsq.means().items():
-        _scaling(steps[name]).init_from(mean_abs)
+        _proxy_scaling(steps[name]).init_from(mean_abs)
 
 
 def _init_learned_ranges(
     model: nn.Module, batches: Iterable[torch.Tensor], percentile: float = PACT_INIT_PERCENTILE
 ) -> None:
-    """Set PACT alphas and LSQ activation steps from the FP activations of ``batches``."""
+    """Set PACT alphas and every LSQ activation step from the FP activations of ``batches``."""
     pact, lsq = _pact_stats(model, percentile), _lsq_stats(model)
     if not (pact.handles or lsq.handles):
         return
@@ -486,7 +520,8 @@ def calibrate(
 
     One pass with activation quantisation off (Brevitas ``calibration_mode``): observed ranges
     become the batch mean of their statistic, PACT alphas the batch-averaged
-    ``clip_percentile`` of their FP activations, LSQ activation steps 2 mean|x| / sqrt(Q_P).
+    ``clip_percentile`` of their FP activations, every LSQ activation step (at a layer's output
+or input) 2 mean|x| / sqrt(Q_P) of the FP values it quantises.
     With ``bias_correction`` a second pass over ``batches`` corrects layer biases for the
     quantisation error (so the FP forward of the graph no longer equals the original model).
     """
@@ -525,8 +560,8 @@ def clip_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def clip_values(model: nn.Module) -> dict[str, float]:
     """Current PACT alphas as plain floats (as the quantiser uses them)."""
-    return {name: max(float(param.detach()), MIN_ALPHA)
-            for name, param in clip_parameters(model).items()}
+    return {name: float(_scaling(module).clipped_alpha().detach())
+            for name, module in _pact_quant_modules(model).items()}
 
 
 def clip_penalty(model: nn.Module) -> torch.Tensor:

@@ -39,6 +39,8 @@ RANGE_PERCENTILE = 99.999
 MIN_RANGE = 1e-8
 MIN_ALPHA = 1e-3
 MIN_STEP = 1e-8
+RELU6_MAX = 6.0
+"""The largest value a ReLU6 quantiser represents (its range is capped there, see QuantReLU6)."""
 
 
 def abs_percentile(x: Tensor, q: float = RANGE_PERCENTILE) -> Tensor:
@@ -109,14 +111,21 @@ class ObservedRangeScaling(_QuantiserState):
 
 
 class PACTClip(_QuantiserState):
-    """PACT's learned clip ``alpha`` (a parameter); ``scale = alpha / int_threshold``."""
+    """PACT's learned clip ``alpha`` (a parameter); ``scale = alpha / int_threshold``. With
+    ``pact_max_alpha`` (a ReLU6's 6) the alpha in use is capped there."""
 
-    def __init__(self, pact_init_alpha: float = 6.0, device: torch.device | None = None) -> None:
+    def __init__(self, pact_init_alpha: float = 6.0, pact_max_alpha: float | None = None,
+                 device: torch.device | None = None) -> None:
         super().__init__()
+        self.max_alpha = pact_max_alpha
         self.alpha = nn.Parameter(torch.tensor(float(pact_init_alpha), device=device))
 
+    def clipped_alpha(self) -> Tensor:
+        """The alpha the quantiser uses: the parameter within [MIN_ALPHA, max_alpha]."""
+        return self.alpha.clamp(MIN_ALPHA, self.max_alpha)
+
     def forward(self, x: Tensor, threshold: Tensor | None = None) -> Tensor:
-        alpha = self.alpha.clamp_min(MIN_ALPHA)
+        alpha = self.clipped_alpha()
         return alpha if threshold is None else alpha / threshold
 
 
@@ -186,14 +195,17 @@ class LSQStep(_QuantiserState):
     """LSQ's learned step size (the scale itself), with the paper's gradient scale.
 
     ``per_sample``: N counts the features of one sample (activations); otherwise N is the number
-    of elements per step (weights). Q_P comes from the quantiser's bit width and sign.
+    of elements per step (weights). Q_P comes from the quantiser's bit width and sign. With
+    ``lsq_max_range`` (a ReLU6's 6) the step in use is capped at ``lsq_max_range / Q_P``.
     """
 
     def __init__(self, bit_width: int, signed: bool, lsq_per_sample: bool,
-                 scaling_shape: tuple[int, ...] = (), device: torch.device | None = None) -> None:
+                 scaling_shape: tuple[int, ...] = (), lsq_max_range: float | None = None,
+                 device: torch.device | None = None) -> None:
         super().__init__()
         self.q_p = lsq_q_p(bit_width, signed)
         self.per_sample = lsq_per_sample
+        self.max_step = None if lsq_max_range is None else lsq_max_range / self.q_p
         self.step = nn.Parameter(torch.ones(scaling_shape, device=device))
 
     def grad_scale(self, x: Tensor) -> float:
@@ -201,18 +213,47 @@ class LSQStep(_QuantiserState):
         return 1.0 / math.sqrt(max(n, 1) * self.q_p)
 
     def forward(self, x: Tensor, threshold: Tensor | None = None) -> Tensor:
-        return _grad_scaled(self.step.clamp_min(MIN_STEP), self.grad_scale(x))
+        return _grad_scaled(self.step.clamp(MIN_STEP, self.max_step), self.grad_scale(x))
 
     @torch.no_grad()
     def init_from(self, mean_abs: Tensor | float) -> None:
         """The paper's initialisation 2 * mean(|v|) / sqrt(Q_P)."""
         value = 2.0 * torch.as_tensor(mean_abs, dtype=self.step.dtype) / math.sqrt(self.q_p)
-        self.step.copy_(value.to(self.step).clamp_min(MIN_STEP).expand_as(self.step))
+        self.step.copy_(value.to(self.step).clamp(MIN_STEP, self.max_step).expand_as(self.step))
 
 
 def lsq_q_p(bits: int, signed: bool) -> int:
     """LSQ's Q_P: the largest integer level, 2^(b-1) - 1 signed, 2^b - 1 unsigned."""
     return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+
+
+class ReLU6(nn.Module):
+    """min(max(x, 0), 6), like ``nn.ReLU6`` but not a subclass of ``nn.Hardtanh``: Brevitas
+    drops a Hardtanh activation in front of an enabled quantiser and leaves the clipping to
+    the quantiser's range, which for an observed or learned range can pass 6 (and with
+    quantisation disabled nothing clips at all)."""
+
+    def __init__(self) -> None:  # an explicit signature for Brevitas' injector
+        super().__init__()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.clamp(x, 0.0, 6.0)
+
+
+class QuantReLU6(QuantNonLinearActLayer):
+    """ReLU6 whose output is quantised (unsigned): it clips at 6 whatever range its quantiser
+    observes or learns, and with quantisation disabled it is a ReLU6 (Brevitas' graph
+    quantisation turns ReLU6 into a ReLU). It commutes with the requantisation like a ReLU,
+    so it is a passthrough activation as Brevitas' ``QuantReLU`` is. `bench.quant` also caps
+    its quantiser's range at ``RELU6_MAX`` (an observed range of ReLU6 outputs is capped
+    already), so that the exported Clip(0, 6) is redundant and ONNX Runtime fuses it away:
+    a range above 6 keeps the Clip, which turns the convolution before it into a float
+    FusedConv."""
+
+    def __init__(self, act_quant: object = Uint8ActPerTensorFloat, input_quant: object = None,
+                 return_quant_tensor: bool = True, **kwargs: object) -> None:
+        super().__init__(act_impl=ReLU6, passthrough_act=True, input_quant=input_quant,
+                         act_quant=act_quant, return_quant_tensor=return_quant_tensor, **kwargs)
 
 
 class QuantSiLU(QuantNonLinearActLayer):

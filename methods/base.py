@@ -77,7 +77,12 @@ class Method:
     quantized: ClassVar[bool] = False
     float_control: ClassVar[str | None] = None
     """The float method with the same training budget (epochs, objective) that this method's
-    figures are compared with besides FP32; None when FP32 itself is that control."""
+    figures are compared with besides FP32, to tell the effect of quantisation apart (for QAT,
+    PACT and LSQ the float model in their own graph, `fp32_fold_ft`); None when FP32 itself is
+    that control."""
+    control_role: ClassVar[str | None] = None
+    """What a float control method controls for, in words (the report says it); None for
+    methods that are not a control."""
 
     def parse_params(self, raw: dict[str, Any]) -> MethodParams:
         try:
@@ -102,6 +107,15 @@ class Method:
                         example_input: torch.Tensor) -> nn.Module:
         """The method's (uncalibrated) quantised graph of model; quantised methods override it."""
         raise TypeError(f"method '{self.name}' does not quantise")
+
+    def rebuild(self, model: nn.Module, w_bits: int, a_bits: int, params: MethodParams,
+                example_input: torch.Tensor) -> nn.Module:
+        """The architecture of this method's trained model from a fresh ``model`` of its
+        backbone, for its stored state dict (bench.checkpoints): the backbone itself, the
+        quantised graph for quantised methods."""
+        if self.quantized:
+            return self.build_quantized(model, w_bits, a_bits, params, example_input)
+        return model
 
     def trains(self, params: MethodParams) -> bool:
         return True

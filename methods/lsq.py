@@ -3,8 +3,9 @@ ICLR 2020): QAT with a learned step size for every weight and activation quantis
 
 The step s of each quantiser is a parameter trained with the paper's gradient, scaled by
 1 / sqrt(N * Q_P), and initialised to 2 * mean(|v|) / sqrt(Q_P) (weights from the FP32 parent,
-activations from the calibration batches); see `bench.quantizers`. Steps get no weight decay.
-The activation steps are stored with the cell.
+activations, wherever their quantiser sits (layer outputs, layer and Sigmoid inputs), from the
+calibration batches); see `bench.quantizers`. Steps get no weight decay. The activation steps
+are stored with the cell.
 """
 
 from __future__ import annotations
@@ -30,5 +31,5 @@ class LSQ(QAT):
         from bench.quant import lsq_steps
 
         steps = {name: float(step.detach()) for name, step in lsq_steps(model).items()
-                 if step.numel() == 1 and "act_quant" in name}
+                 if step.numel() == 1 and "weight_quant" not in name}
         return {**super().extras(model, params), "lsq_activation_steps": steps}

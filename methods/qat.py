@@ -27,7 +27,7 @@ class QAT(PTQ):
     description = "Quantisation-aware fine-tuning of the FP32 parent (fake quant, STE, " \
                   "observed activation ranges)"
     Params = QATParams
-    float_control = "fp32_ft"
+    float_control = "fp32_fold_ft"
 
     def trains(self, params: MethodParams) -> bool:
         return True

@@ -19,6 +19,8 @@ class SGTFineTuned(Method):
     name = "sgt_ft"
     description = "FP32 parent fine-tuned in float with the SGT objective (control of PACT+SGT)"
     Params = SaliencyObjectiveParams
+    control_role = ("the equal-budget float control of PACT+SGT: the FP32 parent in its own "
+                    "graph, fine-tuned with the SGT objective")
 
     def starts_from_parent(self, params: MethodParams) -> bool:
         return True

@@ -70,6 +70,17 @@ def test_sub_8_bit_backbones_run_fully_integer_at_32px(backbone, w, a, scheme, a
     assert agreement == 1.0 and max_diff < 1e-3
 
 
+@pytest.mark.parametrize("scheme", ["lsq", "pact"])
+def test_mobilenet_v2_relu6_with_learned_ranges_runs_fully_integer(scheme, tmp_path):
+    """A learned LSQ step or PACT alpha above 6/Q_P on a ReLU6 kept the exported Clip(0, 6),
+    which ONNX Runtime then fused into a float FusedConv (17 of 52 convolutions integer under
+    LSQ W8A8); the ReLU6 quantisers' ranges are capped at 6, so every convolution is integer."""
+    counts, agreement, _, coverage = _deployed(_quantised("mobilenet_v2", 8, 8, scheme), tmp_path)
+    assert coverage.integer and coverage.by_macs == 1.0, counts
+    assert "FusedConv" not in counts and "Clip" not in counts, counts
+    assert counts.get("QLinearConv") == 52 and agreement >= 0.875
+
+
 def test_mobilenet_v2_w8a8_deploys_at_32px_with_large_int32_biases(tmp_path):
     """At 32 px, deep MobileNetV2 activations are tiny, so a bias's int32 value
     bias / (input scale x weight scale) reaches millions (3,236,810 in a trained PTQ W8A8

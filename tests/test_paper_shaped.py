@@ -2,10 +2,10 @@
 its two backbones' shape (small CNN and ResNet-18), every method, 3 seeds and the saliency
 stage with all four saliency methods, shrunk to synthetic 16x16 images and one epoch.
 
-Its 54 cells take about 10 minutes on a loaded 2-core machine, so it runs only with `make
-test-slow` (MEDQ_SLOW=1). `make test` covers the same code paths on smaller stores: the
-per-image tests at 3 seeds and the refusals of the seed-level ones (`tests/test_report.py`), the
-stage with null control and sanity check on quantised and FP32 cells
+Its 60 cells (its 54 before fp32_fold_ft took about 10 minutes on a loaded 2-core machine), so
+it runs only with `make test-slow` (MEDQ_SLOW=1). `make test` covers the same code paths on
+smaller stores: the per-image tests at 3 seeds and the refusals of the seed-level ones
+(`tests/test_report.py`), the stage with null control and sanity check on quantised and FP32 cells
 (`tests/test_saliency_stage.py`), the shipped grids' saliency settings and their dry-run
 cost (the one test here that needs no run)."""
 
@@ -31,7 +31,7 @@ from bench.saliency.suite import SaliencyConfig
 from bench.store import ResultsStore
 
 paper_run = pytest.mark.skipif(os.environ.get("MEDQ_SLOW") != "1",
-                               reason="reads the 54-cell paper-shaped run: `make test-slow`")
+                               reason="reads the 60-cell paper-shaped run: `make test-slow`")
 """Marks a test that reads the run (only with MEDQ_SLOW=1)."""
 
 SALIENCY = {"n_samples": 3, "ig_steps": 2, "smoothgrad_samples": 2, "sensitivity_samples": 1,
@@ -73,7 +73,7 @@ def paper(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @paper_run
 def test_every_cell_ran_with_saliency(paper: dict[str, Any]) -> None:
-    assert "54 ran, 0 cached, 0 failed" in paper["output"]
+    assert "60 ran, 0 cached, 0 failed" in paper["output"]
     for record in paper["store"].records():
         result = record.metrics["saliency"]
         assert set(result["stats"]) == {"gradient", "integrated_gradients", "smoothgrad",
@@ -89,10 +89,11 @@ def test_saliency_section_on_the_paper_shaped_store(paper: dict[str, Any]) -> No
     assert [b.name for b in table.blocks] == ["synthetic / resnet18", "synthetic / smallcnn"]
     for block in table.blocks:
         configs = {r["config"] for r in block.rows}
-        assert configs == {"fp32", "fp32_ft", "sgt", "sgt_ft", "ptq W4A4", "qat W4A4",
+        assert configs == {"fp32", "fp32_ft", "fp32_fold_ft", "sgt", "sgt_ft", "ptq W4A4",
+                           "qat W4A4",
                            "lsq W4A4", "pact W4A4", "pact_sgt W4A4"}
         assert all(r["seeds"] == 3 for r in block.rows)
-        assert len(block.rows) == 9 * 4
+        assert len(block.rows) == 10 * 4
         for row in block.rows:
             assert "sanity" in row
             if row["config"].endswith("W4A4"):
@@ -110,11 +111,11 @@ def test_significance_sections_give_per_image_p_values_at_three_seeds(
                    for r in seed_level.results)
         by_title = {f.title: f for f in tests.image_families}
         clustered = by_title["accuracy per image: each configuration vs FP32"]
-        assert len(clustered.results) == 8 and all(r.n_seeds == 3 for r in clustered.results)
+        assert len(clustered.results) == 9 and all(r.n_seeds == 3 for r in clustered.results)
         assert any(r.p_value is not None for r in clustered.results)
         control = by_title["accuracy per image: each quantised configuration vs its "
                            "equal-budget float control"]
-        # qat, lsq and pact vs fp32_ft, pact_sgt vs sgt_ft
+        # qat, lsq and pact vs fp32_fold_ft, pact_sgt vs sgt_ft
         assert len(control.results) == 4 and not control.skipped
         assert all(r.p_value is not None for r in control.results)
         flips = by_title["spearman_fp32 per image: pairs at W4A4"]

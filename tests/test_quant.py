@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from brevitas.nn.quant_layer import QuantNonLinearActLayer
 from brevitas.quant_tensor import QuantTensor
 from torch import nn
 
 from bench.integer_ops import IntegerSiLU
+from bench.models import BACKBONES
 from bench.quant import (
     PACT_INIT_ALPHA,
     QuantSpec,
@@ -19,10 +21,12 @@ from bench.quant import (
     clip_penalty,
     clip_values,
     integer_weight_levels,
+    lsq_steps,
     quantization_disabled,
     quantize,
 )
 from bench.quantizers import QuantHardswish
+from tests.backbones import quantised_backbone
 
 FIRST, LAST = "features.0", "head"
 MIDDLE = ("features.3", "features.6")
@@ -418,3 +422,71 @@ def test_pact_learns_a_signed_clip_after_silu_and_hardswish() -> None:
     qmodel(x * 4).logsumexp(1).sum().backward()
     grads = [p.grad for p in clip_parameters(qmodel).values()]
     assert all(g is not None for g in grads) and any(float(g.abs()) > 0 for g in grads)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+def test_calibration_initialises_every_lsq_step_from_data(backbone: str) -> None:
+    """Every LSQ step, wherever its quantiser sits (layer outputs, the last layer's input, the
+    Sigmoid inputs of squeeze-excitation, the graph input), leaves the placeholder 1.0 and
+    equals LSQ's 2 mean|x| / sqrt(Q_P) of its FP input on the calibration batches."""
+    qmodel = quantised_backbone(backbone, 32, 4, 4, scheme="lsq")
+    steps = lsq_steps(qmodel)
+    left = [name for name, step in steps.items() if bool((step.detach() == 1.0).any())]
+    assert steps and not left, left
+    inputs = {name.removesuffix(".fused_activation_quant_proxy.tensor_quant.scaling_impl")
+              for name in steps if "input_quant" in name}
+    assert inputs, "no input quantiser to check"
+
+
+def test_lsq_input_quantiser_step_follows_lsq_rule() -> None:
+    """The last layer's input quantiser (not under ``act_quant``) gets 2 mean|x| / sqrt(Q_P)
+    of the FP values entering it, averaged over the calibration batches."""
+    qmodel = quantize(_model(), QuantSpec(w_bits=4, a_bits=4, scheme="lsq"), _images(2))
+    batches = [_images(seed=s) for s in range(2, 5)]
+    calibrate(qmodel, batches)
+    seen: list[float] = []
+    head = qmodel.get_submodule(LAST)
+    handle = head.register_forward_pre_hook(
+        lambda _m, args: seen.append(float(args[0].abs().mean())))
+    with torch.no_grad(), quantization_disabled(qmodel):
+        for batch in batches:
+            qmodel(batch)
+    handle.remove()
+    step = head.input_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl
+    q_p = 2 ** (8 - 1) - 1  # first_last_bits 8, signed
+    assert float(step.step.detach()) == pytest.approx(2 * np.mean(seen) / np.sqrt(q_p), rel=1e-5)
+
+
+def _relu6_model() -> nn.Module:
+    """``_model`` with ReLU6 activations, whose activations on ``10 * _images()`` pass 6."""
+    model = _model()
+    for i, module in enumerate(model.features):
+        if isinstance(module, nn.ReLU):
+            model.features[i] = nn.ReLU6()
+    return model
+
+
+@pytest.mark.parametrize("scheme", ["stats", "pact", "lsq"])
+def test_relu6_still_clips_at_6(scheme: str) -> None:
+    """MobileNetV2's ReLU6 keeps its clip at 6 in the quantised graph (Brevitas' preprocessing
+    made it a ReLU with an observed range, which passes 6), its quantiser's range (an LSQ step,
+    a PACT alpha) is capped at 6, and with quantisation disabled the
+    graph computes the parent's function (so the folded float control fp32_fold_ft does)."""
+    model = _relu6_model()
+    x = 10 * _images(seed=7)
+    qmodel = quantize(model, QuantSpec(w_bits=8, a_bits=8, scheme=scheme), 10 * _images(2))
+    calibrate(qmodel, [10 * _images(seed=s) for s in range(2, 5)])
+    qmodel.eval()
+    with torch.no_grad():
+        pre = nn.Sequential(*list(model.features)[:2])(x)
+        assert float(pre.max()) > 12  # the parent's ReLU6 clips here
+        outputs = _module_outputs(qmodel, (QuantNonLinearActLayer,), x)
+        relus = {name: out for name, out in outputs.items() if name.startswith("features.")}
+        assert len(relus) == 3
+        # each quantiser's range (255 levels at 8 bits) is capped at 6 too
+        assert all(isinstance(out, QuantTensor) for out in relus.values())
+        assert all(float(out.scale) * 255 <= 6.0 * (1 + 1e-6) for out in relus.values()), \
+            {name: float(out.scale) * 255 for name, out in relus.items()}
+        assert all(float(out.value.max()) <= 6.0 * (1 + 1e-6) for out in relus.values())
+        with quantization_disabled(qmodel):
+            assert torch.allclose(qmodel(x), model(x), atol=1e-4)

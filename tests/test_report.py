@@ -545,7 +545,7 @@ def test_other_formats_of_an_empty_store(cli, tmp_path, fmt):
 def three_seeds(tmp_path_factory: pytest.TempPathFactory) -> Generated:
     """The paper grid's 3 seeds, with an equal-budget float control for QAT only."""
     return generate(tmp_path_factory.mktemp("three"), Spec(
-        configs=(("fp32", 32, 32), ("fp32_ft", 32, 32), ("ptq", 4, 4), ("qat", 4, 4),
+        configs=(("fp32", 32, 32), ("fp32_fold_ft", 32, 32), ("ptq", 4, 4), ("qat", 4, 4),
                  ("pact_sgt", 4, 4)), seeds=3, devices=(), n_test=200))
 
 
@@ -578,7 +578,7 @@ def test_three_seeds_give_per_image_p_values_where_seed_level_tests_refuse(three
     family = _image_family(three_context, "accuracy per image: each configuration vs FP32")
     fp32 = _correct(three_seeds, "fp32", 32, 32)
     expected = {label(m, w, a): _durkalski_p(_correct(three_seeds, m, w, a), fp32)
-                for m, w, a in (("fp32_ft", 32, 32), ("ptq", 4, 4), ("qat", 4, 4),
+                for m, w, a in (("fp32_fold_ft", 32, 32), ("ptq", 4, 4), ("qat", 4, 4),
                                 ("pact_sgt", 4, 4))}
     holm = multipletests(list(expected.values()), method="holm")[1]
     assert [r.name_a for r in family.results] == list(expected)
@@ -591,7 +591,8 @@ def test_three_seeds_give_per_image_p_values_where_seed_level_tests_refuse(three
                         "spearman_fp32 per image: each quantised configuration vs its "
                         "equal-budget float control")
     (qat,) = sal.results
-    assert (qat.name_a, qat.name_b, qat.test, qat.n) == ("qat W4A4", "fp32_ft", "sign_flip", 24)
+    assert (qat.name_a, qat.name_b, qat.test, qat.n) == ("qat W4A4", "fp32_fold_ft",
+                                                         "sign_flip", 24)
     records = {r.cell_id: r for r in three_seeds.store.records()}
 
     def values(method: str) -> list[np.ndarray]:
@@ -600,19 +601,19 @@ def test_three_seeds_give_per_image_p_values_where_seed_level_tests_refuse(three
             "values"]) for c in cells.cell_id]
 
     assert qat.p_value == pytest.approx(stats.sign_flip_test(values("qat"),
-                                                             values("fp32_ft")).p_value)
+                                                             values("fp32_fold_ft")).p_value)
 
 
 def test_float_control_without_cells_is_skipped_with_the_reason(three_context, tmp_path):
     family = _image_family(three_context, "accuracy per image: each quantised configuration "
                                           "vs its equal-budget float control")
-    assert [(r.name_a, r.name_b) for r in family.results] == [("qat W4A4", "fp32_ft")]
+    assert [(r.name_a, r.name_b) for r in family.results] == [("qat W4A4", "fp32_fold_ft")]
     assert family.skipped == ["sgt_ft (the equal-budget float control of pact_sgt W4A4) has no "
                               "cells here: comparison skipped"]
     gen = generate(tmp_path / "s", Spec(configs=(("fp32", 32, 32), ("qat", 4, 4)), seeds=3,
                                         devices=()))
     html = build_report(gen.store, tmp_path / "r.html").read_text()
-    assert "fp32_ft (the equal-budget float control of qat W4A4) has no cells here" in html
+    assert "fp32_fold_ft (the equal-budget float control of qat W4A4) has no cells here" in html
 
 
 def test_report_says_what_each_test_generalises_over(three_seeds, tmp_path):
@@ -691,3 +692,13 @@ def test_device_table_says_which_kernels_each_latency_timed(tmp_path):
     assert rows[label(*QUANT[0])]["kernels@host"] == "fast*"
     html = build_report(gen.store, tmp_path / "index.html").read_text()
     assert "fast*" in html
+
+
+def test_float_controls_are_ordered_next_to_what_they_control():
+    """fp32_ft and fp32_fold_ft come right after FP32, sgt_ft after sgt (not last, where an
+    unknown method goes)."""
+    from bench.report.data import config_sort_key
+
+    floats = ["sgt_ft", "fp32_fold_ft", "sgt", "fp32_ft", "fp32"]
+    assert sorted(floats, key=lambda m: config_sort_key(m, 32, 32)) == [
+        "fp32", "fp32_ft", "fp32_fold_ft", "sgt", "sgt_ft"]

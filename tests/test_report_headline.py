@@ -185,14 +185,16 @@ def test_partially_integer_cells_show_their_coverage_and_flag_beside_their_laten
 # --- the headline table and its sentences ---------------------------------------------------
 
 DEVICES = (("host", "m1"), ("raspberry-pi-4", "pi"))
-CONTROL_CONFIGS = (("fp32", 32, 32), ("fp32_ft", 32, 32), ("qat", 4, 4), ("pact_sgt", 4, 4))
+CONTROL_CONFIGS = (("fp32", 32, 32), ("fp32_ft", 32, 32), ("fp32_fold_ft", 32, 32), ("qat", 4, 4),
+                   ("pact_sgt", 4, 4))
 UNMEASURED = "pact_sgt W4A4"
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> tuple[Generated, dict]:
-    """fp32, its equal-budget twin fp32_ft, qat W4A4 (control fp32_ft) and pact_sgt W4A4
+    """fp32, its training-budget twin fp32_ft, the folded-graph control fp32_fold_ft, qat W4A4
+    (control fp32_fold_ft) and pact_sgt W4A4
     (control sgt_ft, not run), 3 seeds on two devices; pact_sgt W4A4 has no measurements."""
     gen = generate(tmp_path_factory.mktemp("measured"), Spec(
         configs=CONTROL_CONFIGS, seeds=3, devices=DEVICES, n_test=150))
@@ -227,10 +229,11 @@ def _clustered_oracle(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 def test_headline_numbers_equal_independent_computations(measured):
     gen, context = measured
     rows = _headline_rows(context)
-    assert list(rows) == ["fp32", "fp32_ft", "qat W4A4", "pact_sgt W4A4"]
+    assert list(rows) == ["fp32", "fp32_ft", "fp32_fold_ft", "qat W4A4", "pact_sgt W4A4"]
     fp32 = _accuracy(gen, "fp32", 32)
     p_vs_fp32 = {c: _clustered_oracle(_right(gen, m, w), _right(gen, "fp32", 32))
-                 for c, (m, w) in {"fp32_ft": ("fp32_ft", 32), "qat W4A4": ("qat", 4),
+                 for c, (m, w) in {"fp32_ft": ("fp32_ft", 32),
+                                   "fp32_fold_ft": ("fp32_fold_ft", 32), "qat W4A4": ("qat", 4),
                                    "pact_sgt W4A4": ("pact_sgt", 4)}.items()}
     holm = dict(zip(p_vs_fp32, multipletests(list(p_vs_fp32.values()), method="holm")[1],
                     strict=True))
@@ -273,11 +276,15 @@ def test_headline_numbers_equal_independent_computations(measured):
             assert row[f"speedup@{device}"] == pytest.approx(
                 p50[("fp32", 32, profile)] / p50[(method, w, profile)])
     qat = rows["qat W4A4"]["vs_control"]
-    assert qat.reference == "fp32_ft" and qat.test == "clustered McNemar"
+    assert qat.reference == "fp32_fold_ft" and qat.test == "clustered McNemar"
     assert qat.p_adjusted == pytest.approx(_clustered_oracle(_right(gen, "qat", 4),
-                                                       _right(gen, "fp32_ft", 32)))
+                                                       _right(gen, "fp32_fold_ft", 32)))
     assert qat.points == pytest.approx(100 * np.mean(_accuracy(gen, "qat", 4)
-                                                     - _accuracy(gen, "fp32_ft", 32)))
+                                                     - _accuracy(gen, "fp32_fold_ft", 32)))
+    fold = gen.cells[gen.cells.method == "fp32_fold_ft"]
+    assert rows["qat W4A4"]["control_stability"] == pytest.approx(
+        fold.saliency_spearman_fp32.mean())
+    assert rows["pact_sgt W4A4"]["control_stability"] is None  # sgt_ft not run
     assert rows["pact_sgt W4A4"]["control"] == "sgt_ft" and "vs_control" not in \
         rows["pact_sgt W4A4"]
     assert rows["fp32"]["sanity"] == "passed on 3/3 seeds"
@@ -285,14 +292,16 @@ def test_headline_numbers_equal_independent_computations(measured):
 
 def test_calibration_with_seed_cis_and_change_against_the_float_controls(measured):
     """ECE, Brier and macro AUROC: the cells' (deployed) columns, mean and t-interval over
-    seeds; their change against fp32_ft paired by seed; fp32_fold_ft's columns only where the
-    store has that control (it has not here)."""
+    seeds; their change against fp32_ft paired by seed; fp32_fold_ft's columns where the store
+    has that control (it has here; test_calibration_against_fp32_fold_ft_where_the_store_has_it
+    checks their values)."""
     gen, context = measured
     rows = _headline_rows(context)
     keys = [c.key for c in context["headline"].columns]
     assert {"ece", "brier", "auroc_macro", "d_ece@fp32_ft", "d_brier@fp32_ft",
             "d_auroc_macro@fp32_ft"} <= set(keys)
-    assert not any(k.endswith("@fp32_fold_ft") for k in keys)
+    assert {"d_ece@fp32_fold_ft", "d_brier@fp32_fold_ft"} <= set(keys)
+    assert "d_ece@fp32_fold_ft" not in rows["fp32_fold_ft"]
     ft = gen.cells[gen.cells.method == "fp32_ft"].set_index("seed")
     for method, w, _ in CONTROL_CONFIGS:
         row = rows[label(method, w, w)]
@@ -359,8 +368,8 @@ def test_sentences_hold_only_the_rows_numbers_and_say_significance_right(measure
         sentence = row["sentence"]
         assert sentence.startswith(row["config"])
         rest = sentence
-        for name in (row["config"], row.get("control") or "", *devices, "FP32", "fp32_ft",
-                     "p50"):
+        for name in (row["config"], row.get("control") or "", *devices, "FP32", "fp32_fold_ft",
+                     "fp32_ft", "p50"):
             rest = rest.replace(name, " ") if name else rest
         shown = _cells_text(context, row)
         for number in NUMBER.findall(rest):
@@ -385,7 +394,12 @@ def test_sentences_hold_only_the_rows_numbers_and_say_significance_right(measure
     assert "keeps " + text(next(c for c in context["headline"].columns
                                 if c.key == "retained"), qat) + " of FP32's accuracy" in \
         qat["sentence"]
-    assert "against its equal-budget float control fp32_ft" in qat["sentence"]
+    assert "against its equal-budget float control fp32_fold_ft" in qat["sentence"]
+    assert "its float control fp32_fold_ft ρ = " in qat["sentence"]
+    rows = _headline_rows(context)
+    assert "fp32_ft is the training-budget control" in rows["fp32_ft"]["sentence"]
+    assert "fp32_fold_ft is the float control of the effect of quantisation" in \
+        rows["fp32_fold_ft"]["sentence"]
     assert "faster than FP32 on host" in qat["sentence"] and "ρ = " in qat["sentence"]
 
 

@@ -26,7 +26,8 @@ from methods.base import FP32
 
 BLOCK = ["dataset", "backbone"]
 CONFIG = ["dataset", "backbone", "method", "w_bits", "a_bits"]
-METHOD_ORDER = (FP32, "fp32_ft", "sgt", "sgt_ft", "ptq", "qat", "lsq", "pact", "pact_sgt")
+METHOD_ORDER = (FP32, "fp32_ft", "fp32_fold_ft", "sgt", "sgt_ft", "ptq", "qat", "lsq", "pact",
+                "pact_sgt")
 DEVICE_KEY = ["device_name", "profile", "batch_size"]
 """What the report keys a measurement by: the record's device, profile and batch size (two
 identical boards share a machine fingerprint; a device is its own)."""

@@ -1,8 +1,15 @@
 """The headline table: per data set x backbone, one row per method x bit-width with what a
 deployment decision needs (accuracy and what it costs against FP32 and the equal-budget float
 control, with the tests' verdicts; size, latency and speed-up per device; integer coverage;
-saliency stability with its null control and each row's own sanity check), and one
-plain-language sentence per row built only from the row's own printed cells.
+saliency stability with its null control, its float control's stability and each row's own
+sanity check), and one plain-language sentence per row built only from the row's own printed
+cells.
+
+The float control of QAT, LSQ and PACT is fp32_fold_ft (the FP32 parent in their
+BatchNorm-folded graph, fine-tuned like them, nothing quantised): their "Δ float control" and
+the control's saliency stability beside theirs are the effect of quantisation. fp32_ft (the
+parent fine-tuned in its own graph) is the training-budget control, a row of its own; each
+control row's sentence says what it controls for (`Method.control_role`).
 
 Accuracy is each cell's headline accuracy (bench.report.data.headline: the deployed ONNX Runtime
 model's where the cell has a deploy stage), mean and 95% t-interval over seeds. A difference is
@@ -44,7 +51,7 @@ from bench.report.data import (
     ordered_configs,
 )
 from bench.report.saliency import STAGE, sanity_checks
-from bench.report.significance import BlockTests, float_control, holm_family
+from bench.report.significance import BlockTests, control_role, float_control, holm_family
 from bench.report.tables import Block, Column, Table, device_table, text
 
 ALPHA = stats.ALPHA
@@ -238,6 +245,7 @@ def columns(devices: list[str], references: tuple[str, ...] = ()) -> list[Column
     cols += [Column("coverage", "int. coverage", "text"),
              Column("stability", "saliency vs FP32", "ci", "high", "saliency", 2),
              Column("null_stability", "null control", "float", None, "saliency", 2),
+             Column("control_stability", "float control", "float", None, "saliency", 2),
              Column("sanity", "sanity check", "text", None, "saliency")]
     return cols
 
@@ -284,6 +292,7 @@ def _row(data: ReportData, ok: pd.DataFrame, config: str, base: dict[str, Any] |
     elif config == FP32:
         row["retained"] = 100.0 if not fmt.missing(row["accuracy"]) else None
         row["size_pct"] = 100.0 if row["size_bytes"] is not None else None
+    row["role"] = control_role(method)
     control = float_control(method) if quantised else None
     if control is not None:
         label = config_label(control, FP32_BITS, FP32_BITS)
@@ -317,6 +326,9 @@ def _add_saliency(data: ReportData, ok: pd.DataFrame, rows: list[dict[str, Any]]
                 mine[f"saliency_{metric}"])
             null = f"saliency_null_{metric}"
             row["null_stability"] = _mean(mine[null]) if null in mine else None
+            control = ok[ok.config == row.get("control")] if row.get("control") else ok[:0]
+            row["control_stability"] = _mean(control[f"saliency_{metric}"]) \
+                if len(control) else None
         if sanity is not None:
             row["sanity"] = sanity.text()
             row["sanity_fails"] = sanity.fails
@@ -419,6 +431,11 @@ def _saliency_clause(cols: dict[str, Column], row: dict[str, Any], fp32: bool) -
             null = ("its null control is " + NOT_MEASURED if fmt.missing(row.get(
                 "null_stability")) else f"null control {symbol} = "
                 f"{_cell(cols, row, 'null_stability')}")
+            if row.get("control"):
+                null += (f"; its float control {row['control']}'s maps {NOT_MEASURED}"
+                         if fmt.missing(row.get("control_stability")) else
+                         f"; its float control {row['control']} {symbol} = "
+                         f"{_cell(cols, row, 'control_stability')}")
             parts.append(f"its {method} maps agree with FP32 at {symbol} = "
                          f"{fmt.num(row['stability'], cols['stability'].digits or 2)} ({null})")
     sanity = row.get("sanity")
@@ -474,6 +491,8 @@ def sentence(row: dict[str, Any], cols_list: list[Column], has_fp32: bool) -> st
                  f"{_delta(cols, row, 'control')}")
     elif row.get("control_missing"):
         head += f"; its equal-budget float control {row['control']} {NOT_MEASURED}"
+    if row.get("role"):
+        head += f"; {config} is {row['role']}"
     f1 = _cell(cols, row, "macro_f1")
     head += f"; macro-F1 {f1 if not fmt.missing(row.get('macro_f1')) else NOT_MEASURED}"
     head += f"; {_calibration_clause(cols, row)}"

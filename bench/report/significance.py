@@ -125,6 +125,16 @@ def float_control(method: str) -> str | None:
         return None
 
 
+def control_role(method: str) -> str | None:
+    """What a float control method controls for, in words (`Method.control_role`), or None."""
+    from methods import get_method
+
+    try:
+        return get_method(method).control_role
+    except ConfigError:  # a method of another version of medq-bench
+        return None
+
+
 Pair = tuple[str, str]
 
 

@@ -3,19 +3,21 @@
 A quantised cell's maps differ from its FP32 parent's for two kinds of reasons: quantisation
 (and the fine-tuning it needs), which the statistics are meant to measure, and everything else
 the quantisation pipeline changes on the way (graph tracing, batch norm folded into the convs,
-ReLU6 turned into a quantised ReLU, saliency read through Brevitas modules). The null control
-isolates the second kind: the cell's method builds its quantised graph (`Method.build_quantized`)
-from the cell's FP32 parent, and that graph, run with quantisation disabled, is explained with
-the same settings and images and compared with the parent's stored maps by the same statistics.
-It should give ~1.0 (>= 0.999 Spearman and SSIM); anything less is an artefact of the pipeline,
-and it is shown beside every stability figure.
+saliency read through Brevitas modules). The null control isolates the second kind: the cell's
+method builds its quantised graph (`Method.build_quantized`) from the cell's FP32 parent, and
+that graph, run with quantisation disabled, is explained with the same settings and images and
+compared with the parent's stored maps by the same statistics. It should give ~1.0 (>= 0.999
+Spearman and SSIM); anything less is an artefact of the pipeline, and it is shown beside every
+stability figure.
 
 Why the graph is built from the parent and not taken from the cell: a fine-tuned cell (QAT,
 PACT, PACT+SGT, LSQ) no longer has its parent's weights, so its own graph with quantisation
 disabled differs from FP32 by the fine-tuning as well, which is neither a pipeline artefact nor
-quantisation (the equal-budget float control `float_control` measures that drift). For PTQ
-without bias correction the two graphs have the same weights. Calibration is skipped: with
-quantisation disabled no quantiser (and no PACT clip) takes part in the forward pass.
+quantisation (the equal-budget float control `float_control` measures that drift: for QAT, LSQ
+and PACT `fp32_fold_ft`, the same graph of the parent fine-tuned the same way, nothing
+quantised). For PTQ without bias correction the two graphs have the same weights. Calibration
+is skipped: with quantisation disabled no quantiser (and no PACT clip) takes part in the
+forward pass.
 """
 
 from __future__ import annotations
