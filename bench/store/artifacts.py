@@ -32,3 +32,25 @@ def mismatches(folder: Path, expected: dict[str, str]) -> list[str]:
         if not path.is_file() or file_sha256(path) != sha:
             bad.append(name)
     return bad
+
+
+class ArtifactMismatchError(RuntimeError):
+    """A stored cell's artifact file is missing or differs from its record's SHA-256."""
+
+
+def checked_artifact(folder: Path, cell_id: str, hashes: dict[str, str] | None,
+                     name: str) -> Path:
+    """``folder / name`` once its SHA-256 is the one cell ``cell_id``'s record states
+    (``hashes``); ArtifactMismatchError naming the file otherwise (missing, differing, or a
+    file the record does not list)."""
+    path = folder / name
+    expected = (hashes or {}).get(name)
+    if expected is None:
+        raise ArtifactMismatchError(f"{path}: not among the files of cell {cell_id}'s record")
+    if not path.is_file():
+        raise ArtifactMismatchError(f"{path}: missing (cell {cell_id}'s record lists it)")
+    if file_sha256(path) != expected:
+        raise ArtifactMismatchError(f"{path}: its SHA-256 differs from the one cell "
+                                    f"{cell_id}'s record states (the file changed after the "
+                                    "cell was stored)")
+    return path

@@ -27,7 +27,12 @@ from sqlalchemy import Engine, create_engine, event, exists, select
 from sqlalchemy.orm import Session
 
 from bench.store import migrate
-from bench.store.artifacts import file_sha256, hash_tree, mismatches
+from bench.store.artifacts import (
+    checked_artifact,
+    file_sha256,
+    hash_tree,
+    mismatches,
+)
 from bench.store.identity import local_device
 from bench.store.measurements import MeasurementRecord, empty_columns, latest_columns
 from bench.store.peek import DB_NAME, LOG_DIR, StoreBusyError, exclusive
@@ -134,21 +139,9 @@ class ResultsStore:
 
     def checked_file(self, record: CellRecord, name: str) -> Path:
         """The path of ``record``'s artifact ``name`` once its SHA-256 is the one the record
-        states; ArtifactMismatchError naming the file otherwise (missing, differing, or a
-        file the record does not list)."""
-        path = self.artifact_dir(record.cell_id) / name
-        expected = (record.artifact_hashes or {}).get(name)
-        if expected is None:
-            raise ArtifactMismatchError(f"{path}: not among the files of cell "
-                                        f"{record.cell_id}'s record")
-        if not path.is_file():
-            raise ArtifactMismatchError(f"{path}: missing (cell {record.cell_id}'s record "
-                                        "lists it)")
-        if file_sha256(path) != expected:
-            raise ArtifactMismatchError(f"{path}: its SHA-256 differs from the one cell "
-                                        f"{record.cell_id}'s record states (the file changed "
-                                        "after the cell was stored)")
-        return path
+        states; ArtifactMismatchError naming the file otherwise."""
+        return checked_artifact(self.artifact_dir(record.cell_id), record.cell_id,
+                                record.artifact_hashes, name)
 
     @contextmanager
     def staging(self, cell_id: str) -> Iterator[Path]:
@@ -259,10 +252,6 @@ class ResultsStore:
         return [{**{c: getattr(r, c) for c in RESULT_COLUMNS}, **empty_columns(),
                  **stage_columns(r), **measured.get(r.cell_id, {})}
                 for r in self.records()]
-
-
-class ArtifactMismatchError(RuntimeError):
-    """A stored cell's artifact file is missing or differs from its record's SHA-256."""
 
 
 def stage_columns(record: CellRecord) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.runner.executors.base import Finished
 from bench.runner.outcome import CellOutcome
-from bench.store.artifacts import file_sha256, hash_tree
+from bench.store.artifacts import checked_artifact, file_sha256, hash_tree
 from methods.base import FP32
 
 if TYPE_CHECKING:
@@ -154,7 +154,8 @@ class ShippedStore:
     """The store as a worker that shares no disk with the driver reads it: the shipped records,
     their files fetched into node-local scratch on first use (each checked against its
     SHA-256), and staging folders in scratch. It offers what a cell reads (`get`, `records`,
-    `artifact_dir`) and `staging`; nothing is written back but through the driver."""
+    `artifact_dir`, `checked_file`) and `staging`; nothing is written back but through the
+    driver."""
 
     def __init__(self, scratch: Path, shipment: Shipment) -> None:
         self.root = scratch
@@ -177,6 +178,11 @@ class ShippedStore:
                 fetch_file(blob, folder / name)
             self._fetched.add(cell_id)
         return folder
+
+    def checked_file(self, record: CellRecord, name: str) -> Path:
+        """As ResultsStore.checked_file: the fetched file, once it has the record's SHA-256."""
+        return checked_artifact(self.artifact_dir(record.cell_id), record.cell_id,
+                                record.artifact_hashes, name)
 
     @contextmanager
     def staging(self, cell_id: str) -> Iterator[Path]:
