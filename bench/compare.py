@@ -1,5 +1,7 @@
 """Compare devices: per cell, latency and memory on each device, their ratios between devices,
-and each cell's latency and memory relative to its FP32 reference on the same device.
+each cell's latency and memory relative to its FP32 reference on the same device and, where the
+device ran accuracy mode, its answers: accuracy, agreement with the deploying machine's
+predictions and the largest logit difference (bench.store.accuracy).
 
 `compare` is a pure function of cell and measurement records, so a store, a results server and
 the HTML report all compare the same way. Each device contributes one profile and batch size
@@ -21,12 +23,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.errors import UsageError
+from bench.store.accuracy import accuracy_columns
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, MeasurementData
 from methods.base import FP32
 
 METRICS = {"p50_ms": "latency_ms_p50", "p99_ms": "latency_ms_p99", "peak_mb": "peak_rss_mb"}
 """Compared quantities: column prefix -> measurement field."""
+ANSWERS = {"accuracy": "device_accuracy", "agreement": "device_agreement",
+           "max_logit_diff": "device_max_logit_diff"}
+"""Accuracy-mode quantities: column prefix -> measurement details field."""
 VS_FP32 = {"p50_vs_fp32": "p50_ms", "mem_vs_fp32": "peak_mb"}
 BETWEEN = {"p50_ratio": "p50_ms", "p99_ratio": "p99_ms", "mem_ratio": "peak_mb"}
 CELL_COLUMNS = ("cell_id", "dataset", "backbone", "method", "w_bits", "a_bits", "seed",
@@ -59,6 +65,7 @@ class Comparison:
         first = [c for c in CELL_COLUMNS if any(c in r for r in self.rows)] or list(CELL_COLUMNS)
         return [*first,
                 *(f"{m}@{d}" for d in self.devices for m in METRICS),
+                *(f"{a}@{d}" for d in self.devices for a in ANSWERS),
                 *(f"{r}@{d}" for d in self.devices[1:] for r in BETWEEN),
                 *(f"{r}@{d}" for d in self.devices for r in VS_FP32)]
 
@@ -159,6 +166,9 @@ def compare(cells: Iterable[CellData], measurements: Iterable[MeasurementData],
             mine, ref = latest[device].get(cell.cell_id), latest[device].get(reference or "")
             for key, field_name in METRICS.items():
                 row[f"{key}@{device}"] = getattr(mine, field_name) if mine else None
+            answers = accuracy_columns(mine.details if mine else None)
+            for key, field_name in ANSWERS.items():
+                row[f"{key}@{device}"] = answers[field_name]
             for key, metric in VS_FP32.items():
                 row[f"{key}@{device}"] = ratio(row[f"{metric}@{device}"],
                                                getattr(ref, METRICS[metric]) if ref else None)
@@ -237,14 +247,16 @@ def _text(column: str, value: Any) -> str:
         return "-"
     if isinstance(value, float):
         prefix = column.split("@")[0]
-        digits = 3 if prefix.endswith("_ms") else 1 if prefix == "peak_mb" else 2
+        digits = 3 if prefix.endswith("_ms") or prefix in ANSWERS else \
+            1 if prefix == "peak_mb" else 2
         return f"{value:.{digits}f}"
     return str(value)
 
 
 LABELS = {"p50_ms": "p50 ms", "p99_ms": "p99 ms", "peak_mb": "peak MB", "p50_ratio": "p50",
           "p99_ratio": "p99", "mem_ratio": "peak MB", "p50_vs_fp32": "p50/FP32",
-          "mem_vs_fp32": "MB/FP32"}
+          "mem_vs_fp32": "MB/FP32", "accuracy": "accuracy", "agreement": "agreement",
+          "max_logit_diff": "max |dlogit|"}
 
 
 def header(column: str, base: str) -> str:

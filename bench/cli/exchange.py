@@ -154,11 +154,15 @@ def device_pull(
     a_bits: ABitsOpt = None,
     cell: Annotated[list[str] | None, typer.Option(help="Only this cell id (repeatable).")]
     = None,
+    inputs: Annotated[bool, typer.Option(
+        "--inputs/--no-inputs", help="Also bring each cell's test inputs (the test images, "
+                                     "of patients on real data, and the deployed predictions) "
+                                     "for `bench measure`'s accuracy mode.")] = True,
 ) -> None:
-    """Fetch deployable cells and their ONNX files into the store; every file's SHA-256 is
-    checked before anything is written. Cells whose files the server lacks are skipped (and
-    listed); exit 2 if no cell could be pulled, or while a `bench run` or `bench import` is
-    writing to the store."""
+    """Fetch deployable cells, their ONNX files and test inputs into the store; every file's
+    SHA-256 is checked before anything is written. Cells whose files the server lacks are
+    skipped (and listed); exit 2 if no cell could be pulled, or while a `bench run` or `bench
+    import` is writing to the store."""
     from bench.exchange.pull import pull
     from bench.store import ResultsStore
     from bench.store.query import RecordFilter
@@ -166,7 +170,7 @@ def device_pull(
     selection = RecordFilter(datasets=dataset, backbones=backbone,
                              methods=method, w_bits=w_bits, a_bits=a_bits,
                              cell_ids=cell)
-    summary = pull(ResultsStore(store), source, selection, token=token)
+    summary = pull(ResultsStore(store), source, selection, token=token, inputs=inputs)
     for skipped in summary.skipped:
         err.print(f"[yellow]cell skipped:[/] {escape(skipped)}", highlight=False,
                   soft_wrap=True)

@@ -1,7 +1,8 @@
 """`bench device pull`: bring deployable cells (records plus their ONNX files) to a device.
 
 From a results server or an exported bundle, take the successful cells the filter selects that
-have deploy artifacts, check every file against the SHA-256 its cell recorded, and only then
+have deploy artifacts (and, unless ``inputs=False``, their test inputs for accuracy mode),
+check every file against the SHA-256 its cell recorded, and only then
 write the cells and files into the local store in one transaction. Files from a server are
 streamed to disk; a cell whose files the server lacks is skipped, the others are pulled. A
 device needs no training stack for any of it.
@@ -38,10 +39,11 @@ class PullSummary:
     skipped: list[str] = field(default_factory=list)
 
 
-def _stage(cell: CellData, source: Path, work: Path) -> Path:
+def _stage(cell: CellData, source: Path, work: Path, inputs: bool) -> Path:
     """Copy the cell's deploy files from ``source`` into a fresh folder, checking each hash."""
     folder = work / cell.cell_id
-    for name in deploy_files(cell):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in deploy_files(cell, inputs):
         path = source / name
         if not path.is_file():
             raise UsageError(f"cell {cell.cell_id}: {name} is missing from the source")
@@ -59,25 +61,27 @@ def _check(cell: CellData, name: str, sha256: str) -> None:
 
 
 def pull(store: ResultsStore, source: str, selection: RecordFilter,
-         token: str | None = None, server: ServerClient | None = None) -> PullSummary:
-    """Pull from ``source``: an `http(s)://` server URL (or ``server``) or a bundle file.
+         token: str | None = None, server: ServerClient | None = None,
+         inputs: bool = True) -> PullSummary:
+    """Pull from ``source``: an `http(s)://` server URL (or ``server``) or a bundle file;
+    ``inputs=False`` leaves the cells' test inputs behind (the device can then only time).
 
     Holds the store's "run" lock throughout, as `bench run` does (both write artifact
     folders); UsageError if another process holds it."""
     with store.exclusive("run"):
         if source.startswith(("http://", "https://")) or server is not None:
             return _from_server(store, source, selection,
-                                server or ServerClient.connect(source, token))
+                                server or ServerClient.connect(source, token), inputs)
         if not Path(source).is_file():
             raise UsageError(f"--from {source}: neither a server URL (http://, https://) "
                              "nor a bundle file")
-        return _from_bundle(store, Path(source), selection)
+        return _from_bundle(store, Path(source), selection, inputs)
 
 
 def _ingest(store: ResultsStore, summary: PullSummary, cells: list[CellData],
-            folders: dict[str, Path], origin: Origin) -> PullSummary:
+            folders: dict[str, Path], origin: Origin, inputs: bool) -> PullSummary:
     summary.cells = len(cells)
-    summary.files = sum(len(deploy_files(c)) for c in cells)
+    summary.files = sum(len(deploy_files(c, inputs)) for c in cells)
     try:
         summary.result = store.ingest(RecordBatch(cells=cells), folders, origin)
     except FutureRecordError as err:
@@ -101,7 +105,8 @@ def _deployable(candidates: list[CellData], selection: RecordFilter,
     return chosen
 
 
-def _from_bundle(store: ResultsStore, path: Path, selection: RecordFilter) -> PullSummary:
+def _from_bundle(store: ResultsStore, path: Path, selection: RecordFilter, inputs: bool
+                 ) -> PullSummary:
     summary = PullSummary(str(path))
     with read_bundle(path) as bundle, Scratch("medq-pull-") as tmp:
         cells = _deployable(bundle.batch.cells, selection, summary)
@@ -111,13 +116,13 @@ def _from_bundle(store: ResultsStore, path: Path, selection: RecordFilter) -> Pu
             if source is None:
                 raise UsageError(f"{path}: cell {cell.cell_id} has no artifact files in the "
                                  "bundle; export it with --artifacts deploy")
-            folders[cell.cell_id] = _stage(cell, source, Path(tmp))
-        return _ingest(store, summary, cells, folders, bundle.origin("pull of bundle"))
+            folders[cell.cell_id] = _stage(cell, source, Path(tmp), inputs)
+        return _ingest(store, summary, cells, folders, bundle.origin("pull of bundle"), inputs)
 
 
-def _download(server: ServerClient, cell: CellData, folder: Path) -> None:
+def _download(server: ServerClient, cell: CellData, folder: Path, inputs: bool) -> None:
     """Stream the cell's deploy files into ``folder``, checking each hash."""
-    for name in deploy_files(cell):
+    for name in deploy_files(cell, inputs):
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         path = f"{API}/cells/{quote(cell.cell_id)}/artifacts/{quote(name)}"
@@ -125,7 +130,7 @@ def _download(server: ServerClient, cell: CellData, folder: Path) -> None:
 
 
 def _from_server(store: ResultsStore, url: str, selection: RecordFilter,
-                 server: ServerClient) -> PullSummary:
+                 server: ServerClient, inputs: bool) -> PullSummary:
     params = {"dataset": selection.datasets, "backbone": selection.backbones,
               "method": selection.methods, "w_bits": selection.w_bits,
               "a_bits": selection.a_bits, "status": ["ok"]}
@@ -137,7 +142,7 @@ def _from_server(store: ResultsStore, url: str, selection: RecordFilter,
         folders = {}
         for cell in _deployable(candidates, selection, summary):
             try:
-                _download(server, cell, Path(tmp) / cell.cell_id)
+                _download(server, cell, Path(tmp) / cell.cell_id, inputs)
             except RequestRefused as err:
                 if err.status != NOT_FOUND:
                     raise
@@ -149,4 +154,4 @@ def _from_server(store: ResultsStore, url: str, selection: RecordFilter,
         if not cells:
             raise UsageError(f"none of the deployable cells could be pulled from {url}: "
                              + "; ".join(summary.skipped[:5]))
-        return _ingest(store, summary, cells, folders, Origin(f"pull from {url}"))
+        return _ingest(store, summary, cells, folders, Origin(f"pull from {url}"), inputs)

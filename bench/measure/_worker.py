@@ -8,9 +8,12 @@ the limits, and a container needs only this folder mounted.
 
 Spec keys: model, runtime ("onnxruntime" | "torch"), provider, intra_op, inter_op (0: runtime
 default), batch_size, input_shape (per sample), warmup, min_repetitions, min_duration_s, seed,
-and optionally session_config (ONNX Runtime session config entries the cell was deployed with).
+and optionally session_config (ONNX Runtime session config entries the cell was deployed with)
+and accuracy ({"inputs": path of a test-inputs file}: after timing, run the model over those
+inputs, preprocessed by ``preprocess.py`` from this folder, numpy only).
 Output: {"ok": true, "samples_s", "load_time_s", "peak_rss_mb", "providers", "affinity",
-"runtime_version"} or {"ok": false, "stage", "error", "memory"}.
+"runtime_version"} (plus "logits", one list per test image, with accuracy; ``peak_rss_mb`` is
+taken before it) or {"ok": false, "stage", "error", "memory"}.
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ def is_memory_failure(text: str) -> bool:
     return any(marker in lowered for marker in MEMORY_MARKERS)
 
 
-def _load_protocol():
-    path = Path(__file__).with_name("protocol.py")
-    spec = importlib.util.spec_from_file_location("_medq_protocol", path)
+def _load_sibling(name: str):
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_medq_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -54,9 +57,12 @@ def _peak_rss_mb() -> float:
 
 
 _NUMPY_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+Runner = tuple[Callable[[], object], list[str], str, Callable[[object], object] | None]
+"""A loaded model: the timed call, the providers, the runtime's version and, where the runtime
+can run given inputs, the function of a batch that returns its logits."""
 
 
-def _onnxruntime_runner(spec: dict) -> tuple[Callable[[], object], list[str], str]:
+def _onnxruntime_runner(spec: dict) -> Runner:
     import numpy as np
     import onnxruntime as ort
 
@@ -83,10 +89,14 @@ def _onnxruntime_runner(spec: dict) -> tuple[Callable[[], object], list[str], st
     rng = np.random.default_rng(spec["seed"])
     x = rng.standard_normal((spec["batch_size"], *spec["input_shape"])).astype(dtype)
     feed = {inp.name: x}
-    return (lambda: session.run(None, feed)), session.get_providers(), ort.__version__
+
+    def infer(batch: object) -> object:
+        return session.run(None, {inp.name: np.asarray(batch, dtype=dtype)})[0]
+
+    return (lambda: session.run(None, feed)), session.get_providers(), ort.__version__, infer
 
 
-def _torch_runner(spec: dict) -> tuple[Callable[[], object], list[str], str]:
+def _torch_runner(spec: dict) -> Runner:
     import torch
 
     if spec["intra_op"] > 0:
@@ -101,25 +111,43 @@ def _torch_runner(spec: dict) -> tuple[Callable[[], object], list[str], str]:
         with torch.inference_mode():
             return model(x)
 
-    return call, ["torch-eager-cpu"], torch.__version__
+    return call, ["torch-eager-cpu"], torch.__version__, None
+
+
+def _logits(infer: Callable[[object], object] | None, inputs_path: str) -> list[list[float]]:
+    """The model's logits over the test inputs, in the deploy stage's batches."""
+    import numpy as np
+
+    if infer is None:
+        raise RuntimeError("this runtime cannot run the test inputs (accuracy mode needs an "
+                           "ONNX model)")
+    preprocess = _load_sibling("preprocess")
+    inputs = preprocess.load_inputs(inputs_path)
+    chunks = [np.asarray(infer(batch), dtype=np.float32) for batch in preprocess.batches(inputs)]
+    return np.concatenate(chunks).tolist() if chunks else []
 
 
 def run(spec: dict) -> dict:
     """Load, warm up and time the model described by ``spec``; failures are returned."""
     stage = "import"
     try:
-        protocol = _load_protocol()
+        protocol = _load_sibling("protocol")
         torch_runtime = spec["runtime"] == "torch"
         importlib.import_module("torch" if torch_runtime else "onnxruntime")
         stage = "load"
         start = time.perf_counter()
         make = _torch_runner if torch_runtime else _onnxruntime_runner
-        call, providers, version = make(spec)
+        call, providers, version, infer = make(spec)
         load_time = time.perf_counter() - start
         stage = "run"
         samples = protocol.run_protocol(
             call, spec["warmup"], spec["min_repetitions"], spec["min_duration_s"]
         )
+        peak = _peak_rss_mb()
+        extra = {}
+        if spec.get("accuracy"):
+            stage = "accuracy"
+            extra["logits"] = _logits(infer, spec["accuracy"]["inputs"])
     except Exception as err:
         message = f"{type(err).__name__}: {err}"
         memory = isinstance(err, MemoryError) or is_memory_failure(message)
@@ -128,10 +156,11 @@ def run(spec: dict) -> dict:
         "ok": True,
         "samples_s": samples,
         "load_time_s": load_time,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak,
         "providers": providers,
         "affinity": sorted(os.sched_getaffinity(0)),
         "runtime_version": version,
+        **extra,
     }
 
 

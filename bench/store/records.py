@@ -25,10 +25,19 @@ from functools import partial
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    create_model,
+    model_validator,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bench.store.accuracy import check_accuracy_details
 from bench.store.identity import DEVICE_PATTERN
 from bench.store.schema import (
     Base,
@@ -176,6 +185,11 @@ class _Cell(_Record):
 
 class _Measurement(_Record):
     row = MeasurementRecord
+
+    @model_validator(mode="after")
+    def _accuracy_bounds(self) -> _Measurement:
+        check_accuracy_details(self.details or {})
+        return self
 
     def key(self) -> MeasurementKey:
         return (self.cell_id, self.profile, self.device, self.machine, self.batch_size)

@@ -1,0 +1,190 @@
+"""Accuracy mode: a device runs the deployed model over the cell's test inputs and records its
+accuracy, its agreement with the workstation's deployed predictions and its predictions.
+
+One workstation store (a tiny grid, FP32 and PTQ W8A8, deploy stage) measured on its own
+machine: there the device's answers must be the deployed ones exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from bench.cli import app
+from bench.data import normalize
+from bench.deploy.stage import DEPLOYED_PREDICTIONS, TEST_INPUTS
+from bench.measure.preprocess import load_inputs
+from bench.measure.preprocess import normalize as device_normalize
+from bench.store import ResultsStore
+from bench.store.accuracy import ACCURACY_COLUMNS, check_accuracy_details
+from bench.store.deploy import deploy_files
+from bench.store.records import CellData, MeasurementData
+from bench.store.schema import MeasurementRecord
+from tests.conftest import tiny_grid_dict
+from tests.test_light_imports import run_without_full
+
+QUICK = 'description = "quick"\nwarmup = 1\nmin_repetitions = 3\nmin_duration_s = 0.0\n'
+
+
+def bench(*args: Any) -> Any:
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def workstation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two deployed cells (FP32, PTQ W8A8) made and measured on device "ws"."""
+    tmp = tmp_path_factory.mktemp("ws")
+    grid = tiny_grid_dict(seeds=1, methods=[{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}],
+                          stages={"deploy": {}})
+    (tmp / "grid.yaml").write_text(yaml.safe_dump(grid))
+    (tmp / "quick.toml").write_text(QUICK)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDQ_DEVICE", "ws")
+    try:
+        result = bench("run", "--grid", tmp / "grid.yaml", "--store", tmp / "s", "--quiet")
+        assert result.exit_code == 0, result.output
+        result = bench("measure", "--profile", tmp / "quick.toml", "--store", tmp / "s",
+                       "--quiet")
+        assert result.exit_code == 0, result.output
+    finally:
+        mp.undo()
+    return tmp
+
+
+def _measurements(store: Path) -> list[MeasurementData]:
+    with Session(ResultsStore(store).engine) as session:
+        return [MeasurementData.of(r) for r in session.scalars(select(MeasurementRecord))]
+
+
+def _cells(store: Path) -> dict[str, CellData]:
+    return {r.cell_id: CellData.of(r) for r in ResultsStore(store).records()}
+
+
+def test_device_preprocessing_equals_the_workstation_tensor_bit_for_bit(workstation):
+    store = ResultsStore(workstation / "s")
+    for cell in store.records():
+        inputs = load_inputs(str(store.artifact_dir(cell.cell_id) / TEST_INPUTS))
+        images = torch.from_numpy(inputs["images"])
+        theirs = normalize(images).numpy()
+        mine = device_normalize(inputs["images"], inputs["mean"], inputs["std"])
+        assert mine.dtype == theirs.dtype == np.float32
+        assert mine.tobytes() == theirs.tobytes()
+    noise = torch.randint(0, 256, (7, 3, 5, 9), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(1))
+    assert device_normalize(noise.numpy(), inputs["mean"], inputs["std"]).tobytes() == \
+        normalize(noise).numpy().tobytes()
+
+
+def test_on_the_deploying_machine_the_device_answers_are_the_deployed_ones(workstation):
+    cells = _cells(workstation / "s")
+    measured = _measurements(workstation / "s")
+    assert len(measured) == 2
+    store = ResultsStore(workstation / "s")
+    for m in measured:
+        deploy = cells[m.cell_id].metrics["deploy"]
+        d = m.details
+        assert d["accuracy_mode"] == "on"
+        assert d["device_agreement"] == 1.0
+        assert d["device_accuracy"] == deploy["columns"]["deployed_accuracy"]
+        assert d["device_max_logit_diff"] < 1e-4
+        with np.load(store.artifact_dir(m.cell_id) / DEPLOYED_PREDICTIONS) as ref:
+            assert d["predictions"] == ref["predictions"].tolist()
+            assert d["accuracy_images"] == len(ref["labels"]) > 0
+
+
+def test_results_and_compare_show_the_accuracy_fields(workstation):
+    result = bench("results", "--store", workstation / "s", "--profile", "quick",
+                   "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert all(r["device_agreement"] == 1.0 and r["accuracy_images"] for r in rows)
+    compared = bench("compare", "--store", workstation / "s", "--devices", "ws",
+                     "--format", "json")
+    assert compared.exit_code == 0, compared.output
+    for row in json.loads(compared.output)["rows"]:
+        assert row["agreement@ws"] == 1.0
+        assert 0 <= row["accuracy@ws"] <= 1 and row["max_logit_diff@ws"] is not None
+
+
+def test_no_accuracy_times_only(workstation, tmp_path):
+    shutil.copytree(workstation / "s", tmp_path / "s")
+    result = bench("measure", "--profile", workstation / "quick.toml", "--store",
+                   tmp_path / "s", "--device-name", "pi", "--no-accuracy", "--quiet")
+    assert result.exit_code == 0, result.output
+    for m in _measurements(tmp_path / "s"):
+        if m.device == "pi":
+            assert m.details["accuracy_mode"] == "off (--no-accuracy)"
+            assert not any(c in m.details for c in (*ACCURACY_COLUMNS, "predictions"))
+
+
+def test_pull_brings_checked_inputs_or_none_with_no_inputs(workstation, tmp_path):
+    bundle = tmp_path / "b.tar.gz"
+    assert bench("export", "--store", workstation / "s", "--out", bundle,
+                 "--artifacts", "deploy").exit_code == 0
+    for flag, store in (("--inputs", tmp_path / "with"), ("--no-inputs", tmp_path / "without")):
+        result = bench("device", "pull", "--from", bundle, "--store", store, flag)
+        assert result.exit_code == 0, result.output
+    with_inputs, without = ResultsStore(tmp_path / "with"), ResultsStore(tmp_path / "without")
+    for cell in _cells(tmp_path / "with").values():
+        assert (with_inputs.artifact_dir(cell.cell_id) / TEST_INPUTS).is_file()
+        assert not (without.artifact_dir(cell.cell_id) / TEST_INPUTS).exists()
+        assert not (without.artifact_dir(cell.cell_id) / DEPLOYED_PREDICTIONS).exists()
+        assert TEST_INPUTS in deploy_files(cell) and TEST_INPUTS not in deploy_files(cell, False)
+    result = bench("measure", "--profile", workstation / "quick.toml", "--store",
+                   tmp_path / "without", "--device-name", "pi", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert {m.details["accuracy_mode"] for m in _measurements(tmp_path / "without")} == {
+        "no test inputs"}
+
+
+def test_a_modified_input_file_is_refused_before_anything_is_timed(workstation, tmp_path):
+    shutil.copytree(workstation / "s", tmp_path / "s")
+    store = ResultsStore(tmp_path / "s")
+    cell = store.records()[0]
+    inputs = store.artifact_dir(cell.cell_id) / TEST_INPUTS
+    inputs.write_bytes(inputs.read_bytes() + b"x")
+    result = bench("measure", "--profile", workstation / "quick.toml", "--store",
+                   tmp_path / "s", "--device-name", "pi", "--quiet")
+    assert result.exit_code == 2 and TEST_INPUTS in result.output
+
+
+def test_a_device_without_torch_computes_accuracy(workstation, tmp_path):
+    shutil.copytree(workstation / "s", tmp_path / "s")
+    code = "from bench.cli import app\napp(sys.argv[1:])"
+    proc = run_without_full(code, "measure", "--profile", str(workstation / "quick.toml"),
+                            "--store", str(tmp_path / "s"), "--device-name", "light",
+                            "--quiet")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    light = [m for m in _measurements(tmp_path / "s") if m.device == "light"]
+    assert len(light) == 2
+    assert all(m.details["device_agreement"] == 1.0 for m in light)
+
+
+def test_bundles_carry_the_predictions_and_bad_fields_are_refused(workstation, tmp_path):
+    bundle = tmp_path / "m.tar.gz"
+    assert bench("export", "--store", workstation / "s", "--out", bundle).exit_code == 0
+    assert bench("import", bundle, "--store", tmp_path / "other").exit_code == 0
+    mine = {m.cell_id: m.details["predictions"] for m in _measurements(workstation / "s")}
+    theirs = {m.cell_id: m.details["predictions"] for m in _measurements(tmp_path / "other")}
+    assert mine == theirs and all(mine.values())
+    good = _measurements(workstation / "s")[0].model_dump()
+    for change in ({"device_agreement": 1.5}, {"device_accuracy": float("nan")},
+                   {"device_max_logit_diff": -1.0}, {"accuracy_images": 0},
+                   {"predictions": [0]}, {"predictions": None},
+                   {"accuracy_mode": "sometimes"}):
+        details = {**good["details"], **change}
+        with pytest.raises(ValidationError):
+            MeasurementData.model_validate({**good, "details": details})
+        with pytest.raises(ValueError):
+            check_accuracy_details(details)
