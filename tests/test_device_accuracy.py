@@ -18,10 +18,17 @@ import torch
 import yaml
 from pydantic import ValidationError
 from sqlalchemy import select
+from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from bench.cli import app
+from bench.exchange.bundle import BUNDLE_CONTENT_TYPE, export_bundle
+from bench.exchange.client import ServerClient
+from bench.server.app import create_app
+from bench.server.settings import ServerSettings
+from bench.server.tokens import create_token
+from bench.store.query import RecordFilter
 from bench.data import normalize
 from bench.deploy.stage import DEPLOYED_PREDICTIONS, TEST_INPUTS
 from bench.measure.preprocess import load_inputs
@@ -188,3 +195,19 @@ def test_bundles_carry_the_predictions_and_bad_fields_are_refused(workstation, t
             MeasurementData.model_validate({**good, "details": details})
         with pytest.raises(ValueError):
             check_accuracy_details(details)
+
+
+def test_the_servers_records_api_carries_the_predictions(workstation, tmp_path):
+    app = create_app(ServerSettings.of(None, tmp_path / "srv"))
+    token = create_token(app.state.store.engine, "ws")[1]
+    bundle = export_bundle(ResultsStore(workstation / "s"), tmp_path / "b.tar.gz",
+                           RecordFilter(), "none")
+    with TestClient(app) as http:
+        ServerClient(http, token).upload(bundle.path.read_bytes(), BUNDLE_CONTENT_TYPE)
+        items = http.get("/api/v1/records", params={"kind": "measurement"}).json()["items"]
+    served = {i["cell_id"]: i["details"] for i in items}
+    local = {m.cell_id: m.details for m in _measurements(workstation / "s")}
+    assert served.keys() == local.keys()
+    for cell_id, details in served.items():
+        for key in (*ACCURACY_COLUMNS, "predictions"):
+            assert details[key] == local[cell_id][key]
