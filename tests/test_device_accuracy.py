@@ -16,26 +16,26 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import select
-from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from bench.cli import app
+from bench.data import normalize
+from bench.deploy.stage import DEPLOYED_PREDICTIONS, TEST_INPUTS
 from bench.exchange.bundle import BUNDLE_CONTENT_TYPE, export_bundle
 from bench.exchange.client import ServerClient
+from bench.measure.preprocess import load_inputs
+from bench.measure.preprocess import normalize as device_normalize
 from bench.server.app import create_app
 from bench.server.settings import ServerSettings
 from bench.server.tokens import create_token
-from bench.store.query import RecordFilter
-from bench.data import normalize
-from bench.deploy.stage import DEPLOYED_PREDICTIONS, TEST_INPUTS
-from bench.measure.preprocess import load_inputs
-from bench.measure.preprocess import normalize as device_normalize
 from bench.store import ResultsStore
 from bench.store.accuracy import ACCURACY_COLUMNS, check_accuracy_details
 from bench.store.deploy import deploy_files
+from bench.store.query import RecordFilter
 from bench.store.records import CellData, MeasurementData
 from bench.store.schema import MeasurementRecord
 from tests.conftest import tiny_grid_dict
@@ -211,3 +211,54 @@ def test_the_servers_records_api_carries_the_predictions(workstation, tmp_path):
     for cell_id, details in served.items():
         for key in (*ACCURACY_COLUMNS, "predictions"):
             assert details[key] == local[cell_id][key]
+
+
+def test_wilson_interval_matches_statsmodels():
+    from statsmodels.stats.proportion import proportion_confint
+
+    from bench.stats import wilson_interval
+
+    for correct, n in ((0, 5), (3, 7), (29, 30), (40, 40), (512, 1000)):
+        low, high = wilson_interval(correct, n)
+        ref_low, ref_high = proportion_confint(correct, n, alpha=0.05, method="wilson")
+        assert low == pytest.approx(ref_low, abs=1e-12)
+        assert high == pytest.approx(ref_high, abs=1e-12)
+    assert wilson_interval(0, 0) == (None, None)
+
+
+def test_report_compares_devices_on_answers_and_flags_differing_images(workstation, tmp_path):
+    from bench.report import build_report, report_context
+    from bench.store.measurements import save_measurement
+
+    shutil.copytree(workstation / "s", tmp_path / "s")
+    store = ResultsStore(tmp_path / "s")
+    row = next(r for r in (MeasurementData.of(m) for m in _all_rows(store)))
+    flipped = list(row.details["predictions"])
+    flipped[0] = (flipped[0] + 1) % 3
+    theirs = np.asarray(row.details["predictions"])
+    agreement = float((np.asarray(flipped) == theirs).mean())
+    details = {**row.details, "predictions": flipped, "device_agreement": agreement}
+    other = row.model_copy(update={"device": "pi", "details": details}).to_row()
+    other.record_hash = None
+    save_measurement(store.engine, other)
+
+    context = report_context(store, figures=False)
+    answers = {(a.cell_id, a.device): a for a in context["answers"]}
+    assert {d for _, d in answers} == {"ws", "pi"} and len(answers) == 3
+    mine = answers[(row.cell_id, "pi")]
+    assert mine.flagged and len(mine.differing) == 1
+    assert mine.differing[0].thumbnail.startswith("data:image/png;base64,")
+    assert mine.differing[0].device_prediction == flipped[0]
+    assert mine.mcnemar_p is not None and mine.mcnemar_reason is None
+    assert all(not a.flagged and a.agreement == 1.0 for (_, d), a in answers.items() if d == "ws")
+    verified = {v["config"]: v for v in context["verified"]}
+    assert verified[mine.config]["devices"] == ["pi", "ws"]
+    assert verified[mine.config]["lowest_agreement"] == agreement < 1
+    html = build_report(store, tmp_path / "r.html").read_text()
+    assert 'id="device-answers-table"' in html and "(flagged)" in html
+    assert "verified on 2 devices" in html
+
+
+def _all_rows(store: ResultsStore) -> list[MeasurementRecord]:
+    with Session(store.engine) as session:
+        return list(session.scalars(select(MeasurementRecord)))

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from bench.compare import Comparison, by_config, compare
 from bench.config import FP32_BITS
+from bench.report.answers import Answer, device_answers
 from bench.store import RESULT_COLUMNS, CellRecord, ResultsStore
 from bench.store.database import stage_columns
 from bench.store.deploy import DEPLOY_COLUMNS, DEPLOY_TEXT_COLUMNS
@@ -111,6 +112,8 @@ class ReportData:
     compared: Comparison | None = None
     signatures: list[str] = field(default_factory=list)
     replacements: int = 0
+    answers: list[Answer] = field(default_factory=list)
+    """Accuracy-mode results per cell and device (bench.report.answers)."""
     _predictions: dict[str, dict[str, np.ndarray] | None] = field(
         default_factory=dict, repr=False, compare=False)
 
@@ -215,7 +218,8 @@ def load(store: ResultsStore) -> ReportData:
     return ReportData(store.root, {r.cell_id: r for r in records}, cells, ok, superseded,
                       measured, failed, devices, _compared(store, set(ok.get("cell_id", []))),
                       [d.text() for d in signatures_by_device(store.engine)],
-                      replacement_count(store.engine))
+                      replacement_count(store.engine),
+                      device_answers(store, set(ok.get("cell_id", []))))
 
 
 def _compared(store: ResultsStore, ok_ids: set[str]) -> Comparison | None:
