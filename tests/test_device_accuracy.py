@@ -262,3 +262,38 @@ def test_report_compares_devices_on_answers_and_flags_differing_images(workstati
 def _all_rows(store: ResultsStore) -> list[MeasurementRecord]:
     with Session(store.engine) as session:
         return list(session.scalars(select(MeasurementRecord)))
+
+
+OPENVINO_QUICK = QUICK + 'runtime = "openvino"\n[threads]\nintra_op = 1\n'
+
+
+def test_openvino_profile_end_to_end_records_runtime_coverage_and_answers(workstation, tmp_path):
+    pytest.importorskip("openvino")
+    shutil.copytree(workstation / "s", tmp_path / "s")
+    (tmp_path / "ov.toml").write_text(OPENVINO_QUICK)
+    result = bench("measure", "--profile", tmp_path / "ov.toml", "--store", tmp_path / "s",
+                   "--device-name", "ws", "--quiet")
+    assert result.exit_code == 0, result.output
+    cells = _cells(tmp_path / "s")
+    measured = [m for m in _measurements(tmp_path / "s") if m.profile == "ov"]
+    assert len(measured) == 2
+    for m in measured:
+        d = m.details
+        assert d["runtime"] == "openvino" and d["runtime_version"]
+        assert d["runtime_coverage"]["inference_precision"] == "f32", "f32 stated and recorded"
+        assert "kernel_policy" not in d, "ONNX Runtime's kernel policy is not OpenVINO's"
+        quantised = cells[m.cell_id].w_bits < 32
+        assert d["runtime_coverage"]["int_coverage"] == (1.0 if quantised else 0.0)
+        assert d["accuracy_mode"] == "on" and d["device_agreement"] >= 0.99
+
+
+def test_openvino_settings_belong_to_openvino_profiles():
+    from bench.measure.profiles import ProfileError, load_profile, parse_profile
+
+    shipped = load_profile("host-openvino")
+    assert shipped.runtime == "openvino" and shipped.openvino.inference_precision == "f32"
+    with pytest.raises(ProfileError, match="openvino"):
+        parse_profile('description = "x"\n[openvino]\ninference_precision = "f16"\n', "x", "x")
+    with pytest.raises(ProfileError, match="inference_precision"):
+        parse_profile('description = "x"\nruntime = "openvino"\n[openvino]\n'
+                      'inference_precision = "f8"\n', "x", "x")

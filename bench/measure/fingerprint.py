@@ -36,7 +36,7 @@ FLAGS_OF_INTEREST = frozenset(
         "sve2",
     }
 )
-PACKAGES = ("onnxruntime", "onnx", "numpy", "torch", "brevitas")
+PACKAGES = ("onnxruntime", "openvino", "onnx", "numpy", "torch", "brevitas")
 BOARD_MODEL = Path("/proc/device-tree/model")
 CPUINFO = Path("/proc/cpuinfo")
 HASH_KEY = "hash"

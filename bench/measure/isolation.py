@@ -103,6 +103,9 @@ class Measurement:
     memory_limit_mb: int | None
     enforced: dict[str, str] = field(default_factory=dict)
     session_config: dict[str, str] = field(default_factory=dict)
+    runtime: str = "onnxruntime"
+    runtime_coverage: dict | None = None
+    """How the runtime executes the model's layers, where it says (OpenVINO's runtime model)."""
     logits: list[list[float]] | None = None
     """The model's logits over the test inputs (accuracy mode), one list per image."""
 
@@ -122,6 +125,7 @@ def worker_spec(
         "model": str(Path(model_path).resolve()),
         "runtime": profile.runtime,
         "provider": profile.execution_provider,
+        "openvino": profile.openvino.model_dump(),
         "intra_op": profile.threads.intra_op,
         "inter_op": profile.threads.inter_op,
         "batch_size": batch_size,
@@ -312,6 +316,8 @@ def measure_isolated(
         memory_limit_mb=profile.memory_limit_mb,
         enforced=enforced,
         session_config=spec["session_config"],
+        runtime=profile.runtime,
+        runtime_coverage=result.get("runtime_coverage"),
         logits=result.get("logits"),
     )
 

@@ -147,7 +147,10 @@ def accuracy_inputs(target: Target, profile: Profile, accuracy: bool) -> tuple[P
 
 def measured_session_config(target: Target, profile: Profile) -> dict[str, str]:
     """The cell's deployed session config with the profile's ``kernels`` resolved on this
-    machine in place of its kernel entry (the deploying machine's CPU may differ)."""
+    machine in place of its kernel entry (the deploying machine's CPU may differ); none for a
+    runtime other than ONNX Runtime."""
+    if profile.runtime != "onnxruntime":
+        return {}
     return {**target.session_config, **session_config(profile.kernels)}
 
 
@@ -187,10 +190,11 @@ def _record(target: Target, profile: Profile, device: str, fingerprint: dict[str
                                             target.reference_path))
         except ValueError as err:
             record.status, record.error = "failed", f"accuracy mode: {err}"
-    saturates = u8s8_saturates()
-    # exact_kernels: the timed kernels compute what the deployed accuracy was evaluated with.
-    details.update(kernel_policy=profile.kernels, u8s8_saturates=saturates,
-                   exact_kernels=profile.kernels == "exact" or not saturates)
+    if profile.runtime == "onnxruntime":
+        saturates = u8s8_saturates()
+        # exact_kernels: the timed kernels compute what the deployed accuracy was evaluated with.
+        details.update(kernel_policy=profile.kernels, u8s8_saturates=saturates,
+                       exact_kernels=profile.kernels == "exact" or not saturates)
     record.details = details
     return record
 
