@@ -297,3 +297,13 @@ def test_openvino_settings_belong_to_openvino_profiles():
     with pytest.raises(ProfileError, match="inference_precision"):
         parse_profile('description = "x"\nruntime = "openvino"\n[openvino]\n'
                       'inference_precision = "f8"\n', "x", "x")
+
+
+def test_emulation_is_detected_from_an_arm_interpreter_on_an_x86_host():
+    from bench.measure.fingerprint import is_emulated
+
+    intel = {"vendor_id": "GenuineIntel", "flags": "sse4_2 avx2"}
+    assert is_emulated("aarch64", intel, {})
+    assert not is_emulated("x86_64", intel, {})
+    assert not is_emulated("aarch64", {"features": "asimd"}, {})
+    assert is_emulated("aarch64", {"features": "asimd"}, {"MEDQ_EMULATED": "1"})

@@ -73,6 +73,24 @@ def _board_model() -> str | None:
     return None
 
 
+EMULATED_ENV = "MEDQ_EMULATED"
+X86_VENDORS = frozenset({"GenuineIntel", "AuthenticAMD", "HygonGenuine"})
+ARM_MACHINES = frozenset({"aarch64", "arm64", "armv7l", "armv8l"})
+
+
+def is_emulated(machine: str | None = None, info: dict[str, str] | None = None,
+                env: dict[str, str] | None = None) -> bool:
+    """Whether this process runs under user-mode emulation (qemu-user): an ARM interpreter
+    reading an x86 host's /proc/cpuinfo (qemu passes the host's through), or MEDQ_EMULATED=1
+    (set by scripts/arm64_device.sh, for emulators that fake cpuinfo)."""
+    env = os.environ if env is None else env
+    if env.get(EMULATED_ENV, "") == "1":
+        return True
+    machine = (machine or platform.machine()).lower()
+    info = _cpuinfo() if info is None else info
+    return machine in ARM_MACHINES and info.get("vendor_id") in X86_VENDORS
+
+
 def _providers() -> list[str]:
     try:
         import onnxruntime
@@ -110,6 +128,7 @@ def machine_fingerprint() -> dict:
         "board_model": _board_model(),
         "packages": installed_versions(PACKAGES),
         "onnxruntime_providers": _providers(),
+        "emulated": is_emulated(info=info),
     }
     fingerprint[HASH_KEY] = fingerprint_hash(fingerprint)
     return fingerprint

@@ -184,6 +184,8 @@ def _record(target: Target, profile: Profile, device: str, fingerprint: dict[str
                 "peak_rss_mb", "logits"):
         details.pop(key)
     details[MODE] = mode
+    # emulated: the answers are real, the latency is the emulator's, not a device's.
+    details["emulated"] = bool(fingerprint.get("emulated"))
     if result.logits is not None and target.inputs_path and target.reference_path:
         try:
             details.update(accuracy_details(result.logits, target.inputs_path,

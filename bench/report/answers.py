@@ -65,6 +65,9 @@ class Answer:
     mcnemar_p: float | None
     mcnemar_reason: str | None
     differing: list[Differing] = field(default_factory=list)
+    emulated: bool = False
+    """Measured under user-mode emulation: its answers are real, its latency is not a
+    device's."""
 
     @property
     def flagged(self) -> bool:
@@ -118,7 +121,7 @@ def _answer(store: ResultsStore, cell: CellRecord, m: MeasurementRecord) -> Answ
     return Answer(cell.cell_id, cell.dataset, cell.backbone, _config(cell), cell.seed,
                   m.device, m.profile, n, float(d["device_accuracy"]), low, high,
                   float(d["device_agreement"]), float(d["device_max_logit_diff"]), p_value,
-                  reason, differing)
+                  reason, differing, bool(d.get("emulated")))
 
 
 def _differing(mine: np.ndarray, theirs: np.ndarray, labels: np.ndarray, index: np.ndarray,
