@@ -307,3 +307,25 @@ def test_emulation_is_detected_from_an_arm_interpreter_on_an_x86_host():
     assert not is_emulated("x86_64", intel, {})
     assert not is_emulated("aarch64", {"features": "asimd"}, {})
     assert is_emulated("aarch64", {"features": "asimd"}, {"MEDQ_EMULATED": "1"})
+
+
+def test_the_report_shows_an_emulated_devices_answers_not_its_latency(workstation, tmp_path):
+    from bench.report import report_context
+    from bench.store.measurements import save_measurement
+
+    shutil.copytree(workstation / "s", tmp_path / "s")
+    store = ResultsStore(tmp_path / "s")
+    for row in [MeasurementData.of(m) for m in _all_rows(store)]:
+        details = {**row.details, "emulated": True}
+        other = row.model_copy(update={"device": "arm64-emulated", "details": details,
+                                       "latency_ms_p50": 999.0}).to_row()
+        other.record_hash = None
+        save_measurement(store.engine, other)
+    context = report_context(store, figures=False)
+    assert {a.device for a in context["answers"] if a.emulated} == {"arm64-emulated"}
+    assert context["compared"] is None, "no latency comparison with an emulator"
+    from bench.report.data import load
+
+    timed = load(store).measured
+    assert len(timed) == 2 and 999.0 not in set(timed.latency_ms_p50), \
+        "only the real device's latency is shown"

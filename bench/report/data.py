@@ -177,7 +177,9 @@ def _measurements(store: ResultsStore) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(_MEASURED))
     frame["cpu"] = [(f or {}).get("cpu_model") for f in frame.fingerprint]
     frame["kernels"] = [kernels_label(d) for d in frame.details]
-    return frame.drop(columns=["fingerprint", "details"])
+    # An emulated device's latency is the emulator's: the report shows only its answers.
+    emulated = [bool((d or {}).get("emulated")) for d in frame.details]
+    return frame[[not e for e in emulated]].drop(columns=["fingerprint", "details"])
 
 
 def device_labels(keys: pd.DataFrame) -> dict[tuple[str, str, int], str]:
@@ -224,16 +226,19 @@ def load(store: ResultsStore) -> ReportData:
 
 def _compared(store: ResultsStore, ok_ids: set[str]) -> Comparison | None:
     """bench.compare over every device with a successful measurement, if there are 2+, per
-    configuration of the cells the report counts (``ok_ids``)."""
+    configuration of the cells the report counts (``ok_ids``); emulated measurements are left
+    out (their latency is the emulator's)."""
     chosen = RecordFilter(status=["ok"])
     with Session(store.engine) as session:
-        devices = sorted(session.scalars(select(MeasurementRecord.device).distinct().where(
-            MeasurementRecord.status == "ok")))
+        if len(set(session.scalars(select(MeasurementRecord.device).distinct().where(
+                MeasurementRecord.status == "ok")))) < 2:
+            return None
+        measurements = [m for m in (MeasurementData.of(row) for row in session.scalars(
+            chosen.measurements())) if not (m.details or {}).get("emulated")]
+        devices = sorted({m.device for m in measurements})
         if len(devices) < 2:
             return None
         cells = [CellData.of(row) for row in session.scalars(chosen.cells())]
-        measurements = [MeasurementData.of(row) for row in session.scalars(
-            chosen.measurements())]
     return by_config(compare(cells, measurements, devices,
                              selection=RecordFilter(cell_ids=sorted(ok_ids))))
 
