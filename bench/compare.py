@@ -66,6 +66,7 @@ class Comparison:
         return [*first,
                 *(f"{m}@{d}" for d in self.devices for m in METRICS),
                 *(f"{a}@{d}" for d in self.devices for a in ANSWERS),
+                *(f"emulated@{d}" for d in self.devices),
                 *(f"{r}@{d}" for d in self.devices[1:] for r in BETWEEN),
                 *(f"{r}@{d}" for d in self.devices for r in VS_FP32)]
 
@@ -169,6 +170,7 @@ def compare(cells: Iterable[CellData], measurements: Iterable[MeasurementData],
             answers = accuracy_columns(mine.details if mine else None)
             for key, field_name in ANSWERS.items():
                 row[f"{key}@{device}"] = answers[field_name]
+            row[f"emulated@{device}"] = bool(mine.details.get("emulated")) if mine else None
             for key, metric in VS_FP32.items():
                 row[f"{key}@{device}"] = ratio(row[f"{metric}@{device}"],
                                                getattr(ref, METRICS[metric]) if ref else None)
@@ -202,7 +204,11 @@ def by_config(comparison: Comparison) -> Comparison:
         for column in comparison.columns():
             if "@" in column:
                 values = [r[column] for r in members if r.get(column) is not None]
-                row[column] = _geomean(values) if column.split("@")[0] in ratios else (
+                prefix = column.split("@")[0]
+                if prefix == "emulated":
+                    row[column] = any(values) if values else None
+                    continue
+                row[column] = _geomean(values) if prefix in ratios else (
                     sum(values) / len(values) if values else None)
         rows.append(row)
     return Comparison(comparison.devices, comparison.choices, rows)
@@ -256,7 +262,7 @@ def _text(column: str, value: Any) -> str:
 LABELS = {"p50_ms": "p50 ms", "p99_ms": "p99 ms", "peak_mb": "peak MB", "p50_ratio": "p50",
           "p99_ratio": "p99", "mem_ratio": "peak MB", "p50_vs_fp32": "p50/FP32",
           "mem_vs_fp32": "MB/FP32", "accuracy": "accuracy", "agreement": "agreement",
-          "max_logit_diff": "max |dlogit|"}
+          "max_logit_diff": "max |dlogit|", "emulated": "emulated"}
 
 
 def header(column: str, base: str) -> str:
@@ -268,10 +274,20 @@ def header(column: str, base: str) -> str:
     return f"{top}\n{LABELS[prefix]}"
 
 
+def _shown(comparison: Comparison, column: str) -> bool:
+    """Whether the terminal table shows ``column``: accuracy-mode columns only where a device
+    ran accuracy mode, `emulated` only where a device is emulated."""
+    prefix = column.split("@")[0]
+    values = [r.get(column) for r in comparison.rows]
+    if prefix == "emulated":
+        return any(values)
+    return prefix not in ANSWERS or any(v is not None for v in values)
+
+
 def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """Headers and text cells for a terminal table (the cell id shortened)."""
     columns = [c for c in comparison.columns()
-               if c not in ("method", "w_bits", "a_bits", "fp32_id")]
+               if c not in ("method", "w_bits", "a_bits", "fp32_id") and _shown(comparison, c)]
     rows = [[_text(c, r.get(c))[:12] if c == "cell_id" else _text(c, r.get(c)) for c in columns]
             for r in comparison.rows]
     return [header(c, comparison.base) for c in columns], rows

@@ -120,7 +120,7 @@ def test_results_and_compare_show_the_accuracy_fields(workstation):
                      "--format", "json")
     assert compared.exit_code == 0, compared.output
     for row in json.loads(compared.output)["rows"]:
-        assert row["agreement@ws"] == 1.0
+        assert row["agreement@ws"] == 1.0 and row["emulated@ws"] is False
         assert 0 <= row["accuracy@ws"] <= 1 and row["max_logit_diff@ws"] is not None
 
 

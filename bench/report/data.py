@@ -178,8 +178,9 @@ def _measurements(store: ResultsStore) -> pd.DataFrame:
     frame["cpu"] = [(f or {}).get("cpu_model") for f in frame.fingerprint]
     frame["kernels"] = [kernels_label(d) for d in frame.details]
     # An emulated device's latency is the emulator's: the report shows only its answers.
-    emulated = [bool((d or {}).get("emulated")) for d in frame.details]
-    return frame[[not e for e in emulated]].drop(columns=["fingerprint", "details"])
+    emulated = pd.Series([bool((d or {}).get("emulated")) for d in frame.details],
+                         index=frame.index, dtype=bool)
+    return frame[~emulated].drop(columns=["fingerprint", "details"])
 
 
 def device_labels(keys: pd.DataFrame) -> dict[tuple[str, str, int], str]:
