@@ -35,7 +35,7 @@ test: install-test
 	$(BIN)/python -m pytest
 
 test-slow: install-test
-	MEDQ_SLOW=1 $(BIN)/python -m pytest tests/test_paper_shaped.py
+	MEDQ_SLOW=1 $(BIN)/python -m pytest tests/test_paper_shaped.py tests/test_arm64_device.py
 
 bench: install-test
 	MEDQ_BENCH=1 $(BIN)/python -m pytest tests/benchmarks -o addopts="" -s --benchmark-columns=min,median,max,rounds

@@ -1,5 +1,7 @@
 """Compare devices: per cell, latency and memory on each device, their ratios between devices,
-and each cell's latency and memory relative to its FP32 reference on the same device.
+each cell's latency and memory relative to its FP32 reference on the same device and, where the
+device ran accuracy mode, its answers: accuracy, agreement with the deploying machine's
+predictions and the largest logit difference (bench.store.accuracy).
 
 `compare` is a pure function of cell and measurement records, so a store, a results server and
 the HTML report all compare the same way. Each device contributes one profile and batch size
@@ -21,12 +23,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.errors import UsageError
+from bench.store.accuracy import accuracy_columns
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, MeasurementData
 from methods.base import FP32
 
 METRICS = {"p50_ms": "latency_ms_p50", "p99_ms": "latency_ms_p99", "peak_mb": "peak_rss_mb"}
 """Compared quantities: column prefix -> measurement field."""
+ANSWERS = {"accuracy": "device_accuracy", "agreement": "device_agreement",
+           "max_logit_diff": "device_max_logit_diff"}
+"""Accuracy-mode quantities: column prefix -> measurement details field."""
 VS_FP32 = {"p50_vs_fp32": "p50_ms", "mem_vs_fp32": "peak_mb"}
 BETWEEN = {"p50_ratio": "p50_ms", "p99_ratio": "p99_ms", "mem_ratio": "peak_mb"}
 CELL_COLUMNS = ("cell_id", "dataset", "backbone", "method", "w_bits", "a_bits", "seed",
@@ -59,6 +65,8 @@ class Comparison:
         first = [c for c in CELL_COLUMNS if any(c in r for r in self.rows)] or list(CELL_COLUMNS)
         return [*first,
                 *(f"{m}@{d}" for d in self.devices for m in METRICS),
+                *(f"{a}@{d}" for d in self.devices for a in ANSWERS),
+                *(f"emulated@{d}" for d in self.devices),
                 *(f"{r}@{d}" for d in self.devices[1:] for r in BETWEEN),
                 *(f"{r}@{d}" for d in self.devices for r in VS_FP32)]
 
@@ -180,6 +188,10 @@ def compare(cells: Iterable[CellData], measurements: Iterable[MeasurementData],
             mine, ref = latest[device].get(cell.cell_id), latest[device].get(reference or "")
             for key, field_name in METRICS.items():
                 row[f"{key}@{device}"] = getattr(mine, field_name) if mine else None
+            answers = accuracy_columns(mine.details if mine else None)
+            for key, field_name in ANSWERS.items():
+                row[f"{key}@{device}"] = answers[field_name]
+            row[f"emulated@{device}"] = bool(mine.details.get("emulated")) if mine else None
             for key, metric in VS_FP32.items():
                 row[f"{key}@{device}"] = ratio(row[f"{metric}@{device}"],
                                                getattr(ref, METRICS[metric]) if ref else None)
@@ -213,7 +225,11 @@ def by_config(comparison: Comparison) -> Comparison:
         for column in comparison.columns():
             if "@" in column:
                 values = [r[column] for r in members if r.get(column) is not None]
-                row[column] = _geomean(values) if column.split("@")[0] in ratios else (
+                prefix = column.split("@")[0]
+                if prefix == "emulated":
+                    row[column] = any(values) if values else None
+                    continue
+                row[column] = _geomean(values) if prefix in ratios else (
                     sum(values) / len(values) if values else None)
         rows.append(row)
     return Comparison(comparison.devices, comparison.choices, rows)
@@ -258,14 +274,16 @@ def _text(column: str, value: Any) -> str:
         return "-"
     if isinstance(value, float):
         prefix = column.split("@")[0]
-        digits = 3 if prefix.endswith("_ms") else 1 if prefix == "peak_mb" else 2
+        digits = 3 if prefix.endswith("_ms") or prefix in ANSWERS else \
+            1 if prefix == "peak_mb" else 2
         return f"{value:.{digits}f}"
     return str(value)
 
 
 LABELS = {"p50_ms": "p50 ms", "p99_ms": "p99 ms", "peak_mb": "peak MB", "p50_ratio": "p50",
           "p99_ratio": "p99", "mem_ratio": "peak MB", "p50_vs_fp32": "p50/FP32",
-          "mem_vs_fp32": "MB/FP32"}
+          "mem_vs_fp32": "MB/FP32", "accuracy": "accuracy", "agreement": "agreement",
+          "max_logit_diff": "max |dlogit|", "emulated": "emulated"}
 
 
 def header(column: str, base: str) -> str:
@@ -277,10 +295,20 @@ def header(column: str, base: str) -> str:
     return f"{top}\n{LABELS[prefix]}"
 
 
+def _shown(comparison: Comparison, column: str) -> bool:
+    """Whether the terminal table shows ``column``: accuracy-mode columns only where a device
+    ran accuracy mode, `emulated` only where a device is emulated."""
+    prefix = column.split("@")[0]
+    values = [r.get(column) for r in comparison.rows]
+    if prefix == "emulated":
+        return any(values)
+    return prefix not in ANSWERS or any(v is not None for v in values)
+
+
 def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """Headers and text cells for a terminal table (the cell id shortened)."""
     columns = [c for c in comparison.columns()
-               if c not in ("method", "w_bits", "a_bits", "fp32_id")]
+               if c not in ("method", "w_bits", "a_bits", "fp32_id") and _shown(comparison, c)]
     rows = [[_text(c, r.get(c))[:12] if c == "cell_id" else _text(c, r.get(c)) for c in columns]
             for r in comparison.rows]
     return [header(c, comparison.base) for c in columns], rows

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 DISTRIBUTION = "medq-bench"
 # Smallest first: a module that several extras list is credited to the first of them.
-EXTRAS = ("device", "server", "ray", "full", "test")
+EXTRAS = ("device", "openvino", "server", "ray", "full", "test")
 # Distributions whose top-level module has another name.
 IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml", "python-multipart": "multipart",
                 "scikit-image": "skimage", "scikit-learn": "sklearn"}

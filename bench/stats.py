@@ -290,6 +290,21 @@ def mcnemar_exact(
     return McNemarResult(int(y.size), n01, n10, float(mcnemar(table, exact=True).pvalue), None)
 
 
+def wilson_interval(correct: int, n: int, confidence: float = 0.95
+                    ) -> tuple[float | None, float | None]:
+    """Wilson score interval of a proportion ``correct / n`` (Wilson 1927, JASA 22:209; the
+    interval Brown, Cai & DasGupta 2001 recommend for small n); (None, None) when n is 0."""
+    if n <= 0:
+        return None, None
+    if not 0 <= correct <= n:
+        raise ValueError(f"need 0 <= correct <= n, got {correct} of {n}")
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def _blocks(matrix: Mapping[str, Sequence[float]]) -> tuple[list[str], np.ndarray]:
     """Method names and an (n_blocks, k) array; blocks with a non-finite value are dropped."""
     names = list(matrix)

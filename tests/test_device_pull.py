@@ -163,6 +163,8 @@ def test_light_install_pulls_measures_and_uploads(workstation, server, device_ve
         assert measured.fingerprint["packages"]["torch"] is None
         assert measured.details.keys() == reference.details.keys()
         assert measured.profile_config == reference.profile_config
+        assert measured.details["accuracy_mode"] == "on", "the light install ran accuracy mode"
+        assert measured.details["device_agreement"] == 1.0
 
 
 # ---------------------------------------------------------------- from a server, without training

@@ -27,8 +27,8 @@ from bench.measure import (
 )
 from bench.measure.isolation import parse_worker_output, thread_env
 
-SHIPPED = {"host", "edge-1core-1g", "edge-4core-2g", "raspberry-pi-4", "raspberry-pi-5",
-           "jetson-orin-nano"}
+SHIPPED = {"host", "host-openvino", "edge-1core-1g", "edge-4core-2g", "raspberry-pi-4",
+           "raspberry-pi-5", "jetson-orin-nano"}
 SHAPE = (3, 8, 8)
 BIG_SHAPE = (3, 1024, 1024)  # a 1x1 conv to 64 channels makes a 256 MiB output
 
@@ -67,7 +67,7 @@ def test_all_shipped_profiles_load():
     for name in SHIPPED:
         profile = load_profile(name)
         assert profile.name == name
-        assert profile.runtime == "onnxruntime"
+        assert profile.runtime == ("openvino" if name == "host-openvino" else "onnxruntime")
         assert profile.execution_provider == "CPUExecutionProvider"
 
 

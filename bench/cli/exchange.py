@@ -158,19 +158,24 @@ def device_pull(
         "--cells-from", help="Only cells made by this device (repeatable). Default from a "
                              "server: the devices whose public keys it has registered (any "
                              "device where none has one); from a bundle: any.")] = None,
+    inputs: Annotated[bool, typer.Option(
+        "--inputs/--no-inputs", help="Also bring each cell's test inputs (the test images, "
+                                     "of patients on real data, and the deployed predictions) "
+                                     "for `bench measure`'s accuracy mode.")] = True,
 ) -> None:
-    """Fetch deployable cells and their ONNX files into the store; every file's SHA-256 is
-    checked before anything is written. Cells whose files the server lacks are skipped (and
-    listed); exit 2 if no cell could be pulled, or while a `bench run` or `bench import` is
-    writing to the store. Cell ids follow from the grid, so any device could upload a record
-    under another's cell id: say whose cells to take with --cells-from."""
+    """Fetch deployable cells, their ONNX files and test inputs into the store; every file's
+    SHA-256 is checked before anything is written. Cells whose files the server lacks are
+    skipped (and listed); exit 2 if no cell could be pulled, or while a `bench run` or `bench
+    import` is writing to the store. Cell ids follow from the grid, so any device could upload
+    a record under another's cell id: say whose cells to take with --cells-from."""
     from bench.exchange.pull import pull
     from bench.store.query import RecordFilter
 
     selection = RecordFilter(datasets=dataset, backbones=backbone,
                              methods=method, w_bits=w_bits, a_bits=a_bits,
                              cell_ids=cell)
-    summary = pull(store, source, selection, token=token, cells_from=cells_from)
+    summary = pull(store, source, selection, token=token, cells_from=cells_from,
+                   inputs=inputs)
     for skipped in summary.skipped:
         err.print(f"[yellow]cell skipped:[/] {escape(skipped)}", highlight=False,
                   soft_wrap=True)

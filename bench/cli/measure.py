@@ -23,6 +23,9 @@ def measure(
         help="Name of this device in the records (default: $MEDQ_DEVICE, else the host name).")]
     = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    accuracy: Annotated[bool, typer.Option(
+        "--accuracy/--no-accuracy", help="Also run each cell's test inputs, where pulled, and "
+                                         "record the device's accuracy and agreement.")] = True,
 ) -> None:
     """Time the store's deployed cells under a hardware profile on this machine."""
     from bench.measure import IsolationUnavailable, load_profile
@@ -37,7 +40,8 @@ def measure(
         raise UsageError(str(e)) from e
     summary = measure_store(open_store(store, ResultsStore), chosen,
                             backbones=tuple(backbone or ()), methods=tuple(method or ()),
-                            batch_size=batch_size, device=device_name, quiet=quiet)
+                            batch_size=batch_size, device=device_name, quiet=quiet,
+                            accuracy=accuracy)
     for cell_id, error in summary.errors.items():
         err.print(f"[bold red]failed:[/] {cell_id}: {error}", highlight=False, soft_wrap=True)
     total = len(summary.measured) + len(summary.skipped) + len(summary.failed)

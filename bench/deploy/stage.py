@@ -3,7 +3,8 @@
 FP32 cells export plain ONNX; quantised cells export Brevitas QCDQ ONNX (rewritten so that ONNX
 Runtime fuses it into integer kernels) and a bit-packed weight file. ONNX Runtime runs the
 exported model on the whole test split: its per-sample logits and predictions are stored
-(``deployed_predictions.npz``, the keys of ``predictions.npz``), with its accuracy and macro-F1,
+(``deployed_predictions.npz``, the keys of ``predictions.npz``) beside the uint8 test images
+themselves (``test_inputs.npz``, for a device's accuracy mode), with its accuracy and macro-F1,
 its calibration and discrimination (ECE, Brier score, macro AUROC: bench.metrics), its top-1
 agreement with the torch (fake-quant) model and the largest logit difference, the kernels of
 its optimised graph and their integer coverage (``bench.deploy.coverage``: every compute node,
@@ -29,7 +30,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from bench.data import normalize
+from bench.data import IMAGENET_MEAN, IMAGENET_STD, normalize
 from bench.deploy.agreement import compare_logits
 from bench.deploy.coverage import coverage_of
 from bench.deploy.export import export_fp32, export_quantized
@@ -55,6 +56,9 @@ ONNX_FILE = "model.onnx"
 PACKED_FILE = "model.packed.npz"
 DEPLOYED_PREDICTIONS = "deployed_predictions.npz"
 """ONNX Runtime's test-split predictions, with the keys of the cell's predictions.npz."""
+TEST_INPUTS = "test_inputs.npz"
+"""The test split's uint8 images as evaluated, for a device's accuracy mode
+(``bench.measure.preprocess``)."""
 FLOAT_BYTES = 4
 NO_INTEGER_KERNELS = "no_integer_kernels"
 PARTIALLY_INTEGER = "partially_integer"
@@ -122,6 +126,17 @@ def save_predictions(path: Any, index: np.ndarray, labels: np.ndarray, logits: n
                         predictions=logits.argmax(1))
 
 
+def save_test_inputs(path: Any, images: torch.Tensor, labels: np.ndarray, index: np.ndarray,
+                     batch_size: int) -> None:
+    """The uint8 test images (N, 3, H, W) the stage evaluated, their labels and indices, the
+    normalisation the device applies itself (float32 mean and std) and the evaluation batch size:
+    what `bench measure` needs to run the deployed model over the same inputs."""
+    np.savez_compressed(path, images=images.numpy(), labels=labels, index=index,
+                        mean=np.asarray(IMAGENET_MEAN, dtype=np.float32),
+                        std=np.asarray(IMAGENET_STD, dtype=np.float32),
+                        batch_size=np.int64(batch_size))
+
+
 @contextmanager
 def _one_torch_thread() -> Iterator[None]:
     """Export and packing run many tiny ops: one thread is several times faster than a pool."""
@@ -167,10 +182,13 @@ def _deploy(inp: StageInput) -> dict[str, Any]:
     check = compare_logits(logits, inp.test_logits.numpy(), labels)
     save_predictions(inp.folder / DEPLOYED_PREDICTIONS, np.asarray(test), labels, logits)
     deployed_f1 = classification_metrics(labels, logits.argmax(1), inp.data.num_classes)
+    save_test_inputs(inp.folder / TEST_INPUTS, images.images[test], labels, np.asarray(test),
+                     settings.eval_batch_size)
 
     details: dict[str, Any] = {
         "onnx_file": ONNX_FILE, "shipped_file": ONNX_FILE,
-        "deployed_predictions": DEPLOYED_PREDICTIONS, "input_shape": list(example.shape[1:]),
+        "deployed_predictions": DEPLOYED_PREDICTIONS, "test_inputs_file": TEST_INPUTS,
+        "input_shape": list(example.shape[1:]),
         "kernel_policy": DEFAULT_KERNELS, "session_config": session_config(DEFAULT_KERNELS),
         "u8s8_saturates": u8s8_saturates()}
     if inp.quantized and details["u8s8_saturates"]:

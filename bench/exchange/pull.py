@@ -1,7 +1,8 @@
 """`bench device pull`: bring deployable cells (records plus their ONNX files) to a device.
 
 From a results server or an exported bundle, take the successful cells the filter selects that
-have deploy artifacts, check every file against the SHA-256 its cell recorded, and only then
+have deploy artifacts (and, unless ``inputs=False``, their test inputs for accuracy mode),
+check every file against the SHA-256 its cell recorded, and only then
 write the cells and files into the local store in one transaction. Files from a server are
 streamed to disk and refused past the size their cell records; a cell whose files the server
 lacks is skipped, the others are pulled. A server's records are validated before anything is
@@ -49,10 +50,11 @@ class PullSummary:
     """Whose cells were taken, in words."""
 
 
-def _stage(cell: CellData, source: Path, work: Path) -> Path:
+def _stage(cell: CellData, source: Path, work: Path, inputs: bool) -> Path:
     """Copy the cell's deploy files from ``source`` into a fresh folder, checking each hash."""
     folder = work / cell.cell_id
-    for name in deploy_files(cell):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in deploy_files(cell, inputs):
         path = source / name
         if not path.is_file():
             raise UsageError(f"cell {cell.cell_id}: {name} is missing from the source")
@@ -71,8 +73,9 @@ def _check(cell: CellData, name: str, sha256: str) -> None:
 
 def pull(store: ResultsStore | Path, source: str, selection: RecordFilter,
          token: str | None = None, server: ServerClient | None = None,
-         cells_from: list[str] | None = None) -> PullSummary:
-    """Pull from ``source``: an `http(s)://` server URL (or ``server``) or a bundle file.
+         cells_from: list[str] | None = None, inputs: bool = True) -> PullSummary:
+    """Pull from ``source``: an `http(s)://` server URL (or ``server``) or a bundle file;
+    ``inputs=False`` leaves the cells' test inputs behind (the device can then only time).
 
     ``cells_from``: take only cells these devices made. Cell ids follow from the grid, so any
     device can upload a record under another's cell id first; from a server the default is
@@ -83,11 +86,11 @@ def pull(store: ResultsStore | Path, source: str, selection: RecordFilter,
     it."""
     if source.startswith(("http://", "https://")) or server is not None:
         return _from_server(store, source, selection,
-                            server or ServerClient.connect(source, token), cells_from)
+                            server or ServerClient.connect(source, token), cells_from, inputs)
     if not Path(source).is_file():
         raise UsageError(f"--from {source}: neither a server URL (http://, https://) "
                          "nor a bundle file")
-    return _from_bundle(store, Path(source), selection, cells_from)
+    return _from_bundle(store, Path(source), selection, cells_from, inputs)
 
 
 def _trusted(server: ServerClient, cells_from: list[str] | None) -> tuple[list[str] | None,
@@ -104,9 +107,9 @@ def _trusted(server: ServerClient, cells_from: list[str] | None) -> tuple[list[s
 
 
 def _ingest(store: ResultsStore | Path, summary: PullSummary, cells: list[CellData],
-            folders: dict[str, Path], origin: Origin) -> PullSummary:
+            folders: dict[str, Path], origin: Origin, inputs: bool) -> PullSummary:
     summary.cells = len(cells)
-    summary.files = sum(len(deploy_files(c)) for c in cells)
+    summary.files = sum(len(deploy_files(c, inputs)) for c in cells)
     target = store if isinstance(store, ResultsStore) else ResultsStore(store)
     try:
         with target.exclusive("run"):
@@ -138,7 +141,7 @@ def _deployable(candidates: list[CellData], selection: RecordFilter,
 
 
 def _from_bundle(store: ResultsStore | Path, path: Path, selection: RecordFilter,
-                 cells_from: list[str] | None) -> PullSummary:
+                 cells_from: list[str] | None, inputs: bool) -> PullSummary:
     summary = PullSummary(str(path))
     if cells_from:
         summary.cells_from = ", ".join(cells_from) + " (--cells-from)"
@@ -150,15 +153,15 @@ def _from_bundle(store: ResultsStore | Path, path: Path, selection: RecordFilter
             if source is None:
                 raise UsageError(f"{path}: cell {cell.cell_id} has no artifact files in the "
                                  "bundle; export it with --artifacts deploy")
-            folders[cell.cell_id] = _stage(cell, source, Path(tmp))
-        return _ingest(store, summary, cells, folders, bundle.origin("pull of bundle"))
+            folders[cell.cell_id] = _stage(cell, source, Path(tmp), inputs)
+        return _ingest(store, summary, cells, folders, bundle.origin("pull of bundle"), inputs)
 
 
-def _download(server: ServerClient, cell: CellData, folder: Path) -> None:
+def _download(server: ServerClient, cell: CellData, folder: Path, inputs: bool) -> None:
     """Stream the cell's deploy files into ``folder``, each refused past the size its cell
     records (UNRECORDED_MAX_BYTES where it records none), checking each hash."""
     sizes = recorded_sizes(cell)
-    for name in deploy_files(cell):
+    for name in deploy_files(cell, inputs):
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         path = f"{API}/cells/{quote(cell.cell_id)}/artifacts/{quote(name)}"
@@ -183,7 +186,8 @@ def _server_cells(items: Iterable[Any], url: str) -> list[CellData]:
 
 
 def _from_server(store: ResultsStore | Path, url: str, selection: RecordFilter,
-                 server: ServerClient, cells_from: list[str] | None) -> PullSummary:
+                 server: ServerClient, cells_from: list[str] | None, inputs: bool
+                 ) -> PullSummary:
     summary = PullSummary(url)
     devices, summary.cells_from = _trusted(server, cells_from)
     params = {"dataset": selection.datasets, "backbone": selection.backbones,
@@ -196,7 +200,7 @@ def _from_server(store: ResultsStore | Path, url: str, selection: RecordFilter,
         folders = {}
         for cell in _deployable(candidates, selection, summary, devices):
             try:
-                _download(server, cell, Path(tmp) / cell.cell_id)
+                _download(server, cell, Path(tmp) / cell.cell_id, inputs)
             except RequestRefused as err:
                 if err.status != NOT_FOUND:
                     raise
@@ -208,4 +212,4 @@ def _from_server(store: ResultsStore | Path, url: str, selection: RecordFilter,
         if not cells:
             raise UsageError(f"none of the deployable cells could be pulled from {url}: "
                              + "; ".join(summary.skipped[:5]))
-        return _ingest(store, summary, cells, folders, Origin(f"pull from {url}"))
+        return _ingest(store, summary, cells, folders, Origin(f"pull from {url}"), inputs)

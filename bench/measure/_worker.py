@@ -6,11 +6,16 @@ standard library, numpy and the runtime under test, and loads ``protocol.py`` fr
 folder by path, so that neither the ``bench`` package's imports nor its memory count against
 the limits, and a container needs only this folder mounted.
 
-Spec keys: model, runtime ("onnxruntime" | "torch"), provider, intra_op, inter_op (0: runtime
-default), batch_size, input_shape (per sample), warmup, min_repetitions, min_duration_s, seed,
-and optionally session_config (ONNX Runtime session config entries the cell was deployed with).
+Spec keys: model, runtime ("onnxruntime" | "openvino" | "torch", `RUNNERS`), provider, openvino
+(OpenVINO's settings: inference_precision, device), intra_op, inter_op (0: runtime default),
+batch_size, input_shape (per sample), warmup, min_repetitions, min_duration_s, seed,
+and optionally session_config (ONNX Runtime session config entries the cell was deployed with)
+and accuracy ({"inputs": path of a test-inputs file}: after timing, run the model over those
+inputs, preprocessed by ``preprocess.py`` from this folder, numpy only).
 Output: {"ok": true, "samples_s", "load_time_s", "peak_rss_mb", "providers", "affinity",
-"runtime_version"} or {"ok": false, "stage", "error", "memory"}.
+"runtime_version"} (plus "runtime_coverage" where the runtime says how it executes each layer,
+and "logits", one list per test image, with accuracy; ``peak_rss_mb`` is
+taken before it) or {"ok": false, "stage", "error", "memory"}.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 MEMORY_MARKERS = (
     "bad_alloc",
@@ -40,9 +46,9 @@ def is_memory_failure(text: str) -> bool:
     return any(marker in lowered for marker in MEMORY_MARKERS)
 
 
-def _load_protocol():
-    path = Path(__file__).with_name("protocol.py")
-    spec = importlib.util.spec_from_file_location("_medq_protocol", path)
+def _load_sibling(name: str):
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_medq_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -54,9 +60,19 @@ def _peak_rss_mb() -> float:
 
 
 _NUMPY_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+class Runner(NamedTuple):
+    """A loaded model: the timed call, the providers, the runtime's version, where the runtime
+    can run given inputs the function of a batch that returns its logits, and how the runtime
+    executes the model's layers where it says."""
+
+    call: Callable[[], object]
+    providers: list[str]
+    version: str
+    infer: Callable[[object], object] | None = None
+    coverage: dict | None = None
 
 
-def _onnxruntime_runner(spec: dict) -> tuple[Callable[[], object], list[str], str]:
+def _onnxruntime_runner(spec: dict) -> Runner:
     import numpy as np
     import onnxruntime as ort
 
@@ -83,10 +99,63 @@ def _onnxruntime_runner(spec: dict) -> tuple[Callable[[], object], list[str], st
     rng = np.random.default_rng(spec["seed"])
     x = rng.standard_normal((spec["batch_size"], *spec["input_shape"])).astype(dtype)
     feed = {inp.name: x}
-    return (lambda: session.run(None, feed)), session.get_providers(), ort.__version__
+
+    def infer(batch: object) -> object:
+        return session.run(None, {inp.name: np.asarray(batch, dtype=dtype)})[0]
+
+    return Runner(lambda: session.run(None, feed), session.get_providers(), ort.__version__,
+                  infer)
 
 
-def _torch_runner(spec: dict) -> tuple[Callable[[], object], list[str], str]:
+COMPUTE_LAYERS = frozenset({"Convolution", "GroupConvolution", "Deconvolution",
+                            "FullyConnected", "MatMul"})
+"""OpenVINO runtime-model layer types that carry a model's multiply-accumulates."""
+INTEGER_PRECISIONS = frozenset({"u8", "i8", "u4", "i4"})
+
+
+def openvino_coverage(layers: list[tuple[str, str]]) -> dict:
+    """Per (layer type, runtime precision) of OpenVINO's runtime model, the share of compute
+    layers (`COMPUTE_LAYERS`) that execute in an integer precision, and their counts."""
+    compute = [(t, p) for t, p in layers if t in COMPUTE_LAYERS]
+    integer = sum(p in INTEGER_PRECISIONS for _, p in compute)
+    counts: dict[str, int] = {}
+    for t, p in compute:
+        counts[f"{t}:{p}"] = counts.get(f"{t}:{p}", 0) + 1
+    return {"int_coverage": integer / len(compute) if compute else None,
+            "int_layers": integer, "compute_layers": len(compute), "layers": counts}
+
+
+def _openvino_runner(spec: dict) -> Runner:
+    import numpy as np
+    import openvino as ov
+
+    settings = spec.get("openvino") or {}
+    config: dict[str, object] = {
+        "INFERENCE_PRECISION_HINT": settings.get("inference_precision", "f32"),
+        "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    if spec["intra_op"] > 0:
+        config["INFERENCE_NUM_THREADS"] = spec["intra_op"]
+    device = settings.get("device", "CPU")
+    compiled = ov.Core().compile_model(spec["model"], device, config)
+    request = compiled.create_infer_request()
+    rng = np.random.default_rng(spec["seed"])
+    x = rng.standard_normal((spec["batch_size"], *spec["input_shape"])).astype("float32")
+
+    def infer(batch: object) -> object:
+        request.infer({0: np.asarray(batch, dtype=np.float32)})
+        return request.get_output_tensor(0).data.copy()
+
+    layers = [(op.get_rt_info()["layerType"].astype(str),
+               op.get_rt_info()["runtimePrecision"].astype(str))
+              for op in compiled.get_runtime_model().get_ops()]
+    coverage = {**openvino_coverage(layers),
+                "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT")
+                .to_string()}
+    return Runner(lambda: request.infer({0: x}), [f"openvino-{device}"], ov.__version__, infer,
+                  coverage)
+
+
+def _torch_runner(spec: dict) -> Runner:
     import torch
 
     if spec["intra_op"] > 0:
@@ -101,25 +170,53 @@ def _torch_runner(spec: dict) -> tuple[Callable[[], object], list[str], str]:
         with torch.inference_mode():
             return model(x)
 
-    return call, ["torch-eager-cpu"], torch.__version__
+    return Runner(call, ["torch-eager-cpu"], torch.__version__)
+
+
+RUNNERS: dict[str, tuple[str, Callable[[dict], Runner]]] = {
+    "onnxruntime": ("onnxruntime", _onnxruntime_runner),
+    "openvino": ("openvino", _openvino_runner),
+    "torch": ("torch", _torch_runner),
+}
+"""Each runtime's module (imported first, so that a missing one fails as "import") and the
+function that loads a model in it."""
+
+
+def _logits(infer: Callable[[object], object] | None, inputs_path: str) -> list[list[float]]:
+    """The model's logits over the test inputs, in the deploy stage's batches."""
+    import numpy as np
+
+    if infer is None:
+        raise RuntimeError("this runtime cannot run the test inputs (accuracy mode needs an "
+                           "ONNX model)")
+    preprocess = _load_sibling("preprocess")
+    inputs = preprocess.load_inputs(inputs_path)
+    chunks = [np.asarray(infer(batch), dtype=np.float32) for batch in preprocess.batches(inputs)]
+    return np.concatenate(chunks).tolist() if chunks else []
 
 
 def run(spec: dict) -> dict:
     """Load, warm up and time the model described by ``spec``; failures are returned."""
     stage = "import"
     try:
-        protocol = _load_protocol()
-        torch_runtime = spec["runtime"] == "torch"
-        importlib.import_module("torch" if torch_runtime else "onnxruntime")
+        protocol = _load_sibling("protocol")
+        module, make = RUNNERS[spec["runtime"]]
+        importlib.import_module(module)
         stage = "load"
         start = time.perf_counter()
-        make = _torch_runner if torch_runtime else _onnxruntime_runner
-        call, providers, version = make(spec)
+        loaded = make(spec)
         load_time = time.perf_counter() - start
         stage = "run"
         samples = protocol.run_protocol(
-            call, spec["warmup"], spec["min_repetitions"], spec["min_duration_s"]
+            loaded.call, spec["warmup"], spec["min_repetitions"], spec["min_duration_s"]
         )
+        peak = _peak_rss_mb()
+        extra = {}
+        if loaded.coverage is not None:
+            extra["runtime_coverage"] = loaded.coverage
+        if spec.get("accuracy"):
+            stage = "accuracy"
+            extra["logits"] = _logits(loaded.infer, spec["accuracy"]["inputs"])
     except Exception as err:
         message = f"{type(err).__name__}: {err}"
         memory = isinstance(err, MemoryError) or is_memory_failure(message)
@@ -128,10 +225,11 @@ def run(spec: dict) -> dict:
         "ok": True,
         "samples_s": samples,
         "load_time_s": load_time,
-        "peak_rss_mb": _peak_rss_mb(),
-        "providers": providers,
+        "peak_rss_mb": peak,
+        "providers": loaded.providers,
         "affinity": sorted(os.sched_getaffinity(0)),
-        "runtime_version": version,
+        "runtime_version": loaded.version,
+        **extra,
     }
 
 

@@ -111,7 +111,8 @@ def run_in_container(
     check_cpuset(profile)
     client = docker_client()
     image = ensure_image(client)
-    mounts = host_mounts([worker_path.parent, Path(spec["model"]).parent])
+    inputs = [Path(spec["accuracy"]["inputs"]).parent] if spec.get("accuracy") else []
+    mounts = host_mounts([worker_path.parent, Path(spec["model"]).parent, *inputs])
     container = client.containers.run(
         image,
         command=[sys.executable, str(worker_path), json.dumps(spec)],

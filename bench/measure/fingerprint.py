@@ -36,7 +36,7 @@ FLAGS_OF_INTEREST = frozenset(
         "sve2",
     }
 )
-PACKAGES = ("onnxruntime", "onnx", "numpy", "torch", "brevitas")
+PACKAGES = ("onnxruntime", "openvino", "onnx", "numpy", "torch", "brevitas")
 BOARD_MODEL = Path("/proc/device-tree/model")
 CPUINFO = Path("/proc/cpuinfo")
 HASH_KEY = "hash"
@@ -71,6 +71,24 @@ def _board_model() -> str | None:
     if BOARD_MODEL.is_file():
         return BOARD_MODEL.read_bytes().rstrip(b"\x00").decode(errors="replace").strip()
     return None
+
+
+EMULATED_ENV = "MEDQ_EMULATED"
+X86_VENDORS = frozenset({"GenuineIntel", "AuthenticAMD", "HygonGenuine"})
+ARM_MACHINES = frozenset({"aarch64", "arm64", "armv7l", "armv8l"})
+
+
+def is_emulated(machine: str | None = None, info: dict[str, str] | None = None,
+                env: dict[str, str] | None = None) -> bool:
+    """Whether this process runs under user-mode emulation (qemu-user): an ARM interpreter
+    reading an x86 host's /proc/cpuinfo (qemu passes the host's through), or MEDQ_EMULATED=1
+    (set by scripts/arm64_device.sh, for emulators that fake cpuinfo)."""
+    env = os.environ if env is None else env
+    if env.get(EMULATED_ENV, "") == "1":
+        return True
+    machine = (machine or platform.machine()).lower()
+    info = _cpuinfo() if info is None else info
+    return machine in ARM_MACHINES and info.get("vendor_id") in X86_VENDORS
 
 
 def _providers() -> list[str]:
@@ -110,6 +128,7 @@ def machine_fingerprint() -> dict:
         "board_model": _board_model(),
         "packages": installed_versions(PACKAGES),
         "onnxruntime_providers": _providers(),
+        "emulated": is_emulated(info=info),
     }
     fingerprint[HASH_KEY] = fingerprint_hash(fingerprint)
     return fingerprint

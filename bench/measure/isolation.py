@@ -38,7 +38,8 @@ DEFAULT_TIMEOUT_S = 1800.0
 WORKER_WAIT_S = 10.0
 """How long a measurement waits for the workers of an earlier, killed one to be gone."""
 PR_SET_PDEATHSIG = 1
-_STAGES = {"import": "importing the runtime", "load": "loading the model", "run": "running"}
+_STAGES = {"import": "importing the runtime", "load": "loading the model", "run": "running",
+           "accuracy": "running the test inputs (accuracy mode)"}
 
 
 class MeasurementError(RuntimeError):
@@ -102,6 +103,11 @@ class Measurement:
     memory_limit_mb: int | None
     enforced: dict[str, str] = field(default_factory=dict)
     session_config: dict[str, str] = field(default_factory=dict)
+    runtime: str = "onnxruntime"
+    runtime_coverage: dict | None = None
+    """How the runtime executes the model's layers, where it says (OpenVINO's runtime model)."""
+    logits: list[list[float]] | None = None
+    """The model's logits over the test inputs (accuracy mode), one list per image."""
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict."""
@@ -110,14 +116,16 @@ class Measurement:
 
 def worker_spec(
     model_path: str | Path, profile: Profile, input_shape: Sequence[int], batch_size: int,
-    session_config: Mapping[str, str] | None = None,
+    session_config: Mapping[str, str] | None = None, inputs: str | Path | None = None,
 ) -> dict:
-    """The JSON spec the worker reads."""
+    """The JSON spec the worker reads; ``inputs``: a test-inputs file to run after timing."""
     return {
+        "accuracy": {"inputs": str(Path(inputs).resolve())} if inputs is not None else None,
         "session_config": dict(session_config or {}),
         "model": str(Path(model_path).resolve()),
         "runtime": profile.runtime,
         "provider": profile.execution_provider,
+        "openvino": profile.openvino.model_dump(),
         "intra_op": profile.threads.intra_op,
         "inter_op": profile.threads.inter_op,
         "batch_size": batch_size,
@@ -272,6 +280,7 @@ def measure_isolated(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     hold_fd: int | None = None,
     session_config: Mapping[str, str] | None = None,
+    inputs: str | Path | None = None,
 ) -> Measurement:
     """Time ``model_path`` under ``profile`` in a fresh worker.
 
@@ -279,10 +288,11 @@ def measure_isolated(
     defaults to the profile's first batch size. For the ``torch`` runtime ``model_path`` is
     a whole pickled ``nn.Module`` (``torch.save(model)``; trusted files only). ``hold_fd``: a
     `worker_guard` descriptor the (process) worker inherits. ``session_config``: ONNX Runtime
-    session config entries (those the cell was deployed with).
+    session config entries (those the cell was deployed with). ``inputs``: a test-inputs file
+    (in the model's folder) to run the model over after timing (accuracy mode).
     """
     batch = batch_size if batch_size is not None else profile.batch_sizes[0]
-    spec = worker_spec(model_path, profile, input_shape, batch, session_config)
+    spec = worker_spec(model_path, profile, input_shape, batch, session_config, inputs)
     if profile.isolation == "docker":
         from bench.measure.container import run_in_container
 
@@ -306,6 +316,9 @@ def measure_isolated(
         memory_limit_mb=profile.memory_limit_mb,
         enforced=enforced,
         session_config=spec["session_config"],
+        runtime=profile.runtime,
+        runtime_coverage=result.get("runtime_coverage"),
+        logits=result.get("logits"),
     )
 
 

@@ -41,12 +41,25 @@ class Threads(_Strict):
     inter_op: int = Field(1, ge=0)
 
 
+class OpenVINOSettings(_Strict):
+    """OpenVINO's settings (``runtime = "openvino"``), recorded with each measurement.
+
+    ``inference_precision`` is OpenVINO's ``INFERENCE_PRECISION_HINT`` for the layers that are
+    not quantised. It defaults to ``f32``, stated explicitly: OpenVINO's own default on CPUs with
+    AVX-512 FP16/BF16 or AMX is a lower precision, where the deployed accuracy was computed in
+    f32. Quantised (QDQ) layers run in int8 either way (its low-precision transformations)."""
+
+    inference_precision: Literal["f32", "f16", "bf16"] = "f32"
+    device: Literal["CPU"] = "CPU"
+
+
 class Profile(_Strict):
     """One hardware profile. ``name`` defaults to the file name without ``.toml``."""
 
     name: str = ""
     description: str
-    runtime: Literal["onnxruntime", "torch"] = "onnxruntime"
+    runtime: Literal["onnxruntime", "openvino", "torch"] = "onnxruntime"
+    openvino: OpenVINOSettings = OpenVINOSettings()
     execution_provider: str = "CPUExecutionProvider"
     threads: Threads = Threads()
     cpuset: list[int] | None = None
@@ -71,6 +84,8 @@ class Profile(_Strict):
             raise ValueError("batch_sizes must all be >= 1")
         if not all(0 < p < 100 for p in self.percentiles):
             raise ValueError("percentiles must lie strictly between 0 and 100")
+        if self.runtime != "openvino" and "openvino" in self.model_fields_set:
+            raise ValueError("an [openvino] table needs runtime = \"openvino\"")
         return self
 
     def limits_text(self) -> str:

@@ -1,5 +1,10 @@
 """Measure every deployed cell of a store under one hardware profile on this machine.
 
+Where a cell's test inputs are present (pulled with it, or made here by its deploy stage) and
+accuracy mode is on, the worker also runs the deployed model over them after timing, and the
+measurement records the device's accuracy, its agreement with the workstation's deployed
+predictions, the largest logit difference and its per-image predictions (bench.store.accuracy).
+
 A cell is measured once per (profile, device, machine fingerprint hash, batch size): cells with a
 successful measurement under that key are skipped, failed ones are measured again. Each
 measurement is stored (with its samples, summary, fingerprint, or its error) in its own
@@ -18,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.deploy.runtime import session_config, u8s8_saturates
 from bench.errors import UsageError
+from bench.measure.accuracy import accuracy_details
 from bench.measure.fingerprint import HASH_KEY, machine_fingerprint
 from bench.measure.isolation import (
     IsolationUnavailable,
@@ -31,9 +37,10 @@ from bench.measure.isolation import (
 from bench.measure.profiles import Profile
 from bench.measure.protocol import summarize
 from bench.store import CellRecord, ResultsStore
+from bench.store.accuracy import MODE
 from bench.store.artifacts import file_sha256
 from bench.store.bounds import clip_text
-from bench.store.deploy import DEPLOY_STAGE
+from bench.store.deploy import DEPLOY_STAGE, INPUT_KEYS, input_files
 from bench.store.identity import local_device, valid_device
 from bench.store.measurements import MeasurementRecord, measured_cells, save_measurement
 
@@ -55,6 +62,15 @@ class Target:
     problem: str | None = None
     """Why the cell cannot be measured (its record names a file outside its folder): it is
     stored as a failed measurement, the others are measured."""
+    inputs_path: Path | None = None
+    """The cell's test inputs, where present (accuracy mode)."""
+    reference_path: Path | None = None
+    """The workstation's deployed predictions over those inputs."""
+
+    def files(self) -> list[Path]:
+        """The artifact files measuring uses: the model and any accuracy-mode inputs."""
+        extra = [self.inputs_path, self.reference_path] if self.inputs_path else []
+        return [self.onnx_path, *extra]
 
     @property
     def label(self) -> str:
@@ -68,12 +84,13 @@ def verify_artifacts(targets: list[Target], store: ResultsStore) -> None:
     recorded when it was committed, before anything is timed."""
     bad = []
     for target in (t for t in targets if t.problem is None):
-        name = target.onnx_path.relative_to(store.artifact_dir(target.cell.cell_id)).as_posix()
-        expected = (target.cell.artifact_hashes or {}).get(name)
-        if expected is None:
-            bad.append(f"{target.onnx_path}: its cell records no SHA-256 for it")
-        elif file_sha256(target.onnx_path) != expected:
-            bad.append(f"{target.onnx_path}: SHA-256 differs from the one its cell recorded")
+        for path in target.files():
+            name = path.relative_to(store.artifact_dir(target.cell.cell_id)).as_posix()
+            expected = (target.cell.artifact_hashes or {}).get(name)
+            if expected is None:
+                bad.append(f"{path}: its cell records no SHA-256 for it")
+            elif file_sha256(path) != expected:
+                bad.append(f"{path}: SHA-256 differs from the one its cell recorded")
     if bad:
         raise UsageError("refusing to measure modified or unverifiable artifacts (nothing was "
                          "timed):\n  " + "\n  ".join(bad))
@@ -116,10 +133,16 @@ def deployed_targets(store: ResultsStore, backbones: tuple[str, ...] = (),
             targets.append(Target(r, folder, None, (), problem=problem))
             continue
         path = folder / name
+        inputs = {k: folder / n for k, n in input_files(r).items()
+                  if _outside(folder, n) is None}
+        if len(inputs) != len(INPUT_KEYS) or not all(p.is_file() for p in inputs.values()):
+            inputs = {}
         if path.is_file():
             targets.append(Target(r, path, deploy["columns"].get("packed_size_bytes"),
                                   tuple(deploy["input_shape"]),
-                                  dict(deploy.get("session_config") or {}), name))
+                                  dict(deploy.get("session_config") or {}), name,
+                                  inputs_path=inputs.get(INPUT_KEYS[0]),
+                                  reference_path=inputs.get(INPUT_KEYS[1])))
     return targets
 
 
@@ -136,9 +159,24 @@ def _outside(folder: Path, name: object) -> str | None:
     return None
 
 
+def accuracy_inputs(target: Target, profile: Profile, accuracy: bool) -> tuple[Path | None,
+                                                                               str]:
+    """The test inputs to run ``target`` over, if any, and the accuracy mode in words."""
+    if not accuracy:
+        return None, "off (--no-accuracy)"
+    if target.inputs_path is None:
+        return None, "no test inputs"
+    if profile.runtime == "torch":
+        return None, "unsupported runtime"
+    return target.inputs_path, "on"
+
+
 def measured_session_config(target: Target, profile: Profile) -> dict[str, str]:
     """The cell's deployed session config with the profile's ``kernels`` resolved on this
-    machine in place of its kernel entry (the deploying machine's CPU may differ)."""
+    machine in place of its kernel entry (the deploying machine's CPU may differ); none for a
+    runtime other than ONNX Runtime."""
+    if profile.runtime != "onnxruntime":
+        return {}
     return {**target.session_config, **session_config(profile.kernels)}
 
 
@@ -150,8 +188,8 @@ def _latency_columns(samples_s: list[float]) -> dict[str, float]:
 
 
 def _record(target: Target, profile: Profile, device: str, fingerprint: dict[str, Any],
-            batch_size: int, started: datetime, result: Measurement | MeasurementError
-            ) -> MeasurementRecord:
+            batch_size: int, started: datetime, result: Measurement | MeasurementError,
+            mode: str = "no test inputs") -> MeasurementRecord:
     record = MeasurementRecord(
         cell_id=target.cell.cell_id, profile=profile.name, device=device,
         machine=fingerprint[HASH_KEY],
@@ -170,15 +208,25 @@ def _record(target: Target, profile: Profile, device: str, fingerprint: dict[str
         setattr(record, name, value)
     details = result.to_dict()
     for key in ("samples_s", "profile", "isolation", "batch_size", "load_time_s",
-                "peak_rss_mb"):
+                "peak_rss_mb", "logits"):
         details.pop(key)
     # The model's path within the store: an absolute one would carry this machine's user
     # names and folder layout to every store and server the record goes to.
     details["model_path"] = f"artifacts/{target.cell.cell_id}/{target.shipped}"
-    saturates = u8s8_saturates()
-    # exact_kernels: the timed kernels compute what the deployed accuracy was evaluated with.
-    details.update(kernel_policy=profile.kernels, u8s8_saturates=saturates,
-                   exact_kernels=profile.kernels == "exact" or not saturates)
+    details[MODE] = mode
+    # emulated: the answers are real, the latency is the emulator's, not a device's.
+    details["emulated"] = bool(fingerprint.get("emulated"))
+    if result.logits is not None and target.inputs_path and target.reference_path:
+        try:
+            details.update(accuracy_details(result.logits, target.inputs_path,
+                                            target.reference_path))
+        except ValueError as err:
+            record.status, record.error = "failed", f"accuracy mode: {err}"
+    if profile.runtime == "onnxruntime":
+        saturates = u8s8_saturates()
+        # exact_kernels: the timed kernels compute what the deployed accuracy was evaluated with.
+        details.update(kernel_policy=profile.kernels, u8s8_saturates=saturates,
+                       exact_kernels=profile.kernels == "exact" or not saturates)
     record.details = details
     return record
 
@@ -192,9 +240,11 @@ def _progress(quiet: bool) -> Progress:
 
 def measure_store(store: ResultsStore, profile: Profile, *, backbones: tuple[str, ...] = (),
                   methods: tuple[str, ...] = (), batch_size: int | None = None,
-                  device: str | None = None, quiet: bool = False) -> MeasureSummary:
+                  device: str | None = None, quiet: bool = False,
+                  accuracy: bool = True) -> MeasureSummary:
     """Measure the store's deployed cells not yet measured under this profile on this device
-    (default: `local_device()`), after checking every ONNX file against its recorded hash."""
+    (default: `local_device()`), after checking every ONNX file (and test-input file) against
+    its recorded hash; with ``accuracy``, over the cells' test inputs too where present."""
     batch = batch_size if batch_size is not None else profile.batch_sizes[0]
     try:
         device = device or local_device()
@@ -211,14 +261,14 @@ def measure_store(store: ResultsStore, profile: Profile, *, backbones: tuple[str
         with store.exclusive("measure"), worker_guard(store.root / ".measure-worker.lock") \
                 as hold_fd:
             return _measure_todo(store, profile, backbones, methods, batch, device, quiet,
-                                 hold_fd)
+                                 hold_fd, accuracy)
     except WorkerStillRunning as err:
         raise UsageError(str(err)) from err
 
 
 def _measure_todo(store: ResultsStore, profile: Profile, backbones: tuple[str, ...],
                   methods: tuple[str, ...], batch: int, device: str,
-                  quiet: bool, hold_fd: int) -> MeasureSummary:
+                  quiet: bool, hold_fd: int, accuracy: bool = True) -> MeasureSummary:
     fingerprint = machine_fingerprint()
     summary = MeasureSummary(device, fingerprint[HASH_KEY], batch)
     targets = deployed_targets(store, backbones, methods)
@@ -231,15 +281,17 @@ def _measure_todo(store: ResultsStore, profile: Profile, backbones: tuple[str, .
         for target in todo:
             progress.update(task, description=f"measure  {target.label}")
             started = datetime.now(UTC)
+            inputs, mode = accuracy_inputs(target, profile, accuracy)
             try:
                 if target.problem is not None:
                     raise MeasurementError(f"not measured: {target.problem}")
                 result: Measurement | MeasurementError = measure_isolated(
                     target.onnx_path, profile, target.input_shape, batch, hold_fd=hold_fd,
-                    session_config=measured_session_config(target, profile))
+                    session_config=measured_session_config(target, profile), inputs=inputs)
             except MeasurementError as err:
                 result = err
-            record = _record(target, profile, device, fingerprint, batch, started, result)
+            record = _record(target, profile, device, fingerprint, batch, started, result,
+                             mode)
             save_measurement(store.engine, record)
             if record.status == "ok":
                 summary.measured.append(target.cell.cell_id)

@@ -12,7 +12,16 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from bench.report import clinical, headline, plots, provenance, saliency, significance, tables
+from bench.report import (
+    answers,
+    clinical,
+    headline,
+    plots,
+    provenance,
+    saliency,
+    significance,
+    tables,
+)
 from bench.report.data import BLOCK, ReportData, load
 from bench.store import ResultsStore
 
@@ -97,6 +106,8 @@ def context(data: ReportData, figures: bool = True,
         "device_table": tables.device_table(data),
         "comparison": tables.comparison_table(data),
         "compared": data.compared,
+        "answers": data.answers,
+        "verified": answers.verification(data.answers),
         "saliency": sal,
         "saliency_main": significance.main_saliency(data.ok),
         "significance": tests,

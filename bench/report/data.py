@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from bench.compare import Comparison, by_config, compare, device_labels
 from bench.config import FP32_BITS
+from bench.report.answers import Answer, device_answers
 from bench.store import RESULT_COLUMNS, CellRecord, ResultsStore
 from bench.store.database import stage_columns
 from bench.store.deploy import DEPLOY_COLUMNS, DEPLOY_TEXT_COLUMNS
@@ -118,6 +119,8 @@ class ReportData:
     compared: Comparison | None = None
     signatures: list[str] = field(default_factory=list)
     replacements: int = 0
+    answers: list[Answer] = field(default_factory=list)
+    """Accuracy-mode results per cell and device (bench.report.answers)."""
     _predictions: dict[str, dict[str, np.ndarray] | None] = field(
         default_factory=dict, repr=False, compare=False)
 
@@ -181,7 +184,10 @@ def _measurements(store: ResultsStore) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(_MEASURED)).rename(columns={"device": "device_name"})
     frame["cpu"] = [(f or {}).get("cpu_model") for f in frame.fingerprint]
     frame["kernels"] = [kernels_label(d) for d in frame.details]
-    return frame.drop(columns=["fingerprint", "details"])
+    # An emulated device's latency is the emulator's: the report shows only its answers.
+    emulated = pd.Series([bool((d or {}).get("emulated")) for d in frame.details],
+                         index=frame.index, dtype=bool)
+    return frame[~emulated].drop(columns=["fingerprint", "details"])
 
 
 def _split_measurements(frame: pd.DataFrame, cell_ids: set[str]
@@ -207,21 +213,25 @@ def load(store: ResultsStore) -> ReportData:
     return ReportData(store.root, {r.cell_id: r for r in records}, cells, ok, superseded,
                       measured, failed, devices, _compared(store, set(ok.get("cell_id", []))),
                       [d.text() for d in signatures_by_device(store.engine)],
-                      replacement_count(store.engine))
+                      replacement_count(store.engine),
+                      device_answers(store, set(ok.get("cell_id", []))))
 
 
 def _compared(store: ResultsStore, ok_ids: set[str]) -> Comparison | None:
     """bench.compare over every device with a successful measurement, if there are 2+, per
-    configuration of the cells the report counts (``ok_ids``)."""
+    configuration of the cells the report counts (``ok_ids``); emulated measurements are left
+    out (their latency is the emulator's)."""
     chosen = RecordFilter(status=["ok"])
     with Session(store.engine) as session:
-        devices = sorted(session.scalars(select(MeasurementRecord.device).distinct().where(
-            MeasurementRecord.status == "ok")))
+        if len(set(session.scalars(select(MeasurementRecord.device).distinct().where(
+                MeasurementRecord.status == "ok")))) < 2:
+            return None
+        measurements = [m for m in (MeasurementData.of(row) for row in session.scalars(
+            chosen.measurements())) if not (m.details or {}).get("emulated")]
+        devices = sorted({m.device for m in measurements})
         if len(devices) < 2:
             return None
         cells = [CellData.of(row) for row in session.scalars(chosen.cells())]
-        measurements = [MeasurementData.of(row) for row in session.scalars(
-            chosen.measurements())]
     return by_config(compare(cells, measurements, devices,
                              selection=RecordFilter(cell_ids=sorted(ok_ids))))
 

@@ -194,6 +194,11 @@ def as_json(context: dict[str, Any]) -> str:
            "flagged": context["flagged"], "main_table": table_records(context["main"]),
            "devices": table_records(context["device_table"]),
            "device_comparison": context["compared"],
+           "device_answers": [{k: v for k, v in dataclasses.asdict(a).items() if k != "differing"}
+                              | {"differing": [{**dataclasses.asdict(d), "thumbnail": None}
+                                               for d in a.differing]}
+                              for a in context.get("answers", [])],
+           "verified": context.get("verified", []),
            "saliency": table_records(context["saliency"]["table"]),
            "significance": context["significance"],
            "headline_table": [{**r, "sentence": row["sentence"]} for r, row in zip(

@@ -20,13 +20,23 @@ DEPLOY_TEXT_COLUMNS = frozenset({"deploy_flags"})
 """The deploy columns that are not numbers."""
 
 
-def deploy_files(cell: CellData) -> list[str]:
+INPUT_KEYS = ("test_inputs_file", "deployed_predictions")
+"""The deploy stage's entries naming a device's accuracy-mode inputs: the test images (of
+patients, on real data) and the workstation's deployed logits they are compared with."""
+
+
+def deploy_files(cell: CellData, inputs: bool = True) -> list[str]:
     """The artifact files a device needs to measure the cell: every `*_file` its deploy stage
-    recorded (the ONNX model, a packed weight file) that the cell lists."""
+    recorded (the ONNX model, a packed weight file, the test inputs) and the deployed
+    predictions, that the cell lists; ``inputs=False`` leaves out the accuracy-mode inputs
+    (`INPUT_KEYS`), for a device that only times."""
     deploy = cell.metrics.get(DEPLOY_STAGE)
     if not isinstance(deploy, dict):
         return []
-    names = {v for k, v in deploy.items() if k.endswith("_file") and isinstance(v, str)}
+    names = {v for k, v in deploy.items() if k.endswith("_file") and isinstance(v, str)
+             and k not in INPUT_KEYS}
+    if inputs:
+        names |= {deploy[k] for k in INPUT_KEYS if isinstance(deploy.get(k), str)}
     return sorted(names & cell.artifact_hashes.keys())
 
 
@@ -50,3 +60,13 @@ def recorded_sizes(cell: CellData) -> dict[str, int]:
                 and size >= 0:
             sizes[name] = min(size, sizes.get(name, size))
     return sizes
+
+
+def input_files(cell: CellData) -> dict[str, str]:
+    """The cell's accuracy-mode input files by `INPUT_KEYS` entry, where it lists both."""
+    deploy = cell.metrics.get(DEPLOY_STAGE)
+    if not isinstance(deploy, dict):
+        return {}
+    found = {k: deploy[k] for k in INPUT_KEYS if isinstance(deploy.get(k), str)
+             and deploy[k] in (cell.artifact_hashes or {})}
+    return found if len(found) == len(INPUT_KEYS) else {}

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
+from bench.store.accuracy import ACCURACY_COLUMNS, accuracy_columns
 from bench.store.deploy import DEPLOY_COLUMNS
 from bench.store.evaluation import EVALUATION_COLUMNS
 from bench.store.identity import local_device
@@ -70,17 +71,21 @@ def measured_profiles(engine: Engine) -> list[str]:
 
 
 def latest_columns(engine: Engine, profile: str | None = None) -> dict[str, dict[str, Any]]:
-    """Result columns of each cell's most recent successful measurement (under ``profile``)."""
+    """Result columns of each cell's most recent successful measurement (under ``profile``),
+    with its accuracy-mode columns (bench.store.accuracy)."""
     fields = [getattr(MeasurementRecord, _RECORD_FIELDS.get(c, c)) for c in MEASUREMENT_COLUMNS]
-    query = select(MeasurementRecord.cell_id, *fields).where(MeasurementRecord.status == "ok")
+    query = select(MeasurementRecord.cell_id, MeasurementRecord.details,
+                   *fields).where(MeasurementRecord.status == "ok")
     if profile is not None:
         query = query.where(MeasurementRecord.profile == profile)
     query = query.order_by(MeasurementRecord.finished_at, MeasurementRecord.id)
     with Session(engine) as session:
-        return {cell_id: dict(zip(MEASUREMENT_COLUMNS, values, strict=True))
-                for cell_id, *values in session.execute(query)}
+        return {cell_id: {**dict(zip(MEASUREMENT_COLUMNS, values, strict=True)),
+                          **accuracy_columns(details)}
+                for cell_id, details, *values in session.execute(query)}
 
 
 def empty_columns() -> dict[str, Any]:
-    """The deploy, probability and measurement result columns, all None."""
-    return dict.fromkeys(DEPLOY_COLUMNS + EVALUATION_COLUMNS + MEASUREMENT_COLUMNS)
+    """The deploy, probability, measurement and device-accuracy result columns, all None."""
+    return dict.fromkeys(DEPLOY_COLUMNS + EVALUATION_COLUMNS + MEASUREMENT_COLUMNS
+                         + ACCURACY_COLUMNS)

@@ -33,10 +33,12 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     create_model,
+    model_validator,
 )
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bench.store.accuracy import check_accuracy_details
 from bench.store.bounds import (
     FINITE_FIELDS,
     MAX_ARTIFACT_FILES,
@@ -208,6 +210,11 @@ class _Cell(_Record):
 
 class _Measurement(_Record):
     row = MeasurementRecord
+
+    @model_validator(mode="after")
+    def _accuracy_bounds(self) -> _Measurement:
+        check_accuracy_details(self.details or {})
+        return self
 
     def key(self) -> MeasurementKey:
         return (self.cell_id, self.profile, self.device, self.machine, self.batch_size)
