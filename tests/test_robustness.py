@@ -1,0 +1,259 @@
+"""The `robustness` stage: corruptions (identity at severity 0, seeded, cached with a hash
+check), mCE against a hand-computed fixture, a brightness-invariant model, the null control
+(quantisation disabled gives the parent's mCE), and the stage end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+from typer.testing import CliRunner
+
+from bench.cli import app
+from bench.data import IMAGENET_MEAN, IMAGENET_STD
+from bench.errors import ConfigError
+from bench.robustness import cache as C
+from bench.robustness.corruptions import corrupt_batch, corrupt_image, specular_glare
+from bench.robustness.metrics import corruption_errors, corruption_tests
+from bench.robustness.settings import CORRUPTIONS, RobustnessSettings
+from bench.robustness.stage import RESULT_FILE, evaluate
+from bench.runner.stages import load_stages, validate_stage_settings
+from bench.store import ResultsStore
+from bench.train import predict
+from tests.conftest import tiny_grid_dict
+
+
+def images(n: int = 4, size: int = 20, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_severity_zero_is_the_clean_image_bit_for_bit(name: str) -> None:
+    x = images()
+    out = corrupt_batch(x, name, 0, 0, np.arange(len(x)))
+    assert out.dtype == np.uint8 and out.tobytes() == x.tobytes()
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_corruptions_are_seeded_and_deterministic(name: str) -> None:
+    x = images()
+    keys = np.arange(10, 10 + len(x))
+    a, b = (corrupt_batch(x, name, 3, 7, keys) for _ in range(2))
+    assert a.tobytes() == b.tobytes()
+    assert not np.array_equal(a, x), "severity 3 changed nothing"
+    # an image is corrupted the same whatever else is in the batch, and numpy's global
+    # generator is left as it was
+    state = np.random.get_state()[1].copy()
+    alone = corrupt_batch(x[2:3], name, 3, 7, keys[2:3])
+    assert np.array_equal(np.random.get_state()[1], state)
+    assert alone.tobytes() == a[2:3].tobytes()
+
+
+def test_random_corruptions_depend_on_the_seed() -> None:
+    x = images()
+    for name in ("gaussian_noise", "motion_blur", "specular_glare"):
+        assert not np.array_equal(corrupt_batch(x, name, 2, 0, np.arange(4)),
+                                  corrupt_batch(x, name, 2, 1, np.arange(4))), name
+
+
+def test_severity_grows_the_damage() -> None:
+    x = images(8, 32)
+    for name in CORRUPTIONS:
+        dist = [np.abs(corrupt_batch(x, name, s, 0, np.arange(8)).astype(float) - x).mean()
+                for s in (1, 5)]
+        assert dist[1] > dist[0], name
+
+
+def test_specular_glare_saturates_to_white_at_its_centres() -> None:
+    img = np.full((40, 40, 3), 60, np.uint8)
+    out = specular_glare(img, 5, np.random.default_rng(0))
+    assert out.max() == 255 and (out >= img).all()
+    assert (out == 255).all(axis=2).mean() < 0.5
+
+
+def test_bad_corruption_and_severity_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corrupt_image(np.zeros((8, 8, 3), np.uint8), "fog", 1, 0, 0)
+    with pytest.raises(ValueError, match="severity"):
+        corrupt_image(np.zeros((8, 8, 3), np.uint8), "contrast", 6, 0, 0)
+    load_stages()
+    with pytest.raises(ConfigError, match="unknown corruptions"):
+        validate_stage_settings({"robustness": {"corruptions": ["fog"]}})
+    with pytest.raises(ConfigError, match="severities"):
+        validate_stage_settings({"robustness": {"severities": [0, 1]}})
+
+
+def test_corrupted_images_are_cached_once_and_hash_checked(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    x, index = images(), np.array([3, 5, 8, 9])
+    args = (x, index, "fp", "manifest", "gaussian_noise", 2, 0)
+    first = C.corrupted_images(tmp_path, *args)
+    calls = []
+    real = C.corrupt_batch
+    monkeypatch.setattr(C, "corrupt_batch", lambda *a: calls.append(a) or real(*a))
+    assert C.corrupted_images(tmp_path, *args).tobytes() == first.tobytes()
+    assert calls == [], "the cached images were made again"
+    [path] = (tmp_path / "corrupted").glob("*.npz")
+    np.savez(path, images=np.zeros_like(first))          # damaged: fails the hash check
+    assert C.corrupted_images(tmp_path, *args).tobytes() == first.tobytes()
+    assert len(calls) == 1
+    other = C.corrupted_images(tmp_path, x, index, "fp", "manifest", "gaussian_noise", 3, 0)
+    assert len(calls) == 2 and not np.array_equal(other, first)
+
+
+def hand_mce(err: np.ndarray, ref: np.ndarray, clean: float, ref_clean: float
+             ) -> tuple[float, float]:
+    """Hendrycks & Dietterich's definitions written out with loops."""
+    ces, rels = [], []
+    for c in range(err.shape[0]):
+        ces.append(100 * sum(err[c]) / sum(ref[c]))
+        rels.append(100 * sum(e - clean for e in err[c]) / sum(r - ref_clean for r in ref[c]))
+    return sum(ces) / len(ces), sum(rels) / len(rels)
+
+
+def test_mce_matches_the_definition_on_a_fixture() -> None:
+    rng = np.random.default_rng(0)
+    n = 200
+    ref_correct = rng.random((3, 2, n)) < np.array([0.7, 0.5])[None, :, None]
+    correct = rng.random((3, 2, n)) < np.array([0.6, 0.3])[None, :, None]
+    clean, ref_clean = rng.random(n) < 0.9, rng.random(n) < 0.95
+    out = corruption_errors(correct, clean, ref_correct, ref_clean, ["a", "b", "c"],
+                            bootstrap=300, seed=0)
+    mce, rel = hand_mce(1 - correct.mean(2), 1 - ref_correct.mean(2), 1 - clean.mean(),
+                        1 - ref_clean.mean())
+    assert out["mce"] == pytest.approx(mce) and out["relative_mce"] == pytest.approx(rel)
+    assert out["mce"] > 100
+    lo, hi = out["mce_ci"]
+    assert lo < out["mce"] < hi
+    same = corruption_errors(ref_correct, ref_clean, ref_correct, ref_clean, ["a", "b", "c"])
+    assert same["mce"] == pytest.approx(100) and same["relative_mce"] == pytest.approx(100)
+
+
+def test_corruption_tests_are_holm_adjusted_and_detect_a_real_drop() -> None:
+    rng = np.random.default_rng(1)
+    ref = rng.random((2, 3, 300)) < 0.8
+    worse = ref.copy()
+    worse[0, :, :120] = False                 # corruption 0: 40% of images lost at every level
+    tests = corruption_tests(worse, ref, ["hit", "same"])
+    assert tests["hit"]["p_holm"] < 1e-6 and tests["hit"]["diff_mean"] < 0
+    assert tests["same"]["p_value"] is None and tests["same"]["reason"]
+    assert tests["hit"]["p_holm"] >= tests["hit"]["p_value"]
+
+
+class ChannelVote(nn.Module):
+    """Predicts the brightest colour channel of the (un-normalised) image: blind to
+    imagecorruptions' brightness, which raises HSV value and keeps hue and saturation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (x * self.std + self.mean).mean(dim=(2, 3))
+
+
+def test_a_model_that_ignores_brightness_has_brightness_error_zero() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 30)
+    x = np.full((30, 3, 32, 32), 40, np.uint8)
+    x[np.arange(30), labels] = 180
+    x = np.clip(x.astype(int) + rng.integers(-10, 10, x.shape), 0, 255).astype(np.uint8)
+    cfg = RobustnessSettings(corruptions=["brightness", "contrast", "gaussian_noise"],
+                             severities=[1, 3, 5])
+    corrupted = {(c, s): corrupt_batch(x, c, s, 0, np.arange(30))
+                 for c in cfg.corruptions for s in cfg.severities}
+    model = ChannelVote().eval()
+    correct = evaluate({"torch": lambda im: predict(model, torch.from_numpy(im),
+                                                    torch.device("cpu")).numpy()},
+                       x, labels, corrupted, cfg)["torch"]
+    assert correct["clean"].all()
+    assert correct["corrupted"][0].all(), "brightness changed the brightest channel"
+    change = np.abs(corrupted["brightness", 5].astype(float) - x).mean()
+    assert change > 30, "control: brightness at severity 5 changes the pixels"
+    ref = np.zeros_like(correct["corrupted"])       # a reference that fails everything
+    out = corruption_errors(correct["corrupted"], correct["clean"], ref,
+                            np.zeros(30, bool), cfg.corruptions)
+    assert out["ce"]["brightness"] == 0.0
+
+
+def test_quantisation_disabled_gives_the_parents_mce() -> None:
+    from bench.config import BackboneConfig
+    from bench.models import build_model
+    from bench.quant import quantization_disabled
+    from bench.saliency.null import null_graph
+    from methods import get_method
+
+    torch.manual_seed(0)
+    parent = build_model(BackboneConfig(name="smallcnn"), 3).eval()
+    x = images(24, 16, seed=3)
+    ptq = get_method("ptq")
+    from bench.data import normalize
+    graph = null_graph(ptq, parent, 4, 4, ptq.parse_params({}),
+                       normalize(torch.from_numpy(x[:2])))
+    cfg = RobustnessSettings(corruptions=["contrast", "specular_glare"], severities=[1, 4])
+    corrupted = {(c, s): corrupt_batch(x, c, s, 0, np.arange(24))
+                 for c in cfg.corruptions for s in cfg.severities}
+    labels = predict(parent, torch.from_numpy(x), torch.device("cpu")).argmax(1).numpy()
+    labels[::3] = (labels[::3] + 1) % 3                 # some clean errors
+
+    def run(model: nn.Module) -> dict[str, np.ndarray]:
+        return evaluate({"torch": lambda im: predict(model, torch.from_numpy(im),
+                                                     torch.device("cpu")).numpy()},
+                        x, labels, corrupted, cfg)["torch"]
+
+    ref = run(parent)
+    with quantization_disabled(graph):
+        null = run(graph)
+    quant = run(graph)
+    assert np.array_equal(null["corrupted"], ref["corrupted"])
+    out = corruption_errors(null["corrupted"], null["clean"], ref["corrupted"], ref["clean"],
+                            cfg.corruptions)
+    own = corruption_errors(ref["corrupted"], ref["clean"], ref["corrupted"], ref["clean"],
+                            cfg.corruptions)
+    assert out["mce"] == own["mce"] == pytest.approx(100)
+    assert out["relative_mce"] == own["relative_mce"]
+    assert quant["corrupted"].shape == ref["corrupted"].shape
+
+
+ROBUST = {"corruptions": ["gaussian_noise", "specular_glare"], "severities": [1, 3],
+          "bootstrap": 50}
+
+
+def test_stage_end_to_end_with_deploy(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid_dict(
+        seeds=1, methods=[{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}],
+        stages={"deploy": {}, "robustness": ROBUST})))
+    args = ["run", "--grid", str(grid), "--store", str(tmp_path / "s"), "--quiet"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    store = ResultsStore(tmp_path / "s")
+    recs = {r.method: r for r in store.records()}
+    fp32, ptq = recs["fp32"].metrics["robustness"], recs["ptq"].metrics["robustness"]
+    assert fp32["engines"] == ["torch", "onnx"] == ptq["engines"]
+    assert fp32["columns"]["robustness_mce"] == pytest.approx(100)
+    assert fp32["reference"]["relation"] == "self"
+    assert ptq["reference"] == {"cell_id": recs["ptq"].config["parent_id"],
+                                "relation": "parent", "skipped": None}
+    assert ptq["columns"]["robustness_mce"] is not None
+    assert ptq["columns"]["robustness_onnx_mce"] is not None
+    assert set(ptq["results"]["torch"]["tests"]) == set(ROBUST["corruptions"])
+    acc = ptq["results"]["onnx"]["accuracy"]["gaussian_noise"]
+    assert len(acc) == 2 and all(0 <= a <= 1 for a in acc)
+    for r in recs.values():
+        with np.load(store.artifact_dir(r.cell_id) / RESULT_FILE) as f:
+            assert f["torch/corrupted"].shape == (2, 2, len(f["index"]))
+    # each corrupted set was made once for the two cells
+    cached = list((Path(__import__("os").environ["MEDQ_CACHE"]) / "corrupted").glob("*.npz"))
+    assert len(cached) >= 4
+    stamps = {p: p.stat().st_mtime_ns for p in cached}
+    again = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert again.exit_code == 0
+    assert {p: p.stat().st_mtime_ns for p in cached} == stamps
+    assert len(list(store.records())) == 2
