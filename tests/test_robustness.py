@@ -257,3 +257,33 @@ def test_stage_end_to_end_with_deploy(tmp_path: Path) -> None:
     assert again.exit_code == 0
     assert {p: p.stat().st_mtime_ns for p in cached} == stamps
     assert len(list(store.records())) == 2
+
+
+MAX_ROBUSTNESS_SHARE = 0.15
+
+
+@pytest.mark.parametrize("grid", ["paper", "full"])
+def test_robustness_is_at_most_15_percent_of_the_grids_compute(grid: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """By the dry run's estimate with RatioProbe's costs (tests/test_paper_shaped.py), and an
+    ONNX Runtime image (and a corrupted image) costing as much as a torch forward pass, the
+    robustness stage of the shipped grids, every corruption at every severity on torch and
+    ONNX, is at most MAX_ROBUSTNESS_SHARE of their compute."""
+    from bench.runner import estimate as estimate_module
+    from tests.test_paper_shaped import RESNET18_224, RatioProbe
+
+    class Probe(RatioProbe):
+        def per_image_s(self, fn: object, batch: int) -> float:
+            return RESNET18_224["forward"]
+
+    monkeypatch.setattr(estimate_module, "CellModelProbe", Probe)
+    settings = RobustnessSettings(**yaml.safe_load(
+        (Path("bench/grids") / f"{grid}.yaml").read_text())["stages"]["robustness"])
+    assert settings.corruptions == list(CORRUPTIONS) and settings.severities == [1, 2, 3, 4, 5]
+    result = CliRunner().invoke(app, ["run", "--grid", grid, "--store", str(tmp_path / "s"),
+                                      "--dry-run", "--device", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    share = float(out.split("robustness stage: ")[1].split("%")[0]) / 100
+    assert 0.02 < share <= MAX_ROBUSTNESS_SHARE, out[-2000:]
