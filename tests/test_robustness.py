@@ -257,6 +257,14 @@ def test_stage_end_to_end_with_deploy(tmp_path: Path) -> None:
     assert again.exit_code == 0
     assert {p: p.stat().st_mtime_ns for p in cached} == stamps
     assert len(list(store.records())) == 2
+    report = CliRunner().invoke(app, ["report", "--store", str(tmp_path / "s"),
+                                      "--out", str(tmp_path / "r.html")],
+                                catch_exceptions=False)
+    assert report.exit_code == 0, report.output
+    html = (tmp_path / "r.html").read_text()
+    section = html.split('<h2 id="robustness">Robustness to artefacts</h2>')[1].split("<h2")[0]
+    assert "<svg" in section and "p (Holm) gaussian_noise" in section
+    assert "100.0" in section                     # FP32's own mCE
 
 
 MAX_ROBUSTNESS_SHARE = 0.15
@@ -287,3 +295,46 @@ def test_robustness_is_at_most_15_percent_of_the_grids_compute(grid: str, tmp_pa
     out = " ".join(result.output.split())
     share = float(out.split("robustness stage: ")[1].split("%")[0]) / 100
     assert 0.02 < share <= MAX_ROBUSTNESS_SHARE, out[-2000:]
+
+
+def test_report_flags_clean_equal_but_brittle_configurations(tmp_path: Path) -> None:
+    """Flag: clean accuracy within 1 point of FP32 and mCE more than 5 points worse; the
+    per-corruption test pools seeds and severities per image and is Holm-adjusted."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from bench.report.data import config_label
+    from bench.report.robustness import RESULT_FILE as REPORT_FILE
+    from bench.report.robustness import robustness_view, severity_panels
+
+    assert REPORT_FILE == RESULT_FILE
+    rng = np.random.default_rng(0)
+    n, rows = 150, []
+    base = rng.random((2, 2, n)) < 0.8
+    spec = {("fp32", 32, 32): (0.80, 100.0, base),
+            ("ptq", 4, 4): (0.795, 112.0, base & (rng.random((2, 2, n)) < 0.6)),
+            ("qat", 4, 4): (0.80, 103.0, base),
+            ("lsq", 4, 4): (0.70, 120.0, base & (rng.random((2, 2, n)) < 0.6))}
+    for (method, w, a), (acc, mce, correct) in spec.items():
+        for seed in (0, 1):
+            cid = f"{method}{w}-{seed}"
+            (tmp_path / cid).mkdir()
+            np.savez(tmp_path / cid / RESULT_FILE, index=np.arange(n),
+                     corruptions=np.array(["contrast", "brightness"]), severities=np.array([1, 3]),
+                     **{"torch/clean": np.ones(n, bool), "torch/corrupted": correct})
+            rows.append({"cell_id": cid, "dataset": "d", "backbone": "b", "method": method,
+                         "w_bits": w, "a_bits": a, "seed": seed, "accuracy": acc,
+                         "config": config_label(method, w, a), "robustness_mce": mce + seed,
+                         "robustness_relative_mce": mce, "robustness_onnx_mce": None})
+    data = SimpleNamespace(ok=pd.DataFrame(rows), artifact_dir=lambda cid: tmp_path / cid)
+    [block] = robustness_view(data)
+    by = {r.config: r for r in block.rows}
+    flagged = {c for c, r in by.items() if r.flag}
+    assert flagged == {config_label("ptq", 4, 4)}
+    ptq, qat = by[config_label("ptq", 4, 4)], by[config_label("qat", 4, 4)]
+    assert ptq.mce[0] == pytest.approx(112.5) and ptq.mce[1] < 112.5 < ptq.mce[2]
+    assert ptq.tests["contrast"]["p_holm"] < 0.001
+    assert qat.tests["contrast"]["p"] is None          # identical to FP32: no discordance
+    assert block.curves["contrast"]["fp32"] == pytest.approx(list(base[0].mean(axis=1)))
+    assert severity_panels(block) is not None
