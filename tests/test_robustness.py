@@ -222,7 +222,7 @@ def test_quantisation_disabled_gives_the_parents_mce() -> None:
 
 
 ROBUST = {"corruptions": ["gaussian_noise", "specular_glare"], "severities": [1, 3],
-          "bootstrap": 50}
+          "bootstrap": 50, "saliency_images": 4}
 
 
 def test_stage_end_to_end_with_deploy(tmp_path: Path) -> None:
@@ -246,6 +246,11 @@ def test_stage_end_to_end_with_deploy(tmp_path: Path) -> None:
     assert set(ptq["results"]["torch"]["tests"]) == set(ROBUST["corruptions"])
     acc = ptq["results"]["onnx"]["accuracy"]["gaussian_noise"]
     assert len(acc) == 2 and all(0 <= a <= 1 for a in acc)
+    rho = ptq["results"] and ptq["saliency"]
+    assert rho["method"] == "gradient" and len(rho["images"]) == 4
+    assert -1 <= ptq["columns"]["robustness_saliency_spearman"] <= 1
+    assert ptq["columns"]["robustness_saliency_spearman"] == pytest.approx(
+        np.mean([v for per in rho["spearman"].values() for v in per]))
     for r in recs.values():
         with np.load(store.artifact_dir(r.cell_id) / RESULT_FILE) as f:
             assert f["torch/corrupted"].shape == (2, 2, len(f["index"]))

@@ -5,8 +5,9 @@ passes of the torch model, and as many through ONNX Runtime when `onnx` is set (
 file the deploy stage exports for a probe model; counted whether or not the grid deploys, an
 upper bound), plus making the C x S corrupted copies, timed per corruption and severity and
 charged once per data set (test-split size and image size) and settings, to the first cell of
-the estimate that needs them: every other cell reads them from the cache. Statistics and the
-result file are not counted.
+the estimate that needs them: every other cell reads them from the cache. With
+`saliency_images`, each of them gets 1 + C x S maps of `saliency_method` (its declared gradient
+passes each, bench/saliency/methods.py). Statistics and the result file are not counted.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def robustness_cost(settings: RobustnessSettings, shape: CellShape, probe: Model
     if not charged["done"]:
         charged["done"] = True
         seconds += n * probe.shared((STAGE, "corrupt", probe.image_size, *sets), corrupt_s)
+    if settings.saliency_images:
+        from bench.saliency.methods import SALIENCY_METHODS
+        from bench.saliency.suite import SaliencyConfig
+
+        scfg = SaliencyConfig(methods=[settings.saliency_method])
+        k = min(settings.saliency_images, shape.n_test)
+        maps = k * (1 + len(settings.corruptions) * len(settings.severities))
+        seconds += (maps * SALIENCY_METHODS.get(settings.saliency_method).passes(scfg)
+                    * probe.gradient_image_s(scfg.batch_size))
     if settings.onnx:
         from bench.deploy.cost import OnnxRunner
         from bench.deploy.settings import DeploySettings

@@ -8,7 +8,8 @@ deployed ONNX model are evaluated on them. Stored in the cell's folder: ``robust
 corruption and severity, CE / mCE / relative mCE against the FP32 parent's stored correctness
 (bench.robustness.metrics; an FP32 cell is its own reference: mCE 100), with bootstrap
 intervals, and per corruption the clustered McNemar test against the parent, Holm within the
-cell's corruptions.
+cell's corruptions; with `saliency_images`, saliency stability under corruption
+(bench.robustness.saliency).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from bench.data import cache_dir, normalize
 from bench.robustness.cache import corrupted_images
 from bench.robustness.metrics import corruption_errors, corruption_tests
+from bench.robustness.saliency import saliency_stability
 from bench.robustness.settings import RobustnessSettings
 from bench.runner.stages import StageInput
 from bench.train import predict
@@ -127,7 +129,8 @@ def summarise(correct: dict[str, dict[str, np.ndarray]],
     return out
 
 
-def columns(summary: dict[str, Any], cfg: RobustnessSettings) -> dict[str, float | None]:
+def columns(summary: dict[str, Any], cfg: RobustnessSettings, saliency: dict[str, Any]
+            ) -> dict[str, float | None]:
     def mce(engine: str, key: str) -> float | None:
         return (summary.get(engine) or {}).get("mce", {}).get(key)
 
@@ -136,6 +139,7 @@ def columns(summary: dict[str, Any], cfg: RobustnessSettings) -> dict[str, float
         "robustness_relative_mce": mce("torch", "relative_mce"),
         "robustness_onnx_mce": mce("onnx", "mce"),
         "robustness_onnx_relative_mce": mce("onnx", "relative_mce"),
+        "robustness_saliency_spearman": saliency.get("mean"),
     }
     for c in cfg.corruptions:
         cols[f"robustness_acc_{c}"] = summary["torch"]["mean_accuracy"][c]
@@ -167,6 +171,7 @@ def robustness_stage(inp: StageInput) -> dict[str, Any]:
                                 "skipped": "no FP32 parent to compare with"}
     save_result(inp.folder, index, labels, cfg, correct)
     summary = summarise(correct, ref, cfg)
+    saliency = saliency_stability(inp, cfg)
     seconds = time.perf_counter() - start
     log.info("robustness of %s: %d images, %d corruptions x %d severities, %.2fs",
              inp.cell.label, len(index), len(cfg.corruptions), len(cfg.severities), seconds)
@@ -177,8 +182,9 @@ def robustness_stage(inp: StageInput) -> dict[str, Any]:
         "engines": list(correct),
         "reference": reference,
         "results": summary,
+        "saliency": saliency,
         "file": RESULT_FILE,
         "corrupt_seconds": corrupt_seconds,
         "seconds": seconds,
-        "columns": columns(summary, cfg),
+        "columns": columns(summary, cfg, saliency),
     }
