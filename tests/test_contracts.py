@@ -30,6 +30,8 @@ TINY_STAGE_SETTINGS: dict[str, dict[str, Any]] = {
     "saliency": {"methods": ["gradient", "gradcam"], "n_samples": 4, "sensitivity_samples": 1,
                  "deletion_steps": 2, "sanity_images": 2, "sanity_checkpoints": 1,
                  "overlays": 1, "threads": 1},
+    "robustness": {"corruptions": ["contrast", "specular_glare"], "severities": [2],
+                   "bootstrap": 20},
 }
 """Cheap settings of the stages that have costly defaults; any other stage runs with its
 defaults."""

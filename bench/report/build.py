@@ -18,6 +18,7 @@ from bench.report import (
     headline,
     plots,
     provenance,
+    robustness,
     saliency,
     significance,
     tables,
@@ -85,6 +86,12 @@ def _clinical(blocks: list[clinical.ClinicalBlock], figures: bool) -> list[dict[
     return [{"block": b, "heatmap": per_class_heatmap(b.heatmap_frame())} for b in blocks]
 
 
+def _robustness(data: ReportData, figures: bool) -> list[dict[str, Any]]:
+    """Each block of the robustness view with its small multiples (drawn only with figures)."""
+    return [{"block": b, "panels": plots.to_svg(robustness.severity_panels(b)) if figures
+             else None} for b in robustness.robustness_view(data)]
+
+
 def context(data: ReportData, figures: bool = True,
             options: ReportOptions | None = None) -> dict[str, Any]:
     """Everything the renderers show; ``figures=False`` skips plots and the gallery."""
@@ -96,6 +103,7 @@ def context(data: ReportData, figures: bool = True,
     return {
         "headline": headline.headline_table(data, tests, per_class),
         "clinical": _clinical(per_class, figures),
+        "robustness": _robustness(data, figures),
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "store": str(data.root),
         "n_records": len(data.records),

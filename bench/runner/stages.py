@@ -79,7 +79,8 @@ class Stage:
         return list(self.columns)
 
 
-STAGE_MODULES: tuple[str, ...] = ("bench.deploy.settings", "bench.saliency.settings")
+STAGE_MODULES: tuple[str, ...] = ("bench.deploy.settings", "bench.saliency.settings",
+                                  "bench.robustness.settings")
 
 STAGES: Registry[Stage] = Registry("stage", "stages", STAGE_MODULES)
 """Stages by name: the built-in ones and plugins' (entry points `medq_bench.stages`)."""

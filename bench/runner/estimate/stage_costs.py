@@ -52,7 +52,8 @@ class ModelProbe(Protocol):
 
 StageCostFn = Callable[[Any, CellShape, ModelProbe], float]
 STAGE_COSTS: dict[str, StageCostFn] = {}
-STAGE_COST_MODULES: tuple[str, ...] = ("bench.deploy.cost", "bench.saliency.cost")
+STAGE_COST_MODULES: tuple[str, ...] = ("bench.deploy.cost", "bench.saliency.cost",
+                                       "bench.robustness.cost")
 
 
 def register_stage_cost(name: str) -> Callable[[StageCostFn], StageCostFn]:

@@ -1,0 +1,1 @@
+"""The `robustness` stage: accuracy and mCE of a cell's models under imaging artefacts."""
