@@ -74,7 +74,7 @@ def test_a_parent_file_changed_under_the_child_fails_it_naming_the_file(tmp_path
     from bench.config import load_grid
     from bench.runner.cell import load_fp32_model
     from bench.runner.plan import build_plan
-    from bench.store.database import ArtifactMismatchError
+    from bench.store.artifacts import ArtifactMismatchError
 
     store = tmp_path / "store"
     grid = write_grid(methods=WITH_CHILD, seeds=1)

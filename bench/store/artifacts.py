@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -54,3 +58,15 @@ def checked_artifact(folder: Path, cell_id: str, hashes: dict[str, str] | None,
                                     f"{cell_id}'s record states (the file changed after the "
                                     "cell was stored)")
     return path
+
+
+@contextmanager
+def staging_folder(root: Path, cell_id: str) -> Iterator[Path]:
+    """A fresh folder under ``root`` for a cell's artifacts; removed if the block raises."""
+    folder = root / f"{cell_id}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise

@@ -32,6 +32,7 @@ from bench.store.artifacts import (
     file_sha256,
     hash_tree,
     mismatches,
+    staging_folder,
 )
 from bench.store.identity import local_device
 from bench.store.measurements import MeasurementRecord, empty_columns, latest_columns
@@ -143,16 +144,9 @@ class ResultsStore:
         return checked_artifact(self.artifact_dir(record.cell_id), record.cell_id,
                                 record.artifact_hashes, name)
 
-    @contextmanager
-    def staging(self, cell_id: str) -> Iterator[Path]:
+    def staging(self, cell_id: str) -> contextlib.AbstractContextManager[Path]:
         """A fresh folder for a cell's artifacts; removed if the block raises."""
-        folder = self.staging_root / f"{cell_id}-{uuid.uuid4().hex[:8]}"
-        folder.mkdir()
-        try:
-            yield folder
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        return staging_folder(self.staging_root, cell_id)
 
     def commit(self, record: CellRecord, staged: Path | None = None) -> None:
         """Move staged artifacts into place, then write the record (replacing an older one)

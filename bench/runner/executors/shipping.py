@@ -24,14 +24,14 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.runner.executors.base import Finished
 from bench.runner.outcome import CellOutcome
-from bench.store.artifacts import checked_artifact, file_sha256, hash_tree
+from bench.store.artifacts import checked_artifact, file_sha256, hash_tree, staging_folder
 from methods.base import FP32
 
 if TYPE_CHECKING:
@@ -184,15 +184,8 @@ class ShippedStore:
         return checked_artifact(self.artifact_dir(record.cell_id), record.cell_id,
                                 record.artifact_hashes, name)
 
-    @contextmanager
-    def staging(self, cell_id: str) -> Iterator[Path]:
-        folder = self.staging_root / f"{cell_id}-{uuid.uuid4().hex[:8]}"
-        folder.mkdir()
-        try:
-            yield folder
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+    def staging(self, cell_id: str) -> AbstractContextManager[Path]:
+        return staging_folder(self.staging_root, cell_id)
 
 
 def this_node() -> Node:
