@@ -10,19 +10,15 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from typer.testing import CliRunner
 
-from bench.cli import app
 from bench.data import normalize
 from bench.deploy.stage import DEPLOYED_PREDICTIONS, TEST_INPUTS
 from bench.exchange.bundle import BUNDLE_CONTENT_TYPE, export_bundle
@@ -38,35 +34,16 @@ from bench.store.deploy import deploy_files
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, MeasurementData
 from bench.store.schema import MeasurementRecord
-from tests.conftest import tiny_grid_dict
 from tests.test_light_imports import run_without_full
+from tests.workstation import bench, make_workstation, quick_profile
 
-QUICK = 'description = "quick"\nwarmup = 1\nmin_repetitions = 3\nmin_duration_s = 0.0\n'
-
-
-def bench(*args: Any) -> Any:
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+QUICK = quick_profile(3)
 
 
 @pytest.fixture(scope="module")
 def workstation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two deployed cells (FP32, PTQ W8A8) made and measured on device "ws"."""
-    tmp = tmp_path_factory.mktemp("ws")
-    grid = tiny_grid_dict(seeds=1, methods=[{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}],
-                          stages={"deploy": {}})
-    (tmp / "grid.yaml").write_text(yaml.safe_dump(grid))
-    (tmp / "quick.toml").write_text(QUICK)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MEDQ_DEVICE", "ws")
-    try:
-        result = bench("run", "--grid", tmp / "grid.yaml", "--store", tmp / "s", "--quiet")
-        assert result.exit_code == 0, result.output
-        result = bench("measure", "--profile", tmp / "quick.toml", "--store", tmp / "s",
-                       "--quiet")
-        assert result.exit_code == 0, result.output
-    finally:
-        mp.undo()
-    return tmp
+    return make_workstation(tmp_path_factory.mktemp("ws"), QUICK)
 
 
 def _measurements(store: Path) -> list[MeasurementData]:

@@ -14,13 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from typer.testing import CliRunner
 
-from bench.cli import app
 from bench.errors import UsageError
 from bench.exchange.bundle import BUNDLE_CONTENT_TYPE, JSON_CONTENT_TYPE, export_bundle
 from bench.exchange.client import RequestRefused, RetryPolicy, ServerClient
@@ -34,37 +31,18 @@ from bench.store.deploy import deploy_files
 from bench.store.query import RecordFilter
 from bench.store.records import CellData, MeasurementData, RecordBatch
 from bench.store.schema import MeasurementRecord
-from tests.conftest import tiny_grid_dict
 from tests.device_venv import device_venv_fixture  # noqa: F401 (a fixture)
 from tests.exchange_records import cell as hand_cell
 from tests.server_helpers import LiveServer
+from tests.workstation import bench, make_workstation, quick_profile
 
-QUICK = 'description = "quick"\nwarmup = 1\nmin_repetitions = 5\nmin_duration_s = 0.0\n'
-
-
-def bench(*args: Any) -> Any:
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+QUICK = quick_profile(5)
 
 
 @pytest.fixture(scope="module")
 def workstation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store of two deployed cells (FP32 and PTQ W8A8) made on device "ws", measured there."""
-    tmp = tmp_path_factory.mktemp("ws")
-    grid = tiny_grid_dict(seeds=1, methods=[{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}],
-                          stages={"deploy": {}})
-    (tmp / "grid.yaml").write_text(yaml.safe_dump(grid))
-    (tmp / "quick.toml").write_text(QUICK)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MEDQ_DEVICE", "ws")
-    try:
-        result = bench("run", "--grid", tmp / "grid.yaml", "--store", tmp / "s", "--quiet")
-        assert result.exit_code == 0, result.output
-        result = bench("measure", "--profile", tmp / "quick.toml", "--store", tmp / "s",
-                       "--quiet")
-        assert result.exit_code == 0, result.output
-    finally:
-        mp.undo()
-    return tmp
+    return make_workstation(tmp_path_factory.mktemp("ws"), QUICK)
 
 
 def _cells(store: Path) -> list[CellData]:
