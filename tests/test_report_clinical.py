@@ -302,7 +302,7 @@ def test_float_controls_of_each_method():
     from bench.report.clinical import controls_of
 
     both = {"fp32", "fp32_ft", "fp32_fold_ft", "sgt_ft"}
-    assert controls_of("qat", 4, both) == ["fp32_ft", "fp32_fold_ft"]
+    assert controls_of("qat", 4, both) == ["fp32_fold_ft", "fp32_ft"]   # its own control first
     assert controls_of("qat", 4, {"fp32", "fp32_ft"}) == ["fp32_ft"]   # no folded control run
     assert controls_of("pact_sgt", 4, both) == ["sgt_ft"]
     assert controls_of("ptq", 4, both) == []          # no fine-tuning: FP32 is its reference

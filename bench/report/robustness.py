@@ -19,12 +19,11 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
-from bench.report.data import BLOCK, ReportData, ordered_configs
+from bench.report.data import BLOCK, FP32, ReportData, ordered_configs
 
 RESULT_FILE = "robustness.npz"      # bench.robustness.stage.RESULT_FILE (no torch import here)
 FLAG_CLEAN_POINTS = 1.0
 FLAG_MCE_POINTS = 5.0
-FP32_LABEL = "fp32"
 
 
 @dataclass
@@ -77,8 +76,8 @@ def robustness_view(data: ReportData) -> list[RobustnessBlock]:
             continue
         files = {cid: _load(data, cid) for cid in cells.cell_id}
         fp32 = {int(r.seed): files[r.cell_id] for r in cells.itertuples()
-                if r.config == FP32_LABEL and files[r.cell_id] is not None}
-        fp32_acc = cells[cells.config == FP32_LABEL].set_index("seed").accuracy
+                if r.config == FP32 and files[r.cell_id] is not None}
+        fp32_acc = cells[cells.config == FP32].set_index("seed").accuracy
         first = next((f for f in files.values() if f is not None), None)
         if first is None:
             continue
@@ -101,7 +100,7 @@ def robustness_view(data: ReportData) -> list[RobustnessBlock]:
                 acc = np.mean([a[f"{engine}/corrupted"].mean(axis=2) for a, _ in pairs], axis=0)
                 for i, c in enumerate(corruptions):
                     curves[c][config] = [float(x) for x in acc[i]]
-                if config != FP32_LABEL:
+                if config != FP32:
                     for i, c in enumerate(corruptions):
                         # rows: (seed, severity); columns: the images; the image is the cluster
                         mine = np.concatenate([a[f"{engine}/corrupted"][i] for a, _ in pairs])
@@ -135,7 +134,7 @@ def severity_panels(block: RobustnessBlock) -> Any:
     for ax, c in zip(axes, block.corruptions, strict=False):
         for config, acc in block.curves[c].items():
             ax.plot(block.severities, acc, marker="o", ms=3, label=config,
-                    lw=2.0 if config == FP32_LABEL else 1.0)
+                    lw=2.0 if config == FP32 else 1.0)
         ax.set_title(c.replace("_", " "), fontsize=9)
         ax.set_xticks(block.severities)
         ax.set_xlabel("severity", fontsize=8)
