@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -622,6 +623,7 @@ def test_report_says_what_each_test_generalises_over(three_seeds, tmp_path):
     assert "generalises over training seeds" in html
     assert "generalises over test images, given these trained models" in html
     assert "detects |Δ| ≥" in html and "with any number of seeds" in html
+    assert re.search(r"detects \|Δ\| ≥ [-+0-9.]+ at α = 0\.0[0-4]", html)
     assert ("this test would need" in html or "seeds needed: no number of seeds" in html)
     assert "tested comparisons of this family; the test covers variation over test images, " \
         "given these trained models" in html

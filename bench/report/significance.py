@@ -184,9 +184,11 @@ def _seed_family(title: str, metric: str, values: dict[str, list[float]], pairs:
                  note: str | None = None, comparison: Kind = "vs_fp32") -> Family:
     results = [stats.paired_test(values[a], values[b], TEST) for a, b in pairs]
     adjusted = stats.holm([r.p_value for r in results])
-    return Family(title, metric, [replace(r, name_a=a, name_b=b, p_adjusted=p) for r, (a, b), p
-                                  in zip(results, pairs, adjusted, strict=True)], note,
-                  comparison)
+    level = stats.family_alpha(sum(r.p_value is not None for r in results))
+    return Family(title, metric, [replace(stats.paired_mde_at(r, values[a], values[b], level),
+                                          name_a=a, name_b=b, p_adjusted=p)
+                                  for r, (a, b), p in zip(results, pairs, adjusted, strict=True)],
+                  note, comparison)
 
 
 def families(ok: pd.DataFrame, metric: str) -> list[Family]:
@@ -291,7 +293,7 @@ def _paired_by_seed(cells: BySeed, a: str, b: str, per_image: PerImage
 def _image_family(title: str, metric: str, test: ImageTest, cells: BySeed,
                   pairs: list[Pair], per_image: PerImage, skipped: list[str],
                   comparison: Kind = "vs_fp32") -> ImageFamily:
-    results, skipped = [], list(skipped)
+    results, skipped, data = [], list(skipped), []
     for a, b in pairs:
         xs, ys, left, images = _paired_by_seed(cells, a, b, per_image)
         if not xs:
@@ -301,9 +303,12 @@ def _image_family(title: str, metric: str, test: ImageTest, cells: BySeed,
             skipped.append(f"{a} vs {b}: {left}")
         res = IMAGE_TESTS[test](xs, ys, images=images)
         results.append(replace(res, name_a=a, name_b=b))
+        data.append((xs, ys, images))
     adjusted = stats.holm([r.p_value for r in results])
+    level = stats.family_alpha(sum(r.p_value is not None for r in results))
     return ImageFamily(title, metric, test,
-                       [replace(r, p_adjusted=p) for r, p in zip(results, adjusted, strict=True)],
+                       [replace(stats.image_mde_at(r, *xy, level), p_adjusted=p)
+                        for r, xy, p in zip(results, data, adjusted, strict=True)],
                        skipped, comparison)
 
 
