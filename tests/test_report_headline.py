@@ -400,7 +400,7 @@ def test_sentences_hold_only_the_rows_numbers_and_say_significance_right(measure
     assert "keeps " + text(next(c for c in context["headline"].columns
                                 if c.key == "retained"), qat) + " of FP32's accuracy" in \
         qat["sentence"]
-    assert "against its equal-budget float control fp32_fold_ft" in qat["sentence"]
+    assert "against its float control fp32_fold_ft" in qat["sentence"]
     assert "its float control fp32_fold_ft ρ = " in qat["sentence"]
     rows = _headline_rows(context)
     assert "fp32_ft is the training-budget control" in rows["fp32_ft"]["sentence"]
@@ -469,7 +469,7 @@ def test_missing_measurements_say_not_measured(store, measured):
     pact = _headline_rows(full)[UNMEASURED]["sentence"]
     assert "latency on host not measured" in pact
     assert "latency on raspberry-pi-4 not measured" in pact
-    assert "its equal-budget float control sgt_ft not measured" in pact
+    assert "its float control sgt_ft not measured" in pact
 
 
 def _latex_rows(body: list[str]) -> list[list[str]]:

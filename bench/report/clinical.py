@@ -12,8 +12,10 @@ A class is flagged when its recall drops by more than ``margin`` percentage poin
 that class's test images with the image as the unit over seeds (bench.stats.clustered_mcnemar),
 Holm-corrected over every configuration and class of the data set and backbone. A quantised
 configuration is also compared, the same way, with its float controls where the block has them
-(``controls_of``: the method's equal-budget float control and, for QAT, LSQ and PACT, fp32_ft and
-fp32_fold_ft, the folded-graph control), so a drop that fine-tuning or folding alone causes is
+(``controls_of``: the method's float control, `Method.float_control`, and, for QAT, LSQ and PACT,
+both fp32_fold_ft, the quantisation control (the same folded graph, quantisation disabled, the
+same fine-tuning), and fp32_ft, the training-budget (equal-budget) control; PACT+SGT's is sgt_ft,
+its equal-budget control), so a drop that fine-tuning or folding alone causes is
 told apart from one that quantisation causes; those tests are one more Holm family: every
 quantised configuration, float control and class of the data set and backbone.
 """
@@ -42,10 +44,10 @@ FOLDED_CONTROL = "fp32_fold_ft"
 
 def controls_of(method: str, w_bits: int, configs: set[str]) -> list[str]:
     """The float controls a configuration's per-class recall is compared with besides FP32: for
-    a quantised one, its method's equal-budget float control (none for PTQ, which does not
-    fine-tune); for the methods controlled by fp32_ft or fp32_fold_ft (QAT, LSQ, PACT), both:
-    the training-budget control and the folded-graph one; those that ``configs`` (the block's
-    configurations) holds."""
+    a quantised one, its method's float control (none for PTQ, which does not fine-tune); for
+    the methods controlled by fp32_ft or fp32_fold_ft (QAT, LSQ, PACT), both: fp32_ft, the
+    training-budget (equal-budget) control, and fp32_fold_ft, the quantisation control; those
+    that ``configs`` (the block's configurations) holds."""
     declared = float_control(method) if w_bits != FP32_BITS else None
     if declared is None:
         return []

@@ -1,5 +1,5 @@
 """The headline table: per data set x backbone, one row per method x bit-width with what a
-deployment decision needs (accuracy and what it costs against FP32 and the equal-budget float
+deployment decision needs (accuracy and what it costs against FP32 and the method's float
 control, with the tests' verdicts; size, latency and speed-up per device; integer coverage;
 saliency stability with its null control, its float control's stability and each row's own
 sanity check), and one plain-language sentence per row built only from the row's own printed
@@ -500,10 +500,10 @@ def sentence(row: dict[str, Any], cols_list: list[Column], has_fp32: bool) -> st
                 if not fmt.missing(retained) else f"{config}{model} has accuracy {accuracy}")
         head += f" ({accuracy}, {_delta(cols, row, 'fp32')})"
     if "vs_control" in row:
-        head += (f"; against its equal-budget float control {row['control']} "
+        head += (f"; against its float control {row['control']} "
                  f"{_delta(cols, row, 'control')}")
     elif row.get("control_missing"):
-        head += f"; its equal-budget float control {row['control']} {NOT_MEASURED}"
+        head += f"; its float control {row['control']} {NOT_MEASURED}"
     if row.get("role"):
         head += f"; {config} is {row['role']}"
     f1 = _cell(cols, row, "macro_f1")
