@@ -90,3 +90,12 @@ def test_probability_metrics_of_logits() -> None:
     assert set(out) == {"ece", "brier", "auroc_macro"}
     assert out["brier"] == pytest.approx(brier_score(y, softmax(logits)))
     assert softmax(np.array([[1000.0, 0.0]]))[0, 0] == pytest.approx(1.0)
+
+
+def test_auroc_definition_cites_one_vs_rest_not_hand_and_till() -> None:
+    """Hand & Till 2001 is the one-vs-one average; the stored definition is one-vs-rest."""
+    from bench.metrics import DEFINITIONS
+    said = DEFINITIONS["auroc_macro"]
+    assert "Hand & Till" not in said
+    assert "Provost & Domingos 2000" in said and "multi_class='ovr'" in said
+    assert "average='macro'" in said
