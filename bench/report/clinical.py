@@ -131,13 +131,17 @@ Seeds = dict[int, tuple[str, str]]
 """seed -> (cell id, split manifest) of one configuration."""
 
 
+ClassPairs = tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]
+"""Per seed: A's correctness, B's correctness and the ids of one class's test images."""
+
+
 def class_pairs(a: Seeds, b: Seeds, predictions: Predictions, n_classes: int
-                ) -> tuple[list[tuple[list[np.ndarray], list[np.ndarray]]], str | None]:
-    """Per class, the per-seed correctness of A and of B on that class's test images, for the
-    seeds where both are cells of the same split evaluated on the same images (the pairing of
-    bench.report.significance._paired_by_seed); why some seeds were left out."""
-    per_class: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in
-                                                                  range(n_classes)]
+                ) -> tuple[list[ClassPairs], str | None]:
+    """Per class, the per-seed correctness of A and of B on that class's test images and those
+    images' ids, for the seeds where both are cells of the same split evaluated on the same
+    images (the pairing of bench.report.significance._paired_by_seed); why some seeds were
+    left out."""
+    per_class: list[ClassPairs] = [([], [], []) for _ in range(n_classes)]
     left = []
     for seed in sorted(a.keys() & b.keys()):
         (ca, split_a), (cb, split_b) = a[seed], b[seed]
@@ -154,6 +158,7 @@ def class_pairs(a: Seeds, b: Seeds, predictions: Predictions, n_classes: int
                 mine = pa["labels"] == c
                 per_class[c][0].append(right_a[mine])
                 per_class[c][1].append(right_b[mine])
+                per_class[c][2].append(np.asarray(pa["index"])[mine])
     return per_class, "; ".join(left) or None
 
 
@@ -272,16 +277,16 @@ def _flag(row: ClassRow | ControlChange, margin: float) -> str | None:
 
 def _against(control: str, c: int, recall: dict[int, float],
              control_seeds: dict[int, tuple[np.ndarray, np.ndarray]],
-             paired: tuple[list[tuple[list[np.ndarray], list[np.ndarray]]], str | None]
+             paired: tuple[list[ClassPairs], str | None]
              ) -> ControlChange:
     """Class ``c``'s recall (per seed) against a float control's: change and clustered McNemar
     test."""
     pairs, left = paired
     change = ControlChange(control, _paired_delta(recall, {s: float(r[c]) for s, (r, _)
                                                            in control_seeds.items()}))
-    xs, ys = pairs[c]
+    xs, ys, ids = pairs[c]
     if any(x.size for x in xs):
-        change.test = stats.clustered_mcnemar(xs, ys, power=False)
+        change.test = stats.clustered_mcnemar(xs, ys, images=ids, power=False)
         change.test_note = change.test.reason or left
     else:
         change.test_note = left or "no per-image predictions"
@@ -336,9 +341,9 @@ def _block(data: ReportData, ok: pd.DataFrame, dataset: str, backbone: str, marg
                                                           in base.items()})
                 row.delta_specificity = _paired_delta(spec, {s: float(sp[c]) for s, (_, sp)
                                                              in base.items()})
-                xs, ys = pairs[c]
+                xs, ys, ids = pairs[c]
                 if any(x.size for x in xs):
-                    row.test = stats.clustered_mcnemar(xs, ys, power=False)
+                    row.test = stats.clustered_mcnemar(xs, ys, images=ids, power=False)
                     row.test_note = row.test.reason or left
                 else:
                     row.test_note = left or "no per-image predictions"
