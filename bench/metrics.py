@@ -21,8 +21,9 @@ DEFINITIONS = {
     "brier": "multi-class Brier score: mean over images of the sum over classes of "
              "(p_k - 1[y = k])^2, range 0..2 (Brier 1950; unhalved)",
     "auroc_macro": "macro one-vs-rest AUROC: unweighted mean over the classes with positives "
-                   "and negatives of the AUROC of p_k for class k against the rest (Hand & Till "
-                   "2001's one-vs-rest variant; sklearn roc_auc_score multi_class='ovr')",
+                   "and negatives of the one-vs-rest AUROC of p_k for class k against the rest "
+                   "(Provost & Domingos 2000; scikit-learn roc_auc_score multi_class='ovr', "
+                   "average='macro')",
 }
 """The convention of each probability metric, stored with the figures."""
 
@@ -89,8 +90,9 @@ def binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float | None:
 
 def macro_auroc(y_true: np.ndarray, probs: np.ndarray) -> float | None:
     """Macro one-vs-rest AUROC: the unweighted mean over classes of the AUROC of p_k for class k
-    against every other class; classes without test images (or with only them) are left out,
-    None when no class is left."""
+    against every other class (Provost & Domingos 2000; scikit-learn's ``multi_class="ovr"``,
+    ``average="macro"``; not Hand & Till 2001, which is one-vs-one); classes without test
+    images (or with only them) are left out, None when no class is left."""
     y = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(probs, dtype=np.float64)
     per_class = [binary_auroc(y == k, p[:, k]) for k in range(p.shape[1])]

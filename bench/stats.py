@@ -81,8 +81,11 @@ class PairedResult:
     name_b: str | None = None
     p_adjusted: float | None = None
     mde: float | None = None
-    """Smallest |mean difference| the test detects with ``POWER`` at ``ALPHA`` at the observed
-    seed-to-seed SD (see `seed_level_mde`); None where no test was run."""
+    """Smallest |mean difference| the test detects with ``POWER`` at ``mde_alpha`` at the
+    observed seed-to-seed SD (see `seed_level_mde`); None where no test was run."""
+    mde_alpha: float = ALPHA
+    """The level ``mde`` is computed at: ``ALPHA``, or ``ALPHA / m`` in a Holm family of m
+    tests (see `family_alpha`)."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,36 @@ def seed_level_mde(d: np.ndarray, efficiency: float = 1.0, alpha: float = ALPHA,
     return hi * sd
 
 
+def family_alpha(m: int, alpha: float = ALPHA) -> float:
+    """The level a power line beside a Holm-adjusted p of a family of ``m`` tests is computed
+    at: ``alpha / m`` (Bonferroni), the level of Holm's first step and the conservative bound
+    on every later one (Holm 1979, Scand J Statist 6:65); ``alpha`` for one test."""
+    return alpha / m if m > 1 else alpha
+
+
+def paired_mde_at(result: PairedResult, a: Sequence[float], b: Sequence[float],
+                  alpha: float) -> PairedResult:
+    """``result`` of `paired_test` on ``a``, ``b`` with its ``mde`` at level ``alpha``."""
+    if result.mde is None or alpha == result.mde_alpha:
+        return result
+    efficiency = WILCOXON_ARE if result.test == "wilcoxon" else 1.0
+    return replace(result, mde=seed_level_mde(_finite_pairs(a, b), efficiency, alpha),
+                   mde_alpha=alpha)
+
+
+def image_mde_at(result: ImageLevelResult, a: Sequence[Sequence[float]],
+                 b: Sequence[Sequence[float]], images: Images, alpha: float
+                 ) -> ImageLevelResult:
+    """``result`` of `clustered_mcnemar` / `sign_flip_test` on ``a``, ``b`` with its power
+    line (``mde``, ``mde_limit``, ``seeds_needed``) at level ``alpha``."""
+    if result.mde is None or alpha == result.mde_alpha:
+        return result
+    line = image_power(image_matrix(a, b, images), result.diff_mean, alpha)
+    return replace(result, mde=line.mde, mde_limit=line.mde_limit,
+                   seeds_needed=line.seeds_needed, seeds_reason=line.seeds_reason,
+                   mde_alpha=alpha)
+
+
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
     """Holm-adjusted p-values; None entries (no test) stay None and do not count."""
     idx = [i for i, p in enumerate(p_values) if p is not None]
@@ -269,8 +302,10 @@ def compare_family(
         for x, y in pairs
     ]
     adjusted = holm([r.p_value for r in results])
+    level = family_alpha(sum(r.p_value is not None for r in results))
     return [
-        replace(r, name_a=x, name_b=y, p_adjusted=p)
+        replace(paired_mde_at(r, values_by_method[x], values_by_method[y], level),
+                name_a=x, name_b=y, p_adjusted=p)
         for r, (x, y), p in zip(results, pairs, adjusted, strict=True)
     ]
 
@@ -481,6 +516,9 @@ class ImageLevelResult:
     design_effect: float | None = None
     seed_level_seeds_needed: int | None = None
     seed_level_seeds_reason: str | None = None
+    mde_alpha: float = ALPHA
+    """The level of the power line (``mde``, ``mde_limit``, ``seeds_needed``): ``ALPHA``, or
+    ``ALPHA / m`` in a Holm family of m tests (see `family_alpha`)."""
 
 
 Images = Sequence[Sequence[object]] | None

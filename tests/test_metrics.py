@@ -77,11 +77,19 @@ def test_ece_by_hand_in_15_equal_width_bins() -> None:
 
 
 def test_ece_bins_are_right_closed() -> None:
-    # 0.6 sits at the right edge of bin 9 ((8/15, 9/15]); with 1 bin ECE is |acc - mean conf|
-    p = np.array([[0.6, 0.4], [0.8, 0.2]])
-    y = np.array([0, 0])
-    assert expected_calibration_error(y, p, n_bins=1) == pytest.approx(abs(1.0 - 0.7))
-    assert expected_calibration_error(y, p) == pytest.approx((0.4 + 0.2) / 2)
+    """Confidence 0.6 = 9/15 exactly sits on an edge; right-closed it joins 0.55 in bin
+    (8/15, 9/15], left-closed it would join 0.65 in [9/15, 10/15). By hand, 0.6 right, 0.55
+    wrong, 0.65 right:
+    right-closed: |1 - (0.6 + 0.55)| + |1 - 0.65| = 0.15 + 0.35, ECE = 0.5 / 3;
+    left-closed:  |0 - 0.55| + |2 - (0.6 + 0.65)| = 0.55 + 0.75, ECE = 1.3 / 3."""
+    assert 9 / 15 == 0.6
+    p = np.array([[0.6, 0.4], [0.55, 0.45], [0.65, 0.35]])
+    y = np.array([0, 1, 0])
+    ece = expected_calibration_error(y, p)
+    assert ece == pytest.approx(0.5 / 3)
+    assert ece != pytest.approx(1.3 / 3)
+    # with 1 bin ECE is |acc - mean conf|
+    assert expected_calibration_error(y, p, n_bins=1) == pytest.approx(abs(2 / 3 - 0.6))
 
 
 def test_probability_metrics_of_logits() -> None:
@@ -90,3 +98,12 @@ def test_probability_metrics_of_logits() -> None:
     assert set(out) == {"ece", "brier", "auroc_macro"}
     assert out["brier"] == pytest.approx(brier_score(y, softmax(logits)))
     assert softmax(np.array([[1000.0, 0.0]]))[0, 0] == pytest.approx(1.0)
+
+
+def test_auroc_definition_cites_one_vs_rest_not_hand_and_till() -> None:
+    """Hand & Till 2001 is the one-vs-one average; the stored definition is one-vs-rest."""
+    from bench.metrics import DEFINITIONS
+    said = DEFINITIONS["auroc_macro"]
+    assert "Hand & Till" not in said
+    assert "Provost & Domingos 2000" in said and "multi_class='ovr'" in said
+    assert "average='macro'" in said

@@ -114,7 +114,7 @@ def test_significance_sections_give_per_image_p_values_at_three_seeds(
         assert len(clustered.results) == 9 and all(r.n_seeds == 3 for r in clustered.results)
         assert any(r.p_value is not None for r in clustered.results)
         control = by_title["accuracy per image: each quantised configuration vs its "
-                           "equal-budget float control"]
+                           "float control"]
         # qat, lsq and pact vs fp32_fold_ft, pact_sgt vs sgt_ft
         assert len(control.results) == 4 and not control.skipped
         assert all(r.p_value is not None for r in control.results)

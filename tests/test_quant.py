@@ -490,3 +490,35 @@ def test_relu6_still_clips_at_6(scheme: str) -> None:
         assert all(float(out.value.max()) <= 6.0 * (1 + 1e-6) for out in relus.values())
         with quantization_disabled(qmodel):
             assert torch.allclose(qmodel(x), model(x), atol=1e-4)
+
+
+def test_smallcnn_lsq_steps_are_2_mean_abs_over_sqrt_q_p_of_their_inputs() -> None:
+    """On smallcnn every activation LSQ step equals 2 mean|x| / sqrt(Q_P) of the FP values
+    entering its quantiser, averaged over the calibration batches (recorded here by hooks of
+    the test's own, after calibration, with quantisation disabled)."""
+    from bench.quantizers import LSQStep
+    from tests.backbones import backbone_with_data_statistics, random_images
+
+    model = backbone_with_data_statistics("smallcnn", 32)
+    qmodel = quantize(model, QuantSpec(4, 4, scheme="lsq"), random_images(2, 32, 1))
+    batches = [random_images(4, 32, 2), random_images(4, 32, 3)]
+    calibrate(qmodel, batches)
+    proxies = {name: m for name, m in qmodel.named_modules()
+               if isinstance(getattr(getattr(getattr(m, "fused_activation_quant_proxy", None),
+                                             "tensor_quant", None), "scaling_impl", None),
+                             LSQStep)}
+    assert len(proxies) >= 3
+    seen: dict[str, list[float]] = {name: [] for name in proxies}
+    handles = [p.fused_activation_quant_proxy.activation_impl.register_forward_hook(
+        lambda _m, _a, out, name=name: seen[name].append(float(out.abs().mean())))
+        for name, p in proxies.items()]
+    with torch.no_grad(), quantization_disabled(qmodel):
+        for batch in batches:
+            qmodel(batch)
+    for handle in handles:
+        handle.remove()
+    for name, proxy in proxies.items():
+        step = proxy.fused_activation_quant_proxy.tensor_quant.scaling_impl
+        assert len(seen[name]) == len(batches), name
+        want = min(2 * np.mean(seen[name]) / np.sqrt(step.q_p), step.max_step or np.inf)
+        assert float(step.step.detach().flatten()[0]) == pytest.approx(want, rel=1e-5), name

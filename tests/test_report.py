@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -543,7 +544,7 @@ def test_other_formats_of_an_empty_store(cli, tmp_path, fmt):
 
 @pytest.fixture(scope="module")
 def three_seeds(tmp_path_factory: pytest.TempPathFactory) -> Generated:
-    """The paper grid's 3 seeds, with an equal-budget float control for QAT only."""
+    """The paper grid's 3 seeds, with a float control for QAT only."""
     return generate(tmp_path_factory.mktemp("three"), Spec(
         configs=(("fp32", 32, 32), ("fp32_fold_ft", 32, 32), ("ptq", 4, 4), ("qat", 4, 4),
                  ("pact_sgt", 4, 4)), seeds=3, devices=(), n_test=200))
@@ -589,7 +590,7 @@ def test_three_seeds_give_per_image_p_values_where_seed_level_tests_refuse(three
     assert min(r.p_value for r in family.results) < 0.05
     sal = _image_family(three_context,
                         "spearman_fp32 per image: each quantised configuration vs its "
-                        "equal-budget float control")
+                        "float control")
     (qat,) = sal.results
     assert (qat.name_a, qat.name_b, qat.test, qat.n) == ("qat W4A4", "fp32_fold_ft",
                                                          "sign_flip", 24)
@@ -606,14 +607,14 @@ def test_three_seeds_give_per_image_p_values_where_seed_level_tests_refuse(three
 
 def test_float_control_without_cells_is_skipped_with_the_reason(three_context, tmp_path):
     family = _image_family(three_context, "accuracy per image: each quantised configuration "
-                                          "vs its equal-budget float control")
+                                          "vs its float control")
     assert [(r.name_a, r.name_b) for r in family.results] == [("qat W4A4", "fp32_fold_ft")]
-    assert family.skipped == ["sgt_ft (the equal-budget float control of pact_sgt W4A4) has no "
+    assert family.skipped == ["sgt_ft (the float control of pact_sgt W4A4) has no "
                               "cells here: comparison skipped"]
     gen = generate(tmp_path / "s", Spec(configs=(("fp32", 32, 32), ("qat", 4, 4)), seeds=3,
                                         devices=()))
     html = build_report(gen.store, tmp_path / "r.html").read_text()
-    assert "fp32_fold_ft (the equal-budget float control of qat W4A4) has no cells here" in html
+    assert "fp32_fold_ft (the float control of qat W4A4) has no cells here" in html
 
 
 def test_report_says_what_each_test_generalises_over(three_seeds, tmp_path):
@@ -622,6 +623,7 @@ def test_report_says_what_each_test_generalises_over(three_seeds, tmp_path):
     assert "generalises over training seeds" in html
     assert "generalises over test images, given these trained models" in html
     assert "detects |Δ| ≥" in html and "with any number of seeds" in html
+    assert re.search(r"detects \|Δ\| ≥ [-+0-9.]+ at α = 0\.0[0-4]", html)
     assert ("this test would need" in html or "seeds needed: no number of seeds" in html)
     assert "tested comparisons of this family; the test covers variation over test images, " \
         "given these trained models" in html

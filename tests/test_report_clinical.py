@@ -307,3 +307,21 @@ def test_float_controls_of_each_method():
     assert controls_of("pact_sgt", 4, both) == ["sgt_ft"]
     assert controls_of("ptq", 4, both) == []          # no fine-tuning: FP32 is its reference
     assert controls_of("fp32_ft", 32, both) == []
+
+
+def test_class_pairs_carry_the_image_ids_the_test_pairs_by() -> None:
+    """Each class's per-seed correctness comes with its images' ids (the stored index), so the
+    clustered McNemar test pairs the seeds by image id."""
+    import numpy as np
+
+    from bench.report.clinical import class_pairs
+    index = np.array([7, 3, 9, 5])
+    labels = np.array([0, 1, 0, 1])
+    predictions = {"a": {"index": index, "predictions": np.array([0, 1, 1, 1]), "labels": labels},
+                   "b": {"index": index, "predictions": np.array([0, 0, 0, 1]), "labels": labels}}
+    per_class, left = class_pairs({0: ("a", "s")}, {0: ("b", "s")}, predictions, 2)
+    assert left is None
+    xs, ys, ids = per_class[0]
+    assert ids[0].tolist() == [7, 9] and xs[0].tolist() == [True, False]
+    assert ys[0].tolist() == [True, True]
+    assert per_class[1][2][0].tolist() == [3, 5]

@@ -21,6 +21,7 @@ from bench.report import fmt as F
 from bench.report import report_context
 from bench.report.build import build_report
 from bench.report.data import headline, load
+from bench.report.headline import _level
 from bench.report.provenance import flagged
 from bench.report.significance import correctness, image_families, mcnemar_vs_fp32
 from bench.report.tables import main_table, text
@@ -371,6 +372,10 @@ def test_sentences_hold_only_the_rows_numbers_and_say_significance_right(measure
         for name in (row["config"], row.get("control") or "", *devices, "FP32", "fp32_fold_ft",
                      "fp32_ft", "p50"):
             rest = rest.replace(name, " ") if name else rest
+        for key in ("fp32", "control"):
+            d = row.get(f"vs_{key}")
+            rest = rest.replace(_level(d.mde_alpha), " ") if d is not None and _level(
+                d.mde_alpha) else rest
         shown = _cells_text(context, row)
         for number in NUMBER.findall(rest):
             assert any(number.lstrip("+") in cell for cell in shown), (number, sentence)
@@ -382,7 +387,8 @@ def test_sentences_hold_only_the_rows_numbers_and_say_significance_right(measure
                        row)
             assert mde == F.num(d.mde, 1) and d.mde > 0
             verdict = ("difference significant" if d.p_adjusted < 0.05 else
-                       f"difference not significant (detectable from {mde} points)")
+                       f"difference not significant (detectable from {mde} points"
+                       f"{_level(d.mde_alpha)})")
             assert (f"{verdict}, Holm-adjusted clustered McNemar p = {F.pval(d.p_adjusted)} "
                     f"(Holm over {d.family})") in sentence
             assert F.pval(d.p_adjusted) in text(
@@ -394,13 +400,31 @@ def test_sentences_hold_only_the_rows_numbers_and_say_significance_right(measure
     assert "keeps " + text(next(c for c in context["headline"].columns
                                 if c.key == "retained"), qat) + " of FP32's accuracy" in \
         qat["sentence"]
-    assert "against its equal-budget float control fp32_fold_ft" in qat["sentence"]
+    assert "against its float control fp32_fold_ft" in qat["sentence"]
     assert "its float control fp32_fold_ft ρ = " in qat["sentence"]
     rows = _headline_rows(context)
     assert "fp32_ft is the training-budget control" in rows["fp32_ft"]["sentence"]
     assert "fp32_fold_ft is the float control of the effect of quantisation" in \
         rows["fp32_fold_ft"]["sentence"]
     assert "faster than FP32 on host" in qat["sentence"] and "ρ = " in qat["sentence"]
+
+
+def test_mde_beside_a_holm_verdict_is_at_alpha_over_m(measured):
+    """A verdict from a Holm family of m > 1 tests prints its detectable difference at
+    α/m, larger than at 0.05, and says the level."""
+    from bench import stats as S
+    _, context = measured
+    checked = 0
+    for row in _headline_rows(context).values():
+        d = row.get("vs_fp32")
+        if d is None or d.p_adjusted is None:
+            continue
+        assert d.mde_alpha is not None and d.mde_alpha < S.ALPHA
+        assert row["mde_alpha_fp32"] == d.mde_alpha
+        assert f"at α/m = 0.05/{round(S.ALPHA / d.mde_alpha)} = " in row["sentence"] or \
+            d.p_adjusted < 0.05
+        checked += 1
+    assert checked
 
 
 def test_sentences_flip_with_the_verdict():
@@ -445,7 +469,7 @@ def test_missing_measurements_say_not_measured(store, measured):
     pact = _headline_rows(full)[UNMEASURED]["sentence"]
     assert "latency on host not measured" in pact
     assert "latency on raspberry-pi-4 not measured" in pact
-    assert "its equal-budget float control sgt_ft not measured" in pact
+    assert "its float control sgt_ft not measured" in pact
 
 
 def _latex_rows(body: list[str]) -> list[list[str]]:

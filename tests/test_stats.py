@@ -474,3 +474,29 @@ def test_seed_level_seeds_needed_and_mde() -> None:
     assert paired_test(d, np.zeros(7)).mde == pytest.approx(effect * d.std(ddof=1), rel=1e-6)
     assert paired_test(d, np.zeros(7), "ttest").mde == pytest.approx(
         TTestPower().solve_power(nobs=7, alpha=0.05, power=0.8) * d.std(ddof=1), rel=1e-6)
+
+
+def test_family_mde_is_at_alpha_over_m_and_larger_than_at_alpha():
+    """In a Holm family of m > 1 tests the printed detectable difference is at α/m
+    (Bonferroni), larger than at 0.05; one test keeps 0.05."""
+    from bench import stats as B
+    from bench.report.significance import _seed_family
+    rng = np.random.default_rng(3)
+    values = {"fp32": list(rng.normal(0.8, 0.01, 8))}
+    for name in ("a", "b", "c"):
+        values[name] = list(np.asarray(values["fp32"]) + rng.normal(-0.01, 0.01, 8))
+    pairs = [(n, "fp32") for n in ("a", "b", "c")]
+    fam = _seed_family("accuracy: each configuration vs FP32", "accuracy", values, pairs)
+    for r, (a, b) in zip(fam.results, pairs, strict=True):
+        single = B.paired_test(values[a], values[b], r.test)
+        assert r.mde_alpha == pytest.approx(0.05 / 3)
+        assert r.mde > single.mde and single.mde_alpha == 0.05
+    listed = B.compare_family(values, "fp32")
+    assert all(r.mde_alpha == pytest.approx(0.05 / 3) for r in listed)
+    one = B.compare_family({k: values[k] for k in ("fp32", "a")}, "fp32")
+    assert one[0].mde_alpha == 0.05
+    right = rng.random((3, 40)) < 0.8
+    other = rng.random((3, 40)) < 0.7
+    single = B.clustered_mcnemar(right, other)
+    adjusted = B.image_mde_at(single, right, other, None, B.family_alpha(4))
+    assert adjusted.mde > single.mde and adjusted.mde_alpha == pytest.approx(0.0125)

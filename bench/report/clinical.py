@@ -12,8 +12,10 @@ A class is flagged when its recall drops by more than ``margin`` percentage poin
 that class's test images with the image as the unit over seeds (bench.stats.clustered_mcnemar),
 Holm-corrected over every configuration and class of the data set and backbone. A quantised
 configuration is also compared, the same way, with its float controls where the block has them
-(``controls_of``: the method's equal-budget float control and, for QAT, LSQ and PACT, fp32_ft and
-fp32_fold_ft, the folded-graph control), so a drop that fine-tuning or folding alone causes is
+(``controls_of``: the method's float control, `Method.float_control`, and, for QAT, LSQ and PACT,
+both fp32_fold_ft, the quantisation control (the same folded graph, quantisation disabled, the
+same fine-tuning), and fp32_ft, the training-budget (equal-budget) control; PACT+SGT's is sgt_ft,
+its equal-budget control), so a drop that fine-tuning or folding alone causes is
 told apart from one that quantisation causes; those tests are one more Holm family: every
 quantised configuration, float control and class of the data set and backbone.
 """
@@ -42,10 +44,10 @@ FOLDED_CONTROL = "fp32_fold_ft"
 
 def controls_of(method: str, w_bits: int, configs: set[str]) -> list[str]:
     """The float controls a configuration's per-class recall is compared with besides FP32: for
-    a quantised one, its method's equal-budget float control (none for PTQ, which does not
-    fine-tune); for the methods controlled by fp32_ft or fp32_fold_ft (QAT, LSQ, PACT), both:
-    the training-budget control and the folded-graph one; those that ``configs`` (the block's
-    configurations) holds."""
+    a quantised one, its method's float control (none for PTQ, which does not fine-tune); for
+    the methods controlled by fp32_ft or fp32_fold_ft (QAT, LSQ, PACT), both: fp32_ft, the
+    training-budget (equal-budget) control, and fp32_fold_ft, the quantisation control; those
+    that ``configs`` (the block's configurations) holds."""
     declared = float_control(method) if w_bits != FP32_BITS else None
     if declared is None:
         return []
@@ -129,13 +131,17 @@ Seeds = dict[int, tuple[str, str]]
 """seed -> (cell id, split manifest) of one configuration."""
 
 
+ClassPairs = tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]
+"""Per seed: A's correctness, B's correctness and the ids of one class's test images."""
+
+
 def class_pairs(a: Seeds, b: Seeds, predictions: Predictions, n_classes: int
-                ) -> tuple[list[tuple[list[np.ndarray], list[np.ndarray]]], str | None]:
-    """Per class, the per-seed correctness of A and of B on that class's test images, for the
-    seeds where both are cells of the same split evaluated on the same images (the pairing of
-    bench.report.significance._paired_by_seed); why some seeds were left out."""
-    per_class: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in
-                                                                  range(n_classes)]
+                ) -> tuple[list[ClassPairs], str | None]:
+    """Per class, the per-seed correctness of A and of B on that class's test images and those
+    images' ids, for the seeds where both are cells of the same split evaluated on the same
+    images (the pairing of bench.report.significance._paired_by_seed); why some seeds were
+    left out."""
+    per_class: list[ClassPairs] = [([], [], []) for _ in range(n_classes)]
     left = []
     for seed in sorted(a.keys() & b.keys()):
         (ca, split_a), (cb, split_b) = a[seed], b[seed]
@@ -152,6 +158,7 @@ def class_pairs(a: Seeds, b: Seeds, predictions: Predictions, n_classes: int
                 mine = pa["labels"] == c
                 per_class[c][0].append(right_a[mine])
                 per_class[c][1].append(right_b[mine])
+                per_class[c][2].append(np.asarray(pa["index"])[mine])
     return per_class, "; ".join(left) or None
 
 
@@ -270,16 +277,16 @@ def _flag(row: ClassRow | ControlChange, margin: float) -> str | None:
 
 def _against(control: str, c: int, recall: dict[int, float],
              control_seeds: dict[int, tuple[np.ndarray, np.ndarray]],
-             paired: tuple[list[tuple[list[np.ndarray], list[np.ndarray]]], str | None]
+             paired: tuple[list[ClassPairs], str | None]
              ) -> ControlChange:
     """Class ``c``'s recall (per seed) against a float control's: change and clustered McNemar
     test."""
     pairs, left = paired
     change = ControlChange(control, _paired_delta(recall, {s: float(r[c]) for s, (r, _)
                                                            in control_seeds.items()}))
-    xs, ys = pairs[c]
+    xs, ys, ids = pairs[c]
     if any(x.size for x in xs):
-        change.test = stats.clustered_mcnemar(xs, ys, power=False)
+        change.test = stats.clustered_mcnemar(xs, ys, images=ids, power=False)
         change.test_note = change.test.reason or left
     else:
         change.test_note = left or "no per-image predictions"
@@ -334,9 +341,9 @@ def _block(data: ReportData, ok: pd.DataFrame, dataset: str, backbone: str, marg
                                                           in base.items()})
                 row.delta_specificity = _paired_delta(spec, {s: float(sp[c]) for s, (_, sp)
                                                              in base.items()})
-                xs, ys = pairs[c]
+                xs, ys, ids = pairs[c]
                 if any(x.size for x in xs):
-                    row.test = stats.clustered_mcnemar(xs, ys, power=False)
+                    row.test = stats.clustered_mcnemar(xs, ys, images=ids, power=False)
                     row.test_note = row.test.reason or left
                 else:
                     row.test_note = left or "no per-image predictions"

@@ -1,5 +1,5 @@
 """The headline table: per data set x backbone, one row per method x bit-width with what a
-deployment decision needs (accuracy and what it costs against FP32 and the equal-budget float
+deployment decision needs (accuracy and what it costs against FP32 and the method's float
 control, with the tests' verdicts; size, latency and speed-up per device; integer coverage;
 saliency stability with its null control, its float control's stability and each row's own
 sanity check), and one plain-language sentence per row built only from the row's own printed
@@ -91,7 +91,9 @@ class Difference:
     p_adjusted: float | None = None
     reason: str | None = None
     mde: float | None = None
-    """Smallest |difference| (points) the test detects with power 0.8 at alpha 0.05."""
+    """Smallest |difference| (points) the test detects with power 0.8 at ``mde_alpha``."""
+    mde_alpha: float | None = None
+    """The level of ``mde``: 0.05, or 0.05 / m in a Holm family of m tests."""
     family: str | None = None
     """The comparisons its Holm correction is over."""
     scope: str | None = None
@@ -168,7 +170,8 @@ def _difference(ok: pd.DataFrame, a: str, b: str, comparison: str,
     if result.p_value is None:
         return Difference(b, points, name, reason=result.reason)
     mde = None if fmt.missing(result.mde) else 100.0 * float(result.mde)
-    return Difference(b, points, name, result.p_adjusted, mde=mde, family=family,
+    return Difference(b, points, name, result.p_adjusted, mde=mde,
+                      mde_alpha=result.mde_alpha if mde is not None else None, family=family,
                       scope=SCOPE[name])
 
 
@@ -308,6 +311,7 @@ def _row(data: ReportData, ok: pd.DataFrame, config: str, base: dict[str, Any] |
             row[f"p_{key}"] = _p_text(d)
             row[f"p_{key}_why"] = d.reason
             row[f"mde_{key}"] = d.mde
+            row[f"mde_alpha_{key}"] = d.mde_alpha
     return row
 
 
@@ -372,6 +376,14 @@ def _cell(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
     return text(cols[key], row)
 
 
+def _level(alpha: float | None) -> str:
+    """" at α/m = 0.05/3 = 0.0167" for a Holm family of m > 1 tests; "" at 0.05."""
+    if alpha is None or alpha >= stats.ALPHA:
+        return ""
+    m = round(stats.ALPHA / alpha)
+    return f" at α/m = {stats.ALPHA:g}/{m} = {alpha:.3g}"
+
+
 def _verdict(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
     """"difference not significant (detectable from 1.2 points), Holm-adjusted clustered
     McNemar p = 0.41 (Holm over each configuration vs FP32)" from the printed cells; the
@@ -382,7 +394,8 @@ def _verdict(cols: dict[str, Column], row: dict[str, Any], key: str) -> str:
         return f"not tested: {why}" if why else "not tested"
     word = "significant" if d.significant else "not significant"
     if not d.significant:
-        word += (f" (detectable from {_cell(cols, row, f'mde_{key}')} points)"
+        word += (f" (detectable from {_cell(cols, row, f'mde_{key}')} points"
+                 f"{_level(d.mde_alpha)})"
                  if d.mde is not None and f"mde_{key}" in cols else
                  " (smallest detectable difference not computed)")
     family = f" (Holm over {d.family})" if d.family else ""
@@ -487,10 +500,10 @@ def sentence(row: dict[str, Any], cols_list: list[Column], has_fp32: bool) -> st
                 if not fmt.missing(retained) else f"{config}{model} has accuracy {accuracy}")
         head += f" ({accuracy}, {_delta(cols, row, 'fp32')})"
     if "vs_control" in row:
-        head += (f"; against its equal-budget float control {row['control']} "
+        head += (f"; against its float control {row['control']} "
                  f"{_delta(cols, row, 'control')}")
     elif row.get("control_missing"):
-        head += f"; its equal-budget float control {row['control']} {NOT_MEASURED}"
+        head += f"; its float control {row['control']} {NOT_MEASURED}"
     if row.get("role"):
         head += f"; {config} is {row['role']}"
     f1 = _cell(cols, row, "macro_f1")

@@ -1,7 +1,9 @@
 """Significance with bench.stats, per data set x backbone, in two kinds of Holm family.
 
 Seed-level (generalise over training seeds): each configuration vs FP32, each quantised
-configuration vs its equal-budget float control (`Method.float_control`), every pair of
+configuration vs its float control (`Method.float_control`: fp32_fold_ft for QAT, LSQ and PACT,
+the quantisation control, the same folded graph with quantisation disabled and the same
+fine-tuning; sgt_ft for PACT+SGT, its equal-budget control), every pair of
 configurations at the same bit-width, on accuracy and on the main saliency statistic; Wilcoxon
 over seeds (too few seeds: the reason instead of a p-value); McNemar exact per seed vs FP32;
 Friedman over every configuration with seeds as blocks, and the Nemenyi critical difference only
@@ -46,7 +48,7 @@ IMAGE_TESTS: dict[str, Callable[..., stats.ImageLevelResult]] = {
 """The per-image test of each kind of per-image value: correctness, continuous values."""
 Kind = Literal["vs_fp32", "vs_control", "same_bits"]
 """Which comparisons a family holds: each configuration vs FP32, each quantised one vs its
-equal-budget float control, or the pairs at one bit-width."""
+float control (`Method.float_control`), or the pairs at one bit-width."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ def main_saliency(ok: pd.DataFrame) -> str | None:
 
 
 def float_control(method: str) -> str | None:
-    """The equal-budget float method a method is compared with, besides FP32
+    """The float method a method is compared with, besides FP32: fp32_fold_ft (the
+    quantisation control) for QAT, LSQ and PACT, sgt_ft (its equal-budget control) for PACT+SGT
     (`Method.float_control`; imported here only, as it pulls in the training stack)."""
     from methods import get_method
 
@@ -176,7 +179,7 @@ def _missing_note(missing: dict[str, str]) -> str:
     by_control: dict[str, list[str]] = {}
     for config, control in missing.items():
         by_control.setdefault(control, []).append(config)
-    return "; ".join(f"{control} (the equal-budget float control of {', '.join(cs)}) has no "
+    return "; ".join(f"{control} (the float control of {', '.join(cs)}) has no "
                      "cells here: comparison skipped" for control, cs in by_control.items())
 
 
@@ -184,9 +187,11 @@ def _seed_family(title: str, metric: str, values: dict[str, list[float]], pairs:
                  note: str | None = None, comparison: Kind = "vs_fp32") -> Family:
     results = [stats.paired_test(values[a], values[b], TEST) for a, b in pairs]
     adjusted = stats.holm([r.p_value for r in results])
-    return Family(title, metric, [replace(r, name_a=a, name_b=b, p_adjusted=p) for r, (a, b), p
-                                  in zip(results, pairs, adjusted, strict=True)], note,
-                  comparison)
+    level = stats.family_alpha(sum(r.p_value is not None for r in results))
+    return Family(title, metric, [replace(stats.paired_mde_at(r, values[a], values[b], level),
+                                          name_a=a, name_b=b, p_adjusted=p)
+                                  for r, (a, b), p in zip(results, pairs, adjusted, strict=True)],
+                  note, comparison)
 
 
 def families(ok: pd.DataFrame, metric: str) -> list[Family]:
@@ -203,7 +208,7 @@ def families(ok: pd.DataFrame, metric: str) -> list[Family]:
                           f"FP32 has no {metric} values (it is the reference of this "
                           "statistic or was not run): no test"))
     if plan.vs_control or plan.missing_control:
-        title = f"{metric}: each quantised configuration vs its equal-budget float control"
+        title = f"{metric}: each quantised configuration vs its float control"
         out.append(_seed_family(title, metric, values, plan.vs_control,
                                 _missing_note(plan.missing_control) or None, "vs_control"))
     for label, pairs in plan.same_bits.items():
@@ -291,7 +296,7 @@ def _paired_by_seed(cells: BySeed, a: str, b: str, per_image: PerImage
 def _image_family(title: str, metric: str, test: ImageTest, cells: BySeed,
                   pairs: list[Pair], per_image: PerImage, skipped: list[str],
                   comparison: Kind = "vs_fp32") -> ImageFamily:
-    results, skipped = [], list(skipped)
+    results, skipped, data = [], list(skipped), []
     for a, b in pairs:
         xs, ys, left, images = _paired_by_seed(cells, a, b, per_image)
         if not xs:
@@ -301,9 +306,12 @@ def _image_family(title: str, metric: str, test: ImageTest, cells: BySeed,
             skipped.append(f"{a} vs {b}: {left}")
         res = IMAGE_TESTS[test](xs, ys, images=images)
         results.append(replace(res, name_a=a, name_b=b))
+        data.append((xs, ys, images))
     adjusted = stats.holm([r.p_value for r in results])
+    level = stats.family_alpha(sum(r.p_value is not None for r in results))
     return ImageFamily(title, metric, test,
-                       [replace(r, p_adjusted=p) for r, p in zip(results, adjusted, strict=True)],
+                       [replace(stats.image_mde_at(r, *xy, level), p_adjusted=p)
+                        for r, xy, p in zip(results, data, adjusted, strict=True)],
                        skipped, comparison)
 
 
@@ -326,7 +334,7 @@ def image_families(ok: pd.DataFrame, configs: list[str], metric: str,
     if plan.vs_control or plan.missing_control:
         note = [_missing_note(plan.missing_control)] if plan.missing_control else []
         out.append(_image_family(
-            f"{name} per image: each quantised configuration vs its equal-budget float control",
+            f"{name} per image: each quantised configuration vs its float control",
             metric, test, cells, plan.vs_control, per_image, note, "vs_control"))
     for label, pairs in plan.same_bits.items():
         out.append(_image_family(f"{name} per image: pairs at {label}", metric, test, cells,

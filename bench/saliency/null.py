@@ -13,7 +13,7 @@ stability figure.
 Why the graph is built from the parent and not taken from the cell: a fine-tuned cell (QAT,
 PACT, PACT+SGT, LSQ) no longer has its parent's weights, so its own graph with quantisation
 disabled differs from FP32 by the fine-tuning as well, which is neither a pipeline artefact nor
-quantisation (the equal-budget float control `float_control` measures that drift: for QAT, LSQ
+quantisation (the float control `float_control` measures that drift: for QAT, LSQ
 and PACT `fp32_fold_ft`, the same graph of the parent fine-tuned the same way, nothing
 quantised). For PTQ without bias correction the two graphs have the same weights. Calibration
 is skipped: with quantisation disabled no quantiser (and no PACT clip) takes part in the
