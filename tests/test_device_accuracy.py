@@ -306,3 +306,24 @@ def test_the_report_shows_an_emulated_devices_answers_not_its_latency(workstatio
     timed = load(store).measured
     assert len(timed) == 2 and 999.0 not in set(timed.latency_ms_p50), \
         "only the real device's latency is shown"
+
+
+def test_accuracy_mode_on_without_its_fields_is_refused_and_the_report_skips_it(
+        workstation, tmp_path):
+    from bench.report.answers import device_answers
+
+    bare = {"accuracy_mode": "on"}
+    with pytest.raises(ValueError):
+        check_accuracy_details(bare)
+    shutil.copytree(workstation / "s", tmp_path / "s")
+    store = ResultsStore(tmp_path / "s")
+    row = MeasurementData.of(_all_rows(store)[0])
+    with pytest.raises(ValidationError):
+        MeasurementData.model_validate({**row.model_dump(), "details": bare})
+    hostile = row.model_copy(update={"device": "evil"}).to_row()
+    hostile.details = bare
+    with Session(store.engine) as session:
+        session.add(hostile)
+        session.commit()
+    answers = device_answers(store, set(_cells(tmp_path / "s")))
+    assert answers and "evil" not in {a.device for a in answers}
