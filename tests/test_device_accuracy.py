@@ -327,3 +327,20 @@ def test_accuracy_mode_on_without_its_fields_is_refused_and_the_report_skips_it(
         session.commit()
     answers = device_answers(store, set(_cells(tmp_path / "s")))
     assert answers and "evil" not in {a.device for a in answers}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_device_logits_are_refused(workstation, bad):
+    from bench.measure.accuracy import accuracy_details
+
+    cell = next(iter(_cells(workstation / "s").values()))
+    folder = workstation / "s" / "artifacts" / cell.cell_id
+    files = deploy_files(cell)
+    inputs = next(folder / f for f in files if f.endswith(TEST_INPUTS))
+    reference = next(folder / f for f in files if f.endswith(DEPLOYED_PREDICTIONS))
+    with np.load(reference) as ref:
+        logits = ref["logits"].astype(float)
+    assert accuracy_details(logits.tolist(), inputs, reference)["accuracy_mode"] == "on"
+    logits[0, 0] = bad
+    with pytest.raises(ValueError, match="finite"):
+        accuracy_details(logits.tolist(), inputs, reference)
