@@ -306,3 +306,41 @@ def test_the_report_shows_an_emulated_devices_answers_not_its_latency(workstatio
     timed = load(store).measured
     assert len(timed) == 2 and 999.0 not in set(timed.latency_ms_p50), \
         "only the real device's latency is shown"
+
+
+def test_accuracy_mode_on_without_its_fields_is_refused_and_the_report_skips_it(
+        workstation, tmp_path):
+    from bench.report.answers import device_answers
+
+    bare = {"accuracy_mode": "on"}
+    with pytest.raises(ValueError):
+        check_accuracy_details(bare)
+    shutil.copytree(workstation / "s", tmp_path / "s")
+    store = ResultsStore(tmp_path / "s")
+    row = MeasurementData.of(_all_rows(store)[0])
+    with pytest.raises(ValidationError):
+        MeasurementData.model_validate({**row.model_dump(), "details": bare})
+    hostile = row.model_copy(update={"device": "evil"}).to_row()
+    hostile.details = bare
+    with Session(store.engine) as session:
+        session.add(hostile)
+        session.commit()
+    answers = device_answers(store, set(_cells(tmp_path / "s")))
+    assert answers and "evil" not in {a.device for a in answers}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_device_logits_are_refused(workstation, bad):
+    from bench.measure.accuracy import accuracy_details
+
+    cell = next(iter(_cells(workstation / "s").values()))
+    folder = workstation / "s" / "artifacts" / cell.cell_id
+    files = deploy_files(cell)
+    inputs = next(folder / f for f in files if f.endswith(TEST_INPUTS))
+    reference = next(folder / f for f in files if f.endswith(DEPLOYED_PREDICTIONS))
+    with np.load(reference) as ref:
+        logits = ref["logits"].astype(float)
+    assert accuracy_details(logits.tolist(), inputs, reference)["accuracy_mode"] == "on"
+    logits[0, 0] = bad
+    with pytest.raises(ValueError, match="finite"):
+        accuracy_details(logits.tolist(), inputs, reference)

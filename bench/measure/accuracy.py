@@ -36,8 +36,13 @@ def accuracy_details(logits: list[list[float]], inputs: Path, reference: Path
     if mine.ndim != 2 or mine.shape != ref["logits"].shape:
         raise ValueError(f"the device's logits have shape {mine.shape}, the deployed ones "
                          f"{ref['logits'].shape}")
+    if not np.isfinite(mine).all():
+        raise ValueError("the device's logits are not all finite (NaN or infinity)")
     top1 = mine.argmax(axis=1)
-    labels = given["labels"].reshape(-1)
+    labels = given["labels"]
+    if labels.shape != top1.shape or len(given["index"]) != len(top1):
+        raise ValueError(f"{inputs.name} lists {labels.shape} labels and {len(given['index'])} "
+                         f"indices for {len(top1)} images")
     return {MODE: "on",
             "device_accuracy": float((top1 == labels).mean()),
             "device_agreement": float((top1 == ref["logits"].argmax(axis=1)).mean()),

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bench.stats import mcnemar_exact, wilson_interval
-from bench.store.accuracy import MODE, PREDICTIONS
+from bench.store.accuracy import MODE, PREDICTIONS, check_accuracy_details
 from bench.store.database import ResultsStore
 from bench.store.deploy import DEPLOY_STAGE
 from bench.store.schema import CellRecord, MeasurementRecord
@@ -138,6 +138,17 @@ def _differing(mine: np.ndarray, theirs: np.ndarray, labels: np.ndarray, index: 
             for k, i in enumerate(where)]
 
 
+def _complete(details: dict[str, Any] | None) -> bool:
+    """Whether ``details`` ran accuracy mode and carries every in-bounds result field."""
+    if not details or details.get(MODE) != "on":
+        return False
+    try:
+        check_accuracy_details(details)
+    except ValueError:
+        return False
+    return True
+
+
 def device_answers(store: ResultsStore, cell_ids: set[str]) -> list[Answer]:
     """The latest accuracy-mode measurement per cell (of ``cell_ids``), device and profile."""
     with Session(store.engine, expire_on_commit=False) as session:
@@ -148,7 +159,7 @@ def device_answers(store: ResultsStore, cell_ids: set[str]) -> list[Answer]:
             CellRecord.cell_id.in_(sorted(cell_ids))))}
     latest: dict[tuple[str, str, str], MeasurementRecord] = {}
     for m in rows:
-        if m.cell_id in cells and (m.details or {}).get(MODE) == "on":
+        if m.cell_id in cells and _complete(m.details):
             latest[(m.cell_id, m.device, m.profile)] = m
     answers = [_answer(store, cells[c], m) for (c, _, _), m in latest.items()]
     return sorted(answers, key=lambda a: (a.dataset, a.backbone, a.config, a.seed, a.device,

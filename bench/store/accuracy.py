@@ -39,12 +39,13 @@ def _share(value: Any, name: str) -> None:
 def check_accuracy_details(details: dict[str, Any]) -> None:
     """ValueError naming the field if the accuracy-mode fields of ``details`` are out of
     bounds: shares in [0, 1], a finite non-negative logit difference, an image count in
-    [1, MAX_IMAGES] that the predictions (class indices in [0, MAX_CLASS)) match."""
+    [1, MAX_IMAGES] that the predictions (class indices in [0, MAX_CLASS)) match. Mode ``on``
+    requires every result field."""
     mode = details.get(MODE)
     if mode is not None and mode not in MODES:
         raise ValueError(f"details.{MODE} must be one of {', '.join(MODES)}")
     present = [c for c in (*ACCURACY_COLUMNS, PREDICTIONS) if details.get(c) is not None]
-    if not present:
+    if not present and mode != "on":
         return
     if len(present) != len(ACCURACY_COLUMNS) + 1:
         raise ValueError("details: the accuracy-mode fields come all together: "
