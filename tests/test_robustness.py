@@ -105,6 +105,20 @@ def test_corrupted_images_are_cached_once_and_hash_checked(tmp_path: Path,
     assert len(calls) == 2 and not np.array_equal(other, first)
 
 
+def test_two_image_sizes_of_one_data_set_do_not_share_corrupted_images(tmp_path: Path) -> None:
+    """Same fingerprint, split and index, different image size: two cache entries, each the
+    corruption of its own clean images."""
+    index = np.array([0, 1])
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    large = rng.integers(0, 256, (2, 3, 16, 16), dtype=np.uint8)
+    args = ("fp", "manifest", "gaussian_noise", 2, 0)
+    a = C.corrupted_images(tmp_path, small, index, *args)
+    b = C.corrupted_images(tmp_path, large, index, *args)
+    assert a.shape == small.shape and b.shape == large.shape
+    assert len(list((tmp_path / "corrupted").glob("*.npz"))) == 2
+
+
 def hand_mce(err: np.ndarray, ref: np.ndarray, clean: float, ref_clean: float
              ) -> tuple[float, float]:
     """Hendrycks & Dietterich's definitions written out with loops."""
