@@ -239,7 +239,8 @@ ROBUST = {"corruptions": ["gaussian_noise", "specular_glare"], "severities": [1,
           "bootstrap": 50, "saliency_images": 4}
 
 
-def test_stage_end_to_end_with_deploy(tmp_path: Path) -> None:
+def test_stage_end_to_end_with_deploy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDQ_CACHE", str(tmp_path / "cache"))   # this test's own cache
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump(tiny_grid_dict(
         seeds=1, methods=[{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}],
@@ -268,9 +269,10 @@ def test_stage_end_to_end_with_deploy(tmp_path: Path) -> None:
     for r in recs.values():
         with np.load(store.artifact_dir(r.cell_id) / RESULT_FILE) as f:
             assert f["torch/corrupted"].shape == (2, 2, len(f["index"]))
-    # each corrupted set was made once for the two cells
-    cached = list((Path(__import__("os").environ["MEDQ_CACHE"]) / "corrupted").glob("*.npz"))
-    assert len(cached) >= 4
+    # each corrupted set was made once for the two cells: per corruption and severity, one for
+    # the test subset and one for the saliency subset
+    cached = list((tmp_path / "cache" / "corrupted").glob("*.npz"))
+    assert len(cached) == 2 * len(ROBUST["corruptions"]) * len(ROBUST["severities"]), cached
     stamps = {p: p.stat().st_mtime_ns for p in cached}
     again = CliRunner().invoke(app, args, catch_exceptions=False)
     assert again.exit_code == 0
