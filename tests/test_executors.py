@@ -151,6 +151,20 @@ def test_worker_killed_mid_cell_is_retried_and_every_cell_stored_once(pool: dict
     assert not pool_workers()
 
 
+def test_local_ray_settles_token_auth_and_usage_stats_explicitly() -> None:
+    from bench.runner.executors.ray_executor import settle_local_ray_env
+
+    first: dict[str, str] = {}
+    settle_local_ray_env(first)
+    assert first["RAY_USAGE_STATS_ENABLED"] == "0" and len(first["RAY_AUTH_TOKEN"]) == 64
+    second: dict[str, str] = {}
+    settle_local_ray_env(second)
+    assert first["RAY_AUTH_TOKEN"] != second["RAY_AUTH_TOKEN"]   # fresh for each cluster
+    chosen = {"RAY_AUTH_TOKEN": "mine", "RAY_USAGE_STATS_ENABLED": "1"}
+    settle_local_ray_env(chosen)                 # the user's own settings are kept
+    assert chosen == {"RAY_AUTH_TOKEN": "mine", "RAY_USAGE_STATS_ENABLED": "1"}
+
+
 def test_process_pool_starts_quantised_cells_after_their_parent_is_stored(pool: dict) -> None:
     assert_parents_first(pool["store"])
 
@@ -159,10 +173,20 @@ def test_process_pool_starts_quantised_cells_after_their_parent_is_stored(pool: 
 def ray_cluster() -> None:
     """One local Ray cluster (2 CPUs, 127.0.0.1) for the module; the executor joins it."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
+    from bench.runner.executors.ray_executor import settle_local_ray_env
+
+    settled: dict[str, str] = {}
+    settle_local_ray_env(settled)              # token auth and usage stats settled explicitly
+    mp = pytest.MonkeyPatch()
+    for name, value in settled.items():
+        mp.setenv(name, value)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+        yield
+    finally:
+        ray.shutdown()
+        mp.undo()
 
 
 @pytest.fixture(scope="module")
