@@ -288,6 +288,28 @@ def test_stage_end_to_end_with_deploy(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "100.0" in section                     # FP32's own mCE
 
 
+def test_a_parents_changed_robustness_result_fails_the_child_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent's robustness.npz is read only once its SHA-256 is the record's: changed after
+    the driver's damage check (simulated by turning that check off), the child fails, named."""
+    robust = {**ROBUST, "corruptions": ["gaussian_noise"], "severities": [1]}
+    grid, store_dir = tmp_path / "grid.yaml", tmp_path / "s"
+    for methods in ([{"name": "fp32"}], [{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}]):
+        grid.write_text(yaml.safe_dump(tiny_grid_dict(seeds=1, methods=methods,
+                                                      stages={"robustness": robust})))
+        args = ["run", "--grid", str(grid), "--store", str(store_dir), "--quiet"]
+        CliRunner().invoke(app, args, catch_exceptions=False)
+        if len(methods) == 1:
+            [fp32] = ResultsStore(store_dir).records()
+            path = ResultsStore(store_dir).artifact_dir(fp32.cell_id) / RESULT_FILE
+            with np.load(path) as f:
+                arrays = dict(f)
+            np.savez(path, **{**arrays, "labels": arrays["labels"][::-1]})
+            monkeypatch.setattr(ResultsStore, "damaged", lambda self, record: [])
+    ptq = {r.method: r for r in ResultsStore(store_dir).records()}["ptq"]
+    assert ptq.status == "failed"
+    assert RESULT_FILE in ptq.error and "SHA-256 differs" in ptq.error
+
 MAX_ROBUSTNESS_SHARE = 0.15
 
 
