@@ -342,6 +342,39 @@ def test_what_each_cell_waits_for(tmp_path: Path) -> None:
         assert got[by["sgt", seed]] == Waits(follows=frozenset({fp32}))
 
 
+def test_a_file_from_the_driver_that_arrives_damaged_is_raised_not_stored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compute_cell turns every error into a failed cell; a shipped file that arrived damaged is
+    no result of the cell, so run_task raises it and the driver retries the task as a crash."""
+    from types import SimpleNamespace
+
+    from bench.runner import cell as cell_module
+    from bench.runner.executors import shipping
+    from bench.runner.executors.task import run_task
+    from bench.runner.outcome import CellOutcome
+
+    def damaged(blob: Any, target: Path) -> None:
+        raise shipping.ArtifactDamaged(f"{target.name} arrived with another SHA-256")
+
+    def compute(cell: Any, data: Any, store: Any, *_: Any) -> CellOutcome:
+        try:
+            store.artifact_dir("parent")
+        except Exception as err:   # as compute_cell does: a failed cell is a result
+            return CellOutcome(CellRecord(cell_id="c1", status="failed", error=str(err)))
+        return CellOutcome(CellRecord(cell_id="c1", status="ok"))
+
+    monkeypatch.setattr(shipping, "fetch_file", damaged)
+    monkeypatch.setattr(cell_module, "compute_cell", compute)
+    store = shipping.ShippedStore(tmp_path, shipping.Shipment(files={"parent": {
+        "model.pt": shipping.Blob("0" * 64, 1, ())}}))
+    cell = SimpleNamespace(cell_id="c1", data_key="k",
+                           config=SimpleNamespace(train=SimpleNamespace(precision="fp32")))
+    task = SimpleNamespace(cell=cell, torch_device="cpu", executor="ray", grid_name="g",
+                           store=None)
+    with pytest.raises(shipping.ArtifactDamaged, match=r"model\.pt"):
+        run_task(task, data=object(), store=store)
+
+
 def _header(tmp_path: Path, files: dict[str, bytes]) -> tuple[Any, list[Any]]:
     """What a Ray worker streams for a cell: where it runs, its header, its files in chunks."""
     from bench.runner.executors.shipping import Header, Node
