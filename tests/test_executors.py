@@ -151,6 +151,20 @@ def test_worker_killed_mid_cell_is_retried_and_every_cell_stored_once(pool: dict
     assert not pool_workers()
 
 
+def test_local_ray_settles_token_auth_and_usage_stats_explicitly() -> None:
+    from bench.runner.executors.ray_executor import settle_local_ray_env
+
+    first: dict[str, str] = {}
+    settle_local_ray_env(first)
+    assert first["RAY_USAGE_STATS_ENABLED"] == "0" and len(first["RAY_AUTH_TOKEN"]) == 64
+    second: dict[str, str] = {}
+    settle_local_ray_env(second)
+    assert first["RAY_AUTH_TOKEN"] != second["RAY_AUTH_TOKEN"]   # fresh for each cluster
+    chosen = {"RAY_AUTH_TOKEN": "mine", "RAY_USAGE_STATS_ENABLED": "1"}
+    settle_local_ray_env(chosen)                 # the user's own settings are kept
+    assert chosen == {"RAY_AUTH_TOKEN": "mine", "RAY_USAGE_STATS_ENABLED": "1"}
+
+
 def test_process_pool_starts_quantised_cells_after_their_parent_is_stored(pool: dict) -> None:
     assert_parents_first(pool["store"])
 
@@ -159,10 +173,20 @@ def test_process_pool_starts_quantised_cells_after_their_parent_is_stored(pool: 
 def ray_cluster() -> None:
     """One local Ray cluster (2 CPUs, 127.0.0.1) for the module; the executor joins it."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
+    from bench.runner.executors.ray_executor import settle_local_ray_env
+
+    settled: dict[str, str] = {}
+    settle_local_ray_env(settled)              # token auth and usage stats settled explicitly
+    mp = pytest.MonkeyPatch()
+    for name, value in settled.items():
+        mp.setenv(name, value)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+        yield
+    finally:
+        ray.shutdown()
+        mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -316,6 +340,39 @@ def test_what_each_cell_waits_for(tmp_path: Path) -> None:
         assert got[fp32] == Waits()
         assert got[by["ptq", seed]] == Waits(needs=frozenset({fp32}))
         assert got[by["sgt", seed]] == Waits(follows=frozenset({fp32}))
+
+
+def test_a_file_from_the_driver_that_arrives_damaged_is_raised_not_stored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compute_cell turns every error into a failed cell; a shipped file that arrived damaged is
+    no result of the cell, so run_task raises it and the driver retries the task as a crash."""
+    from types import SimpleNamespace
+
+    from bench.runner import cell as cell_module
+    from bench.runner.executors import shipping
+    from bench.runner.executors.task import run_task
+    from bench.runner.outcome import CellOutcome
+
+    def damaged(blob: Any, target: Path) -> None:
+        raise shipping.ArtifactDamaged(f"{target.name} arrived with another SHA-256")
+
+    def compute(cell: Any, data: Any, store: Any, *_: Any) -> CellOutcome:
+        try:
+            store.artifact_dir("parent")
+        except Exception as err:   # as compute_cell does: a failed cell is a result
+            return CellOutcome(CellRecord(cell_id="c1", status="failed", error=str(err)))
+        return CellOutcome(CellRecord(cell_id="c1", status="ok"))
+
+    monkeypatch.setattr(shipping, "fetch_file", damaged)
+    monkeypatch.setattr(cell_module, "compute_cell", compute)
+    store = shipping.ShippedStore(tmp_path, shipping.Shipment(files={"parent": {
+        "model.pt": shipping.Blob("0" * 64, 1, ())}}))
+    cell = SimpleNamespace(cell_id="c1", data_key="k",
+                           config=SimpleNamespace(train=SimpleNamespace(precision="fp32")))
+    task = SimpleNamespace(cell=cell, torch_device="cpu", executor="ray", grid_name="g",
+                           store=None)
+    with pytest.raises(shipping.ArtifactDamaged, match=r"model\.pt"):
+        run_task(task, data=object(), store=store)
 
 
 def _header(tmp_path: Path, files: dict[str, bytes]) -> tuple[Any, list[Any]]:

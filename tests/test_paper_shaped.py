@@ -234,6 +234,7 @@ def test_saliency_is_at_most_a_fifth_of_the_grids_compute(grid: str, tmp_path: P
     draws, the sanity check and the null control; `bench run --dry-run` prints the share."""
     from bench.runner import estimate as estimate_module
 
+    monkeypatch.setenv("MEDQ_CACHE", str(tmp_path / "cache"))   # no other test's estimates
     monkeypatch.setattr(estimate_module, "CellModelProbe", RatioProbe)
     settings = SaliencyConfig(**load_grid(grid).model_dump(mode="json")["stages"]["saliency"])
     assert settings.sensitivity_samples >= 10 and settings.sanity_images >= 8

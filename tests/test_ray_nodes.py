@@ -103,21 +103,26 @@ class Cluster:
         self.env = {**os.environ, "MEDQ_CACHE": str(paths["cache"]),
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
                     "RAY_USAGE_STATS_ENABLED": "0"}
-        self.network = subprocess.Popen(
-            ["unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep 100000"],
-            start_new_session=True)
-        self.enter = ["nsenter", f"--net=/proc/{self.network.pid}/ns/net"]
-        self.port = next(_PORTS)
-        self.address = f"{HOST}:{self.port}"
-        self.started: list[subprocess.Popen] = [self.network]
+        self.started: list[subprocess.Popen] = []
         self.workers: list[subprocess.Popen] = []
-        time.sleep(0.5)   # the namespace's loopback is up
         # a temp folder of its own: `ray start --head` notes its address in the temp folder,
         # where a bare `ray.init()` (other tests, other Ray users here) would find it
         self.temp = Path(tempfile.mkdtemp(prefix="medq-ray-", dir="/tmp"))
-        self.head = self.popen(ray_start("--head", f"--port={self.port}", "--num-cpus=0",
-                                         "--include-dashboard=false",
-                                         f"--temp-dir={self.temp}"))
+        try:   # whatever started is stopped if a later step raises
+            self.network = subprocess.Popen(
+                ["unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep 100000"],
+                start_new_session=True)
+            self.started.append(self.network)
+            self.enter = ["nsenter", f"--net=/proc/{self.network.pid}/ns/net"]
+            self.port = next(_PORTS)
+            self.address = f"{HOST}:{self.port}"
+            time.sleep(0.5)   # the namespace's loopback is up
+            self.head = self.popen(ray_start("--head", f"--port={self.port}", "--num-cpus=0",
+                                             "--include-dashboard=false",
+                                             f"--temp-dir={self.temp}"))
+        except BaseException:
+            self.stop()
+            raise
 
     def popen(self, command: list[str], **options: Any) -> subprocess.Popen:
         options.setdefault("stdout", subprocess.DEVNULL)

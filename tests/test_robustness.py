@@ -105,6 +105,20 @@ def test_corrupted_images_are_cached_once_and_hash_checked(tmp_path: Path,
     assert len(calls) == 2 and not np.array_equal(other, first)
 
 
+def test_two_image_sizes_of_one_data_set_do_not_share_corrupted_images(tmp_path: Path) -> None:
+    """Same fingerprint, split and index, different image size: two cache entries, each the
+    corruption of its own clean images."""
+    index = np.array([0, 1])
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    large = rng.integers(0, 256, (2, 3, 16, 16), dtype=np.uint8)
+    args = ("fp", "manifest", "gaussian_noise", 2, 0)
+    a = C.corrupted_images(tmp_path, small, index, *args)
+    b = C.corrupted_images(tmp_path, large, index, *args)
+    assert a.shape == small.shape and b.shape == large.shape
+    assert len(list((tmp_path / "corrupted").glob("*.npz"))) == 2
+
+
 def hand_mce(err: np.ndarray, ref: np.ndarray, clean: float, ref_clean: float
              ) -> tuple[float, float]:
     """Hendrycks & Dietterich's definitions written out with loops."""
@@ -225,7 +239,8 @@ ROBUST = {"corruptions": ["gaussian_noise", "specular_glare"], "severities": [1,
           "bootstrap": 50, "saliency_images": 4}
 
 
-def test_stage_end_to_end_with_deploy(tmp_path: Path) -> None:
+def test_stage_end_to_end_with_deploy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDQ_CACHE", str(tmp_path / "cache"))   # this test's own cache
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump(tiny_grid_dict(
         seeds=1, methods=[{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}],
@@ -254,9 +269,10 @@ def test_stage_end_to_end_with_deploy(tmp_path: Path) -> None:
     for r in recs.values():
         with np.load(store.artifact_dir(r.cell_id) / RESULT_FILE) as f:
             assert f["torch/corrupted"].shape == (2, 2, len(f["index"]))
-    # each corrupted set was made once for the two cells
-    cached = list((Path(__import__("os").environ["MEDQ_CACHE"]) / "corrupted").glob("*.npz"))
-    assert len(cached) >= 4
+    # each corrupted set was made once for the two cells: per corruption and severity, one for
+    # the test subset and one for the saliency subset
+    cached = list((tmp_path / "cache" / "corrupted").glob("*.npz"))
+    assert len(cached) == 2 * len(ROBUST["corruptions"]) * len(ROBUST["severities"]), cached
     stamps = {p: p.stat().st_mtime_ns for p in cached}
     again = CliRunner().invoke(app, args, catch_exceptions=False)
     assert again.exit_code == 0
@@ -271,6 +287,28 @@ def test_stage_end_to_end_with_deploy(tmp_path: Path) -> None:
     assert "<svg" in section and "p (Holm) gaussian_noise" in section
     assert "100.0" in section                     # FP32's own mCE
 
+
+def test_a_parents_changed_robustness_result_fails_the_child_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent's robustness.npz is read only once its SHA-256 is the record's: changed after
+    the driver's damage check (simulated by turning that check off), the child fails, named."""
+    robust = {**ROBUST, "corruptions": ["gaussian_noise"], "severities": [1]}
+    grid, store_dir = tmp_path / "grid.yaml", tmp_path / "s"
+    for methods in ([{"name": "fp32"}], [{"name": "fp32"}, {"name": "ptq", "bits": [[8, 8]]}]):
+        grid.write_text(yaml.safe_dump(tiny_grid_dict(seeds=1, methods=methods,
+                                                      stages={"robustness": robust})))
+        args = ["run", "--grid", str(grid), "--store", str(store_dir), "--quiet"]
+        CliRunner().invoke(app, args, catch_exceptions=False)
+        if len(methods) == 1:
+            [fp32] = ResultsStore(store_dir).records()
+            path = ResultsStore(store_dir).artifact_dir(fp32.cell_id) / RESULT_FILE
+            with np.load(path) as f:
+                arrays = dict(f)
+            np.savez(path, **{**arrays, "labels": arrays["labels"][::-1]})
+            monkeypatch.setattr(ResultsStore, "damaged", lambda self, record: [])
+    ptq = {r.method: r for r in ResultsStore(store_dir).records()}["ptq"]
+    assert ptq.status == "failed"
+    assert RESULT_FILE in ptq.error and "SHA-256 differs" in ptq.error
 
 MAX_ROBUSTNESS_SHARE = 0.15
 

@@ -18,13 +18,16 @@ from bench.robustness.corruptions import corrupt_batch, library_version
 log = logging.getLogger(__name__)
 
 
-def cache_key(fingerprint: str, manifest_hash: str, index: np.ndarray, name: str,
-              severity: int, seed: int) -> str:
+def cache_key(fingerprint: str, manifest_hash: str, index: np.ndarray, images: np.ndarray,
+              name: str, severity: int, seed: int) -> str:
     """What the corrupted images depend on, hashed: the data (its fingerprint and split), the
-    images, the corruption, its severity, the seed and the generator's version."""
+    image subset, the clean images themselves (bytes, shape and dtype: one data set at two image
+    sizes shares fingerprint and index but not images), the corruption, its severity, the seed
+    and the generator's version."""
+    clean = np.asarray(images)
     blob = json.dumps([fingerprint, manifest_hash, hashlib.sha256(
-        np.asarray(index, dtype=np.int64).tobytes()).hexdigest(), name, severity, seed,
-        library_version()])
+        np.asarray(index, dtype=np.int64).tobytes()).hexdigest(), digest(clean),
+        list(clean.shape), str(clean.dtype), name, severity, seed, library_version()])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -62,7 +65,7 @@ def corrupted_images(root: Path, images: np.ndarray, index: np.ndarray, fingerpr
                      manifest_hash: str, name: str, severity: int, seed: int) -> np.ndarray:
     """uint8 (N, 3, H, W) `images` (the data set's images at `index`) under corruption `name` at
     `severity`, from the cache under `root` or made and cached."""
-    key = cache_key(fingerprint, manifest_hash, index, name, severity, seed)
+    key = cache_key(fingerprint, manifest_hash, index, images, name, severity, seed)
     path = root / "corrupted" / f"{key}.npz"
     cached = _load(path)
     if cached is not None:

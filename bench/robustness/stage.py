@@ -161,6 +161,9 @@ def robustness_stage(inp: StageInput) -> dict[str, Any]:
     correct = evaluate(engines(inp, cfg), clean, labels, corrupted, cfg)
     parent = inp.cell.config.parent_id
     if parent:
+        record = inp.store.get(parent)
+        if record is not None and RESULT_FILE in (record.artifact_hashes or {}):
+            inp.store.checked_file(record, RESULT_FILE)   # a changed reference fails the cell
         ref, skipped = load_reference(inp.store.artifact_dir(parent), index, cfg)
         reference = {"cell_id": parent, "relation": "parent", "skipped": skipped}
     elif not inp.quantized and inp.cell.config.method == FP32:

@@ -20,7 +20,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import secrets
 import sys
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from bench.data import PreparedData
@@ -44,6 +46,18 @@ if TYPE_CHECKING:
 LOCAL_HOST = "127.0.0.1"
 BACKPRESSURE_OBJECTS = 4
 """A task pauses once this many of its chunks wait unread by the driver."""
+
+
+def settle_local_ray_env(environ: MutableMapping[str, str]) -> None:
+    """Settle token authentication and usage statistics for a local Ray cluster, explicitly:
+    a fresh random RAY_AUTH_TOKEN in the environment unless the user set one (the cluster's
+    processes inherit it), so the token mode a bare ``ray.init()`` turns on for a new local
+    cluster (unless RAY_AUTH_MODE says otherwise) uses it instead of making and writing
+    ``~/.ray/auth_token`` (ray/_private/worker.py: enable_token_auth_by_default,
+    ensure_token_if_auth_enabled); no usage statistics unless RAY_USAGE_STATS_ENABLED says so.
+    RAY_AUTH_MODE itself is left to ray.init, which also refreshes the driver's cached config."""
+    environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
 def cluster_summary(nodes: list[dict[str, Any]]) -> str:
@@ -128,7 +142,7 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if self.options.address is None:
-                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                settle_local_ray_env(os.environ)
                 ray.init(num_cpus=self.workers, _node_ip_address=LOCAL_HOST, **options)
             else:
                 try:

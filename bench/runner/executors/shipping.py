@@ -164,6 +164,9 @@ class ShippedStore:
         self._shipment = shipment
         self._records = {r.cell_id: r for r in shipment.records}
         self._fetched: set[str] = set()
+        self.arrived_damaged: ArtifactDamaged | None = None
+        """The first file that arrived damaged: the cell that read it cannot be trusted, its
+        task re-raises this (run_task) so the driver retries it as a crash."""
 
     def get(self, cell_id: str) -> CellRecord | None:
         return self._records.get(cell_id)
@@ -175,7 +178,11 @@ class ShippedStore:
         folder = self.root / "artifacts" / cell_id
         if cell_id not in self._fetched:
             for name, blob in self._shipment.files.get(cell_id, {}).items():
-                fetch_file(blob, folder / name)
+                try:
+                    fetch_file(blob, folder / name)
+                except ArtifactDamaged as err:
+                    self.arrived_damaged = self.arrived_damaged or err
+                    raise
             self._fetched.add(cell_id)
         return folder
 

@@ -120,7 +120,9 @@ def run_task(task: CellTask, data: PreparedData | None = None,
     """Compute one cell into a staging folder of ``store`` (default: the task's store); a
     failure is returned, not raised. ``shipped_data``: the ref of the prepared data set in Ray's
     object store, used when this worker cannot prepare it itself; ``node``: where this runs
-    (Ray), noted in the record's provenance and in a failed cell's error."""
+    (Ray), noted in the record's provenance and in a failed cell's error. A file shipped from
+    the driver that arrived damaged (ArtifactDamaged) is raised, not stored as the cell's
+    failure."""
     import torch
 
     from bench.runner.cell import compute_cell
@@ -141,6 +143,9 @@ def run_task(task: CellTask, data: PreparedData | None = None,
                 extra["data_from"] = "driver (Ray object store)"
             outcome = compute_cell(task.cell, data, store or open_store(task.store),
                                    task.grid_name, torch_device, on_epoch, extra)
+            damaged = getattr(store, "arrived_damaged", None)   # ShippedStore's
+            if damaged is not None:
+                raise damaged   # not the cell's result: the driver retries it as a crash
     if node is not None and outcome.record.status == "failed":
         outcome.record.error = f"{outcome.record.error}\nran on node {node}"
     return outcome
