@@ -329,6 +329,7 @@ def test_robustness_is_at_most_15_percent_of_the_grids_compute(grid: str, tmp_pa
             return RESNET18_224["forward"]
 
     monkeypatch.setattr(estimate_module, "CellModelProbe", Probe)
+    monkeypatch.setenv("MEDQ_CACHE", str(tmp_path / "cache"))   # no estimate cached by others
     settings = RobustnessSettings(**yaml.safe_load(
         (Path("bench/grids") / f"{grid}.yaml").read_text())["stages"]["robustness"])
     assert settings.corruptions == list(CORRUPTIONS) and settings.severities == [1, 2, 3, 4, 5]
