@@ -344,3 +344,55 @@ def test_non_finite_device_logits_are_refused(workstation, bad):
     logits[0, 0] = bad
     with pytest.raises(ValueError, match="finite"):
         accuracy_details(logits.tolist(), inputs, reference)
+
+
+def test_test_images_need_a_token_even_where_reads_are_public(workstation, tmp_path):
+    """Accuracy mode's test images are patients' images on real data: a default server (public
+    reads) serves them only to a device's token, and its public report shows no thumbnail."""
+    app = create_app(ServerSettings.of(None, tmp_path / "srv"))
+    token = create_token(app.state.store.engine, "ws")[1]
+    bundle = export_bundle(ResultsStore(workstation / "s"), tmp_path / "b.tar.gz",
+                           RecordFilter(), "deploy")
+    cell = next(c for c in (CellData.of(r) for r in ResultsStore(workstation / "s").records())
+                if c.method == "ptq")
+    deploy = cell.metrics["deploy"]
+    inputs = f"/api/v1/cells/{cell.cell_id}/artifacts/{deploy['test_inputs_file']}"
+    model = f"/api/v1/cells/{cell.cell_id}/artifacts/{deploy['onnx_file']}"
+    with TestClient(app) as http:
+        ServerClient(http, token).upload(bundle.path.read_bytes(), BUNDLE_CONTENT_TYPE)
+        assert http.get(model).status_code == 200                    # public, as before
+        assert http.get(inputs).status_code == 401
+        authorised = http.get(inputs, headers={"Authorization": f"Bearer {token}"})
+        assert authorised.status_code == 200
+        assert authorised.headers["X-Content-SHA256"] == cell.artifact_hashes[
+            deploy["test_inputs_file"]]
+
+
+def test_the_report_can_leave_out_the_test_images(workstation, tmp_path):
+    from bench.report.answers import device_answers
+    from bench.store.measurements import save_measurement
+
+    shutil.copytree(workstation / "s", tmp_path / "s")
+    store = ResultsStore(tmp_path / "s")
+    row = next(r for r in (MeasurementData.of(m) for m in _all_rows(store)))
+    flipped = list(row.details["predictions"])
+    flipped[0] = (flipped[0] + 1) % 3
+    agreement = float((np.asarray(flipped) == np.asarray(row.details["predictions"])).mean())
+    other = row.model_copy(update={"device": "pi", "details": {
+        **row.details, "predictions": flipped, "device_agreement": agreement}}).to_row()
+    other.record_hash = None
+    save_measurement(store.engine, other)
+    ids = {c.cell_id for c in store.records()}
+
+    def differing(images: bool) -> list[object]:
+        return [d for a in device_answers(store, ids, images) for d in a.differing]
+
+    assert differing(True) and all(d.thumbnail for d in differing(True))
+    assert differing(False) and not any(d.thumbnail for d in differing(False))
+    # A deployed-predictions file changed after its cell was stored is not read.
+    cell = store.get(row.cell_id)
+    reference = store.artifact_dir(row.cell_id) / cell.metrics["deploy"]["deployed_predictions"]
+    reference.write_bytes(b"not an npz")
+    mine = next(a for a in device_answers(store, ids) if a.device == "pi"
+                and a.cell_id == row.cell_id)
+    assert mine.mcnemar_p is None and not mine.differing

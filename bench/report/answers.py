@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from bench.stats import mcnemar_exact, wilson_interval
 from bench.store.accuracy import MODE, PREDICTIONS, check_accuracy_details
+from bench.store.artifacts import ArtifactMismatchError, checked_artifact
 from bench.store.database import ResultsStore
 from bench.store.deploy import DEPLOY_STAGE
 from bench.store.schema import CellRecord, MeasurementRecord
@@ -93,35 +95,59 @@ def _thumbnail(image: np.ndarray) -> str | None:
 
 
 def _files(store: ResultsStore, cell: CellRecord) -> tuple[Path | None, Path | None]:
+    """The cell's deployed predictions and test inputs, each only if it is inside the cell's
+    folder with the SHA-256 its record states (None otherwise: "not here")."""
     deploy = (cell.metrics or {}).get(DEPLOY_STAGE)
     if not isinstance(deploy, dict) or not cell.artifacts:
         return None, None
     folder = store.root / cell.artifacts
-    found = [folder / deploy[k] if isinstance(deploy.get(k), str) else None
-             for k in ("deployed_predictions", "test_inputs_file")]
-    return tuple(p if p is not None and p.is_file() else None for p in found)  # type: ignore
+    found: list[Path | None] = []
+    for key in ("deployed_predictions", "test_inputs_file"):
+        try:
+            name = deploy.get(key)
+            found.append(checked_artifact(folder, cell.cell_id, cell.artifact_hashes, name)
+                         if isinstance(name, str) and ".." not in name.split("/") else None)
+        except ArtifactMismatchError:
+            found.append(None)
+    return found[0], found[1]
 
 
-def _answer(store: ResultsStore, cell: CellRecord, m: MeasurementRecord) -> Answer:
+UNREADABLE = (OSError, ValueError, KeyError, zipfile.BadZipFile)
+"""What reading a damaged or foreign .npz raises: the file is then treated as not here."""
+
+
+def _answer(store: ResultsStore, cell: CellRecord, m: MeasurementRecord,
+            images: bool = True) -> Answer:
     d = m.details
     n = int(d["accuracy_images"])
     low, high = wilson_interval(round(d["device_accuracy"] * n), n)
     mine = np.asarray(d[PREDICTIONS])
     reference, inputs = _files(store, cell)
     p_value, reason, differing = None, "the deploying machine's predictions are not here", []
-    if reference is not None:
-        with np.load(reference, allow_pickle=False) as ref:
-            theirs, labels, index = ref["predictions"], ref["labels"], ref["index"]
+    read = _reference(reference)
+    if read is not None:
+        theirs, labels, index = read
         if theirs.shape == mine.shape:
             test = mcnemar_exact(mine, theirs, labels)
             p_value, reason = test.p_value, test.reason
-            differing = _differing(mine, theirs, labels, index, inputs)
+            differing = _differing(mine, theirs, labels, index, inputs if images else None)
         else:
             reason = "the device ran other test images than the deploying machine"
     return Answer(cell.cell_id, cell.dataset, cell.backbone, _config(cell), cell.seed,
                   m.device, m.profile, n, float(d["device_accuracy"]), low, high,
                   float(d["device_agreement"]), float(d["device_max_logit_diff"]), p_value,
                   reason, differing, bool(d.get("emulated")))
+
+
+def _reference(path: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The deploying machine's predictions, labels and image index, or None if unreadable."""
+    if path is None:
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as ref:
+            return ref["predictions"], ref["labels"], ref["index"]
+    except UNREADABLE:
+        return None
 
 
 def _differing(mine: np.ndarray, theirs: np.ndarray, labels: np.ndarray, index: np.ndarray,
@@ -131,8 +157,11 @@ def _differing(mine: np.ndarray, theirs: np.ndarray, labels: np.ndarray, index: 
         return []
     images = None
     if inputs is not None:
-        with np.load(inputs, allow_pickle=False) as data:
-            images = data["images"][where]
+        try:
+            with np.load(inputs, allow_pickle=False) as data:
+                images = data["images"][where]
+        except UNREADABLE:
+            images = None
     return [Differing(int(index[i]), int(labels[i]), int(mine[i]), int(theirs[i]),
                       _thumbnail(images[k]) if images is not None else None)
             for k, i in enumerate(where)]
@@ -149,8 +178,10 @@ def _complete(details: dict[str, Any] | None) -> bool:
     return True
 
 
-def device_answers(store: ResultsStore, cell_ids: set[str]) -> list[Answer]:
-    """The latest accuracy-mode measurement per cell (of ``cell_ids``), device and profile."""
+def device_answers(store: ResultsStore, cell_ids: set[str], images: bool = True
+                   ) -> list[Answer]:
+    """The latest accuracy-mode measurement per cell (of ``cell_ids``), device and profile;
+    ``images=False`` shows no thumbnail of a test image (a public report: patients' images)."""
     with Session(store.engine, expire_on_commit=False) as session:
         rows = list(session.scalars(select(MeasurementRecord).where(
             MeasurementRecord.status == "ok").order_by(MeasurementRecord.finished_at,
@@ -161,7 +192,7 @@ def device_answers(store: ResultsStore, cell_ids: set[str]) -> list[Answer]:
     for m in rows:
         if m.cell_id in cells and _complete(m.details):
             latest[(m.cell_id, m.device, m.profile)] = m
-    answers = [_answer(store, cells[c], m) for (c, _, _), m in latest.items()]
+    answers = [_answer(store, cells[c], m, images) for (c, _, _), m in latest.items()]
     return sorted(answers, key=lambda a: (a.dataset, a.backbone, a.config, a.seed, a.device,
                                           a.profile))
 

@@ -75,6 +75,9 @@ class ReportOptions:
     confusion: str | None = None
     table: str | None = None
     """The table md, csv and latex write ("headline" or "main"; None: the format's default)."""
+    test_images: bool = True
+    """Whether thumbnails of test images (patients' images, on real data) may be shown: the
+    results server's report shows them only with --private-reads."""
 
 
 def _clinical(blocks: list[clinical.ClinicalBlock], figures: bool) -> list[dict[str, Any]]:
@@ -151,9 +154,9 @@ def _gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _load(store: ResultsStore) -> ReportData:
+def _load(store: ResultsStore, test_images: bool = True) -> ReportData:
     with _gc_paused():
-        return load(store)
+        return load(store, test_images)
 
 
 def report_context(store: ResultsStore, figures: bool = True,
@@ -178,7 +181,7 @@ def build_report(store: ResultsStore, out: Path, format: str = "html",
     from bench.report.render import FORMATS
 
     render = FORMATS[format]
-    data = _load(store)
+    data = _load(store, options.test_images if options else True)
     with _gc_frozen():   # rendering too: the records stay frozen while the template runs
         shown = context(data, figures=format == "html", options=options)
         shown["export_table"] = options.table if options else None

@@ -203,8 +203,9 @@ def _split_measurements(frame: pd.DataFrame, cell_ids: set[str]
     return ok.reset_index(drop=True), failed, sorted(set(labels.values()))
 
 
-def load(store: ResultsStore) -> ReportData:
-    """Read the store once: records, flat cell rows and measurements."""
+def load(store: ResultsStore, test_images: bool = True) -> ReportData:
+    """Read the store once: records, flat cell rows and measurements (``test_images=False``:
+    no thumbnail of a test image)."""
     records = store.records()
     cells = _cell_rows(records)
     ok, superseded = _latest_ok(cells) if len(cells) else (cells, 0)
@@ -214,7 +215,7 @@ def load(store: ResultsStore) -> ReportData:
                       measured, failed, devices, _compared(store, set(ok.get("cell_id", []))),
                       [d.text() for d in signatures_by_device(store.engine)],
                       replacement_count(store.engine),
-                      device_answers(store, set(ok.get("cell_id", []))))
+                      device_answers(store, set(ok.get("cell_id", [])), test_images))
 
 
 def _compared(store: ResultsStore, ok_ids: set[str]) -> Comparison | None:

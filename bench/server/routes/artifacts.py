@@ -12,12 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bench.server.auth import Reader
+from bench.server.auth import Credentials, Reader, token_device
 from bench.store.artifacts import file_sha256
+from bench.store.deploy import DEPLOY_STAGE
 from bench.store.schema import CellRecord
 
 router = APIRouter(prefix="/api/v1", tags=["artifacts"], dependencies=[Reader])
 
+TEST_IMAGES = "test_inputs_file"
+"""The deploy stage's entry naming the cell's test images (bench.store.deploy.INPUT_KEYS)."""
 CELL_ID_PATTERN = r"^[0-9A-Za-z_-]{1,32}$"
 MAX_CELLS = 10_000
 CellId = Annotated[str, Path(pattern=CELL_ID_PATTERN)]
@@ -64,14 +67,19 @@ def _present(root: FilePath, folder: str | None, relative: str) -> bool:
             responses={200: {"content": {"application/octet-stream": {}},
                              "description": "The file; header X-Content-SHA256"},
                        404: {"description": "No such cell or file on this server"}})
-def artifact(cell_id: CellId, path: str, request: Request) -> FileResponse:
+def artifact(cell_id: CellId, path: str, request: Request,
+             credentials: Credentials) -> FileResponse:
     """A file of the cell's artifacts, if the server holds it and it matches its recorded
-    SHA-256 (sent as X-Content-SHA256)."""
+    SHA-256 (sent as X-Content-SHA256). The cell's test images (accuracy mode's inputs, of
+    patients on real data) need a device's token even where reads are public."""
     store = request.app.state.store
     with Session(store.engine) as session:
         row = session.get(CellRecord, cell_id)
         folder = row.artifacts if row else None
         expected = (row.artifact_hashes or {}).get(path) if row else None
+        deploy = (row.metrics or {}).get(DEPLOY_STAGE) if row else None
+    if isinstance(deploy, dict) and path == deploy.get(TEST_IMAGES):
+        token_device(request, credentials)
     if folder is None or expected is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no artifact {path!r} of cell {cell_id}")
     file = _inside(store.root / folder, path)

@@ -36,6 +36,7 @@ def report(request: Request) -> HTMLResponse:
     the report's Content-Security-Policy also as a header."""
     try:
         from bench.report import build_report
+        from bench.report.build import ReportOptions
         from bench.report.render import content_security_policy
     except ModuleNotFoundError as err:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -47,7 +48,10 @@ def report(request: Request) -> HTMLResponse:
                             headers={"Retry-After": str(RETRY_AFTER_S)})
     try:
         with tempfile.TemporaryDirectory(prefix="medq-report-") as folder:
-            path = build_report(request.app.state.store, Path(folder) / "index.html", "html")
+            # Thumbnails of test images (patients') only where reads need a token.
+            options = ReportOptions(test_images=request.app.state.settings.private_reads)
+            path = build_report(request.app.state.store, Path(folder) / "index.html", "html",
+                                options)
             return HTMLResponse(path.read_text(encoding="utf-8"), headers={
                 "Content-Security-Policy": content_security_policy()})
     finally:
