@@ -100,6 +100,8 @@ declare -A tokens
 for d in $devices; do
     tokens[$d]=$("$BENCH" serve token create --device "$d" --data "$SRV" 2>/dev/null)
 done
+# The emulated device's own token: the server gives the test images only to a device's token.
+DEVICE_TOKEN=$("$BENCH" serve token create --device "$DEVICE" --data "$SRV" 2>/dev/null)
 "$BENCH" serve --data "$SRV" --host 127.0.0.1 --port "$PORT" >"$WORK/serve.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 100); do
@@ -111,7 +113,7 @@ done
 for d in $devices; do
     "$BENCH" upload --to "$URL" --token "${tokens[$d]}" --store "$STORE" --artifacts deploy --quiet
 done
-inside bench device pull --from "$URL" --store /tmp/medq/store
+inside bench device pull --from "$URL" --token "$DEVICE_TOKEN" --store /tmp/medq/store
 inside bench measure --profile "$PROFILE" --store /tmp/medq/store --quiet
 inside bench export --store /tmp/medq/store --device $DEVICE --out /tmp/medq/arm64.tar.gz
 "$BENCH" import "$WORK/arm64.tar.gz" --store "$STORE"
