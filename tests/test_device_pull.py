@@ -118,7 +118,7 @@ def test_light_install_pulls_measures_and_uploads(workstation, server, device_ve
     (tmp_path / "quick.toml").write_text(QUICK)
     steps = [
         ("python", "-c", "import importlib.util as u; assert u.find_spec('torch') is None"),
-        ("bench", "device", "pull", "--from", live.url, "--store", pi),
+        ("bench", "device", "pull", "--from", live.url, "--token", tokens["pi"], "--store", pi),
         ("bench", "measure", "--profile", tmp_path / "quick.toml", "--store", pi,
          "--device-name", "pi", "--quiet"),
         ("bench", "upload", "--to", live.url, "--token", tokens["pi"], "--store", pi,
