@@ -284,13 +284,18 @@ def _against(control: str, c: int, recall: dict[int, float],
     pairs, left = paired
     change = ControlChange(control, _paired_delta(recall, {s: float(r[c]) for s, (r, _)
                                                            in control_seeds.items()}))
-    xs, ys, ids = pairs[c]
-    if any(x.size for x in xs):
-        change.test = stats.clustered_mcnemar(xs, ys, images=ids, power=False)
-        change.test_note = change.test.reason or left
-    else:
-        change.test_note = left or "no per-image predictions"
+    change.test, change.test_note = _class_test(pairs[c], left)
     return change
+
+
+def _class_test(pair: ClassPairs, left: str | None) -> tuple[Any, str | None]:
+    """The clustered McNemar test of one class's per-image correctness (paired by image id),
+    and its note; no test where there are no per-image predictions."""
+    xs, ys, ids = pair
+    if not any(x.size for x in xs):
+        return None, left or "no per-image predictions"
+    test = stats.clustered_mcnemar(xs, ys, images=ids, power=False)
+    return test, test.reason or left
 
 
 def _holm(items: list[ClassRow] | list[ControlChange]) -> None:
@@ -341,12 +346,7 @@ def _block(data: ReportData, ok: pd.DataFrame, dataset: str, backbone: str, marg
                                                           in base.items()})
                 row.delta_specificity = _paired_delta(spec, {s: float(sp[c]) for s, (_, sp)
                                                              in base.items()})
-                xs, ys, ids = pairs[c]
-                if any(x.size for x in xs):
-                    row.test = stats.clustered_mcnemar(xs, ys, images=ids, power=False)
-                    row.test_note = row.test.reason or left
-                else:
-                    row.test_note = left or "no per-image predictions"
+                row.test, row.test_note = _class_test(pairs[c], left)
             for control, paired in controls.items():
                 row.vs_controls.append(_against(control, c, recall, per_seed[control], paired))
             block.rows.append(row)
