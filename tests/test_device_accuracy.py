@@ -205,19 +205,8 @@ def test_wilson_interval_matches_statsmodels():
 
 def test_report_compares_devices_on_answers_and_flags_differing_images(workstation, tmp_path):
     from bench.report import build_report, report_context
-    from bench.store.measurements import save_measurement
 
-    shutil.copytree(workstation / "s", tmp_path / "s")
-    store = ResultsStore(tmp_path / "s")
-    row = next(r for r in (MeasurementData.of(m) for m in _all_rows(store)))
-    flipped = list(row.details["predictions"])
-    flipped[0] = (flipped[0] + 1) % 3
-    theirs = np.asarray(row.details["predictions"])
-    agreement = float((np.asarray(flipped) == theirs).mean())
-    details = {**row.details, "predictions": flipped, "device_agreement": agreement}
-    other = row.model_copy(update={"device": "pi", "details": details}).to_row()
-    other.record_hash = None
-    save_measurement(store.engine, other)
+    store, row, flipped = _with_a_device_that_differs_once(workstation, tmp_path)
 
     context = report_context(store, figures=False)
     answers = {(a.cell_id, a.device): a for a in context["answers"]}
@@ -230,7 +219,7 @@ def test_report_compares_devices_on_answers_and_flags_differing_images(workstati
     assert all(not a.flagged and a.agreement == 1.0 for (_, d), a in answers.items() if d == "ws")
     verified = {v["config"]: v for v in context["verified"]}
     assert verified[mine.config]["devices"] == ["pi", "ws"]
-    assert verified[mine.config]["lowest_agreement"] == agreement < 1
+    assert verified[mine.config]["lowest_agreement"] == mine.agreement < 1
     html = build_report(store, tmp_path / "r.html").read_text()
     assert 'id="device-answers-table"' in html and "(flagged)" in html
     assert "verified on 2 devices" in html
@@ -370,18 +359,8 @@ def test_test_images_need_a_token_even_where_reads_are_public(workstation, tmp_p
 
 def test_the_report_can_leave_out_the_test_images(workstation, tmp_path):
     from bench.report.answers import device_answers
-    from bench.store.measurements import save_measurement
 
-    shutil.copytree(workstation / "s", tmp_path / "s")
-    store = ResultsStore(tmp_path / "s")
-    row = next(r for r in (MeasurementData.of(m) for m in _all_rows(store)))
-    flipped = list(row.details["predictions"])
-    flipped[0] = (flipped[0] + 1) % 3
-    agreement = float((np.asarray(flipped) == np.asarray(row.details["predictions"])).mean())
-    other = row.model_copy(update={"device": "pi", "details": {
-        **row.details, "predictions": flipped, "device_agreement": agreement}}).to_row()
-    other.record_hash = None
-    save_measurement(store.engine, other)
+    store, row, _ = _with_a_device_that_differs_once(workstation, tmp_path)
     ids = {c.cell_id for c in store.records()}
 
     def differing(images: bool) -> list[object]:
@@ -396,3 +375,23 @@ def test_the_report_can_leave_out_the_test_images(workstation, tmp_path):
     mine = next(a for a in device_answers(store, ids) if a.device == "pi"
                 and a.cell_id == row.cell_id)
     assert mine.mcnemar_p is None and not mine.differing
+
+
+def _with_a_device_that_differs_once(workstation: Path, tmp_path: Path
+                                     ) -> tuple[ResultsStore, MeasurementData, list[int]]:
+    """A copy of the workstation store with a measurement of device "pi" whose predictions
+    differ from the workstation's on the first image: the store, the copied measurement and
+    pi's predictions."""
+    from bench.store.measurements import save_measurement
+
+    shutil.copytree(workstation / "s", tmp_path / "s")
+    store = ResultsStore(tmp_path / "s")
+    row = next(r for r in (MeasurementData.of(m) for m in _all_rows(store)))
+    flipped = list(row.details["predictions"])
+    flipped[0] = (flipped[0] + 1) % 3
+    agreement = float((np.asarray(flipped) == np.asarray(row.details["predictions"])).mean())
+    other = row.model_copy(update={"device": "pi", "details": {
+        **row.details, "predictions": flipped, "device_agreement": agreement}}).to_row()
+    other.record_hash = None
+    save_measurement(store.engine, other)
+    return store, row, flipped
